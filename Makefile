@@ -1,0 +1,52 @@
+# Every target creates what it needs: a fresh machine needs only `make run` or `make test`.
+PYTHON   ?= python3
+PY313    ?= python3.13
+VENV     := .venv
+VENV313  := .venv313
+SYS_PKGS := espeak-ng sox sipp
+
+.DEFAULT_GOAL := help
+.PHONY: help run test test311 test313 bench-codecs bench-load system-deps clean
+
+help: ## List the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	touch $@
+
+$(VENV313)/.installed: pyproject.toml
+	test -x $(VENV313)/bin/python || PYENV_VERSION=3.13.0 $(PY313) -m venv $(VENV313)
+	$(VENV313)/bin/pip install -q --upgrade pip
+	$(VENV313)/bin/pip install -q -e '.[test]'
+	touch $@
+
+system-deps: ## Install the Debian packages the tests use (espeak-ng, sox, sipp) when missing
+	@missing=""; for c in $(SYS_PKGS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox sip-tester >/dev/null; \
+	fi
+
+run: $(VENV)/.installed ## Serve calls (offline local engine when no provider key is set)
+	$(VENV)/bin/telephony-agent serve
+
+test: system-deps test311 test313 ## Run the test suite on Python 3.11 and 3.13
+
+test311: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q
+
+test313: $(VENV313)/.installed
+	$(VENV313)/bin/python -m pytest -q
+
+bench-codecs: $(VENV)/.installed ## Codec benchmark: StreamResampler vs soxr vs audioop.ratecv
+	$(VENV)/bin/python bench/codecs.py
+
+bench-load: $(VENV)/.installed ## Load benchmark: concurrent calls through the bridge
+	$(VENV)/bin/python bench/load.py
+
+clean: ## Remove the virtualenvs and caches
+	rm -rf $(VENV) $(VENV313) .pytest_cache .hypothesis

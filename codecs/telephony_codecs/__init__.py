@@ -1,0 +1,1 @@
+"""Telephony codecs: G.711 and a chunk-exact streaming resampler."""

@@ -1,0 +1,3 @@
+from telephony_agent.cli import main
+
+raise SystemExit(main())

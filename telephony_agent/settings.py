@@ -1,0 +1,198 @@
+"""Operator configuration, read from the environment and an optional `.env` file.
+
+Vendor secrets keep their vendor names; our own settings start with ``AGENT_``. Every field's
+environment name is its ``validation_alias``; `.env.example` documents each one.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Provider(str, enum.Enum):
+    AUTO = "auto"
+    OPENAI = "openai"
+    GEMINI = "gemini"
+    LOCAL = "local"
+
+
+class LogFormat(str, enum.Enum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class OpenAIAudio(str, enum.Enum):
+    """`pcmu` passes Twilio's mu-law straight through; `pcm` is PCM16 24 kHz."""
+
+    PCMU = "pcmu"
+    PCM = "pcm"
+
+
+def _env(name: str) -> Any:
+    return AliasChoices(name)
+
+
+class SettingsError(ValueError):
+    """A setting has a value it does not accept; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+    # Vendor secrets.
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    gemini_api_key: SecretStr | None = Field(None, validation_alias=_env("GEMINI_API_KEY"))
+    twilio_account_sid: str | None = Field(None, validation_alias=_env("TWILIO_ACCOUNT_SID"))
+    twilio_auth_token: SecretStr | None = Field(None, validation_alias=_env("TWILIO_AUTH_TOKEN"))
+
+    # Server.
+    host: str = Field("0.0.0.0", validation_alias=_env("AGENT_HOST"))
+    port: int = Field(8080, ge=1, le=65535, validation_alias=_env("AGENT_PORT"))
+    public_url: str | None = Field(None, validation_alias=_env("AGENT_PUBLIC_URL"))
+    workers: int = Field(1, ge=1, le=64, validation_alias=_env("AGENT_WORKERS"))
+    log_format: LogFormat = Field(LogFormat.TEXT, validation_alias=_env("AGENT_LOG_FORMAT"))
+    log_level: str = Field("INFO", validation_alias=_env("AGENT_LOG_LEVEL"))
+
+    # Provider.
+    provider: Provider = Field(Provider.AUTO, validation_alias=_env("AGENT_PROVIDER"))
+    openai_url: str = Field("wss://api.openai.com/v1/realtime", validation_alias=_env("AGENT_OPENAI_URL"))
+    openai_model: str = Field("gpt-realtime", validation_alias=_env("AGENT_OPENAI_MODEL"))
+    openai_audio: OpenAIAudio = Field(OpenAIAudio.PCMU, validation_alias=_env("AGENT_OPENAI_AUDIO"))
+    gemini_url: str = Field(
+        "wss://generativelanguage.googleapis.com/ws/"
+        "google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
+        validation_alias=_env("AGENT_GEMINI_URL"),
+    )
+    gemini_model: str = Field(
+        "gemini-2.5-flash-native-audio-preview-09-2025", validation_alias=_env("AGENT_GEMINI_MODEL")
+    )
+    local_script: str | None = Field(None, validation_alias=_env("AGENT_LOCAL_SCRIPT"))
+
+    # The agent.
+    instructions: str = Field(
+        "You are a friendly, concise phone receptionist. Keep answers short: this is a phone call.",
+        validation_alias=_env("AGENT_INSTRUCTIONS"),
+    )
+    voice: str | None = Field(None, validation_alias=_env("AGENT_VOICE"))
+    greeting: str | None = Field(None, validation_alias=_env("AGENT_GREETING"))
+    tool_timeout_seconds: float = Field(10.0, gt=0, le=300, validation_alias=_env("AGENT_TOOL_TIMEOUT_SECONDS"))
+
+    # Calls.
+    max_calls: int = Field(100, ge=1, le=100_000, validation_alias=_env("AGENT_MAX_CALLS"))
+    max_call_seconds: float = Field(3600.0, gt=0, validation_alias=_env("AGENT_MAX_CALL_SECONDS"))
+    idle_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("AGENT_IDLE_TIMEOUT_SECONDS"))
+    playout_lead_ms: int = Field(200, ge=20, le=2000, validation_alias=_env("AGENT_PLAYOUT_LEAD_MS"))
+    transfer_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=_env("AGENT_TRANSFER_ALLOWLIST"))
+    stream_token_ttl_seconds: int = Field(
+        60, ge=5, le=3600, validation_alias=_env("AGENT_STREAM_TOKEN_TTL_SECONDS")
+    )
+
+    # Twilio.
+    twilio_validate: bool = Field(True, validation_alias=_env("AGENT_TWILIO_VALIDATE"))
+    twilio_api_url: str = Field("https://api.twilio.com", validation_alias=_env("AGENT_TWILIO_API_URL"))
+
+    # Operations.
+    drain_seconds: float = Field(30.0, ge=0, validation_alias=_env("AGENT_DRAIN_SECONDS"))
+    max_loop_lag_ms: float = Field(100.0, gt=0, validation_alias=_env("AGENT_MAX_LOOP_LAG_MS"))
+    recordings_dir: str | None = Field(None, validation_alias=_env("AGENT_RECORDINGS_DIR"))
+
+    @field_validator("transfer_allowlist", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an absolute http(s) URL such as https://agent.example.com")
+        return value.rstrip("/")
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError("accepts DEBUG, INFO, WARNING or ERROR")
+        return upper
+
+    @model_validator(mode="after")
+    def _check_provider_keys(self) -> "Settings":
+        if self.provider is Provider.OPENAI and self.openai_api_key is None:
+            raise ValueError("AGENT_PROVIDER=openai needs OPENAI_API_KEY")
+        if self.provider is Provider.GEMINI and self.gemini_api_key is None:
+            raise ValueError("AGENT_PROVIDER=gemini needs GEMINI_API_KEY")
+        return self
+
+    @property
+    def effective_provider(self) -> Provider:
+        """`auto` picks the first provider with a key, else the offline local engine."""
+        if self.provider is not Provider.AUTO:
+            return self.provider
+        if self.openai_api_key is not None:
+            return Provider.OPENAI
+        if self.gemini_api_key is not None:
+            return Provider.GEMINI
+        return Provider.LOCAL
+
+    def env_names(self) -> dict[str, str]:
+        """Field name -> environment variable name."""
+        names = {}
+        for name, info in type(self).model_fields.items():
+            alias = info.validation_alias
+            names[name] = alias.choices[0] if isinstance(alias, AliasChoices) else name.upper()
+        return names
+
+    def masked(self) -> dict[str, str]:
+        """Effective settings by environment name, secrets masked (for `telephony-agent config`)."""
+        out: dict[str, str] = {}
+        for name, env in self.env_names().items():
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                out[env] = "********"
+            elif value is None:
+                out[env] = ""
+            elif isinstance(value, enum.Enum):
+                out[env] = str(value.value)
+            elif isinstance(value, list):
+                out[env] = ",".join(value)
+            else:
+                out[env] = str(value)
+        return out
+
+
+def _describe(error: dict[str, Any]) -> str:
+    names = Settings.model_construct().env_names()
+    loc = error.get("loc") or ()
+    field = str(loc[0]) if loc else ""
+    env = names.get(field, field.upper() or "settings")
+    message = error.get("msg", "invalid value")
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    ctx = error.get("ctx") or {}
+    if "expected" in ctx:
+        message += f" (accepts {ctx['expected']})"
+    return f"{env}: {message}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; an invalid value raises SettingsError naming the variable and what it accepts."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
