@@ -1,0 +1,191 @@
+"""`RealtimeRunner`: runs the model's tool calls and applies context changes at idle points.
+
+The consumer (the call bridge) reads events through `runner.events()` and sees every event;
+the runner acts on function calls, cancellations and turn ends as they pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from telephony_agent.realtime.errors import RealtimeError
+from telephony_agent.realtime.events import FunctionCallDone, ResponseDone, ServerEvent, ToolCallCancelled
+from telephony_agent.realtime.session import RealtimeSession
+from telephony_agent.realtime.tools import ToolArgumentsError, ToolRegistry, ToolResult
+from telephony_agent.realtime.types import ContextMutationKind, ContextMutationOutcome, RealtimeConfig, ToolResponse
+
+log = logging.getLogger(__name__)
+
+
+class RealtimeRunner:
+    def __init__(
+        self,
+        session: RealtimeSession,
+        tools: ToolRegistry,
+        *,
+        max_concurrency: int = 4,
+        tool_timeout: float = 10.0,
+        resume_attempts: int = 3,
+        resume_backoff: float = 0.2,
+        logger: logging.LoggerAdapter[logging.Logger] | logging.Logger | None = None,
+    ) -> None:
+        self.session = session
+        self.tools = tools
+        self.tool_timeout = tool_timeout
+        self.resume_attempts = resume_attempts
+        self.resume_backoff = resume_backoff
+        self._log = logger or log
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._batch: dict[str, asyncio.Task[ToolResponse | None]] = {}
+        self._batch_respond: dict[str, bool] = {}
+        self._cancelled: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._pending_config: RealtimeConfig | None = None
+        self._batch_finishing = 0
+        self.tool_calls = 0
+        self.tool_errors = 0
+        self.resumptions = 0
+
+    # -- consuming ------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[ServerEvent]:
+        async for event in self.session.events():
+            await self.handle(event)
+            yield event
+
+    async def handle(self, event: ServerEvent) -> None:
+        if isinstance(event, FunctionCallDone):
+            self._start_call(event)
+        elif isinstance(event, ToolCallCancelled):
+            self._cancel_calls(event.ids)
+        elif isinstance(event, ResponseDone):
+            if self._batch:
+                batch, self._batch = self._batch, {}
+                respond = self._batch_respond
+                self._batch_respond = {}
+                self._spawn(self._finish_batch(batch, respond, event.status != "cancelled"))
+            elif self._batch_finishing == 0:
+                await self._apply_pending_config()
+
+    @property
+    def busy(self) -> bool:
+        """Tool calls are running or their results are being sent."""
+        return bool(self._batch) or self._batch_finishing > 0
+
+    # -- tools ----------------------------------------------------------------------------
+
+    def _start_call(self, call: FunctionCallDone) -> None:
+        self.tool_calls += 1
+        self._batch_respond[call.call_id] = True
+        self._batch[call.call_id] = asyncio.create_task(self._run_call(call), name=f"tool-{call.name}")
+
+    async def _run_call(self, call: FunctionCallDone) -> ToolResponse | None:
+        tool = self.tools.get(call.name)
+        if tool is None:
+            self.tool_errors += 1
+            return ToolResponse(call.call_id, {"error": f"unknown tool {call.name!r}"}, call.name, True)
+        try:
+            arguments = orjson.loads(call.arguments or "{}")
+            if not isinstance(arguments, dict):
+                raise ToolArgumentsError("arguments must be a JSON object")
+        except (orjson.JSONDecodeError, ToolArgumentsError) as exc:
+            self.tool_errors += 1
+            return ToolResponse(call.call_id, {"error": f"invalid arguments: {exc}"}, call.name, True)
+        async with self._limit:
+            try:
+                result = await asyncio.wait_for(tool.invoke(arguments), self.tool_timeout)
+            except asyncio.TimeoutError:
+                self.tool_errors += 1
+                self._log.warning("tool %s timed out after %.1fs", call.name, self.tool_timeout)
+                return ToolResponse(call.call_id, {"error": f"timed out after {self.tool_timeout:g}s"}, call.name, True)
+            except asyncio.CancelledError:
+                raise
+            except ToolArgumentsError as exc:
+                self.tool_errors += 1
+                return ToolResponse(call.call_id, {"error": f"invalid arguments: {exc}"}, call.name, True)
+            except Exception as exc:  # noqa: BLE001 - a tool failure goes back to the model
+                self.tool_errors += 1
+                self._log.warning("tool %s failed: %s: %s", call.name, type(exc).__name__, exc)
+                return ToolResponse(call.call_id, {"error": f"{type(exc).__name__}: {exc}"}, call.name, True)
+        if isinstance(result, ToolResult):
+            self._batch_respond[call.call_id] = result.respond
+            return ToolResponse(call.call_id, result.output, call.name)
+        return ToolResponse(call.call_id, result, call.name)
+
+    def _cancel_calls(self, ids: tuple[str, ...]) -> None:
+        for call_id in ids:
+            self._cancelled.add(call_id)
+            task = self._batch.pop(call_id, None)
+            if task is not None:
+                task.cancel()
+
+    async def _finish_batch(
+        self, batch: dict[str, asyncio.Task[ToolResponse | None]], respond: dict[str, bool], may_respond: bool
+    ) -> None:
+        self._batch_finishing += 1
+        try:
+            results = await asyncio.gather(*batch.values(), return_exceptions=True)
+            sent = 0
+            want_response = False
+            for call_id, result in zip(batch, results):
+                if call_id in self._cancelled or not isinstance(result, ToolResponse):
+                    continue
+                await self.session.send_tool_output(result)
+                sent += 1
+                want_response = want_response or respond.get(call_id, True)
+            if sent and want_response and may_respond:
+                await self.session.create_response()
+        except RealtimeError as exc:
+            self._log.warning("could not send tool results: %s", exc)
+        finally:
+            self._batch_finishing -= 1
+
+    # -- context changes ------------------------------------------------------------------
+
+    async def update_context(self, config: RealtimeConfig) -> ContextMutationOutcome:
+        """Change the session's configuration now, or at the next idle point if it needs a resumption."""
+        outcome = await self.session.mutate_context(config)
+        if outcome.kind is ContextMutationKind.REQUIRES_RESUMPTION:
+            self._pending_config = outcome.config or config  # last request wins
+            if not self.busy:
+                self._log.debug("context change queued for the next idle point")
+        return outcome
+
+    @property
+    def pending_context(self) -> RealtimeConfig | None:
+        return self._pending_config
+
+    async def _apply_pending_config(self) -> None:
+        config, self._pending_config = self._pending_config, None
+        if config is None:
+            return
+        for attempt in range(self.resume_attempts):
+            try:
+                await self.session.resume_with(config)
+                self.resumptions += 1
+                return
+            except RealtimeError as exc:
+                self._log.warning("resumption attempt %d failed: %s", attempt + 1, exc)
+                await asyncio.sleep(self.resume_backoff * (2**attempt))
+        self._log.error("context change dropped after %d attempts", self.resume_attempts)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def aclose(self) -> None:
+        """Cancel running tools and wait for them (bounded)."""
+        tasks = list(self._batch.values()) + list(self._background)
+        self._batch.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)

@@ -1,0 +1,171 @@
+"""`RealtimeSession` and `RealtimeModel`: the provider-neutral session API (the seed trait in Python)."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import base64
+import binascii
+from collections.abc import AsyncIterator
+
+from telephony_agent.realtime.errors import RealtimeError, RealtimeConfigError
+from telephony_agent.realtime.events import ServerEvent
+from telephony_agent.realtime.types import (
+    AudioChunk,
+    AudioFormat,
+    ClientEvent,
+    ContextMutationOutcome,
+    RealtimeConfig,
+    ToolResponse,
+)
+
+
+class RealtimeSession(abc.ABC):
+    """One live conversation with a speech-to-speech model.
+
+    Events are read with `next_event()` or `events()`; `None` from `next_event()` means the
+    session is over (see `disconnect_reason`). Errors the session survives arrive as
+    `ErrorEvent(fatal=False)`; a fatal one is followed by the end of the stream.
+    """
+
+    @property
+    @abc.abstractmethod
+    def session_id(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def is_connected(self) -> bool: ...
+
+    @property
+    @abc.abstractmethod
+    def input_format(self) -> AudioFormat:
+        """The format `send_audio` expects."""
+
+    @property
+    @abc.abstractmethod
+    def output_format(self) -> AudioFormat:
+        """The format of `AudioDelta.data`."""
+
+    @property
+    def disconnect_reason(self) -> str | None:
+        """Why the session ended, once it has; None while it is open."""
+        return None
+
+    @abc.abstractmethod
+    async def send_audio(self, chunk: AudioChunk) -> None: ...
+
+    async def send_audio_base64(self, audio_base64: str) -> None:
+        try:
+            data = base64.b64decode(audio_base64, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RealtimeError(f"invalid base64 audio: {exc}") from None
+        await self.send_audio(AudioChunk(data, self.input_format))
+
+    @abc.abstractmethod
+    async def send_text(self, text: str) -> None:
+        """Text from the caller's side (e.g. "The caller pressed 5."); asks for a response."""
+
+    async def send_tool_response(self, response: ToolResponse) -> None:
+        """Send one tool result and ask for a response."""
+        await self.send_tool_output(response)
+        await self.create_response()
+
+    @abc.abstractmethod
+    async def send_tool_output(self, response: ToolResponse) -> None:
+        """Send one tool result without asking for a response (batch several, then respond once)."""
+
+    @abc.abstractmethod
+    async def commit_audio(self) -> None: ...
+
+    @abc.abstractmethod
+    async def clear_audio(self) -> None: ...
+
+    @abc.abstractmethod
+    async def create_response(self) -> None: ...
+
+    @abc.abstractmethod
+    async def interrupt(self, *, audio_end_ms: int | None = None) -> None:
+        """Stop the current response; the caller heard `audio_end_ms` of the current output item."""
+
+    @abc.abstractmethod
+    async def send_event(self, event: ClientEvent) -> None: ...
+
+    @abc.abstractmethod
+    async def next_event(self) -> ServerEvent | None: ...
+
+    async def events(self) -> AsyncIterator[ServerEvent]:
+        while True:
+            event = await self.next_event()
+            if event is None:
+                return
+            yield event
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def mutate_context(self, config: RealtimeConfig) -> ContextMutationOutcome: ...
+
+    async def resume_with(self, config: RealtimeConfig) -> None:
+        """Apply a `REQUIRES_RESUMPTION` change by resuming on a new connection (the runner calls this)."""
+        raise RealtimeConfigError(f"{type(self).__name__} cannot resume with a new configuration")
+
+
+class QueuedSession(RealtimeSession, abc.ABC):
+    """Shared plumbing: an event queue that ends with `None` once the session is over."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[ServerEvent | None] = asyncio.Queue()
+        self._finished = False
+        self._disconnect_reason: str | None = None
+
+    @property
+    def disconnect_reason(self) -> str | None:
+        return self._disconnect_reason
+
+    def _emit(self, event: ServerEvent) -> None:
+        if not self._finished:
+            self._queue.put_nowait(event)
+
+    def _finish(self, reason: str) -> None:
+        """End the event stream once; later calls keep the first reason."""
+        if not self._finished:
+            self._finished = True
+            self._disconnect_reason = reason
+            self._queue.put_nowait(None)
+
+    async def next_event(self) -> ServerEvent | None:
+        if self._finished and self._queue.empty():
+            return None
+        event = await self._queue.get()
+        if event is None:
+            self._queue.put_nowait(None)  # every later call sees the end too
+        return event
+
+
+class RealtimeModel(abc.ABC):
+    """A factory of sessions for one provider and model."""
+
+    @property
+    @abc.abstractmethod
+    def provider(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def model_id(self) -> str: ...
+
+    @property
+    @abc.abstractmethod
+    def input_formats(self) -> tuple[AudioFormat, ...]:
+        """Input formats the model accepts, preferred first."""
+
+    @property
+    @abc.abstractmethod
+    def output_formats(self) -> tuple[AudioFormat, ...]:
+        """Output formats the model can produce, preferred first."""
+
+    @abc.abstractmethod
+    async def connect(self, config: RealtimeConfig) -> RealtimeSession: ...
+
+    async def aclose(self) -> None:
+        """Release shared resources (HTTP client sessions)."""

@@ -1,0 +1,148 @@
+"""A WebSocket client connection with one writer task, shared by the cloud providers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+import orjson
+
+from telephony_agent.realtime.errors import (
+    RealtimeAuthError,
+    RealtimeConnectionError,
+    RealtimeTimeoutError,
+    SessionClosedError,
+)
+
+log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT_S = 2.0
+
+
+class WebSocketTransport:
+    """Owns one socket: `send()` never blocks the caller; a single writer task keeps frame order.
+
+    `receive()` returns the next message as `str`/`bytes`, or None once the socket is closed
+    (`close_code`/`close_reason` then say why).
+    """
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        headers: dict[str, str],
+        *,
+        connect_timeout: float = 10.0,
+        max_msg_size: int = 16 * 1024 * 1024,
+    ) -> None:
+        self._http = http
+        self._url = url
+        self._headers = headers
+        self._connect_timeout = connect_timeout
+        self._max_msg_size = max_msg_size
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self.close_code: int | None = None
+        self.close_reason: str = ""
+        self.sent_messages = 0
+
+    @property
+    def open(self) -> bool:
+        return self._ws is not None and not self._ws.closed
+
+    async def connect(self) -> None:
+        try:
+            self._ws = await asyncio.wait_for(
+                self._http.ws_connect(
+                    self._url,
+                    headers=self._headers,
+                    max_msg_size=self._max_msg_size,
+                    autoping=True,
+                    heartbeat=20.0,
+                ),
+                self._connect_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise RealtimeTimeoutError(f"connecting to {_safe_url(self._url)} timed out") from None
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status in (401, 403):
+                raise RealtimeAuthError(f"{_safe_url(self._url)} refused the credentials ({exc.status})") from None
+            raise RealtimeConnectionError(f"{_safe_url(self._url)} refused the upgrade ({exc.status})") from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise RealtimeConnectionError(f"cannot reach {_safe_url(self._url)}: {exc}") from None
+        self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
+
+    def send(self, message: dict[str, Any] | str) -> None:
+        if self._ws is None or self._ws.closed or self._writer is None or self._writer.done():
+            raise SessionClosedError("the provider connection is closed")
+        text = message if isinstance(message, str) else orjson.dumps(message).decode()
+        self._outbox.put_nowait(text)
+
+    async def _write_loop(self) -> None:
+        assert self._ws is not None
+        while True:
+            text = await self._outbox.get()
+            if text is None:
+                return
+            try:
+                await self._ws.send_str(text)
+                self.sent_messages += 1
+            except (ConnectionResetError, aiohttp.ClientError, RuntimeError) as exc:
+                log.debug("provider socket write failed: %s", exc)
+                return
+
+    async def receive(self) -> str | bytes | None:
+        ws = self._ws
+        if ws is None:
+            return None
+        while True:
+            msg = await ws.receive()
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                return msg.data
+            if msg.type is aiohttp.WSMsgType.BINARY:
+                return msg.data
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                self.close_code = ws.close_code if ws.close_code is not None else msg.data
+                self.close_reason = (msg.extra or "") if isinstance(msg.extra, str) else ""
+                return None
+            if msg.type is aiohttp.WSMsgType.ERROR:
+                self.close_code = ws.close_code or 1006
+                self.close_reason = str(msg.data)
+                return None
+            # PING/PONG are handled by aiohttp; loop for the next message.
+
+    async def drain(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Wait until everything queued has been written (bounded)."""
+        if self._writer is None or self._writer.done():
+            return
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self._outbox.empty() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def close(self, code: int = 1000, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Flush queued messages, close the socket, stop the writer; bounded by `timeout`."""
+        if self._writer is not None and not self._writer.done():
+            self._outbox.put_nowait(None)
+            try:
+                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._writer.cancel()
+        if self._ws is not None and not self._ws.closed:
+            try:
+                await asyncio.wait_for(self._ws.close(code=code), timeout)
+            except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
+                pass
+        if self._writer is not None and not self._writer.done():
+            self._writer.cancel()
+            try:
+                await self._writer
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - we are tearing down
+                pass
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its query string, which may carry a key."""
+    return url.split("?", 1)[0]
