@@ -1,0 +1,311 @@
+"""The aiohttp application: Twilio webhook and media socket, health, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from telephony_agent.metrics import Metrics
+from telephony_agent.realtime import RealtimeConfig, RealtimeModel, TurnDetection
+from telephony_agent.settings import Provider, Settings
+from telephony_agent.telephony.bridge import BridgeOptions, CallBridge
+from telephony_agent.telephony.twilio.media_socket import WS_MAX_MSG_SIZE, MediaSocketHooks, TwilioMediaSocket
+from telephony_agent.telephony.twilio.rest import TwilioRest
+from telephony_agent.telephony.twilio.signature import (
+    check_stream_token,
+    make_stream_token,
+    validate_request,
+    validate_websocket,
+)
+from telephony_agent.telephony.twilio.stream import Start
+from telephony_agent.telephony.twilio.twiml import busy_twiml, connect_stream_twiml
+
+log = logging.getLogger(__name__)
+
+VOICE_PATH = "/twilio/voice"
+MEDIA_PATH = "/twilio/media"
+TOKEN_PARAM = "token"
+LAG_INTERVAL_S = 0.1
+
+
+def build_model(settings: Settings, http: aiohttp.ClientSession) -> RealtimeModel:
+    """The configured provider's model; `auto` means the first with a key, else the local engine."""
+    provider = settings.effective_provider
+    if provider is Provider.OPENAI:
+        from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
+
+        assert settings.openai_api_key is not None
+        return OpenAIRealtimeModel(
+            settings.openai_api_key.get_secret_value(),
+            url=settings.openai_url,
+            model=settings.openai_model,
+            audio=settings.openai_audio.value,
+            http=http,
+        )
+    if provider is Provider.GEMINI:
+        from telephony_agent.realtime.providers.gemini import GeminiLiveModel
+
+        assert settings.gemini_api_key is not None
+        return GeminiLiveModel(
+            settings.gemini_api_key.get_secret_value(), url=settings.gemini_url, model=settings.gemini_model, http=http
+        )
+    from telephony_agent.realtime.providers.local import LocalRealtimeModel
+
+    return LocalRealtimeModel(script_path=settings.local_script, voice=settings.voice)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    metrics: Metrics
+    model: RealtimeModel | None = None
+    http: aiohttp.ClientSession | None = None
+    rest: TwilioRest | None = None
+    calls: dict[str, CallBridge] = field(default_factory=dict)
+    pending: dict[str, float] = field(default_factory=dict)  # call sid -> webhook time, until start
+    draining: bool = False
+    loop_lag_ms: float = 0.0
+    token_secret: bytes = b""
+
+    @property
+    def auth_token(self) -> str | None:
+        token = self.settings.twilio_auth_token
+        return token.get_secret_value() if token is not None else None
+
+    def load(self) -> int:
+        now = time.monotonic()
+        ttl = self.settings.stream_token_ttl_seconds
+        for sid in [s for s, t in self.pending.items() if now - t > ttl]:
+            del self.pending[sid]
+        return len(self.calls) + len(self.pending)
+
+    def refusal(self) -> str | None:
+        """Why a new call would be refused now, or None."""
+        if self.draining:
+            return "draining"
+        if self.load() >= self.settings.max_calls:
+            return "at_capacity"
+        if self.loop_lag_ms > self.settings.max_loop_lag_ms:
+            return "overloaded"
+        return None
+
+
+STATE = web.AppKey("state", AppState)
+
+
+def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    state = AppState(settings=settings, metrics=Metrics(), model=model)
+    token = state.auth_token
+    # Tokens must verify on any worker or pod, so derive the key from the shared auth token.
+    state.token_secret = (
+        hmac.new(token.encode(), b"telephony-agent stream token", hashlib.sha256).digest()
+        if token
+        else secrets.token_bytes(32)
+    )
+    app[STATE] = state
+    app.router.add_post(VOICE_PATH, voice_webhook)
+    app.router.add_get(MEDIA_PATH, media_socket)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> object:
+    state = app[STATE]
+    settings = state.settings
+    state.http = aiohttp.ClientSession()
+    if state.model is None:
+        state.model = build_model(settings, state.http)
+    if settings.twilio_account_sid and state.auth_token:
+        state.rest = TwilioRest(settings.twilio_account_sid, state.auth_token, settings.twilio_api_url, state.http)
+    if not settings.twilio_validate:
+        log.warning("AGENT_TWILIO_VALIDATE=false: Twilio signatures are NOT checked (local development only)")
+    elif not state.auth_token:
+        log.error("TWILIO_AUTH_TOKEN is not set: every Twilio request will be refused")
+    log.info(
+        "serving provider=%s model=%s max_calls=%d",
+        state.model.provider,
+        state.model.model_id,
+        settings.max_calls,
+    )
+    lag_task = asyncio.create_task(_watch_loop_lag(state), name="loop-lag")
+    yield
+    lag_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await lag_task
+    for bridge in list(state.calls.values()):
+        await bridge.shutdown()
+    deadline = time.monotonic() + 10
+    while state.calls and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await state.model.aclose()
+    await state.http.close()
+
+
+async def _watch_loop_lag(state: AppState) -> None:
+    """Measure how late the loop wakes us: the honest signal that a server is overloaded."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(LAG_INTERVAL_S)
+        lag_ms = max(0.0, (loop.time() - start - LAG_INTERVAL_S) * 1000)
+        state.loop_lag_ms = lag_ms if lag_ms > state.loop_lag_ms else 0.8 * state.loop_lag_ms + 0.2 * lag_ms
+        state.metrics.loop_lag.observe(lag_ms)
+
+
+def _public_base(request: web.Request, settings: Settings) -> str:
+    """The https base URL Twilio used; configured, or (development) rebuilt from the request."""
+    if settings.public_url:
+        return settings.public_url
+    return f"https://{request.host}"
+
+
+async def voice_webhook(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    settings = state.settings
+    form = await request.post()
+    params = {k: str(v) for k, v in form.items()}
+    base = _public_base(request, settings)
+    if settings.twilio_validate:
+        token = state.auth_token
+        url = base + request.path_qs
+        if not token or not validate_request(url, form, request.headers.get("X-Twilio-Signature"), token):
+            state.metrics.webhooks_refused.labels("voice").inc()
+            log.warning("refused unsigned or badly signed webhook")
+            return web.Response(status=403, text="invalid signature")
+    call_sid = params.get("CallSid", "")
+    if not call_sid:
+        return web.Response(status=400, text="missing CallSid")
+    reason = state.refusal()
+    if reason is not None:
+        state.metrics.calls_refused.labels(reason).inc()
+        log.warning("refusing call %s: %s", call_sid, reason)
+        return web.Response(text=busy_twiml(), content_type="text/xml")
+    state.pending[call_sid] = time.monotonic()
+    host = urlsplit(base).netloc
+    ws_url = f"wss://{host}{urlsplit(base).path.rstrip('/')}{MEDIA_PATH}"
+    stream_params = {
+        "callSid": call_sid,
+        "from": params.get("From", ""),
+        "to": params.get("To", ""),
+        TOKEN_PARAM: make_stream_token(call_sid, state.token_secret, time.time(), settings.stream_token_ttl_seconds),
+    }
+    return web.Response(text=connect_stream_twiml(ws_url, stream_params), content_type="text/xml")
+
+
+async def media_socket(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    settings = state.settings
+    signed = not settings.twilio_validate
+    if settings.twilio_validate and state.auth_token:
+        signed = validate_websocket(
+            _public_base(request, settings), MEDIA_PATH, request.headers.get("X-Twilio-Signature"), state.auth_token
+        )
+    if settings.twilio_validate and not state.auth_token:
+        state.metrics.webhooks_refused.labels("media").inc()
+        return web.Response(status=403, text="server has no TWILIO_AUTH_TOKEN")
+    ws = web.WebSocketResponse(max_msg_size=WS_MAX_MSG_SIZE, heartbeat=None, autoping=True)
+    await ws.prepare(request)
+
+    def authorize(start: Start) -> bool:
+        if signed:
+            return True
+        ok = check_stream_token(start.custom_parameters.get(TOKEN_PARAM), start.call_sid, state.token_secret, time.time())
+        if not ok:
+            state.metrics.webhooks_refused.labels("media").inc()
+        return ok
+
+    async def make_bridge(start: Start, socket: TwilioMediaSocket) -> CallBridge:
+        state.pending.pop(start.call_sid, None)
+        assert state.model is not None
+        bridge = CallBridge(
+            start.call_sid,
+            state.model,
+            call_config(settings),
+            socket,
+            bridge_options(settings),
+            logger=socket.log,
+        )
+        state.calls[start.call_sid] = bridge
+        state.metrics.active_calls.set(len(state.calls))
+        state.metrics.calls_started.labels(state.model.provider).inc()
+        await bridge.start()
+        return bridge
+
+    def on_call_end(bridge: CallBridge) -> None:
+        state.calls.pop(bridge.call_id, None)
+        m = state.metrics
+        m.active_calls.set(len(state.calls))
+        m.calls_ended.labels(bridge.outcome.value if bridge.outcome else "unknown").inc()
+        s = bridge.stats
+        m.frames_in.inc(s.frames_in)
+        m.frames_out.inc(s.frames_out)
+        m.frames_dropped.inc(bridge.playout.stats.frames_dropped)
+        m.barge_ins.inc(s.barge_ins)
+        for ms in s.clear_latency_ms:
+            m.clear_latency.observe(ms)
+        if s.first_audio_ms is not None:
+            m.first_audio.observe(s.first_audio_ms)
+        provider = bridge.model.provider
+        m.provider_errors.labels(provider).inc(s.provider_errors)
+        m.provider_reconnects.labels(provider).inc(s.reconnects)
+
+    hooks = MediaSocketHooks(
+        authorize=authorize,
+        make_bridge=make_bridge,
+        on_bad_input=lambda kind: state.metrics.bad_input.labels(kind).inc(),
+        on_call_end=on_call_end,
+    )
+    socket = TwilioMediaSocket(ws, hooks, state.rest)
+    await socket.run()
+    return ws
+
+
+def call_config(settings: Settings) -> RealtimeConfig:
+    return RealtimeConfig(
+        instructions=settings.instructions,
+        voice=settings.voice,
+        turn_detection=TurnDetection(),
+    )
+
+
+def bridge_options(settings: Settings) -> BridgeOptions:
+    return BridgeOptions(
+        playout_lead_ms=settings.playout_lead_ms,
+        max_call_seconds=settings.max_call_seconds,
+        idle_timeout_seconds=settings.idle_timeout_seconds,
+        tool_timeout_seconds=settings.tool_timeout_seconds,
+        greeting=settings.greeting,
+        transfer_allowlist=tuple(settings.transfer_allowlist),
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    reason = state.refusal()
+    if state.model is None:
+        reason = "no_provider"
+    body = {"ready": reason is None, "reason": reason, "active_calls": len(state.calls)}
+    return web.json_response(body, status=200 if reason is None else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.Response(body=state.metrics.render(), content_type="text/plain", charset="utf-8")
