@@ -166,6 +166,8 @@ class Settings(BaseSettings):
                 out[env] = "********"
             elif value is None:
                 out[env] = ""
+            elif isinstance(value, bool):
+                out[env] = "true" if value else "false"
             elif isinstance(value, enum.Enum):
                 out[env] = str(value.value)
             elif isinstance(value, list):
