@@ -9,13 +9,14 @@ import hmac
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
+from telephony_agent import ops
 from telephony_agent.metrics import Metrics
+from telephony_agent.state import STATE, AppState
 from telephony_agent.realtime import RealtimeConfig, RealtimeModel, TurnDetection
 from telephony_agent.settings import Provider, Settings
 from telephony_agent.telephony.bridge import BridgeOptions, CallBridge
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 VOICE_PATH = "/twilio/voice"
 MEDIA_PATH = "/twilio/media"
 TOKEN_PARAM = "token"
-LAG_INTERVAL_S = 0.1
 
 
 def build_model(settings: Settings, http: aiohttp.ClientSession) -> RealtimeModel:
@@ -64,43 +64,6 @@ def build_model(settings: Settings, http: aiohttp.ClientSession) -> RealtimeMode
     return LocalRealtimeModel(script_path=settings.local_script, voice=settings.voice)
 
 
-@dataclass
-class AppState:
-    settings: Settings
-    metrics: Metrics
-    model: RealtimeModel | None = None
-    http: aiohttp.ClientSession | None = None
-    rest: TwilioRest | None = None
-    calls: dict[str, CallBridge] = field(default_factory=dict)
-    pending: dict[str, float] = field(default_factory=dict)  # call sid -> webhook time, until start
-    draining: bool = False
-    loop_lag_ms: float = 0.0
-    token_secret: bytes = b""
-
-    @property
-    def auth_token(self) -> str | None:
-        token = self.settings.twilio_auth_token
-        return token.get_secret_value() if token is not None else None
-
-    def load(self) -> int:
-        now = time.monotonic()
-        ttl = self.settings.stream_token_ttl_seconds
-        for sid in [s for s, t in self.pending.items() if now - t > ttl]:
-            del self.pending[sid]
-        return len(self.calls) + len(self.pending)
-
-    def refusal(self) -> str | None:
-        """Why a new call would be refused now, or None."""
-        if self.draining:
-            return "draining"
-        if self.load() >= self.settings.max_calls:
-            return "at_capacity"
-        if self.loop_lag_ms > self.settings.max_loop_lag_ms:
-            return "overloaded"
-        return None
-
-
-STATE = web.AppKey("state", AppState)
 
 
 def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web.Application:
@@ -116,9 +79,7 @@ def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web
     app[STATE] = state
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_get(MEDIA_PATH, media_socket)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    ops.install(app)
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -141,7 +102,7 @@ async def _lifecycle(app: web.Application) -> object:
         state.model.model_id,
         settings.max_calls,
     )
-    lag_task = asyncio.create_task(_watch_loop_lag(state), name="loop-lag")
+    lag_task = asyncio.create_task(ops.watch_loop_lag(state), name="loop-lag")
     yield
     lag_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -153,17 +114,6 @@ async def _lifecycle(app: web.Application) -> object:
         await asyncio.sleep(0.05)
     await state.model.aclose()
     await state.http.close()
-
-
-async def _watch_loop_lag(state: AppState) -> None:
-    """Measure how late the loop wakes us: the honest signal that a server is overloaded."""
-    loop = asyncio.get_running_loop()
-    while True:
-        start = loop.time()
-        await asyncio.sleep(LAG_INTERVAL_S)
-        lag_ms = max(0.0, (loop.time() - start - LAG_INTERVAL_S) * 1000)
-        state.loop_lag_ms = lag_ms if lag_ms > state.loop_lag_ms else 0.8 * state.loop_lag_ms + 0.2 * lag_ms
-        state.metrics.loop_lag.observe(lag_ms)
 
 
 def _public_base(request: web.Request, settings: Settings) -> str:
@@ -291,21 +241,3 @@ def bridge_options(settings: Settings) -> BridgeOptions:
         greeting=settings.greeting,
         transfer_allowlist=tuple(settings.transfer_allowlist),
     )
-
-
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    reason = state.refusal()
-    if state.model is None:
-        reason = "no_provider"
-    body = {"ready": reason is None, "reason": reason, "active_calls": len(state.calls)}
-    return web.json_response(body, status=200 if reason is None else 503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    return web.Response(body=state.metrics.render(), content_type="text/plain", charset="utf-8")
