@@ -1,0 +1,1 @@
+"""Telephony transports and the transport-neutral call bridge."""

@@ -1,0 +1,337 @@
+"""The fake Twilio peer against a tiny agent written here: signatures, TwiML, the stream's
+sequence/chunk/timestamp rules, real-time playout with mark echoes, clear, violations, close."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import WSMsgType, web
+
+from peers.fake_twilio import FakeTwilioCall, HandshakeRejected, pcm16_to_ulaw
+from peers.fake_twilio_rest import FakeTwilioRest
+from speech import speech_pcm16
+from telephony_agent.telephony.twilio.rest import TwilioRest
+from telephony_agent.telephony.twilio.signature import SIGNATURE_HEADER, validate_request, validate_websocket
+from telephony_agent.telephony.twilio.stream import (
+    Dtmf,
+    MarkEcho,
+    Media,
+    MediaStreamProtocol,
+    Start,
+    Stop,
+    clear_message,
+    mark_message,
+    media_message,
+)
+from telephony_agent.telephony.twilio.twiml import busy_twiml, connect_stream_twiml
+
+PUBLIC = "https://agent.test"
+TOKEN = "tok-" + "9" * 28
+
+Script = Callable[["TinyAgent", web.WebSocketResponse, MediaStreamProtocol], Awaitable[None]]
+
+
+class TinyAgent:
+    """A minimal agent: checks signatures, answers with TwiML, runs `script` once the stream starts."""
+
+    def __init__(self, script: Script | None = None, busy: bool = False) -> None:
+        self.script = script
+        self.busy = busy
+        self.events: list[Any] = []
+        self.protocol: MediaStreamProtocol | None = None
+        self.inbound = bytearray()
+        self.started = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    async def __aenter__(self) -> TinyAgent:
+        app = web.Application()
+        app.router.add_post("/twilio/voice", self.voice)
+        app.router.add_get("/twilio/media", self.media)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.base_url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+    async def voice(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        if not validate_request(PUBLIC + "/twilio/voice", form, request.headers.get(SIGNATURE_HEADER), TOKEN):
+            return web.Response(status=403)
+        if self.busy:
+            return web.Response(text=busy_twiml(), content_type="text/xml")
+        twiml = connect_stream_twiml("wss://agent.test/twilio/media", {"call": str(form["CallSid"]), "x": "a&b"})
+        return web.Response(text=twiml, content_type="text/xml")
+
+    async def media(self, request: web.Request) -> web.StreamResponse:
+        if not validate_websocket(PUBLIC, request.path, request.headers.get(SIGNATURE_HEADER), TOKEN):
+            return web.Response(status=403)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.protocol = proto = MediaStreamProtocol()
+        script_task: asyncio.Task[None] | None = None
+        try:
+            async for msg in ws:
+                evs = proto.receive_text(msg.data) if msg.type == WSMsgType.TEXT else proto.receive_bytes(msg.data)
+                for ev in evs:
+                    self.events.append((asyncio.get_running_loop().time(), ev))
+                    if isinstance(ev, Media):
+                        self.inbound += ev.payload
+                    if isinstance(ev, Start):
+                        self.started.set()
+                        if self.script is not None:
+                            script_task = asyncio.create_task(self.script(self, ws, proto))
+        finally:
+            if script_task is not None:
+                script_task.cancel()
+            self.ended.set()
+        return ws
+
+    def of(self, kind: type) -> list[Any]:
+        return [e for _, e in self.events if isinstance(e, kind)]
+
+
+def tone(ms: int, byte: int = 0x55) -> bytes:
+    return bytes([byte]) * (ms * 8)
+
+
+async def test_place_connect_and_microphone_frames() -> None:
+    async with TinyAgent() as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+        assert await call.place() == 200
+        assert call.stream_url == "wss://agent.test/twilio/media"
+        assert call.stream_parameters == {"call": call.call_sid, "x": "a&b"}
+        assert not call.rejected and call.violations == []
+        await call.connect()
+        await asyncio.wait_for(agent.started.wait(), 2)
+        (start,) = agent.of(Start)
+        assert start.call_sid == call.call_sid and start.stream_sid == call.stream_sid
+        assert start.custom_parameters == call.stream_parameters
+        assert start.sequence == 1 and start.tracks == ("inbound",)
+        assert len(call.stream_sid) == 34 and call.stream_sid.startswith("MZ")
+        await asyncio.sleep(0.5)
+        media = agent.of(Media)
+        # ~25 frames in 0.5 s: real time, not a burst.
+        assert 20 <= len(media) <= 28, len(media)
+        assert [m.chunk for m in media] == list(range(1, len(media) + 1))
+        assert [m.timestamp_ms for m in media] == [20 * i for i in range(len(media))]
+        assert [m.sequence for m in media] == list(range(2, len(media) + 2))
+        assert all(m.payload == b"\xff" * 160 for m in media)
+        assert agent.protocol is not None and agent.protocol.bad_input_total == 0
+        assert agent.protocol.sequence_gaps == 0
+
+
+async def test_busy_rejection_and_bad_signatures() -> None:
+    async with TinyAgent(busy=True) as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+        assert await call.place() == 200
+        assert call.rejected and call.reject_reason == "busy" and call.stream_url is None
+    async with TinyAgent() as agent:
+        for mode in ("omit", "corrupt"):
+            async with FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+                assert await call.place(signature=mode) == 403
+        async with FakeTwilioCall(agent.base_url, PUBLIC, "other-token") as call:
+            assert await call.place() == 403
+        async with FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+            assert await call.place() == 200
+            for mode in ("omit", "corrupt"):
+                with pytest.raises(HandshakeRejected) as info:
+                    await call.connect(signature=mode)
+                assert info.value.status == 403 and call.handshake_status == 403
+            # The https form of the URL is accepted too.
+            await call.connect(sign_url="https://agent.test/twilio/media")
+            await asyncio.wait_for(agent.started.wait(), 2)
+
+
+async def test_playout_marks_echo_in_real_time() -> None:
+    sent = tone(400, 0x11) + tone(200, 0x22)
+
+    async def script(agent: TinyAgent, ws: web.WebSocketResponse, proto: MediaStreamProtocol) -> None:
+        agent.first_audio_at = asyncio.get_running_loop().time()  # type: ignore[attr-defined]
+        for i in range(0, 400 * 8, 160):
+            await ws.send_str(proto.media(sent[i : i + 160]))
+        await ws.send_str(proto.mark("a"))
+        await ws.send_str(proto.media(sent[400 * 8 :]))  # one big 200 ms message
+        await ws.send_str(proto.mark("b"))
+
+    async with TinyAgent(script) as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+        await call.place_and_connect()
+        b = await call.wait_mark("b", timeout=3)
+        a = next(m for m in call.marks if m.name == "a")
+        t0 = agent.first_audio_at  # type: ignore[attr-defined]
+        assert 0.38 <= a.played_at - t0 <= 0.5, a.played_at - t0
+        assert 0.58 <= b.played_at - t0 <= 0.7, b.played_at - t0
+        assert a.echoed_at is not None and a.echoed_at - a.played_at < 0.03
+        assert not a.cleared and not b.cleared
+        assert bytes(call.heard_ulaw) == sent
+        assert call.marks_requested == ["a", "b"]
+        assert len(call.heard_chunks) == 21 and call.heard_chunks[-1].length == 1600
+        # Echoes arrive at the agent with sequence numbers continuing the media sequence.
+        await call.wait_for(lambda: len(agent.of(MarkEcho)) == 2, 2)
+        assert agent.protocol is not None and agent.protocol.sequence_gaps == 0
+        assert agent.protocol.bad_input_total == 0
+        await call.wait_silence_after_audio(silence_ms=100, timeout=2)
+        assert call.heard_ms == 600 and not call.playing
+
+
+async def test_clear_echoes_pending_marks_at_once() -> None:
+    sent = tone(1000, 0x33)
+
+    async def script(agent: TinyAgent, ws: web.WebSocketResponse, proto: MediaStreamProtocol) -> None:
+        loop = asyncio.get_running_loop()
+        agent.first_audio_at = loop.time()  # type: ignore[attr-defined]
+        await ws.send_str(proto.media(sent[:4000]))
+        await ws.send_str(proto.mark("m1"))
+        await ws.send_str(proto.media(sent[4000:]))
+        await ws.send_str(proto.mark("m2"))
+        await asyncio.sleep(0.3)
+        agent.clear_sent_at = loop.time()  # type: ignore[attr-defined]
+        await ws.send_str(proto.clear())
+
+    async with TinyAgent(script) as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+        await call.place_and_connect()
+        await call.wait_clear(timeout=3)
+        m2 = await call.wait_mark("m2", timeout=1)
+        m1 = next(m for m in call.marks if m.name == "m1")
+        assert m1.cleared and m2.cleared
+        clear_at = call.clear_times[0]
+        assert m1.echoed_at is not None and m2.echoed_at is not None
+        assert m1.echoed_at - clear_at < 0.02 and m2.echoed_at - clear_at < 0.02
+        played = clear_at - agent.first_audio_at  # type: ignore[attr-defined]
+        assert 0.27 <= played <= 0.4, played
+        assert abs(call.heard_ms - played * 1000) <= 15, (call.heard_ms, played)
+        assert bytes(call.heard_ulaw) == sent[: len(call.heard_ulaw)]
+        assert call.dropped_bytes == len(sent) - len(call.heard_ulaw)
+        await asyncio.sleep(0.1)
+        assert call.heard_ms < 410 and not call.playing and call.clears == 1
+
+
+async def test_mark_on_idle_queue_echoes_right_away_and_audio_after_idle() -> None:
+    async def script(agent: TinyAgent, ws: web.WebSocketResponse, proto: MediaStreamProtocol) -> None:
+        await ws.send_str(proto.mark("idle"))
+        await asyncio.sleep(0.3)
+        agent.late_at = asyncio.get_running_loop().time()  # type: ignore[attr-defined]
+        await ws.send_str(proto.media(tone(100)))
+        await ws.send_str(proto.mark("after"))
+
+    async with TinyAgent(script) as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+        await call.place_and_connect()
+        idle = await call.wait_mark("idle", timeout=2)
+        assert idle.echoed_at is not None and idle.echoed_at - idle.played_at < 0.02
+        after = await call.wait_mark("after", timeout=2)
+        # Audio that arrives after an idle gap plays from its arrival, not "in the past".
+        assert 0.09 <= after.played_at - agent.late_at <= 0.14  # type: ignore[attr-defined]
+        assert call.heard_chunks[0].start >= agent.late_at - 0.005  # type: ignore[attr-defined]
+        assert len(call.heard_after(agent.late_at)) == 800  # type: ignore[attr-defined]
+
+
+async def test_protocol_violations_recorded() -> None:
+    async def script(agent: TinyAgent, ws: web.WebSocketResponse, proto: MediaStreamProtocol) -> None:
+        await ws.send_bytes(b"\xff" * 160)
+        await ws.send_str('{"event":"start","streamSid":"%s"}' % proto.stream_sid)
+        await ws.send_str(orjson.dumps({"event": "media", "media": {"payload": "/w=="}}).decode())
+        await ws.send_str(media_message("MZ" + "0" * 32, b"\xff"))
+        await ws.send_str("{nope")
+        await ws.send_str(orjson.dumps({"event": "media", "streamSid": proto.stream_sid, "media": {"payload": "***"}}).decode())
+        await ws.send_str(clear_message(proto.stream_sid or ""))
+        await ws.send_str(mark_message(proto.stream_sid or "", "ok"))
+
+    async with TinyAgent(script) as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+        await call.place_and_connect()
+        await call.wait_mark("ok", timeout=2)
+        assert [v.code for v in call.violations] == [31950, 31924, 31924, 31924, 31924, 31924]
+        assert call.clears == 1 and call.heard_ms == 0
+        assert [m["event"] for m in call.messages()] == ["start", "media", "media", "media", "clear", "mark"]
+
+
+async def test_server_close_detected_and_tasks_stop() -> None:
+    async def script(agent: TinyAgent, ws: web.WebSocketResponse, proto: MediaStreamProtocol) -> None:
+        await asyncio.sleep(0.1)
+        await ws.close(code=4000, message=b"bye")
+
+    async with TinyAgent(script) as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+        await call.place_and_connect()
+        assert await call.wait_closed(timeout=2) == 4000
+        assert call.closed_by_server and not call.is_open
+        frames = call.media_frames_sent
+        await asyncio.sleep(0.1)
+        assert call.media_frames_sent == frames  # the microphone stopped
+        assert all(t.done() for t in call._tasks)
+
+
+async def test_hangup_sends_stop_then_closes() -> None:
+    async with TinyAgent() as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+        await call.place_and_connect()
+        await call.send_dtmf("5")
+        await call.send_dtmf("#")
+        await asyncio.sleep(0.05)
+        await call.hangup()
+        await asyncio.wait_for(agent.ended.wait(), 2)
+        assert [d.digit for d in agent.of(Dtmf)] == ["5", "#"]
+        stops = agent.of(Stop)
+        assert len(stops) == 1 and stops[0].call_sid == call.call_sid
+        assert agent.protocol is not None and agent.protocol.sequence_gaps == 0
+        assert call.closed and not call.closed_by_server and call.hung_up
+
+
+async def test_speech_goes_out_in_the_stream() -> None:
+    ulaw = pcm16_to_ulaw(speech_pcm16("hello", 8000))
+    async with TinyAgent() as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+        await call.place_and_connect()
+        await asyncio.sleep(0.1)
+        utt = await call.speak(ulaw)
+        assert utt.started_at is not None and utt.finished_at is not None
+        duration = utt.finished_at - utt.started_at
+        assert abs(duration - len(ulaw) / 8000) < 0.08, duration
+        await asyncio.sleep(0.1)
+        inbound = bytes(agent.inbound)
+        assert ulaw in inbound
+        # Silence before and after: the line never went quiet.
+        idx = inbound.index(ulaw)
+        assert idx >= 160 and inbound[:idx] == b"\xff" * idx
+        assert inbound == bytes(call.sent_ulaw[: len(inbound)])
+        assert agent.protocol is not None and agent.protocol.sequence_gaps == 0
+
+
+async def test_non_continuous_send_audio_and_raw_bad_input() -> None:
+    async with TinyAgent() as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN, continuous=False) as call:
+        await call.place_and_connect()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        await call.send_audio(tone(200, 0x44))
+        assert 0.17 <= loop.time() - t0 <= 0.3
+        await call.send_audio(tone(100, 0x45), realtime=False)
+        await call.send_raw(b"\x00\x01")
+        await call.send_raw("{bad")
+        await call.wait_for(lambda: agent.protocol is not None and agent.protocol.bad_input_total == 2, 2)
+        assert bytes(agent.inbound) == tone(200, 0x44) + tone(100, 0x45)
+        assert dict(agent.protocol.bad_input) == {"binary_frame": 1, "bad_json": 1}  # type: ignore[union-attr]
+
+
+async def test_rest_hangup_ends_linked_stream() -> None:
+    async with TinyAgent() as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+        await call.place_and_connect()
+        async with FakeTwilioRest(call.account_sid, TOKEN) as api:
+            api.register_call(call)
+            async with TwilioRest(call.account_sid, TOKEN, base_url=api.base_url) as rest:
+                await rest.transfer(call.call_sid, "+15551234567")
+            await call.wait_closed(timeout=2)
+            await asyncio.wait_for(agent.ended.wait(), 2)
+            assert len(agent.of(Stop)) == 1
+            assert call.transferred_twiml == "<Response><Dial>+15551234567</Dial></Response>"
+
+
+async def test_wait_timeout_message() -> None:
+    async with TinyAgent() as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+        await call.place_and_connect()
+        with pytest.raises(TimeoutError, match="heard=0ms"):
+            await call.wait_heard(100, timeout=0.1)
