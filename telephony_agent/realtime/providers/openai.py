@@ -1,0 +1,509 @@
+"""OpenAI Realtime (GA) over WebSocket: `OpenAIRealtimeModel` and `OpenAIRealtimeSession`.
+
+The wire protocol itself lives in `openai_protocol` (sans-I/O); this module owns the socket,
+the handshake, and reconnecting when OpenAI ends a session (60-minute limit, `session_expired`,
+close 1001) or the connection drops: the conversation is carried over as text items and the
+API caller sees one `Reconnected` event.
+
+Never logged: the API key, audio payloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+from telephony_agent.realtime.errors import (
+    RealtimeAuthError,
+    RealtimeConfigError,
+    RealtimeConnectionError,
+    RealtimeError,
+    RealtimeTimeoutError,
+    SessionClosedError,
+)
+from telephony_agent.realtime.events import ErrorEvent, Reconnected, ResponseDone, ServerEvent
+from telephony_agent.realtime.providers.openai_protocol import (
+    AUTH_ERROR_CODES,
+    BENIGN_ERROR_CODES,
+    EXPIRY_ERROR_CODES,
+    PCMA_8K,
+    OpenAIEventTranslator,
+    audio_append_message,
+    item_create_message,
+    new_item_id,
+    session_update_message,
+    tool_output_item,
+    truncate_message,
+    user_text_item,
+)
+from telephony_agent.realtime.session import QueuedSession, RealtimeModel
+from telephony_agent.realtime.transport import WebSocketTransport
+from telephony_agent.realtime.types import (
+    PCM16_24K,
+    PCMU_8K,
+    AudioChunk,
+    AudioFormat,
+    ClientEvent,
+    ContextMutationOutcome,
+    RealtimeConfig,
+    ToolResponse,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "wss://api.openai.com/v1/realtime"
+DEFAULT_MODEL = "gpt-realtime"
+
+#: Close codes after which reconnecting cannot help (protocol/policy errors, 4xxx application codes).
+_FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
+
+
+def _secret(value: Any) -> str:
+    getter = getattr(value, "get_secret_value", None)
+    return getter() if callable(getter) else str(value)
+
+
+class OpenAIRealtimeModel(RealtimeModel):
+    """Sessions on OpenAI's Realtime API (GA interface: no `OpenAI-Beta` header).
+
+    `audio` picks the wire format when the config does not name a supported one: "pcmu"
+    (G.711 μ-law 8 kHz, Twilio passthrough) or "pcm" (PCM16 24 kHz).
+    """
+
+    def __init__(
+        self,
+        api_key: Any,
+        *,
+        url: str = DEFAULT_URL,
+        model: str = DEFAULT_MODEL,
+        audio: str = "pcmu",
+        http: aiohttp.ClientSession | None = None,
+        connect_timeout: float = 10.0,
+        handshake_timeout: float = 10.0,
+        reconnect_attempts: int = 3,
+        reconnect_backoff: float = 0.25,
+        reconnect_buffer_ms: int = 5000,
+    ) -> None:
+        if audio not in ("pcmu", "pcm"):
+            raise RealtimeConfigError(f"audio must be 'pcmu' or 'pcm', not {audio!r}")
+        self.__api_key = _secret(api_key)
+        if not self.__api_key:
+            raise RealtimeAuthError("no OpenAI API key")
+        self.url = url
+        self.model = model
+        self.audio = audio
+        self._http = http
+        self._owns_http = http is None
+        self.connect_timeout = connect_timeout
+        self.handshake_timeout = handshake_timeout
+        self.reconnect_attempts = reconnect_attempts
+        self.reconnect_backoff = reconnect_backoff
+        self.reconnect_buffer_ms = reconnect_buffer_ms
+
+    def __repr__(self) -> str:
+        return f"OpenAIRealtimeModel(url={self.url!r}, model={self.model!r}, audio={self.audio!r})"
+
+    @property
+    def provider(self) -> str:
+        return "openai"
+
+    @property
+    def model_id(self) -> str:
+        return self.model
+
+    @property
+    def input_formats(self) -> tuple[AudioFormat, ...]:
+        return (PCMU_8K, PCM16_24K) if self.audio == "pcmu" else (PCM16_24K, PCMU_8K)
+
+    @property
+    def output_formats(self) -> tuple[AudioFormat, ...]:
+        return self.input_formats
+
+    def negotiate(self, config: RealtimeConfig) -> tuple[AudioFormat, AudioFormat]:
+        """The (input, output) formats a session with `config` will use."""
+        supported = (PCMU_8K, PCM16_24K, PCMA_8K)
+        default = self.input_formats[0]
+        in_fmt = config.input_format if config.input_format in supported else default
+        out_fmt = config.output_format if config.output_format in supported else default
+        return in_fmt, out_fmt
+
+    @property
+    def endpoint(self) -> str:
+        sep = "&" if "?" in self.url else "?"
+        return f"{self.url}{sep}model={quote(self.model, safe='')}"
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.__api_key}"}
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+            self._owns_http = True
+        return self._http
+
+    async def connect(self, config: RealtimeConfig) -> "OpenAIRealtimeSession":
+        in_fmt, out_fmt = self.negotiate(config)
+        translator = OpenAIEventTranslator(out_fmt)
+        transport, early = await self._open(config, in_fmt, out_fmt, translator)
+        return OpenAIRealtimeSession(self, config, in_fmt, out_fmt, transport, translator, early)
+
+    async def _open(
+        self, config: RealtimeConfig, in_fmt: AudioFormat, out_fmt: AudioFormat, translator: OpenAIEventTranslator
+    ) -> tuple[WebSocketTransport, list[ServerEvent]]:
+        """Open a socket, wait for `session.created`, configure it, wait for `session.updated`."""
+        update = session_update_message(config, input_format=in_fmt, output_format=out_fmt)
+        transport = WebSocketTransport(self._client(), self.endpoint, self._headers(),
+                                       connect_timeout=self.connect_timeout)
+        await transport.connect()
+        early: list[ServerEvent] = []
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.handshake_timeout
+            await self._expect(transport, "session.created", deadline, translator, early)
+            transport.send(update)
+            await self._expect(transport, "session.updated", deadline, translator, early)
+        except BaseException:
+            await transport.close(timeout=0.3)
+            raise
+        return transport, early
+
+    async def _expect(
+        self,
+        transport: WebSocketTransport,
+        wanted: str,
+        deadline: float,
+        translator: OpenAIEventTranslator,
+        early: list[ServerEvent],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise RealtimeTimeoutError(f"OpenAI did not send {wanted} in time")
+            try:
+                raw = await asyncio.wait_for(transport.receive(), remaining)
+            except asyncio.TimeoutError:
+                raise RealtimeTimeoutError(f"OpenAI did not send {wanted} in time") from None
+            if raw is None:
+                raise _closed_error(transport.close_code, transport.close_reason, wanted)
+            try:
+                msg = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                log.warning("undecodable message from OpenAI during the handshake")
+                continue
+            if not isinstance(msg, dict):
+                continue
+            kind = msg.get("type")
+            if kind == "error":
+                err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
+                code, text = err.get("code"), str(err.get("message") or "error")
+                if code in AUTH_ERROR_CODES or err.get("type") == "authentication_error":
+                    raise RealtimeAuthError(f"OpenAI refused the credentials: {text}")
+                if wanted == "session.updated":
+                    raise RealtimeConfigError(f"OpenAI refused the session configuration: {text} (code {code})")
+                raise RealtimeConnectionError(f"OpenAI error during the handshake: {text} (code {code})")
+            early.extend(translator.translate(msg))
+            if kind == wanted:
+                return
+
+    async def aclose(self) -> None:
+        if self._owns_http and self._http is not None and not self._http.closed:
+            await self._http.close()
+
+
+def _closed_error(code: int | None, reason: str, wanted: str) -> RealtimeConnectionError:
+    text = f"OpenAI closed the connection before {wanted} (code {code}{', ' + reason if reason else ''})"
+    lowered = (reason or "").lower()
+    if code in (4001, 4003) or (
+        (code == 1008 or (code or 0) >= 4000) and any(w in lowered for w in ("auth", "api key", "api_key", "unauthorized"))
+    ):
+        return RealtimeAuthError(text)
+    return RealtimeConnectionError(text)
+
+
+class OpenAIRealtimeSession(QueuedSession):
+    """One conversation; survives OpenAI's session limit and connection drops by reconnecting."""
+
+    def __init__(
+        self,
+        owner: OpenAIRealtimeModel,
+        config: RealtimeConfig,
+        input_format: AudioFormat,
+        output_format: AudioFormat,
+        transport: WebSocketTransport,
+        translator: OpenAIEventTranslator,
+        early_events: list[ServerEvent],
+    ) -> None:
+        super().__init__()
+        self._owner = owner
+        self._config = config
+        self._in = input_format
+        self._out = output_format
+        self._transport = transport
+        self._translator = translator
+        self._session_id = translator.session_id or ""
+        self._closing = False
+        self._reconnecting = False
+        self._expired = False
+        self._pending: deque[tuple[dict[str, Any], int]] = deque()
+        self._pending_audio_bytes = 0
+        self._max_pending_audio = int(owner.reconnect_buffer_ms * input_format.bytes_per_ms)
+        self.reconnects = 0
+        self.dropped_audio_bytes = 0
+        self.benign_errors = 0
+        self.truncates: list[tuple[str, int]] = []
+        for event in early_events:
+            self._emit(event)
+        self._main = asyncio.create_task(self._run(), name="openai-session")
+
+    # -- properties -------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        """The id of the first server session (stable across reconnects)."""
+        return self._session_id
+
+    @property
+    def server_session_id(self) -> str | None:
+        """The id of the current server session."""
+        return self._translator.session_id
+
+    @property
+    def is_connected(self) -> bool:
+        return not self._finished and not self._closing and not self._reconnecting and self._transport.open
+
+    @property
+    def input_format(self) -> AudioFormat:
+        return self._in
+
+    @property
+    def output_format(self) -> AudioFormat:
+        return self._out
+
+    @property
+    def config(self) -> RealtimeConfig:
+        return self._config
+
+    @property
+    def translator(self) -> OpenAIEventTranslator:
+        return self._translator
+
+    @property
+    def response_active(self) -> bool:
+        return self._translator.response_active
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def _send(self, msg: dict[str, Any], audio_bytes: int = 0) -> None:
+        if self._finished or self._closing:
+            raise SessionClosedError("the OpenAI session is closed")
+        if not self._reconnecting:
+            try:
+                self._transport.send(msg)
+                return
+            except SessionClosedError:
+                pass  # dropped under us: the reader notices and reconnects; keep the message
+        self._buffer(msg, audio_bytes)
+
+    def _buffer(self, msg: dict[str, Any], audio_bytes: int) -> None:
+        self._pending.append((msg, audio_bytes))
+        self._pending_audio_bytes += audio_bytes
+        while self._pending_audio_bytes > self._max_pending_audio:
+            for i, (_, n) in enumerate(self._pending):
+                if n:
+                    del self._pending[i]
+                    self._pending_audio_bytes -= n
+                    self.dropped_audio_bytes += n
+                    break
+            else:
+                break
+        if len(self._pending) > 4096:
+            self._pending.popleft()
+
+    async def send_audio(self, chunk: AudioChunk) -> None:
+        if chunk.format != self._in:
+            raise RealtimeError(f"audio in {chunk.format} but the session takes {self._in}")
+        if chunk.data:
+            self._send(audio_append_message(chunk.data), len(chunk.data))
+
+    async def send_text(self, text: str) -> None:
+        item = user_text_item(text, new_item_id())
+        self._translator.record_item(item)
+        self._send(item_create_message(item))
+        self._send({"type": "response.create"})
+
+    async def send_tool_output(self, response: ToolResponse) -> None:
+        item = tool_output_item(response, new_item_id())
+        self._translator.record_item(item)
+        self._send(item_create_message(item))
+
+    async def commit_audio(self) -> None:
+        self._send({"type": "input_audio_buffer.commit"})
+
+    async def clear_audio(self) -> None:
+        self._send({"type": "input_audio_buffer.clear"})
+
+    async def create_response(self) -> None:
+        # Sent even if a response seems active: `conversation_already_has_active_response` is benign.
+        self._send({"type": "response.create"})
+
+    async def interrupt(self, *, audio_end_ms: int | None = None) -> None:
+        """Cancel the response in progress and truncate the current item to what the caller heard."""
+        tr = self._translator
+        if tr.response_active:
+            self._send({"type": "response.cancel"})
+        item = tr.current_item_id
+        if item is None or audio_end_ms is None:
+            return
+        generated = tr.generated_ms(item)
+        end = max(0, int(audio_end_ms))
+        if end >= generated:
+            return  # the caller heard everything generated: nothing to cut
+        self._send(truncate_message(item, end))
+        tr.record_truncate(item, end)
+        self.truncates.append((item, end))
+
+    async def send_event(self, event: ClientEvent) -> None:
+        self._send(dict(event.payload))
+
+    async def mutate_context(self, config: RealtimeConfig) -> ContextMutationOutcome:
+        for wanted, have in ((config.input_format, self._in), (config.output_format, self._out)):
+            if wanted is not None and wanted != have:
+                raise RealtimeConfigError(f"the audio format cannot change mid-session ({have} -> {wanted})")
+        include_voice = config.voice != self._config.voice  # voice is fixed once audio was produced
+        self._send(session_update_message(config, input_format=self._in, output_format=self._out,
+                                          include_voice=include_voice))
+        self._config = config
+        return ContextMutationOutcome.applied()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self._closing:
+            if not self._main.done():
+                await asyncio.wait({self._main}, timeout=0.5)
+            return
+        self._closing = True
+        self._finish("closed by client")
+        try:
+            await self._transport.close(timeout=0.6)
+        except Exception as exc:  # noqa: BLE001 - closing must not raise
+            log.debug("closing the OpenAI socket: %s", exc)
+        if not self._main.done():
+            self._main.cancel()
+            await asyncio.wait({self._main}, timeout=0.5)
+
+    async def _run(self) -> None:
+        reason = "connection closed"
+        try:
+            while True:
+                reason = await self._read_connection()
+                if self._closing:
+                    return
+                if reason is None:
+                    return
+                if not await self._reconnect(reason):
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - never let the reader die silently
+            log.exception("OpenAI session reader failed")
+            self._emit(ErrorEvent(f"internal error: {type(exc).__name__}", "internal_error", True))
+            self._finish(f"internal error: {type(exc).__name__}")
+        finally:
+            if not self._finished:
+                self._finish(self._disconnect_reason or "connection closed")
+
+    async def _read_connection(self) -> str | None:
+        """Read until the socket ends; the reason to reconnect, or None if the session is over."""
+        transport = self._transport
+        while True:
+            raw = await transport.receive()
+            if raw is None:
+                break
+            self._handle(raw)
+        await transport.close(timeout=0.2)
+        if self._closing:
+            return None
+        code, why = transport.close_code, transport.close_reason
+        if self._expired:
+            self._expired = False
+            return "session_expired"
+        if code is not None and (code in _FATAL_CLOSE_CODES or 4000 <= code <= 4999):
+            text = f"OpenAI closed the connection (code {code}{', ' + why if why else ''})"
+            self._emit(ErrorEvent(text, code, True))
+            self._finish(text)
+            return None
+        return f"connection closed (code {code})" if code not in (None, 1006) else "connection lost"
+
+    def _handle(self, raw: str | bytes) -> None:
+        if isinstance(raw, bytes):
+            log.warning("unexpected binary frame from OpenAI (%d bytes) ignored", len(raw))
+            return
+        try:
+            msg = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            log.warning("undecodable message from OpenAI (%d chars) ignored", len(raw))
+            self._emit(ErrorEvent("undecodable message from OpenAI", "bad_server_message", False))
+            return
+        if isinstance(msg, dict) and msg.get("type") == "error":
+            err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
+            code = err.get("code")
+            if code in EXPIRY_ERROR_CODES:
+                log.info("OpenAI session expired; reconnecting when the server closes")
+                self._expired = True
+                return
+            if code in BENIGN_ERROR_CODES:
+                self.benign_errors += 1
+                log.debug("benign OpenAI error %s", code)
+                return
+            log.warning("OpenAI error %s: %s", code, err.get("message"))
+        elif isinstance(msg, dict):
+            log.debug("openai <- %s", msg.get("type"))
+        for event in self._translator.translate(msg):
+            self._emit(event)
+
+    async def _reconnect(self, reason: str) -> bool:
+        self._reconnecting = True
+        tr = self._translator
+        lost = tr.response_id if tr.response_active else None
+        tr.reset_connection()
+        if lost:
+            self._emit(ResponseDone(lost, "incomplete", "connection_lost"))
+        owner = self._owner
+        last_error: Exception | None = None
+        for attempt in range(max(1, owner.reconnect_attempts)):
+            if attempt:
+                await asyncio.sleep(owner.reconnect_backoff * (2 ** (attempt - 1)))
+            try:
+                transport, _early = await owner._open(self._config, self._in, self._out, tr)
+            except RealtimeAuthError as exc:
+                last_error = exc
+                break
+            except RealtimeError as exc:
+                last_error = exc
+                log.warning("OpenAI reconnect attempt %d failed: %s", attempt + 1, exc)
+                continue
+            self._transport = transport
+            items = tr.reinjection_items()
+            for item in items:
+                transport.send(item_create_message(item))
+            pending, self._pending = self._pending, deque()
+            self._pending_audio_bytes = 0
+            for msg, _ in pending:
+                transport.send(msg)
+            self._reconnecting = False
+            self.reconnects += 1
+            log.info("OpenAI session reconnected (%s); %d items carried over", reason, len(items))
+            self._emit(Reconnected(reason))
+            return True
+        text = f"could not reconnect to OpenAI after {reason}: {last_error}"
+        self._emit(ErrorEvent(text, "reconnect_failed", True))
+        self._finish(text)
+        return False
