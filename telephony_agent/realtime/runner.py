@@ -82,9 +82,15 @@ class RealtimeRunner:
     def _start_call(self, call: FunctionCallDone) -> None:
         self.tool_calls += 1
         self._batch_respond[call.call_id] = True
-        self._batch[call.call_id] = asyncio.create_task(self._run_call(call), name=f"tool-{call.name}")
+        # The respond map is bound now: `handle(ResponseDone)` swaps `_batch_respond` before a quick
+        # tool has even started, and the flag must land in the map its batch reads.
+        self._batch[call.call_id] = asyncio.create_task(
+            self._run_call(call, self._batch_respond), name=f"tool-{call.name}"
+        )
 
-    async def _run_call(self, call: FunctionCallDone) -> ToolResponse | None:
+    async def _run_call(
+        self, call: FunctionCallDone, respond_map: dict[str, bool] | None = None
+    ) -> ToolResponse | None:
         tool = self.tools.get(call.name)
         if tool is None:
             self.tool_errors += 1
@@ -113,7 +119,7 @@ class RealtimeRunner:
                 self._log.warning("tool %s failed: %s: %s", call.name, type(exc).__name__, exc)
                 return ToolResponse(call.call_id, {"error": f"{type(exc).__name__}: {exc}"}, call.name, True)
         if isinstance(result, ToolResult):
-            self._batch_respond[call.call_id] = result.respond
+            (self._batch_respond if respond_map is None else respond_map)[call.call_id] = result.respond
             return ToolResponse(call.call_id, result.output, call.name)
         return ToolResponse(call.call_id, result, call.name)
 
