@@ -198,3 +198,19 @@ def test_fake_server_conformance_check_catches_beta_shapes() -> None:
     assert validate_client_event({"type": "session.update", "session": {"audio": {}}}) is not None
     assert validate_client_event({"type": "input_audio_buffer.append"}) is not None
     assert validate_client_event({"type": "response.create"}) is None
+
+
+async def test_goodbye_then_end_call_in_one_response(server: FakeOpenAIServer, http: aiohttp.ClientSession) -> None:
+    server.queue_reply("Thanks for calling, goodbye!", then_calls=[("end_call", {"reason": "done"})])
+    session, runner = await start(server, http)
+    try:
+        await session.send_text("Bye.")
+        events = await run_until(runner, 1)
+        await server.wait_for(lambda: tool_outputs(server))
+        await asyncio.sleep(0.05)
+    finally:
+        await runner.aclose()
+        await session.close()
+    kinds = [type(e) for e in events]
+    assert kinds.index(ev.AudioDone) < kinds.index(ev.FunctionCallDone) < kinds.index(ev.ResponseDone)
+    assert server.received_types().count("response.create") == 1

@@ -3,6 +3,7 @@
 Scripting:
 - `server.replies`: a deque of `Reply(text, pcm16_8k)` used by the next audio responses (the
   audio is converted to the session's output format); `default_reply` when it is empty.
+- `server.queue_reply(text, pcm16_8k, then_calls=[("end_call", {})])`: speech, then calls, one response.
 - `server.queue_function_calls([("name", {"arg": 1}), ...])`: the next response emits these
   function calls (one response, several calls) instead of audio, then waits for outputs and a
   `response.create` like the real API.
@@ -127,6 +128,7 @@ def bytes_per_ms(fmt: dict[str, Any]) -> int:
 class Reply:
     text: str
     pcm16_8k: bytes | None = None  # None: a tone as long as the text roughly takes to say
+    then_calls: list[tuple[str, Any]] | None = None  # function calls after the audio, same response
 
 
 def default_session() -> dict[str, Any]:
@@ -475,7 +477,9 @@ class FakeConnection:
             if calls:
                 await self._stream_calls(resp, calls)
             else:
-                await self._stream_reply(resp)
+                reply = await self._stream_reply(resp)
+                if reply.then_calls:
+                    await self._stream_calls(resp, reply.then_calls, first_index=1)
         except asyncio.CancelledError:
             return
         if self.response is resp:
@@ -484,8 +488,8 @@ class FakeConnection:
             self.responses.append(done)
             await self.send({"type": "response.done", "response": done})
 
-    async def _stream_calls(self, resp: ActiveResponse, calls: list[tuple[str, Any]]) -> None:
-        for index, (name, arguments) in enumerate(calls):
+    async def _stream_calls(self, resp: ActiveResponse, calls: list[tuple[str, Any]], first_index: int = 0) -> None:
+        for index, (name, arguments) in enumerate(calls, start=first_index):
             args = arguments if isinstance(arguments, str) else json.dumps(arguments)
             item = {"id": new_item_id(), "type": "function_call", "object": "realtime.item", "status": "in_progress",
                     "name": name, "call_id": new_call_id(), "arguments": ""}
@@ -506,7 +510,7 @@ class FakeConnection:
                              "item": dict(item)})
             await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": dict(item)})
 
-    async def _stream_reply(self, resp: ActiveResponse) -> None:
+    async def _stream_reply(self, resp: ActiveResponse) -> Reply:
         server = self.server
         reply = server.replies.popleft() if server.replies else server.default_reply
         pcm = reply.pcm16_8k if reply.pcm16_8k is not None else tone_pcm16(max(300, 60 * len(reply.text.split())))
@@ -557,6 +561,7 @@ class FakeConnection:
         await self.send({"type": "response.output_item.done", "response_id": resp.id, "output_index": 0,
                          "item": copy.deepcopy(item)})
         await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": copy.deepcopy(item)})
+        return reply
 
     async def cancel_response(self, reason: str) -> None:
         resp = self.response
@@ -615,8 +620,11 @@ class FakeOpenAIServer:
 
     # -- scripting --------------------------------------------------------------------------
 
-    def queue_reply(self, text: str, pcm16_8k: bytes | None = None) -> None:
-        self.replies.append(Reply(text, pcm16_8k))
+    def queue_reply(self, text: str, pcm16_8k: bytes | None = None,
+                    then_calls: list[tuple[str, Any]] | None = None) -> None:
+        """The next reply; `then_calls` are emitted after its audio in the same response (a goodbye
+        followed by `end_call`, as models do)."""
+        self.replies.append(Reply(text, pcm16_8k, then_calls))
 
     def queue_function_calls(self, calls: list[tuple[str, Any]]) -> None:
         self.function_calls.append(list(calls))
