@@ -1,1 +1,22 @@
-"""Telephony codecs: G.711 and a chunk-exact streaming resampler."""
+"""Telephony codecs: G.711 and a chunk-exact streaming resampler.
+
+Sans-I/O building blocks for the audio path (design.md): decode/encode G.711, resample PCM16
+between the phone's 8 kHz and the models' 16/24 kHz with state carried across 20 ms chunks, and
+cut byte streams into fixed frames.
+"""
+
+from .framing import Framer
+from .g711 import alaw_to_pcm16, pcm16_to_alaw, pcm16_to_ulaw, ulaw_to_pcm16
+from .resample import RATES, StreamResampler
+from .transcode import Transcoder
+
+__all__ = [
+    "RATES",
+    "Framer",
+    "StreamResampler",
+    "Transcoder",
+    "alaw_to_pcm16",
+    "pcm16_to_alaw",
+    "pcm16_to_ulaw",
+    "ulaw_to_pcm16",
+]
