@@ -262,6 +262,8 @@ class CallBridge:
         if event.item_id in self._interrupted_items or self._closing:
             return
         if event.item_id != self._out_item:
+            if self._after_playout is not None:
+                return  # the call is ending after what is already queued: nothing new is said
             self._flush_outbound()
             self._out_item = event.item_id
         self._play(event.item_id, self._to_ulaw(event.data, event.format))

@@ -1,0 +1,235 @@
+"""Whole calls: fake Twilio caller -> the real server -> fake OpenAI Realtime, over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
+from peers.fake_openai import FakeOpenAIServer
+from peers.fake_twilio import FakeTwilioCall
+from peers.fake_twilio_rest import FakeTwilioRest
+from speech import speech_pcm16
+
+from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
+from telephony_codecs import pcm16_to_ulaw
+
+API_KEY = "sk-test-key"
+
+
+def ulaw_speech(text: str) -> bytes:
+    return pcm16_to_ulaw(speech_pcm16(text, 8000))
+
+
+@pytest.fixture
+async def openai_server():
+    async with FakeOpenAIServer(api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+async def twilio_rest():
+    async with FakeTwilioRest(ACCOUNT_SID, AUTH_TOKEN) as rest:
+        yield rest
+
+
+def model_for(server: FakeOpenAIServer, audio: str = "pcmu") -> OpenAIRealtimeModel:
+    return OpenAIRealtimeModel(API_KEY, url=server.url, audio=audio)
+
+
+async def test_greeting_is_heard(openai_server: FakeOpenAIServer) -> None:
+    openai_server.queue_reply("Hello, thanks for calling Acme.", speech_pcm16("Hello, thanks for calling Acme.", 8000))
+    settings = test_settings(greeting="Hello, thanks for calling Acme.")
+    async with running_agent(settings, model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, timeout=10)
+            assert call.heard_ms >= 1000
+            update = next(m for m in openai_server.received if m["type"] == "session.update")
+            assert "Hello, thanks for calling Acme." in update["session"]["instructions"]
+            assert not call.violations
+
+
+@pytest.mark.parametrize("audio", ["pcmu", "pcm"])
+async def test_question_gets_an_answer(openai_server: FakeOpenAIServer, audio: str) -> None:
+    answer = speech_pcm16("We are open from nine to five.", 8000)
+    openai_server.queue_reply("We are open from nine to five.", answer)
+    async with running_agent(test_settings(), model_for(openai_server, audio)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.speak(ulaw_speech("What are your opening hours?"))
+            await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, timeout=15)
+            expected_ms = len(answer) / 16  # PCM16 8 kHz: 16 bytes per ms
+            assert call.heard_ms == pytest.approx(expected_ms, abs=80)
+            assert openai_server.speech_starts >= 1
+            assert not call.violations
+
+
+async def test_barge_in_clears_and_truncates_at_what_was_heard(openai_server: FakeOpenAIServer) -> None:
+    long_answer = speech_pcm16(
+        "Our opening hours are nine to five on weekdays, ten to four on Saturdays, and we are closed on Sundays "
+        "and on public holidays, except in December when we open late.",
+        8000,
+    )
+    openai_server.queue_reply("long answer", long_answer)
+    async with running_agent(test_settings(), model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.speak(ulaw_speech("What are your opening hours?"))
+            await call.wait_heard(1500, timeout=15)
+            call.say(ulaw_speech("Sorry, stop, I have another question."))
+            await call.wait_clear(1, timeout=10)
+            heard_at_clear = call.heard_ms
+            await openai_server.wait_for(lambda: bool(openai_server.truncates), timeout=5)
+            truncate = openai_server.truncates[0]
+            assert abs(truncate["audio_end_ms"] - heard_at_clear) <= 40, (truncate, heard_at_clear)
+            assert heard_at_clear < len(long_answer) / 16 - 1000  # it really was cut short
+            bridge = next(iter(agent.state.calls.values()))
+            assert bridge.stats.barge_ins == 1
+            assert bridge.stats.clear_latency_ms[0] < 50
+
+
+async def test_dtmf_reaches_the_model(openai_server: FakeOpenAIServer) -> None:
+    async with running_agent(test_settings(), model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
+            await call.send_dtmf("5")
+
+            def texts() -> list[str]:
+                return [
+                    part.get("text", "")
+                    for m in openai_server.received
+                    if m["type"] == "conversation.item.create"
+                    for part in m["item"].get("content", [])
+                ]
+
+            await openai_server.wait_for(lambda: "The caller pressed 5." in texts(), timeout=5)
+            bridge = next(iter(agent.state.calls.values()))
+            assert bridge.stats.dtmf == ["5"]
+
+
+async def test_end_call_hangs_up_after_the_goodbye_is_heard(
+    openai_server: FakeOpenAIServer, twilio_rest: FakeTwilioRest
+) -> None:
+    goodbye = speech_pcm16("Thanks for calling, goodbye!", 8000)
+    openai_server.queue_reply("Thanks for calling, goodbye!", goodbye, then_calls=[("end_call", {"reason": "done"})])
+    settings = test_settings(twilio_api_url=twilio_rest.base_url)
+    async with running_agent(settings, model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            twilio_rest.register_call(call)
+            await call.place()
+            await call.connect()
+            await call.speak(ulaw_speech("That's all, thank you, bye."))
+            await twilio_rest.wait_for_request(1, timeout=15)
+            hangup = twilio_rest.requests[0]
+            assert hangup.form == {"Status": "completed"}
+            assert call.heard_ms == pytest.approx(len(goodbye) / 16, abs=80)  # the whole goodbye
+            assert hangup.time >= call.last_audio_end - 0.05
+            await call.wait_closed(timeout=5)
+        await agent.wait_no_calls()
+
+
+async def test_transfer_dials_the_allowed_target(openai_server: FakeOpenAIServer, twilio_rest: FakeTwilioRest) -> None:
+    openai_server.queue_reply(
+        "Transferring you to sales.",
+        speech_pcm16("Transferring you to sales.", 8000),
+        then_calls=[("transfer_call", {"target": "sales"})],
+    )
+    settings = test_settings(twilio_api_url=twilio_rest.base_url, transfer_allowlist=["sales=+15551230000"])
+    async with running_agent(settings, model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            twilio_rest.register_call(call)
+            await call.place()
+            await call.connect()
+            await call.speak(ulaw_speech("Can I talk to sales please?"))
+            await twilio_rest.wait_for_request(1, timeout=15)
+            twiml = twilio_rest.requests[0].form["Twiml"]
+            assert "<Dial>+15551230000</Dial>" in twiml
+            await call.wait_closed(timeout=5)
+        await agent.wait_no_calls()
+        assert not [r for r in twilio_rest.requests if r.form.get("Status") == "completed"]
+
+
+async def test_caller_hangup_mid_response_leaves_nothing_running(openai_server: FakeOpenAIServer) -> None:
+    openai_server.queue_reply("long", speech_pcm16("This is a long answer that the caller will not wait for. " * 3, 8000))
+    before = set(asyncio.all_tasks())
+    async with running_agent(test_settings(), model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.speak(ulaw_speech("Tell me everything."))
+            await call.wait_heard(500, timeout=15)
+            await call.hangup()
+        await agent.wait_no_calls()
+        await openai_server.wait_for(lambda: all(c.closed for c in openai_server.connections), timeout=5)
+        await asyncio.sleep(0.1)
+        leftover = [t for t in asyncio.all_tasks() - before if not t.done() and "call" in t.get_name()]
+        assert not leftover
+        bridge_tasks = [t for t in asyncio.all_tasks() - before if "ws-writer" in t.get_name() or "tool-" in t.get_name()]
+        assert not bridge_tasks, bridge_tasks
+
+
+async def test_bad_frames_are_survived_and_counted(openai_server: FakeOpenAIServer) -> None:
+    openai_server.queue_reply("We are open from nine to five.", speech_pcm16("We are open from nine to five.", 8000))
+    async with running_agent(test_settings(), model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.send_raw(b"\x00\x01binary")
+            await call.send_raw("{not json")
+            await call.send_raw(
+                '{"event":"media","streamSid":"' + call.stream_sid + '","sequenceNumber":"99999",'
+                '"media":{"track":"inbound","chunk":"99999","timestamp":"99999","payload":"!!!"}}'
+            )
+            await call.send_raw('{"event":"whatever"}')
+            await call.send_raw('{"event":"media","pad":"' + "x" * 70_000 + '"}')
+            await call.speak(ulaw_speech("What are your opening hours?"))
+            await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, timeout=15)
+            metrics = agent.state.metrics.render().decode()
+            for kind in ("binary_frame", "bad_json", "bad_base64", "unknown_event", "oversized"):
+                assert f'agent_bad_input_total{{kind="{kind}"}} 1.0' in metrics, kind
+
+
+async def test_unsigned_requests_are_refused_before_any_provider_session(openai_server: FakeOpenAIServer) -> None:
+    async with running_agent(test_settings(), model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            assert await call.place(signature="omit") == 403
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            assert await call.place(signature="corrupt") == 403
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect(signature="omit", omit_parameters=True)
+            assert await call.wait_closed(timeout=5) == 1008
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect(signature="corrupt", custom_parameters={"token": "1.forged"})
+            assert await call.wait_closed(timeout=5) == 1008
+        assert openai_server.connection_attempts == 0
+
+
+async def test_stream_token_alone_admits_the_call(openai_server: FakeOpenAIServer) -> None:
+    async with running_agent(test_settings(), model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect(signature="omit")  # the <Parameter> token from our TwiML still admits it
+            await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
+            assert openai_server.connection_attempts == 1
+
+
+async def test_provider_unreachable_caller_hears_apology(twilio_rest: FakeTwilioRest) -> None:
+    model = OpenAIRealtimeModel(API_KEY, url="ws://127.0.0.1:9/v1/realtime", reconnect_attempts=1)
+    settings = test_settings(twilio_api_url=twilio_rest.base_url)
+    async with running_agent(settings, model) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            twilio_rest.register_call(call)
+            await call.place()
+            await call.connect()
+            await call.wait_closed(timeout=20)
+            assert call.heard_ms > 3000  # the pre-rendered apology, all of it
+            assert twilio_rest.requests and twilio_rest.requests[0].form == {"Status": "completed"}
+        await agent.wait_no_calls()
