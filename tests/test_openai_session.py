@@ -344,8 +344,8 @@ async def test_audio_during_reconnect_is_buffered(server: FakeOpenAIServer, http
     session = await make_model(server, http).connect(CONFIG)
     try:
         await server.drop()
-        server.session_created_delay = 0.15
-        await asyncio.sleep(0.05)  # the client notices the drop and starts reconnecting
+        server.session_created_delay = 0.4
+        await asyncio.sleep(0.15)  # the client notices the drop and starts reconnecting
         chunks = caller_audio("Hello there.")
         for chunk in chunks[:50]:
             await session.send_audio(AudioChunk(chunk, PCMU_8K))
