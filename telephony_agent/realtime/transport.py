@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from telephony_agent.wiretap import WIRETAP, Wiretap
 from telephony_agent.realtime.errors import (
     RealtimeAuthError,
     RealtimeConnectionError,
@@ -48,6 +49,7 @@ class WebSocketTransport:
         self.close_code: int | None = None
         self.close_reason: str = ""
         self.sent_messages = 0
+        self._tap: Wiretap | None = WIRETAP.get()
 
     @property
     def open(self) -> bool:
@@ -79,6 +81,8 @@ class WebSocketTransport:
         if self._ws is None or self._ws.closed or self._writer is None or self._writer.done():
             raise SessionClosedError("the provider connection is closed")
         text = message if isinstance(message, str) else orjson.dumps(message).decode()
+        if self._tap is not None:
+            self._tap.record("provider", "out", text)
         self._outbox.put_nowait(text)
 
     async def _write_loop(self) -> None:
@@ -100,9 +104,9 @@ class WebSocketTransport:
             return None
         while True:
             msg = await ws.receive()
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                return msg.data
-            if msg.type is aiohttp.WSMsgType.BINARY:
+            if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
+                if self._tap is not None:
+                    self._tap.record("provider", "in", msg.data)
                 return msg.data
             if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
                 self.close_code = ws.close_code if ws.close_code is not None else msg.data

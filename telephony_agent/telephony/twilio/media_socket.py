@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from telephony_agent.telephony.bridge import CallBridge
+from telephony_agent.wiretap import WIRETAP
 from telephony_agent.telephony.twilio.rest import TwilioRest, TwilioRestError
 from telephony_agent.telephony.twilio.stream import (
     BadInput,
@@ -67,6 +68,7 @@ class TwilioMediaSocket:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
+        self._tap = WIRETAP.get()
 
     # -- CallTransport ----------------------------------------------------------------------
 
@@ -111,7 +113,11 @@ class TwilioMediaSocket:
         try:
             while True:
                 while self._outbox:
-                    await ws.send_str(self._outbox.popleft())
+                    text = self._outbox.popleft()
+                    tap = self._tap
+                    if tap is not None:
+                        tap.record("twilio", "out", text)
+                    await ws.send_str(text)
                 if self._closed:
                     return
                 self._wake.clear()
@@ -208,6 +214,8 @@ class TwilioMediaSocket:
 
     def _parse(self, msg: aiohttp.WSMessage) -> list | None:
         """Events in a frame, or None when the socket has closed."""
+        if self._tap is not None and msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            self._tap.record("twilio", "in", msg.data)
         if msg.type is aiohttp.WSMsgType.TEXT:
             return self.protocol.receive_text(msg.data)
         if msg.type is aiohttp.WSMsgType.BINARY:
