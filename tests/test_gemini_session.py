@@ -369,6 +369,15 @@ async def test_close_is_bounded_and_leaves_no_tasks(fake, http, hello_16k):
     start = time.monotonic()
     await session.close()
     assert time.monotonic() - start < 2.0
+
+
+    async def drain() -> int:  # events queued before close() are still delivered, then the end
+        n = 0
+        while await session.next_event() is not None:
+            n += 1
+        return n
+
+    assert await asyncio.wait_for(drain(), 1.0) < 1000
     assert await asyncio.wait_for(session.next_event(), 1.0) is None
     assert session.disconnect_reason == "closed by client"
     await asyncio.sleep(0.05)

@@ -44,6 +44,9 @@ class RealtimeRunner:
         self._batch: dict[str, asyncio.Task[ToolResponse | None]] = {}
         self._batch_respond: dict[str, bool] = {}
         self._cancelled: set[str] = set()
+        # Every running tool task by call id, also once its batch is finishing: a cancellation
+        # can arrive after the response that closed the batch (Gemini's toolCallCancellation).
+        self._running: dict[str, asyncio.Task[ToolResponse | None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._pending_config: RealtimeConfig | None = None
         self._batch_finishing = 0
@@ -84,9 +87,10 @@ class RealtimeRunner:
         self._batch_respond[call.call_id] = True
         # The respond map is bound now: `handle(ResponseDone)` swaps `_batch_respond` before a quick
         # tool has even started, and the flag must land in the map its batch reads.
-        self._batch[call.call_id] = asyncio.create_task(
-            self._run_call(call, self._batch_respond), name=f"tool-{call.name}"
-        )
+        task = asyncio.create_task(self._run_call(call, self._batch_respond), name=f"tool-{call.name}")
+        self._batch[call.call_id] = task
+        self._running[call.call_id] = task
+        task.add_done_callback(lambda _t, cid=call.call_id: self._running.pop(cid, None))
 
     async def _run_call(
         self, call: FunctionCallDone, respond_map: dict[str, bool] | None = None
@@ -126,7 +130,7 @@ class RealtimeRunner:
     def _cancel_calls(self, ids: tuple[str, ...]) -> None:
         for call_id in ids:
             self._cancelled.add(call_id)
-            task = self._batch.pop(call_id, None)
+            task = self._batch.pop(call_id, None) or self._running.get(call_id)
             if task is not None:
                 task.cancel()
 
