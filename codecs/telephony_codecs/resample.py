@@ -45,7 +45,7 @@ class StreamResampler:
     shared, so constructing one is cheap.
     """
 
-    __slots__ = ("_buf", "_carry", "_fill", "_m_out", "_n_in", "_plan", "_start", "in_rate", "out_rate")
+    __slots__ = ("_buf", "_carry", "_fill", "_k", "_m_out", "_n_in", "_plan", "_start", "in_rate", "out_rate")
 
     def __init__(self, in_rate: int, out_rate: int) -> None:
         for r in (in_rate, out_rate):
@@ -54,6 +54,9 @@ class StreamResampler:
         self.in_rate = in_rate
         self.out_rate = out_rate
         self._plan: Plan | None = None if in_rate == out_rate else plan(in_rate, out_rate)
+        p = self._plan
+        if p is not None:  # the constants _run needs, unpacked once
+            self._k = (p.up, p.down, p.group * p.up, p.group * p.down, p.span, p.matrix)
         self._buf = np.zeros(0)
         self.reset()
 
@@ -94,8 +97,7 @@ class StreamResampler:
             pcm16 = pcm16[:-1]
         if self._plan is None:
             return bytes(pcm16)
-        x = np.frombuffer(pcm16, dtype="<i2")
-        return self._run(x, None)
+        return self._run(np.frombuffer(pcm16, dtype="<i2"), None)
 
     def flush(self) -> bytes:
         """End of stream: return the filter's tail (the last ~2 x delay_ms of output), then reset.
@@ -117,33 +119,34 @@ class StreamResampler:
         return out
 
     def _run(self, x: np.ndarray, stop: int | None) -> bytes:
-        p = self._plan
-        assert p is not None
+        up, down, rows, step, span, mat = self._k
         n = len(x)
-        buf = self._buf
-        if self._fill + n + p.span > len(buf):
-            self._make_room(n)
-            buf = self._buf
         fill = self._fill
+        buf = self._buf
+        if fill + n + span > len(buf):
+            self._make_room(n)
+            fill = self._fill
+            buf = self._buf
         buf[fill : fill + n] = x
         self._fill = fill = fill + n
-        self._n_in += n
+        self._n_in = n_in = self._n_in + n
         m_out = self._m_out
-        m_end = -(-self._n_in * p.up // p.down)  # outputs whose newest input has arrived
-        if stop is not None:
-            m_end = min(m_end, stop)
+        m_end = -(-n_in * up // down)  # outputs whose newest input has arrived
+        if stop is not None and stop < m_end:
+            m_end = stop
         if m_end <= m_out:
             return b""
-        rows = p.group * p.up
         b0 = m_out // rows
         nb = (m_end - 1) // rows - b0 + 1
-        step = p.group * p.down
         start = self._start
-        need = start + (nb - 1) * step + p.span
+        need = start + (nb - 1) * step + span
         if need > fill:  # partial last superblock: zero its not-yet-arrived inputs
             buf[fill:need] = 0.0
-        window = np.ndarray((nb, p.span), np.float64, buf, start * _F8, (step * _F8, _F8))
-        y = (window @ p.matrix).reshape(-1)[m_out - b0 * rows : m_end - b0 * rows]
+        window = np.ndarray((nb, span), np.float64, buf, start * _F8, (step * _F8, _F8))
+        y = window @ mat
+        skip = m_out - b0 * rows
+        if skip or m_end != (b0 + nb) * rows:
+            y = y.reshape(-1)[skip : m_end - b0 * rows]
         np.rint(y, out=y)
         _clip(y, -32768.0, 32767.0, out=y)
         self._m_out = m_end
