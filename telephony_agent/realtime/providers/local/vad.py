@@ -57,7 +57,7 @@ class EnergyVad:
         self._frame = sample_rate * FRAME_MS // 1000
         self._pending = np.zeros(0, dtype=np.int16)
         self._frames = 0  # frames consumed
-        self._noise_db = -70.0
+        self._noise_db: float | None = None
         self.speaking = False
         self._candidate_start: int | None = None  # frame index of a possible onset
         self._candidate_voiced = 0
@@ -79,11 +79,12 @@ class EnergyVad:
     def _voiced(self, frame: np.ndarray) -> bool:
         energy = float(np.mean(frame.astype(np.float64) ** 2))
         db = 10.0 * math.log10(energy / (32768.0**2) + 1e-12)
+        if self._noise_db is None:
+            self._noise_db = db  # start from the line's own level
         voiced = db > self.settings.level_dbfs and db > self._noise_db + self.NOISE_MARGIN_DB
-        if not voiced:
-            # track the floor quickly downwards, slowly upwards
-            rate = 0.3 if db < self._noise_db else 0.02
-            self._noise_db += rate * (db - self._noise_db)
+        # the floor follows quiet frames quickly and loud ones slowly (steady hiss, not speech)
+        rate = 0.3 if db < self._noise_db else (0.003 if voiced else 0.05)
+        self._noise_db += rate * (db - self._noise_db)
         return voiced
 
     def process(self, pcm16: bytes) -> list[VadEvent]:
