@@ -397,3 +397,36 @@ async def test_model_owns_its_http_client_when_none_given(fake):
     await session.close()
     await model.aclose()
     assert "test-key" not in repr(model)
+
+
+async def test_go_away_without_a_handle_ends_the_session_clearly(fake, http):
+    fake.send_handles = False
+    session = await model_for(fake, http).connect(RealtimeConfig())
+    await fake.go_away(time_left=0.5, close_after=0.3)
+    error = await next_of(session, ErrorEvent)
+    assert error.fatal and "no resumption handle" in error.message and "goAway" in error.message
+    assert await asyncio.wait_for(session.next_event(), 2.0) is None
+    assert "no resumption handle" in (session.disconnect_reason or "")
+    assert len(fake.connections) == 1
+    await session.close()
+
+
+async def test_audio_buffered_during_a_switch_is_bounded(fake, http, hello_16k):
+    model = model_for(fake, http, max_buffered_audio_ms=200)
+    session = await model.connect(RealtimeConfig())
+    try:
+        await stream(session, hello_16k + SILENCE)
+        await next_of(session, ResponseDone)
+        await next_of(session, ResumptionHandle)
+        fake.fail_setups = 1  # the first resumption attempt fails, the second succeeds
+        await fake.close_connection(1011, "Internal error encountered.")
+        await stream(session, bytes(CHUNK * 50))  # 1 s while the connection is down
+        await next_of(session, Reconnected)
+        # at most 200 ms (10 chunks) were kept; the oldest were dropped
+        assert session.dropped_audio_bytes >= CHUNK * 39 and session.dropped_audio_bytes % CHUNK == 0
+        await fake.wait_for(lambda: len(fake.last.audio) >= CHUNK * 10, 2.0)
+        await asyncio.sleep(0.05)
+        assert len(fake.last.audio) == CHUNK * 10
+        assert len(fake.connections) == 3
+    finally:
+        await session.close()

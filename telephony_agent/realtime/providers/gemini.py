@@ -408,8 +408,16 @@ class GeminiLiveSession(QueuedSession):
         if conn is not self._conn or self._closing:
             return
         error = close_error(code, reason)
-        if code in _FATAL_CLOSE_CODES or self._translator.latest_handle is None:
+        if code in _FATAL_CLOSE_CODES:
             await self._die(str(error), code)
+            return
+        if self._translator.latest_handle is None:
+            why = "after goAway" if self._goaway_task is not None else "unexpectedly"
+            await self._die(
+                f"Gemini closed the connection {why} and no resumption handle was available "
+                f"(close {code}: {reason or 'no reason given'})",
+                code,
+            )
             return
         self._emit(ErrorEvent(str(error), code=code, fatal=False))
         last: RealtimeError | None = None
@@ -506,7 +514,8 @@ class GeminiLiveSession(QueuedSession):
                 audio = message.get("realtimeInput", {}).get("audio")
                 if audio is not None:
                     del self._buffer[i]
-                    size = len(audio["data"]) * 3 // 4
+                    b64 = audio["data"]
+                    size = len(b64) * 3 // 4 - b64.endswith("=") - b64.endswith("==")
                     self._buffered_audio -= size
                     self.dropped_audio_bytes += size
                     break
