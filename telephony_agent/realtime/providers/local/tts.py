@@ -23,7 +23,7 @@ CHARS_UTF8 = 1
 ENDPAUSE = 0x1000
 PARAM_RATE = 1
 EE_OK = 0
-DEFAULT_VOICE = "en-us"
+DEFAULT_VOICE = "en-us+f3"  # recognised best by PocketSphinx of the English voices tried
 BUFFER_MS = 50
 
 class _Voice(ctypes.Structure):
