@@ -430,3 +430,22 @@ async def test_audio_buffered_during_a_switch_is_bounded(fake, http, hello_16k):
         assert len(fake.connections) == 3
     finally:
         await session.close()
+
+
+async def test_go_away_mid_turn_waits_for_the_turn_and_its_handle(fake, http, hello_16k):
+    fake.reply_speed = 4.0
+    fake.replies.append(Reply(duration_ms=1200))
+    session = await model_for(fake, http).connect(RealtimeConfig())
+    try:
+        await stream(session, hello_16k + SILENCE)
+        await next_of(session, AudioDelta)
+        await fake.go_away(time_left=5.0)
+        seen: list = []
+        await next_of(session, Reconnected, seen=seen)
+        done = [e for e in seen if isinstance(e, ResponseDone)]
+        assert done and done[0].status == "completed"  # the reply was heard in full first
+        handles = [e.handle for e in seen if isinstance(e, ResumptionHandle) and e.handle]
+        assert fake.last.resumed_from == handles[-1]  # the handle that includes that turn
+        assert fake.last.conversation.turns == 1
+    finally:
+        await session.close()

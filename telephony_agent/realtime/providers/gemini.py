@@ -384,12 +384,15 @@ class GeminiLiveSession(QueuedSession):
     async def _handle_goaway(self, conn: _Connection, time_left: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, time_left - 1.0) * 0.8
-        # Let the turn (or tool call) in progress finish so the handle includes it.
-        while not self._translator.idle and loop.time() < deadline and conn is self._conn:
-            await asyncio.sleep(0.02)
+        # Let the turn (or tool call) in progress finish so the handle includes it; the server
+        # sends the new handle just after turnComplete, so then wait (briefly) for it too.
         handles = self._translator.handle_updates
+        waited = False
+        while not self._translator.idle and loop.time() < deadline and conn is self._conn:
+            waited = True
+            await asyncio.sleep(0.02)
         settle = min(deadline, loop.time() + 0.5)
-        while self._translator.handle_updates == handles and loop.time() < settle and self._translator.latest_handle is None:
+        while waited and self._translator.handle_updates == handles and loop.time() < settle:
             await asyncio.sleep(0.02)
         if conn is not self._conn or self._closing:
             return
