@@ -119,3 +119,18 @@ async def test_end_call_tool_hangs_up(gemini: FakeGemini) -> None:
                 assert responses and responses[0]["name"] == "end_call" and responses[0].get("id")
                 await call.wait_closed(timeout=5)
             await agent.wait_no_calls()
+
+
+async def test_greeting_is_heard(gemini: FakeGemini) -> None:
+    greeting = speech_pcm16("Hello, thanks for calling.", 24000)
+    gemini.replies.append(Reply(audio=greeting, transcript="Hello, thanks for calling."))
+    settings = test_settings(greeting="Hello, thanks for calling.")
+    async with running_agent(settings, model_for(gemini)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, timeout=10)
+            assert call.heard_ms == pytest.approx(len(greeting) / 48, abs=80)
+            setup = gemini.last.setup
+            assert "Hello, thanks for calling." in setup["systemInstruction"]["parts"][0]["text"]
+            assert gemini.last.texts  # the nudge that lets the agent speak first

@@ -100,6 +100,10 @@ def _secret(value: Any) -> str:
     return getter() if callable(getter) else str(value)
 
 
+RESPOND_NUDGE = "(The caller is on the line, waiting for you to speak.)"
+"""What `create_response` says to Gemini when there is nothing new to answer (e.g. a greeting)."""
+
+
 class GeminiLiveModel(RealtimeModel):
     """Sessions on the Gemini Live API (BidiGenerateContent over WebSocket, API-key auth).
 
@@ -233,6 +237,7 @@ class GeminiLiveSession(QueuedSession):
         self._dropped_turns: set[str] = set()
         self._activity_open = False
         self._awaiting_reply = False
+        self._answered_tools = False
         self._tool_conn: dict[str, int] = {}
         self.reconnects = 0
         self.dropped_audio_bytes = 0
@@ -552,10 +557,19 @@ class GeminiLiveSession(QueuedSession):
             log.warning("dropping the result of tool call %s: it was made on a previous connection", response.call_id)
             return
         self._send(tool_response_message(response))
+        self._answered_tools = True
 
     async def create_response(self) -> None:
+        """Gemini answers by itself after input and after tool results; asked to respond with
+        nothing new to answer (the agent speaking first, a greeting), it needs a nudge: a line of
+        realtime text, which the instructions tell it how to answer."""
+        if self._answered_tools:
+            self._answered_tools = False  # the model continues after the toolResponse by itself
+            return
         if self._manual and self._activity_open:
             await self.commit_audio()
+        elif self._translator.idle and not self._awaiting_reply:
+            self._send(text_message(RESPOND_NUDGE))
 
     async def commit_audio(self) -> None:
         if self._manual:
