@@ -1,6 +1,22 @@
-"""Prometheus metrics for one server process. No label ever carries a caller's number."""
+"""Prometheus metrics for one server process. No label ever carries a caller's number.
+
+Every metric is named `agent_*`. Labels are closed sets (provider, outcome, refusal reason,
+bad-input kind, endpoint); call ids and phone numbers never appear in a label or a value.
+
+Per-call counters (frames, barge-ins, clear latency, first audio, provider errors) are read
+from each live call's `CallStats` and added as deltas (`observe_call`), periodically while the
+call runs and once more when it ends, so a scrape during a long call sees it live.
+
+With several worker processes (`AGENT_WORKERS>1`) the supervisor sets
+`PROMETHEUS_MULTIPROC_DIR` before the workers start; values then live in shared files and any
+worker's `/metrics` answers for the whole host (prometheus-client's multiprocess mode).
+"""
 
 from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -8,16 +24,46 @@ LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 500, 1000)
 FIRST_AUDIO_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 LAG_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
 
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+@dataclass
+class _Seen:
+    """What of one call's stats has already been added to the counters."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    frames_dropped: int = 0
+    barge_ins: int = 0
+    clear_latencies: int = 0
+    first_audio: bool = False
+    provider_errors: int = 0
+    reconnects: int = 0
+
 
 class Metrics:
     """Owns its registry so several apps (tests, workers) never share counters by accident."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.active_calls = Gauge("agent_active_calls", "Calls in progress", registry=r)
+        self.active_calls = Gauge(
+            "agent_active_calls", "Calls in progress", registry=r, multiprocess_mode="livesum"
+        )
+        self.max_calls = Gauge(
+            "agent_max_calls", "Configured call limit (AGENT_MAX_CALLS)", registry=r, multiprocess_mode="livesum"
+        )
+        self.draining = Gauge(
+            "agent_draining", "1 while the server drains (SIGTERM received)", registry=r, multiprocess_mode="livemax"
+        )
         self.calls_started = Counter("agent_calls_started", "Calls started", ["provider"], registry=r)
         self.calls_ended = Counter("agent_calls_ended", "Calls ended, by outcome", ["outcome"], registry=r)
-        self.calls_refused = Counter("agent_calls_refused", "Calls refused, by reason", ["reason"], registry=r)
+        self.calls_refused = Counter(
+            "agent_calls_refused", "Calls refused (draining, at_capacity, overloaded)", ["reason"], registry=r
+        )
         self.frames_in = Counter("agent_frames_in", "Caller audio frames received", registry=r)
         self.frames_out = Counter("agent_frames_out", "Agent audio frames sent", registry=r)
         self.frames_dropped = Counter(
@@ -43,10 +89,74 @@ class Metrics:
         self.loop_lag = Histogram(
             "agent_event_loop_lag_ms", "Event-loop scheduling lag, milliseconds", buckets=LAG_BUCKETS_MS, registry=r
         )
+        self.loop_lag_max = Gauge(
+            "agent_event_loop_lag_max_ms",
+            "Largest event-loop lag in the last second, milliseconds (what admission control compares)",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.bad_input = Counter("agent_bad_input", "Rejected input, by kind", ["kind"], registry=r)
         self.webhooks_refused = Counter(
             "agent_requests_refused", "Unsigned or badly signed Twilio requests", ["endpoint"], registry=r
         )
+        self._seen: dict[str, _Seen] = {}
+
+    # -- per-call stats -----------------------------------------------------------------------
+
+    def observe_call(self, call: Any, *, final: bool = False) -> None:
+        """Add what changed in one call's stats since the last look (duck-typed `CallBridge`).
+
+        Called periodically for live calls and with `final=True` when the call ends; the call id
+        is only a key here and never becomes a label.
+        """
+        key = str(call.call_id)
+        seen = self._seen.get(key)
+        if seen is None:
+            seen = self._seen[key] = _Seen()
+        s = call.stats
+        provider = str(getattr(call.model, "provider", "unknown"))
+        playout_stats = getattr(getattr(call, "playout", None), "stats", None)
+        dropped = int(getattr(playout_stats, "frames_dropped", 0))
+
+        def delta(counter: Any, attr: str, now: int) -> None:
+            before = getattr(seen, attr)
+            if now > before:
+                counter.inc(now - before)
+                setattr(seen, attr, now)
+
+        delta(self.frames_in, "frames_in", int(s.frames_in))
+        delta(self.frames_out, "frames_out", int(s.frames_out))
+        delta(self.frames_dropped, "frames_dropped", dropped)
+        delta(self.barge_ins, "barge_ins", int(s.barge_ins))
+        delta(self.provider_errors.labels(provider), "provider_errors", int(s.provider_errors))
+        delta(self.provider_reconnects.labels(provider), "reconnects", int(s.reconnects))
+        latencies = s.clear_latency_ms
+        for ms in latencies[seen.clear_latencies :]:
+            self.clear_latency.observe(ms)
+        seen.clear_latencies = len(latencies)
+        if not seen.first_audio and s.first_audio_ms is not None:
+            self.first_audio.observe(s.first_audio_ms)
+            seen.first_audio = True
+        if final:
+            del self._seen[key]
+
+    def observe_calls(self, calls: Any) -> None:
+        """`observe_call` for every live call; forgets calls that vanished without a final look."""
+        live = set()
+        for call in list(calls):
+            live.add(str(call.call_id))
+            self.observe_call(call)
+        for key in [k for k in self._seen if k not in live]:
+            del self._seen[key]
+
+    # -- exposition ---------------------------------------------------------------------------
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        directory = multiprocess_dir()
+        if directory is None:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)
+        return generate_latest(registry)

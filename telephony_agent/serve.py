@@ -1,43 +1,242 @@
-"""Running the server: logging, signals, graceful drain, worker processes."""
+"""Running the server: logging, signals, graceful drain, worker processes.
+
+One worker (`AGENT_WORKERS=1`, the default) serves in this process. With more, this process
+becomes a small supervisor: it starts N worker processes (fresh interpreters, no fork), each
+binding the same port with SO_REUSEPORT so the kernel spreads connections across them, forwards
+SIGTERM/SIGINT to them, restarts one that crashes, and exits 0 when every worker drained and
+exited 0.
+
+Drain (on SIGTERM or SIGINT), in every worker independently:
+
+1. `draining`: the webhook answers busy TwiML and `/readyz` answers 503 `draining`. The socket
+   stays open so probes, busy answers and media streams of calls accepted just before still work.
+2. Wait while calls remain (and streams of just-accepted calls are still due), up to
+   `AGENT_DRAIN_SECONDS`.
+3. Calls still up then hear a short pre-rendered goodbye and are hung up (`CallBridge.shutdown`),
+   bounded by `GOODBYE_TIMEOUT_S`.
+4. Close the listener and exit 0.
+
+A second signal during a drain is logged and ignored: the drain is already bounded.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import pickle
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
+import time
 
 from aiohttp import web
 
 from telephony_agent.logs import configure_logging
-from telephony_agent.server import STATE, create_app
+from telephony_agent.metrics import MULTIPROC_ENV
 from telephony_agent.settings import Settings
+from telephony_agent.state import STATE, AppState
 
 log = logging.getLogger(__name__)
 
+GOODBYE_TIMEOUT_S = 20.0  # the goodbye prompt is ~5.5 s; hang-up has its own 10 s bound inside
+SHUTDOWN_TIMEOUT_S = 5.0  # aiohttp: wait for handlers after the last call ended
+WORKER_ENV = "AGENT_WORKER_INDEX"
+STARTUP_GRACE_S = 5.0  # a worker that dies sooner than this after starting is a fatal error
+RESTART_DELAY_S = 1.0
+POLL_S = 0.1
 
-async def _serve_async(settings: Settings) -> None:
-    app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=settings.workers > 1)
-    await site.start()
-    log.info("listening on %s:%d", settings.host, settings.port)
-    stop = asyncio.Event()
+
+async def drain(state: AppState, drain_seconds: float) -> None:
+    """Stop taking calls, let active ones finish up to `drain_seconds`, then end the rest politely."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    state = app[STATE]
     state.draining = True
-    log.info("draining: %d active calls, up to %.0fs", len(state.calls), settings.drain_seconds)
-    deadline = loop.time() + settings.drain_seconds
+    state.metrics.draining.set(1)
+    log.info(
+        "drain: refusing new calls; %d active, %d connecting; waiting up to %.1fs",
+        len(state.calls),
+        len(state.pending),
+        drain_seconds,
+        extra={"event": "drain_started"},
+    )
+    deadline = loop.time() + drain_seconds
+    next_report = loop.time() + 10.0
+    while state.load() > 0 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        if loop.time() >= next_report:
+            next_report += 10.0
+            log.info("drain: %d calls still active", len(state.calls), extra={"event": "drain_waiting"})
+    if not state.calls:
+        log.info("drain: no calls left", extra={"event": "drain_complete"})
+        return
+    remaining = list(state.calls.values())
+    log.info(
+        "drain: deadline reached; ending %d calls politely",
+        len(remaining),
+        extra={"event": "drain_deadline"},
+    )
+    for bridge in remaining:
+        try:
+            await bridge.shutdown()
+        except Exception:  # noqa: BLE001 - one call's failure must not keep the others up
+            bridge.log.exception("polite shutdown failed")
+    deadline = loop.time() + GOODBYE_TIMEOUT_S
     while state.calls and loop.time() < deadline:
-        await asyncio.sleep(0.1)
-    await runner.cleanup()
-    log.info("stopped")
+        await asyncio.sleep(0.05)
+    if state.calls:
+        log.warning(
+            "drain: %d calls did not end within %.0fs; closing them",
+            len(state.calls),
+            GOODBYE_TIMEOUT_S,
+            extra={"event": "drain_forced"},
+        )
+    else:
+        log.info("drain: all calls ended", extra={"event": "drain_complete"})
+
+
+async def _serve_async(settings: Settings, *, reuse_port: bool = False) -> None:
+    from telephony_agent.server import create_app
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stop.is_set():
+            log.info("%s during drain: already stopping", sig.name)
+            return
+        log.info("%s received: draining", sig.name, extra={"event": "signal"})
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
+        await site.start()
+        log.info("listening on %s:%d", settings.host, settings.port, extra={"event": "listening"})
+        await stop.wait()
+        await drain(app[STATE], settings.drain_seconds)
+    finally:
+        await runner.cleanup()
+    log.info("stopped", extra={"event": "stopped"})
+
+
+def _run_worker(settings: Settings, *, reuse_port: bool, worker: int | None = None) -> int:
+    configure_logging(settings.log_format.value, settings.log_level, worker=worker)
+    try:
+        asyncio.run(_serve_async(settings, reuse_port=reuse_port))
+    except OSError as exc:
+        log.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
+    return 0
 
 
 def serve(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT, drain, and return the process exit code (0 after a clean drain)."""
+    if settings.workers > 1:
+        return _supervise(settings)
+    return _run_worker(settings, reuse_port=False)
+
+
+# -- several workers --------------------------------------------------------------------------
+
+
+def worker_main() -> int:
+    """Entry point of a worker process: settings arrive pickled on stdin (secrets stay off argv)."""
+    settings: Settings = pickle.loads(sys.stdin.buffer.read())
+    sys.stdin.close()
+    index = int(os.environ.get(WORKER_ENV, "0"))
+    return _run_worker(settings, reuse_port=True, worker=index)
+
+
+class _Worker:
+    def __init__(self, index: int, settings_blob: bytes, env: dict[str, str]) -> None:
+        self.index = index
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from telephony_agent.serve import worker_main; sys.exit(worker_main())"],
+            stdin=subprocess.PIPE,
+            env={**env, WORKER_ENV: str(index)},
+        )
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(settings_blob)
+        self.proc.stdin.close()
+        log.info("worker %d started (pid %d)", index, self.proc.pid, extra={"event": "worker_started"})
+
+
+def _supervise(settings: Settings) -> int:
     configure_logging(settings.log_format.value, settings.log_level)
-    asyncio.run(_serve_async(settings))
-    return 0
+    metrics_dir = tempfile.mkdtemp(prefix="telephony-agent-metrics-")
+    env = {**os.environ, MULTIPROC_ENV: metrics_dir}
+    blob = pickle.dumps(settings)
+    stopping = False
+    failed = False
+
+    workers: dict[int, _Worker] = {}
+
+    def stop_all(reason: str) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        log.info("%s: stopping %d workers", reason, len(workers), extra={"event": "signal"})
+        for w in workers.values():
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGTERM)
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop_all(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for i in range(settings.workers):
+            workers[i] = _Worker(i, blob, env)
+        restart_at: dict[int, float] = {}
+        while workers or (restart_at and not stopping):
+            time.sleep(POLL_S)
+            now = time.monotonic()
+            for i, w in list(workers.items()):
+                rc = w.proc.poll()
+                if rc is None:
+                    continue
+                del workers[i]
+                _mark_dead(w.proc.pid, metrics_dir)
+                if stopping:
+                    log.info("worker %d exited with %d", i, rc, extra={"event": "worker_exited"})
+                    failed |= rc != 0
+                elif rc != 0 and now - w.started < STARTUP_GRACE_S:
+                    log.error("worker %d failed at start-up (exit %d); stopping", i, rc)
+                    failed = True
+                    stop_all("worker failure")
+                else:
+                    log.warning("worker %d exited with %d; restarting", i, rc, extra={"event": "worker_restart"})
+                    restart_at[i] = now + RESTART_DELAY_S
+            for i, at in list(restart_at.items()):
+                if stopping:
+                    restart_at.clear()
+                elif now >= at:
+                    del restart_at[i]
+                    workers[i] = _Worker(i, blob, env)
+    finally:
+        for w in workers.values():  # only on an unexpected error in this loop
+            if w.proc.poll() is None:
+                w.proc.kill()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    log.info("all workers stopped", extra={"event": "stopped"})
+    return 1 if failed else 0
+
+
+def _mark_dead(pid: int, directory: str) -> None:
+    try:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, directory)
+    except Exception:  # noqa: BLE001 - metrics housekeeping only
+        pass

@@ -190,28 +190,13 @@ async def media_socket(request: web.Request) -> web.StreamResponse:
             logger=socket.log,
         )
         state.calls[start.call_sid] = bridge
-        state.metrics.active_calls.set(len(state.calls))
-        state.metrics.calls_started.labels(state.model.provider).inc()
+        ops.record_call_start(state, bridge)
         await bridge.start()
         return bridge
 
     def on_call_end(bridge: CallBridge) -> None:
         state.calls.pop(bridge.call_id, None)
-        m = state.metrics
-        m.active_calls.set(len(state.calls))
-        m.calls_ended.labels(bridge.outcome.value if bridge.outcome else "unknown").inc()
-        s = bridge.stats
-        m.frames_in.inc(s.frames_in)
-        m.frames_out.inc(s.frames_out)
-        m.frames_dropped.inc(bridge.playout.stats.frames_dropped)
-        m.barge_ins.inc(s.barge_ins)
-        for ms in s.clear_latency_ms:
-            m.clear_latency.observe(ms)
-        if s.first_audio_ms is not None:
-            m.first_audio.observe(s.first_audio_ms)
-        provider = bridge.model.provider
-        m.provider_errors.labels(provider).inc(s.provider_errors)
-        m.provider_reconnects.labels(provider).inc(s.reconnects)
+        ops.record_call_end(state, bridge)  # final per-call deltas; live ones flush from ops
 
     hooks = MediaSocketHooks(
         authorize=authorize,
