@@ -237,10 +237,13 @@ class CallBridge:
                     self._flush_outbound()
                 elif isinstance(event, FunctionCallDone):
                     self.stats.tool_calls.append(event.name)
+                    self.log.info("tool call %s", event.name)
                 elif isinstance(event, InputTranscriptCompleted):
                     self.stats.transcript.append(("caller", event.transcript))
+                    self.log.debug("caller said: %s", event.transcript)
                 elif isinstance(event, OutputTranscriptDone):
                     self.stats.transcript.append(("agent", event.transcript))
+                    self.log.debug("agent said: %s", event.transcript)
                 elif isinstance(event, ErrorEvent):
                     self.stats.provider_errors += 1
                     self.log.warning("provider error %s: %s", event.code, event.message)

@@ -1,0 +1,106 @@
+"""Whole calls on the offline local engine: real speech in, recognised, scripted answer spoken back."""
+
+from __future__ import annotations
+
+import pytest
+from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
+from peers.fake_twilio import FakeTwilioCall
+from peers.fake_twilio_rest import FakeTwilioRest
+from speech import speech_pcm16
+
+from telephony_agent.realtime.providers.local import LocalRealtimeModel
+from telephony_agent.realtime.providers.local.asr import Recognizer
+from telephony_codecs import StreamResampler, pcm16_to_ulaw, ulaw_to_pcm16
+
+CALLER_VOICE = "en-us+f3"
+
+
+def ulaw_speech(text: str) -> bytes:
+    return pcm16_to_ulaw(speech_pcm16(text, 8000, voice=CALLER_VOICE, speed=140))
+
+
+REPLIES = [
+    "Sure, transferring you to sales now.",
+    "Sure, transferring you to support now.",
+    "We are at twelve High Street, next to the railway station.",
+    "Hello, thank you for calling Example Dental. How can I help you today?",
+]
+
+
+def recognise_heard(call: FakeTwilioCall) -> str:
+    """Run what the caller heard through the same recogniser, over the script's replies: the
+    general model is hopeless on narrow-band audio (see the local engine's notes)."""
+    pcm8 = ulaw_to_pcm16(bytes(call.heard_ulaw))
+    up = StreamResampler(8000, 16000)
+    pcm16k = up.process(pcm8) + up.flush()
+    return Recognizer(REPLIES).recognise(pcm16k).text.lower()
+
+
+async def test_greeting_then_a_question_answered() -> None:
+    settings = test_settings(greeting="Hello")  # any greeting: the local engine speaks its script's
+    async with running_agent(settings, LocalRealtimeModel()) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.wait_silence_after_audio(silence_ms=400, min_heard_ms=1500, timeout=15)
+            greeting_ms = call.heard_ms
+            await call.speak(ulaw_speech("What are your opening hours?"))
+            await call.wait_for(lambda: call.heard_ms > greeting_ms + 2000, timeout=20, what="answer")
+            await call.wait_silence_after_audio(silence_ms=400, min_heard_ms=1, timeout=20)
+            bridge = next(iter(agent.state.calls.values()))
+            caller_lines = [text for who, text in bridge.stats.transcript if who == "caller"]
+            assert any("opening hours" in line for line in caller_lines), bridge.stats.transcript
+            agent_lines = " ".join(text for who, text in bridge.stats.transcript if who == "agent").lower()
+            assert "monday to friday" in agent_lines
+
+
+async def test_transfer_intent_dials_sales() -> None:
+    async with FakeTwilioRest(ACCOUNT_SID, AUTH_TOKEN) as rest:
+        settings = test_settings(
+            twilio_api_url=rest.base_url, transfer_allowlist=["sales=+15551230000", "support=+15551230001"]
+        )
+        async with running_agent(settings, LocalRealtimeModel()) as agent:
+            async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+                rest.register_call(call)
+                await call.place()
+                await call.connect()
+                await call.speak(ulaw_speech("I want to talk to sales."))
+                await rest.wait_for_request(1, timeout=25)
+                assert "<Dial>+15551230000</Dial>" in rest.requests[0].form["Twiml"]
+                assert call.heard_ms > 1000  # "Sure, transferring you to sales now." was heard first
+                assert recognise_heard(call) == "sure transferring you to sales now"
+            await agent.wait_no_calls()
+
+
+async def test_dtmf_menu_choice_transfers_to_support() -> None:
+    async with FakeTwilioRest(ACCOUNT_SID, AUTH_TOKEN) as rest:
+        settings = test_settings(twilio_api_url=rest.base_url, transfer_allowlist=["support=+15551230001"])
+        async with running_agent(settings, LocalRealtimeModel()) as agent:
+            async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+                rest.register_call(call)
+                await call.place()
+                await call.connect()
+                await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
+                await call.send_dtmf("2")
+                await rest.wait_for_request(1, timeout=20)
+                assert "<Dial>+15551230001</Dial>" in rest.requests[0].form["Twiml"]
+            await agent.wait_no_calls()
+
+
+@pytest.mark.parametrize("question", ["What is your address?"])
+async def test_barge_in_stops_the_engine_and_the_next_question_is_answered(question: str) -> None:
+    async with running_agent(test_settings(), LocalRealtimeModel()) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.speak(ulaw_speech("What are your opening hours?"))
+            await call.wait_heard(1200, timeout=20)
+            await call.speak(ulaw_speech(question))
+            await call.wait_clear(1, timeout=10)
+            cleared_at = call.heard_ms
+            await call.wait_for(lambda: call.heard_ms > cleared_at + 1500, timeout=20, what="second answer")
+            await call.wait_silence_after_audio(silence_ms=400, min_heard_ms=1, timeout=20)
+            bridge = next(iter(agent.state.calls.values()))
+            assert bridge.stats.barge_ins >= 1
+            agent_lines = " ".join(text for who, text in bridge.stats.transcript if who == "agent").lower()
+            assert "high street" in agent_lines
