@@ -1,0 +1,107 @@
+"""Just enough RFC 6455 for the load generators: text frames, ping/pong, close.
+
+Client frames are masked with an all-zero key (valid per RFC 6455 and a no-op XOR), so the
+callers never touch payload bytes; the fake provider unmasks aiohttp's frames with aiohttp's
+own C helper. No extensions are negotiated (no permessage-deflate)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+
+try:
+    from aiohttp._websocket.helpers import websocket_mask as _mask
+except ImportError:  # pragma: no cover - older aiohttp
+    _mask = None
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+_H2 = struct.Struct("!BBH")
+_H8 = struct.Struct("!BBQ")
+
+
+def frame(payload: bytes, opcode: int = OP_TEXT, *, masked: bool = False) -> bytes:
+    n = len(payload)
+    b0 = 0x80 | opcode
+    m = 0x80 if masked else 0
+    if n < 126:
+        head = bytes((b0, m | n))
+    elif n < 65536:
+        head = _H2.pack(b0, m | 126, n)
+    else:
+        head = _H8.pack(b0, m | 127, n)
+    if masked:
+        return head + b"\0\0\0\0" + payload
+    return head + payload
+
+
+def parse(buf: bytearray) -> list[tuple[int, bytes]]:
+    """Whole frames at the front of `buf` (consumed), as (opcode, payload)."""
+    out = []
+    pos = 0
+    n = len(buf)
+    while n - pos >= 2:
+        b0 = buf[pos]
+        b1 = buf[pos + 1]
+        ln = b1 & 0x7F
+        p = pos + 2
+        if ln == 126:
+            if n - p < 2:
+                break
+            ln = (buf[p] << 8) | buf[p + 1]
+            p += 2
+        elif ln == 127:
+            if n - p < 8:
+                break
+            ln = int.from_bytes(buf[p : p + 8], "big")
+            p += 8
+        key = None
+        if b1 & 0x80:
+            if n - p < 4:
+                break
+            key = bytes(buf[p : p + 4])
+            p += 4
+        if n - p < ln:
+            break
+        payload = buf[p : p + ln]
+        if key is not None and key != b"\0\0\0\0":
+            if _mask is not None:
+                _mask(key, payload)
+            else:  # pragma: no cover
+                k = int.from_bytes((key * (ln // 4 + 1))[:ln], "little")
+                payload = bytearray((int.from_bytes(payload, "little") ^ k).to_bytes(ln, "little"))
+        out.append((b0 & 0x0F, bytes(payload)))
+        pos = p + ln
+    if pos:
+        del buf[:pos]
+    return out
+
+
+def client_handshake(host: str, path: str) -> tuple[bytes, bytes]:
+    key = base64.b64encode(os.urandom(16))
+    req = (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    return req, key
+
+
+def accept_value(key: bytes) -> bytes:
+    return base64.b64encode(hashlib.sha1(key.strip() + GUID).digest())
+
+
+def server_handshake_response(request: bytes) -> bytes | None:
+    """The 101 answer to a raw HTTP upgrade request, or None if it is not one."""
+    key = None
+    for line in request.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-key":
+            key = value.strip()
+    if key is None:
+        return None
+    return (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept_value(key) + b"\r\n\r\n"
+    )
