@@ -30,6 +30,7 @@ from telephony_agent.telephony.twilio.signature import (
 )
 from telephony_agent.telephony.twilio.stream import Start
 from telephony_agent.telephony.twilio.twiml import busy_twiml, connect_stream_twiml
+from telephony_agent.wiretap import WIRETAP
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ async def media_socket(request: web.Request) -> web.StreamResponse:
             call_config(settings),
             socket,
             bridge_options(settings),
+            clock=asyncio.get_running_loop().time,  # the loop's clock: a replay may run it virtually
             logger=socket.log,
         )
         state.calls[start.call_sid] = bridge
@@ -204,8 +206,21 @@ async def media_socket(request: web.Request) -> web.StreamResponse:
         on_bad_input=lambda kind: state.metrics.bad_input.labels(kind).inc(),
         on_call_end=on_call_end,
     )
+    recorder = None
+    if settings.recordings_dir:
+        from telephony_agent.recording import CallRecorder
+
+        provider = state.model.provider if state.model is not None else None
+        recorder = CallRecorder(settings.recordings_dir, metadata={"provider": provider})
+    tap_token = WIRETAP.set(recorder) if recorder is not None else None  # this call's task only
     socket = TwilioMediaSocket(ws, hooks, state.rest)
-    await socket.run()
+    try:
+        await socket.run()
+    finally:
+        if recorder is not None:
+            recorder.finish_bridge(socket.bridge)
+        if tap_token is not None:
+            WIRETAP.reset(tap_token)
     return ws
 
 

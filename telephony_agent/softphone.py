@@ -171,6 +171,8 @@ class Softphone:
     session: aiohttp.ClientSession | None = None
     tap: Wiretap | None = None
     """Gets every Media Stream frame, directions as the agent sees them: what we send is "in"."""
+    background: bytes | None = None
+    """mu-law audio looped under everything the microphone sends (line noise)."""
     on_event: Callable[[str, float, dict[str, Any]], None] | None = None
     """Timeline callback: (kind, loop time, details) for "audio_start", "audio_end", "clear",
     "closed"."""
@@ -596,6 +598,18 @@ class Softphone:
         await self.hangup()
         self.hung_up = False
 
+    def _mix_background(self, frame: bytes) -> bytes:
+        import numpy as np
+
+        bg = self.background or b""
+        pos = getattr(self, "_bg_pos", 0)
+        noise = (bg * 2)[pos : pos + len(frame)]
+        self._bg_pos = (pos + len(frame)) % len(bg)
+        mixed = np.frombuffer(ulaw_to_pcm16(frame), "<i2").astype(np.int32) + np.frombuffer(
+            ulaw_to_pcm16(noise), "<i2"
+        )
+        return pcm16_to_ulaw(np.clip(mixed, -32768, 32767).astype("<i2").tobytes())
+
     async def _mic_loop(self) -> None:
         """Drift-free 20 ms frames: speech when queued, silence otherwise."""
         next_t = self._loop.time()
@@ -608,6 +622,8 @@ class Softphone:
                 frame = take + silence[: FRAME_BYTES - len(take)]
             else:
                 take, first, frame = b"", self._speech_sent, silence
+            if self.background:
+                frame = self._mix_background(frame)
             if not await self._send_media_frame(frame):
                 return
             now = self._loop.time()

@@ -1,0 +1,224 @@
+"""`CallRecorder`: a wiretap that streams one call to disk as JSON Lines plus a two-channel WAV.
+
+Set it as the call's `WIRETAP` before the Media Stream socket is made (the server does this when
+AGENT_RECORDINGS_DIR is set). It learns the call sid from Twilio's `start` and only then opens
+`<UTC time>_<call sid>.jsonl` and `.wav`; the few frames before `start` wait in memory. Lines are
+flushed to disk every `flush_interval` seconds; audio older than two seconds is written to the WAV
+at once. Nothing here may raise into the call: a failure is logged once and recording stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import logging
+import re
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+from telephony_codecs import ulaw_to_pcm16
+
+from telephony_agent.recording.format import IN, LEG_TWILIO, OUT, encode_entry, header
+from telephony_agent.recording.wav import LEFT, RATE, RIGHT, StereoWavWriter
+
+log = logging.getLogger(__name__)
+
+_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+_MAX_EARLY_LINES = 64
+
+
+def _default_clock() -> Callable[[], float]:
+    try:
+        return asyncio.get_running_loop().time
+    except RuntimeError:
+        return time.monotonic
+
+
+class CallRecorder:
+    """Implements `telephony_agent.wiretap.Wiretap`."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        clock: Callable[[], float] | None = None,
+        wall: Callable[[], float] = time.time,
+        recorded_by: str = "agent",
+        metadata: dict[str, Any] | None = None,
+        flush_interval: float = 0.5,
+        wav: bool = True,
+        name: str | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.clock = clock or _default_clock()
+        self._t0 = self.clock()
+        self._started_wall = wall()
+        self.recorded_by = recorded_by
+        self.metadata = dict(metadata or {})
+        self.flush_interval = flush_interval
+        self._want_wav = wav
+        self._name = name
+        self.call_sid: str | None = None
+        self.stream_sid: str | None = None
+        self.jsonl_path: Path | None = None
+        self.wav_path: Path | None = None
+        self._f: BinaryIO | None = None
+        self._wav: StereoWavWriter | None = None
+        self._early: list[bytes] = []
+        self._last_flush = self._t0
+        self._failed = False
+        self._finished = False
+        self._caller_anchor: int | None = None  # WAV index of Twilio media timestamp 0
+        self._agent_end = 0.0  # when the agent audio queued at Twilio finishes playing (rel. seconds)
+        self.lines = 0
+
+    # -- Wiretap ----------------------------------------------------------------------------
+
+    def record(self, leg: str, direction: str, message: str | bytes) -> None:
+        if self._failed or self._finished:
+            return
+        try:
+            self._record(leg, direction, message)
+        except Exception:  # noqa: BLE001 - recording must never break a call
+            self._failed = True
+            log.exception("call recording failed; this call is no longer recorded")
+
+    def _record(self, leg: str, direction: str, message: str | bytes) -> None:
+        t = self.clock() - self._t0
+        parsed: Any = None
+        if leg == LEG_TWILIO and isinstance(message, str):
+            try:
+                parsed = orjson.loads(message)
+            except orjson.JSONDecodeError:
+                parsed = None
+            if isinstance(parsed, dict):
+                self._twilio(t, direction, parsed)
+        line = encode_entry(t, leg, direction, message, parsed)
+        if self._f is None:
+            if len(self._early) < _MAX_EARLY_LINES:
+                self._early.append(line)
+            return
+        self._f.write(line)
+        self.lines += 1
+        if t - (self._last_flush - self._t0) >= self.flush_interval:
+            self._f.flush()
+            self._last_flush = self._t0 + t
+
+    # -- audio --------------------------------------------------------------------------------
+
+    def _twilio(self, t: float, direction: str, msg: dict[str, Any]) -> None:
+        event = msg.get("event")
+        if event == "start" and direction == IN and self._f is None:
+            start = msg.get("start")
+            if isinstance(start, dict):
+                self._open(str(start.get("callSid") or "unknown"), start.get("streamSid"))
+            return
+        if self._wav is None:
+            return
+        if event == "media":
+            media = msg.get("media")
+            payload = media.get("payload") if isinstance(media, dict) else None
+            if not isinstance(payload, str):
+                return
+            try:
+                pcm = ulaw_to_pcm16(binascii.a2b_base64(payload))
+            except (binascii.Error, ValueError):
+                return
+            now_idx = round(t * RATE)
+            if direction == IN:
+                ts = media.get("timestamp")
+                try:
+                    ts_ms = int(ts)
+                except (TypeError, ValueError):
+                    ts_ms = None
+                if ts_ms is None:
+                    self._wav.place(LEFT, max(now_idx, self._wav.end(LEFT)), pcm)
+                    return
+                idx = (self._caller_anchor or 0) + ts_ms * RATE // 1000
+                if self._caller_anchor is None or abs(idx - now_idx) > RATE:
+                    self._caller_anchor = now_idx - ts_ms * RATE // 1000
+                    idx = now_idx
+                self._wav.place(LEFT, idx, pcm)
+            else:
+                # Twilio plays outbound audio in order, from when it arrives or the queue frees.
+                start_t = max(t, self._agent_end)
+                self._wav.place(RIGHT, round(start_t * RATE), pcm)
+                self._agent_end = start_t + len(pcm) / 2 / RATE
+        elif event == "clear" and direction == OUT:
+            if self._agent_end > t:
+                self._wav.truncate(RIGHT, round(t * RATE))
+                self._agent_end = t
+
+    # -- files --------------------------------------------------------------------------------
+
+    def _open(self, call_sid: str, stream_sid: Any) -> None:
+        self.call_sid = call_sid
+        self.stream_sid = stream_sid if isinstance(stream_sid, str) else None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.fromtimestamp(self._started_wall, timezone.utc)
+        base = self._name or f"{stamp.strftime('%Y%m%dT%H%M%S')}.{stamp.microsecond // 1000:03d}Z_{_SAFE.sub('', call_sid)}"
+        self.jsonl_path = self.directory / f"{base}.jsonl"
+        self._f = open(self.jsonl_path, "wb")  # noqa: SIM115
+        head = header(
+            call_sid,
+            stream_sid=self.stream_sid,
+            started_at=stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            clock="monotonic",
+            recorded_by=self.recorded_by,
+            **self.metadata,
+        )
+        self._f.write(orjson.dumps(head) + b"\n")
+        for line in self._early:
+            self._f.write(line)
+            self.lines += 1
+        self._early.clear()
+        if self._want_wav:
+            self.wav_path = self.directory / f"{base}.wav"
+            self._wav = StereoWavWriter(self.wav_path)
+        self.lines += 0
+
+    def finish(self, trailer: dict[str, Any] | None = None) -> Path | None:
+        """Write the trailer, patch the WAV header, close. Returns the JSONL path (None if the
+        call never started). Idempotent."""
+        if self._finished:
+            return self.jsonl_path
+        self._finished = True
+        try:
+            if self._f is not None:
+                t = self.clock() - self._t0
+                self._f.write(orjson.dumps({"type": "trailer", "t": round(t, 4), **(trailer or {})}, default=str) + b"\n")
+                self._f.close()
+            if self._wav is not None:
+                self._wav.close()
+        except Exception:  # noqa: BLE001
+            log.exception("closing the call recording failed")
+        return self.jsonl_path
+
+    def finish_bridge(self, bridge: Any) -> Path | None:
+        """Finish with a trailer summarising the bridge's view of the call (tool calls, barge-ins,
+        truncates, outcome): the local engine has no wire, so this is where its tool calls show."""
+        trailer: dict[str, Any] = {}
+        if bridge is not None:
+            stats = bridge.stats
+            outcome = bridge.outcome
+            trailer = {
+                "outcome": outcome.value if outcome is not None else None,
+                "provider": getattr(bridge.model, "provider", None),
+                "stats": {
+                    "frames_in": stats.frames_in,
+                    "frames_out": stats.frames_out,
+                    "barge_ins": stats.barge_ins,
+                    "truncates": [[item, ms] for item, ms in stats.truncates],
+                    "first_audio_ms": None if stats.first_audio_ms is None else round(stats.first_audio_ms, 1),
+                    "dtmf": list(stats.dtmf),
+                    "tool_calls": list(stats.tool_calls),
+                    "provider_errors": stats.provider_errors,
+                    "reconnects": stats.reconnects,
+                    "transcript": [list(x) for x in stats.transcript],
+                },
+            }
+        return self.finish(trailer)

@@ -1,0 +1,133 @@
+"""The regression corpus: every recorded call in tests/fixtures/calls/ replayed against the
+server (local engine or fake OpenAI), on the virtual clock, compared with its recording."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "calls"))
+
+from scenarios import AUTH_TOKEN, BY_NAME, PUBLIC_URL, SCENARIOS, environment  # noqa: E402
+
+from telephony_agent.recording import read_recording  # noqa: E402
+from telephony_agent.recording.analysis import summarize  # noqa: E402
+from telephony_agent.replay import ReplayResult, replay, run_virtual  # noqa: E402
+from telephony_agent.state import STATE  # noqa: E402
+
+
+def run_replay(name: str) -> tuple[ReplayResult, dict]:
+    scenario = BY_NAME[name]
+
+    async def main() -> tuple[ReplayResult, dict]:
+        async with environment(scenario) as env:
+            result = await replay(
+                scenario.path, env.base_url, PUBLIC_URL, AUTH_TOKEN,
+                server_recordings=env.recordings, on_phone=env.rest.register_call, before_compare=env.settle,
+            )
+            after = {
+                "calls": dict(env.app[STATE].calls),
+                "provider_open": [c for c in env.openai.connections if not c.closed] if env.openai else [],
+                "rest": [r.form for r in env.rest.requests],
+                "truncates": list(env.openai.truncates) if env.openai else [],
+            }
+            return result, after
+
+    return run_virtual(main())
+
+
+def test_corpus_is_complete_and_small() -> None:
+    assert len(SCENARIOS) >= 6
+    for scenario in SCENARIOS:
+        assert scenario.path.exists(), f"run scripts/make_corpus.py ({scenario.name} is missing)"
+        assert scenario.path.stat().st_size < 300 * 1024
+        rec = read_recording(scenario.path)
+        assert rec.header["scenario"] == scenario.name
+        assert rec.trailer is not None
+
+
+@pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
+def test_replay_matches_recording(name: str) -> None:
+    t0 = time.monotonic()
+    result, after = run_replay(name)
+    wall = time.monotonic() - t0
+    assert result.differences == [], "\n".join(result.differences)
+    assert not result.phone.violations
+    # Clean teardown: no call left in the server, every provider connection closed.
+    assert after["calls"] == {}
+    assert after["provider_open"] == []
+    assert result.new_recording is not None and result.new_recording.trailer is not None
+    # The virtual clock: the call took longer on its own timeline than on the wall clock.
+    assert wall < result.call_seconds, (wall, result.call_seconds)
+    check = CHECKS[name]
+    check(result, after)
+
+
+def _greeting_question(r: ReplayResult, after: dict) -> None:
+    a = r.actual
+    assert len(a.turns) == 3 and all(t.heard_ms > 2000 for t in a.turns)  # greeting, hours, goodbye
+    assert a.tool_calls == ["end_call"]
+    assert a.outcome == "agent_hangup" and a.ended_by == "agent"
+    assert after["rest"] == [{"Status": "completed"}]
+    assert r.phone.heard_ms == pytest.approx(a.heard_ms, abs=100)
+
+
+def _barge_in(r: ReplayResult, after: dict) -> None:
+    a = r.actual
+    assert len(a.clears) == 1 and a.turns[0].cleared
+    heard_at_clear = a.turns[0].heard_ms
+    assert len(a.truncates) == 1 and abs(a.truncates[0] - heard_at_clear) <= 60, (a.truncates, heard_at_clear)
+    assert after["truncates"][0]["audio_end_ms"] == a.truncates[0]
+    assert heard_at_clear < 4000  # really cut short: the answer is ~7 s
+    assert a.outcome == "caller_hangup"
+
+
+def _dtmf_menu(r: ReplayResult, after: dict) -> None:
+    a = r.actual
+    assert a.dtmf == ["1"]
+    assert a.tool_calls == ["transfer_call"]
+    assert a.outcome == "transferred"
+    assert "<Dial>+15551230000</Dial>" in after["rest"][0]["Twiml"]
+
+
+def _hangup_mid_response(r: ReplayResult, after: dict) -> None:
+    a = r.actual
+    assert a.ended_by == "caller" and a.outcome == "caller_hangup"
+    assert len(a.turns) == 1 and 900 <= a.turns[0].heard_ms <= 1600  # hung up a second in
+    assert a.truncates == [] and a.clears == []
+
+
+def _idle_timeout(r: ReplayResult, after: dict) -> None:
+    a = r.actual
+    assert a.outcome == "idle_timeout"
+    assert len(a.turns) == 2  # the greeting, then the idle prompt
+    assert a.turns[1].start - a.turns[0].end == pytest.approx(4.0, abs=0.5)  # AGENT_IDLE_TIMEOUT_SECONDS=4
+    assert after["rest"] == [{"Status": "completed"}]
+
+
+def _line_noise(r: ReplayResult, after: dict) -> None:
+    a = r.actual
+    assert len(a.turns) == 2 and a.clears == []  # the noise never read as a barge-in
+    transcript = (r.new_recording.trailer or {})["stats"]["transcript"]
+    assert ["caller", "where are you located"] in transcript
+    assert any(who == "agent" and "High Street" in text for who, text in transcript)
+
+
+CHECKS = {
+    "greeting_question": _greeting_question,
+    "barge_in": _barge_in,
+    "dtmf_menu": _dtmf_menu,
+    "hangup_mid_response": _hangup_mid_response,
+    "idle_timeout": _idle_timeout,
+    "line_noise": _line_noise,
+}
+
+
+def test_the_recordings_say_what_they_should() -> None:
+    """The corpus itself (not a replay) holds the behaviour the checks expect."""
+    s = summarize(read_recording(BY_NAME["barge_in"].path))
+    assert s.truncates and abs(s.truncates[0] - s.turns[0].heard_ms) <= 60
+    assert summarize(read_recording(BY_NAME["dtmf_menu"].path)).tool_calls == ["transfer_call"]
