@@ -88,7 +88,9 @@ def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web
 async def _lifecycle(app: web.Application) -> object:
     state = app[STATE]
     settings = state.settings
-    state.http = aiohttp.ClientSession()
+    # Every call holds one provider WebSocket from this session for its whole length: aiohttp's
+    # default connector limit (100) would make call 101 wait for a slot and time out.
+    state.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
     if state.model is None:
         state.model = build_model(settings, state.http)
     if settings.twilio_account_sid and state.auth_token:
