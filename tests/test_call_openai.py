@@ -233,3 +233,38 @@ async def test_provider_unreachable_caller_hears_apology(twilio_rest: FakeTwilio
             assert call.heard_ms > 3000  # the pre-rendered apology, all of it
             assert twilio_rest.requests and twilio_rest.requests[0].form == {"Status": "completed"}
         await agent.wait_no_calls()
+
+
+async def test_silent_caller_is_ended_politely_after_the_idle_timeout(
+    openai_server: FakeOpenAIServer, twilio_rest: FakeTwilioRest
+) -> None:
+    from telephony_agent.telephony.assets import prompt_ulaw
+
+    openai_server.queue_reply("Hello?", speech_pcm16("Hello, how can I help?", 8000))
+    settings = test_settings(greeting="Hello", idle_timeout_seconds=1.0, twilio_api_url=twilio_rest.base_url)
+    async with running_agent(settings, model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            twilio_rest.register_call(call)
+            await call.place()
+            await call.connect()
+            await call.wait_closed(timeout=20)
+            greeting_ms = len(speech_pcm16("Hello, how can I help?", 8000)) / 16
+            idle_ms = len(prompt_ulaw("idle")) / 8
+            assert call.heard_ms == pytest.approx(greeting_ms + idle_ms, abs=100)
+            assert twilio_rest.requests[0].form == {"Status": "completed"}
+        await agent.wait_no_calls()
+    assert agent.state.metrics.calls_ended.labels("idle_timeout")._value.get() == 1
+
+
+async def test_overlong_call_is_ended_politely(openai_server: FakeOpenAIServer) -> None:
+    from telephony_agent.telephony.assets import prompt_ulaw
+
+    settings = test_settings(max_call_seconds=1.0)
+    async with running_agent(settings, model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.wait_closed(timeout=20)
+            assert call.heard_ms == pytest.approx(len(prompt_ulaw("time_limit")) / 8, abs=100)
+        await agent.wait_no_calls()
+    assert agent.state.metrics.calls_ended.labels("max_duration")._value.get() == 1

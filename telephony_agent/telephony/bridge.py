@@ -142,6 +142,7 @@ class CallBridge:
         self._after_playout: Callable[[], Awaitable[None]] | None = None
         self._after_playout_reason: CallOutcome | None = None
         self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_due = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._max_timer: asyncio.TimerHandle | None = None
         self._closing = False
@@ -313,12 +314,24 @@ class CallBridge:
             self._on_playout_idle()
 
     def _arm_watchdog(self) -> None:
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            self._watchdog = None
-        if not self.playout.idle and not self._ended.is_set():
-            delay = self.playout.lead_ms / 1000 + self.playout.watchdog_s
-            self._watchdog = asyncio.get_running_loop().call_later(delay, self._on_watchdog)
+        # Hot path (every frame and mark): move a deadline instead of cancelling and
+        # re-creating a timer each time; one timer per call re-checks the deadline when it fires.
+        if self.playout.idle or self._ended.is_set():
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
+            return
+        loop = asyncio.get_running_loop()
+        self._watchdog_due = loop.time() + self.playout.lead_ms / 1000 + self.playout.watchdog_s
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._watchdog_due, self._watchdog_timer)
+
+    def _watchdog_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._watchdog_due:
+            self._watchdog = loop.call_at(self._watchdog_due, self._watchdog_timer)
+            return
+        self._on_watchdog()
 
     def _on_watchdog(self) -> None:
         self._watchdog = None
