@@ -32,7 +32,13 @@ system-deps: ## Install the Debian packages the tests use (espeak-ng, sox, sipp)
 	fi
 
 run: $(VENV)/.installed ## Serve calls (offline local engine when no provider key is set)
-	$(VENV)/bin/telephony-agent serve
+	@if [ -z "$$TWILIO_AUTH_TOKEN" ] && ! grep -qs '^TWILIO_AUTH_TOKEN=.' .env; then \
+	  echo "make run: no TWILIO_AUTH_TOKEN, so serving for local development only:"; \
+	  echo "  on 127.0.0.1, Twilio signature checks off (try: .venv/bin/telephony-agent call --say 'hello')"; \
+	  AGENT_HOST=127.0.0.1 AGENT_TWILIO_VALIDATE=false $(VENV)/bin/telephony-agent serve; \
+	else \
+	  $(VENV)/bin/telephony-agent serve; \
+	fi
 
 test: system-deps test311 test313 ## Run the test suite on Python 3.11 and 3.13
 
