@@ -145,7 +145,7 @@ async def voice_webhook(request: web.Request) -> web.Response:
     reason = state.refusal()
     if reason is not None:
         state.metrics.calls_refused.labels(reason).inc()
-        log.warning("refusing call %s: %s", call_sid, reason)
+        log.warning("refusing call %s: %s", call_sid, reason, extra={"call_id": call_sid})
         return web.Response(text=busy_twiml(), content_type="text/xml")
     state.pending[call_sid] = time.monotonic()
     host = urlsplit(base).netloc
