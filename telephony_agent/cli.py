@@ -1,4 +1,4 @@
-"""Command line: `telephony-agent serve | config`."""
+"""Command line: `telephony-agent serve | call | replay | config`."""
 
 from __future__ import annotations
 
@@ -28,11 +28,125 @@ def _config(settings: Settings) -> int:
     return 0
 
 
+def _twilio_identity(settings: Settings, url: str) -> tuple[str, str]:
+    """(public URL, auth token) as the server will check them: AGENT_PUBLIC_URL or the https
+    form of --url (what the server rebuilds from the Host header), and TWILIO_AUTH_TOKEN."""
+    from urllib.parse import urlsplit
+
+    public = settings.public_url or f"https://{urlsplit(url).netloc}"
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else "unsigned-local-dev"
+    return public, token
+
+
+def _call(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from telephony_agent.softphone import run_call, text_to_ulaw, wav_to_ulaw
+
+    utterances = [(text, text_to_ulaw(text)) for text in args.say]
+    utterances += [(path, wav_to_ulaw(path)) for path in args.wav]
+    barge = (args.barge_in_say, text_to_ulaw(args.barge_in_say)) if args.barge_in_at is not None else None
+    out = args.out or time.strftime("call-%Y%m%d-%H%M%S")
+    public, token = _twilio_identity(settings, args.url)
+    try:
+        asyncio.run(
+            run_call(
+                args.url.rstrip("/"), public, token, utterances, out,
+                barge_in_at=args.barge_in_at, barge_in_audio=barge, max_seconds=args.max_seconds,
+                reply_timeout=args.reply_timeout, transcribe=not args.no_transcribe,
+                print_fn=lambda line: print(line, flush=True),
+            )
+        )
+    except (OSError, Exception) as exc:  # noqa: BLE001 - a command line reports, it does not trace
+        print(f"call failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    from telephony_agent.recording import RecordingError, read_recording
+    from telephony_agent.replay import in_process_server, replay, run_virtual, wait_no_calls
+
+    try:
+        rec = read_recording(args.recording)
+    except (OSError, RecordingError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+
+    async def external() -> object:
+        public, token = _twilio_identity(settings, args.url)
+        return await replay(rec, args.url.rstrip("/"), public, token, speed=args.speed)
+
+    async def in_process() -> object:
+        from telephony_agent.realtime.providers.local import LocalRealtimeModel
+
+        with tempfile.TemporaryDirectory(prefix="replay-") as tmp:
+            model = LocalRealtimeModel(script_path=settings.local_script, voice=settings.voice)
+            local = settings.model_copy(update={
+                "provider": "local", "recordings_dir": tmp, "twilio_validate": False, "public_url": None,
+                "host": "127.0.0.1", "twilio_account_sid": None,
+                "greeting": settings.greeting or model.script.greeting,
+                "max_loop_lag_ms": 60_000.0,  # caller and server share this loop
+            })
+            await model.warm_up()
+            async with in_process_server(local, model) as (app, url):
+                async def settle() -> None:
+                    await wait_no_calls(app)
+                    await asyncio.sleep(0.5)
+
+                return await replay(rec, url, "https://" + url.split("//", 1)[1], "unsigned-local-dev",
+                                    server_recordings=Path(tmp), before_compare=settle)
+
+    if args.url:
+        result = asyncio.run(external())
+    else:
+        provider = rec.header.get("provider")
+        if provider not in (None, "local"):
+            print(f"this recording was made with provider {provider!r}: replay it against a server with --url "
+                  "(in-process replay runs the local engine)", file=sys.stderr)
+            return 2
+        result = run_virtual(in_process())
+    r = result  # type: ignore[assignment]
+    print(f"replayed {args.recording}: {r.call_seconds:.1f}s of call in {r.wall_seconds:.1f}s")  # type: ignore[attr-defined]
+    for label, s in (("recorded", r.expected), ("now", r.actual)):  # type: ignore[attr-defined]
+        turns = ", ".join(f"{t.heard_ms:.0f} ms{'*' if t.cleared else ''}" for t in s.turns)
+        print(f"  {label:>8}: turns [{turns}] clears {len(s.clears)} truncates {s.truncates} "
+              f"tools {s.tool_calls} ended by {s.ended_by}")
+    if r.differences:  # type: ignore[attr-defined]
+        print("differences:")
+        for line in r.differences:  # type: ignore[attr-defined]
+            print(f"  - {line}")
+        return 1
+    print("no differences")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="telephony-agent", description="Telephony voice agent")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="serve calls (what `make run` starts)")
     sub.add_parser("config", help="print the effective settings, secrets masked, and what is missing")
+    call = sub.add_parser("call", help="dial a running server the way Twilio does (a softphone)")
+    call.add_argument("--url", default="http://127.0.0.1:8080", help="the server's base URL")
+    call.add_argument("--say", action="append", default=[], help="text to say (synthesised locally); repeatable")
+    call.add_argument("--wav", action="append", default=[], help="a 16-bit PCM WAV to say; repeatable")
+    call.add_argument("--barge-in-at", type=float, default=None, metavar="SECONDS",
+                      help="interrupt the agent this many seconds after connecting")
+    call.add_argument("--barge-in-say", default="Sorry, wait a moment.", help="what the interruption says")
+    call.add_argument("--out", default=None, help="directory for agent.wav, call.wav, call.jsonl, transcript.txt")
+    call.add_argument("--max-seconds", type=float, default=90.0, help="hang up after this long")
+    call.add_argument("--reply-timeout", type=float, default=20.0, help="how long to wait for each agent turn")
+    call.add_argument("--no-transcribe", action="store_true", help="skip recognising the agent's words")
+    rep = sub.add_parser("replay", help="drive a server with a recorded call and report differences")
+    rep.add_argument("recording", help="a recording (.jsonl or .jsonl.gz)")
+    rep.add_argument("--url", default=None,
+                     help="a running server to drive; default: this process, local engine, virtual clock")
+    rep.add_argument("--speed", type=float, default=1.0, help="send the caller's side this much faster")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -41,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "config":
         return _config(settings)
+    if args.command == "call":
+        return _call(settings, args)
+    if args.command == "replay":
+        return _replay(settings, args)
     from telephony_agent.serve import serve
 
     return serve(settings)
