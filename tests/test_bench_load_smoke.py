@@ -1,0 +1,38 @@
+"""Smoke run of the load benchmark machinery (bench/load.py): the real server process, the fake
+provider and two simulated callers for a few seconds; the report must come out with no frame
+lost or late."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(60)
+def test_bench_load_smoke(tmp_path: Path) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores (server and load generators are pinned apart)")
+    cores = sorted(os.sched_getaffinity(0))
+    cmd = [sys.executable, str(REPO / "bench" / "load.py"), "--series", "2", "--steady", "3", "--settle", "0.5",
+           "--sequential", "20", "--no-plot", "--out", str(tmp_path),
+           "--server-core", str(cores[0]), "--gen-core", str(cores[1])]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=55)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "load.json").read_text())
+    (row,) = report["series"]
+    assert row["calls_up"] == 2
+    assert row["frames_lost"] == 0
+    assert row["frames_late"] == 0
+    assert row["in_frames"] > 200 and row["out_frames"] > 0
+    assert row["ttfa_p50_ms"] is not None
+    assert row["calls_left_after_hangup"] == 0
+    seq = report["sequential"]
+    assert seq["calls"] == 20 and seq["failed"] == 0 and seq["calls_left"] == 0
+    assert (tmp_path / "load.md").read_text().startswith("| calls |")
