@@ -150,3 +150,30 @@ class WebSocketTransport:
 def _safe_url(url: str) -> str:
     """The URL without its query string, which may carry a key."""
     return url.split("?", 1)[0]
+
+
+def secret_value(value: Any) -> str:
+    """The plain text of a key given as `str` or pydantic `SecretStr`."""
+    getter = getattr(value, "get_secret_value", None)
+    return getter() if callable(getter) else str(value)
+
+
+class SharedHttpClient:
+    """A model's aiohttp client: the one it was given (the server's, shared by every call), or
+    one of its own, created on first use and closed by `close()`."""
+
+    def __init__(self, http: aiohttp.ClientSession | None) -> None:
+        self._http = http
+        self._owned = http is None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+            self._owned = True
+        return self._http
+
+    async def close(self) -> None:
+        if self._owned and self._http is not None and not self._http.closed:
+            await self._http.close()
+        if self._owned:
+            self._http = None

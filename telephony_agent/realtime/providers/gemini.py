@@ -79,7 +79,7 @@ from telephony_agent.realtime.providers.gemini_protocol import (
     validate_config,
 )
 from telephony_agent.realtime.session import QueuedSession, RealtimeModel
-from telephony_agent.realtime.transport import WebSocketTransport
+from telephony_agent.realtime.transport import SharedHttpClient, WebSocketTransport, secret_value
 from telephony_agent.realtime.types import (
     AudioChunk,
     AudioFormat,
@@ -94,10 +94,6 @@ log = logging.getLogger(__name__)
 #: Close codes after which resuming cannot help: the request itself is refused.
 _FATAL_CLOSE_CODES = frozenset({1002, 1003, CLOSE_INVALID_ARGUMENT, CLOSE_POLICY, 1009, 1010})
 
-
-def _secret(value: Any) -> str:
-    getter = getattr(value, "get_secret_value", None)
-    return getter() if callable(getter) else str(value)
 
 
 RESPOND_NUDGE = "(The caller is on the line, waiting for you to speak.)"
@@ -123,7 +119,7 @@ class GeminiLiveModel(RealtimeModel):
         max_buffered_audio_ms: int = 5000,
         reconnect_attempts: int = 3,
     ) -> None:
-        key = _secret(api_key)
+        key = secret_value(api_key)
         if not key:
             raise ValueError("a Gemini API key is required")
         if "?" in url and "key=" in url.split("?", 1)[1]:
@@ -131,8 +127,7 @@ class GeminiLiveModel(RealtimeModel):
         self._key = key
         self._url = url
         self._model = model
-        self._http = http
-        self._own_http = http is None
+        self._http = SharedHttpClient(http)
         self.setup_timeout = setup_timeout
         self.connect_timeout = connect_timeout
         self.max_buffered_audio_ms = max_buffered_audio_ms
@@ -157,12 +152,6 @@ class GeminiLiveModel(RealtimeModel):
     def output_formats(self) -> tuple[AudioFormat, ...]:
         return (OUTPUT_FORMAT,)
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
-            self._own_http = True
-        return self._http
-
     async def connect(self, config: RealtimeConfig) -> "GeminiLiveSession":
         validate_config(config)
         session = GeminiLiveSession(self, config)
@@ -172,7 +161,7 @@ class GeminiLiveModel(RealtimeModel):
     async def _open(self, config: RealtimeConfig, handle: str | None) -> tuple[WebSocketTransport, dict[str, Any]]:
         """A connected socket that has completed setup; raises the error its close code stands for."""
         transport = WebSocketTransport(
-            self._client(), self._url, {"x-goog-api-key": self._key}, connect_timeout=self.connect_timeout
+            self._http.get(), self._url, {"x-goog-api-key": self._key}, connect_timeout=self.connect_timeout
         )
         await transport.connect()
         try:
@@ -202,9 +191,7 @@ class GeminiLiveModel(RealtimeModel):
             raise
 
     async def aclose(self) -> None:
-        if self._own_http and self._http is not None and not self._http.closed:
-            await self._http.close()
-        self._http = None
+        await self._http.close()
 
 
 @dataclass(eq=False)

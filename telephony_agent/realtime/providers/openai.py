@@ -43,7 +43,7 @@ from telephony_agent.realtime.providers.openai_protocol import (
     user_text_item,
 )
 from telephony_agent.realtime.session import QueuedSession, RealtimeModel
-from telephony_agent.realtime.transport import WebSocketTransport
+from telephony_agent.realtime.transport import SharedHttpClient, WebSocketTransport, secret_value
 from telephony_agent.realtime.types import (
     PCM16_24K,
     PCMU_8K,
@@ -63,10 +63,6 @@ DEFAULT_MODEL = "gpt-realtime"
 #: Close codes after which reconnecting cannot help (protocol/policy errors, 4xxx application codes).
 _FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
 
-
-def _secret(value: Any) -> str:
-    getter = getattr(value, "get_secret_value", None)
-    return getter() if callable(getter) else str(value)
 
 
 class OpenAIRealtimeModel(RealtimeModel):
@@ -92,14 +88,13 @@ class OpenAIRealtimeModel(RealtimeModel):
     ) -> None:
         if audio not in ("pcmu", "pcm"):
             raise RealtimeConfigError(f"audio must be 'pcmu' or 'pcm', not {audio!r}")
-        self.__api_key = _secret(api_key)
+        self.__api_key = secret_value(api_key)
         if not self.__api_key:
             raise RealtimeAuthError("no OpenAI API key")
         self.url = url
         self.model = model
         self.audio = audio
-        self._http = http
-        self._owns_http = http is None
+        self._http = SharedHttpClient(http)
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
         self.reconnect_attempts = reconnect_attempts
@@ -141,12 +136,6 @@ class OpenAIRealtimeModel(RealtimeModel):
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.__api_key}"}
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession()
-            self._owns_http = True
-        return self._http
-
     async def connect(self, config: RealtimeConfig) -> "OpenAIRealtimeSession":
         in_fmt, out_fmt = self.negotiate(config)
         translator = OpenAIEventTranslator(out_fmt)
@@ -158,7 +147,7 @@ class OpenAIRealtimeModel(RealtimeModel):
     ) -> tuple[WebSocketTransport, list[ServerEvent]]:
         """Open a socket, wait for `session.created`, configure it, wait for `session.updated`."""
         update = session_update_message(config, input_format=in_fmt, output_format=out_fmt)
-        transport = WebSocketTransport(self._client(), self.endpoint, self._headers(),
+        transport = WebSocketTransport(self._http.get(), self.endpoint, self._headers(),
                                        connect_timeout=self.connect_timeout)
         await transport.connect()
         early: list[ServerEvent] = []
@@ -213,8 +202,7 @@ class OpenAIRealtimeModel(RealtimeModel):
                 return
 
     async def aclose(self) -> None:
-        if self._owns_http and self._http is not None and not self._http.closed:
-            await self._http.close()
+        await self._http.close()
 
 
 def _closed_error(code: int | None, reason: str, wanted: str) -> RealtimeConnectionError:
