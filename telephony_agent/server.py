@@ -189,7 +189,7 @@ async def media_socket(request: web.Request) -> web.StreamResponse:
             state.model,
             call_config(settings),
             socket,
-            bridge_options(settings),
+            bridge_options(settings, state.model),
             clock=asyncio.get_running_loop().time,  # the loop's clock: a replay may run it virtually
             logger=socket.log,
         )
@@ -234,12 +234,14 @@ def call_config(settings: Settings) -> RealtimeConfig:
     )
 
 
-def bridge_options(settings: Settings) -> BridgeOptions:
+def bridge_options(settings: Settings, model: RealtimeModel) -> BridgeOptions:
     return BridgeOptions(
         playout_lead_ms=settings.playout_lead_ms,
         max_call_seconds=settings.max_call_seconds,
         idle_timeout_seconds=settings.idle_timeout_seconds,
         tool_timeout_seconds=settings.tool_timeout_seconds,
         greeting=settings.greeting,
+        # The local engine's script has its own greeting: it speaks first even with no AGENT_GREETING.
+        speak_first=model.provider == "local",
         transfer_allowlist=tuple(settings.transfer_allowlist),
     )

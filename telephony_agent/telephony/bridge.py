@@ -80,6 +80,7 @@ class BridgeOptions:
     idle_timeout_seconds: float = 30.0
     tool_timeout_seconds: float = 10.0
     greeting: str | None = None
+    speak_first: bool = False  # ask for a response at once even without a greeting text (scripted engines)
     transfer_allowlist: tuple[str, ...] = ()
     goodbye_wait_seconds: float = 15.0
 
@@ -185,7 +186,7 @@ class CallBridge:
             self.session, self.tools, tool_timeout=self.options.tool_timeout_seconds, logger=self.log
         )
         self._event_task = asyncio.create_task(self._event_loop(), name=f"call-events-{self.call_id}")
-        if self.options.greeting:
+        if self.options.greeting or self.options.speak_first:
             await self._safe(self.session.create_response())
         self._arm_idle_timer()
 
