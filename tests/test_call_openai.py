@@ -268,3 +268,22 @@ async def test_overlong_call_is_ended_politely(openai_server: FakeOpenAIServer) 
             assert call.heard_ms == pytest.approx(len(prompt_ulaw("time_limit")) / 8, abs=100)
         await agent.wait_no_calls()
     assert agent.state.metrics.calls_ended.labels("max_duration")._value.get() == 1
+
+
+async def test_caller_audio_while_the_provider_connects_is_not_lost(openai_server: FakeOpenAIServer) -> None:
+    import base64
+
+    openai_server.session_created_delay = 0.8
+    openai_server.queue_reply("We are open from nine to five.", speech_pcm16("We are open from nine to five.", 8000))
+    async with running_agent(test_settings(), model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            question = ulaw_speech("What are your opening hours?")
+            await call.speak(question)  # starts at once: the provider is still connecting
+            await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, timeout=15)
+            appended = sum(
+                len(base64.b64decode(m["audio"])) for m in openai_server.received if m["type"] == "input_audio_buffer.append"
+            )
+            assert appended >= len(question)  # every caller frame reached the model
+            assert openai_server.speech_starts >= 1

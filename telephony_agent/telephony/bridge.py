@@ -31,6 +31,7 @@ from telephony_agent.realtime import (
     Interrupted,
     OutputTranscriptDone,
     RealtimeConfig,
+    Reconnected,
     RealtimeError,
     RealtimeModel,
     RealtimeRunner,
@@ -46,6 +47,7 @@ from telephony_agent.telephony.playout import FRAME_BYTES, Playout
 log = logging.getLogger(__name__)
 
 SILENCE_ULAW = b"\xff"
+EARLY_AUDIO_FRAMES = 150  # 3 s of caller audio kept while the provider session opens
 
 
 class CallTransport(Protocol):
@@ -136,7 +138,7 @@ class CallBridge:
         self._tasks: set[asyncio.Task[object]] = set()
         self._event_task: asyncio.Task[None] | None = None
         self._inbound = None  # Transcoder mu-law 8k -> provider input, None for passthrough
-        self._outbound: dict[int, object] = {}
+        self._outbound: dict[int, Transcoder] = {}  # provider output rate -> mu-law 8k
         self._framer = Framer(FRAME_BYTES)
         self._out_item: str | None = None
         self._interrupted_items: set[str] = set()
@@ -148,6 +150,7 @@ class CallBridge:
         self._max_timer: asyncio.TimerHandle | None = None
         self._closing = False
         self._input_format: AudioFormat = PCMU_8K
+        self._early_audio: list[bytes] = []
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -185,6 +188,9 @@ class CallBridge:
         self.runner = RealtimeRunner(
             self.session, self.tools, tool_timeout=self.options.tool_timeout_seconds, logger=self.log
         )
+        early, self._early_audio = self._early_audio, []
+        if early:
+            await self._send_inbound(self.session, b"".join(early))
         self._event_task = asyncio.create_task(self._event_loop(), name=f"call-events-{self.call_id}")
         if self.options.greeting or self.options.speak_first:
             await self._safe(self.session.create_response())
@@ -195,9 +201,16 @@ class CallBridge:
     async def on_media(self, ulaw: bytes) -> None:
         self.stats.frames_in += 1
         session = self.session
-        if session is None or self._closing:
+        if session is None:
+            if not self._closing and len(self._early_audio) < EARLY_AUDIO_FRAMES:
+                self._early_audio.append(ulaw)  # the caller spoke while the provider was connecting
             return
-        data = ulaw if self._inbound is None else self._inbound.process(ulaw)  # type: ignore[attr-defined]
+        if self._closing:
+            return
+        await self._send_inbound(session, ulaw)
+
+    async def _send_inbound(self, session: RealtimeSession, ulaw: bytes) -> None:
+        data = ulaw if self._inbound is None else self._inbound.process(ulaw)
         try:
             await session.send_audio(AudioChunk(data, self._input_format))
         except RealtimeError as exc:
@@ -251,7 +264,7 @@ class CallBridge:
                     self.log.warning("provider error %s: %s", event.code, event.message)
                     if event.fatal:
                         break
-                elif type(event).__name__ == "Reconnected":
+                elif isinstance(event, Reconnected):
                     self.stats.reconnects += 1
                 del received
         except asyncio.CancelledError:
@@ -281,7 +294,7 @@ class CallBridge:
         transcoder = self._outbound.get(fmt.sample_rate)
         if transcoder is None:
             transcoder = self._outbound[fmt.sample_rate] = Transcoder.pcm_to_ulaw8k(fmt.sample_rate)
-        return transcoder.process(data)  # type: ignore[attr-defined]
+        return transcoder.process(data)
 
     def _play(self, item_id: str, ulaw: bytes) -> None:
         frames = self._framer.push(ulaw)
@@ -295,7 +308,7 @@ class CallBridge:
         """End of an item: drain resampler tails and pad the last frame with silence."""
         if self._out_item is None:
             return
-        tail = b"".join(t.flush() for t in self._outbound.values())  # type: ignore[attr-defined]
+        tail = b"".join(t.flush() for t in self._outbound.values())
         self._outbound.clear()
         if tail:
             self.playout.push(self._out_item, self._framer.push(tail))
