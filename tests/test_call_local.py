@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
 from peers.fake_twilio import FakeTwilioCall
@@ -11,31 +9,15 @@ from peers.fake_twilio_rest import FakeTwilioRest
 from speech import speech_pcm16
 
 from telephony_agent.realtime.providers.local import LocalRealtimeModel
-from telephony_agent.realtime.providers.local.asr import Recognizer
-from telephony_codecs import StreamResampler, pcm16_to_ulaw, ulaw_to_pcm16
+from telephony_codecs import pcm16_to_ulaw
 
 CALLER_VOICE = "en-us+f3"
+# The greeting has a pause between its sentences: only a longer silence means it is over.
+GREETING_GAP_MS = 900
 
 
 def ulaw_speech(text: str) -> bytes:
     return pcm16_to_ulaw(speech_pcm16(text, 8000, voice=CALLER_VOICE, speed=140))
-
-
-REPLIES = [
-    "Sure, transferring you to sales now.",
-    "Sure, transferring you to support now.",
-    "We are at twelve High Street, next to the railway station.",
-    "Hello, thank you for calling Example Dental. How can I help you today?",
-]
-
-
-def recognise_heard(call: FakeTwilioCall, after: float = 0.0) -> str:
-    """Run what the caller heard through the same recogniser, over the script's replies: the
-    general model is hopeless on narrow-band audio (see the local engine's notes)."""
-    pcm8 = ulaw_to_pcm16(call.heard_after(after))
-    up = StreamResampler(8000, 16000)
-    pcm16k = up.process(pcm8) + up.flush()
-    return Recognizer(REPLIES).recognise(pcm16k).text.lower()
 
 
 async def test_greeting_then_a_question_answered() -> None:
@@ -44,7 +26,7 @@ async def test_greeting_then_a_question_answered() -> None:
         async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
-            await call.wait_silence_after_audio(silence_ms=400, min_heard_ms=1500, timeout=15)
+            await call.wait_silence_after_audio(silence_ms=GREETING_GAP_MS, min_heard_ms=1500, timeout=15)
             greeting_ms = call.heard_ms
             await call.speak(ulaw_speech("What are your opening hours?"))
             await call.wait_for(lambda: call.heard_ms > greeting_ms + 2000, timeout=20, what="answer")
@@ -66,14 +48,15 @@ async def test_transfer_intent_dials_sales() -> None:
                 rest.register_call(call)
                 await call.place()
                 await call.connect()
-                await call.wait_silence_after_audio(silence_ms=400, min_heard_ms=1500, timeout=15)  # greeting
-                asked_at = asyncio.get_running_loop().time()
+                await call.wait_silence_after_audio(silence_ms=GREETING_GAP_MS, min_heard_ms=1500, timeout=15)
                 greeting_ms = call.heard_ms
+                bridge = agent.state.calls[call.call_sid]
                 await call.speak(ulaw_speech("I want to talk to sales."))
                 await rest.wait_for_request(1, timeout=25)
                 assert "<Dial>+15551230000</Dial>" in rest.requests[0].form["Twiml"]
-                assert call.heard_ms - greeting_ms > 1000  # "Sure, transferring you to sales now." was heard first
-                assert recognise_heard(call, after=asked_at) == "sure transferring you to sales now"
+                assert call.heard_ms - greeting_ms > 1500  # "Sure, transferring you to sales now." was heard first
+                bridge_lines = [text for who, text in bridge.stats.transcript if who == "agent"]
+                assert bridge_lines[-1] == "Sure, transferring you to sales now."
             await agent.wait_no_calls()
 
 
