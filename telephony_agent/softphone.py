@@ -253,11 +253,7 @@ class Softphone:
         if not self._closed.is_set():
             self._closing_by_us = True
         await self._stop_tasks()
-        if self._ws is not None and not self._ws.closed:
-            try:
-                await asyncio.wait_for(self._ws.close(), 2.0)
-            except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
-                pass
+        if await self._close_socket():
             self._mark_closed()
         if self._owns_session and self.session is not None:
             await self.session.close()
@@ -570,12 +566,18 @@ class Softphone:
         self._closing_by_us = True
         await self._stop_tasks()
         await self.send_stop()
-        if self._ws is not None and not self._ws.closed:
-            try:
-                await asyncio.wait_for(self._ws.close(), 2.0)
-            except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
-                pass
+        await self._close_socket()
         self._mark_closed()
+
+    async def _close_socket(self) -> bool:
+        """Close the media socket if it is open (bounded). Returns whether it was open."""
+        if self._ws is None or self._ws.closed:
+            return False
+        try:
+            await asyncio.wait_for(self._ws.close(), 2.0)
+        except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
+            pass
+        return True
 
     async def abort(self) -> None:
         """Drop the TCP connection with no `stop` and no close frame (network failure)."""
