@@ -22,6 +22,7 @@ A second signal during a drain is logged and ignored: the drain is already bound
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import pickle
@@ -96,6 +97,18 @@ async def drain(state: AppState, drain_seconds: float) -> None:
         log.info("drain: all calls ended", extra={"event": "drain_complete"})
 
 
+def freeze_startup_heap() -> None:
+    """Keep the cyclic GC off the objects made at start-up (modules, pydantic, prometheus, the SDKs).
+
+    They live as long as the process, but every full collection walked all of them (~140k objects):
+    25-50 ms stalls of the event loop a few times a minute under load, the p99 latency of every
+    call in flight (load benchmark, 150 calls). Frozen, full collections only walk what calls
+    allocate. Start-up garbage is collected first so none of it is frozen.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve_async(settings: Settings, *, reuse_port: bool = False) -> None:
     from telephony_agent.server import create_app
 
@@ -118,6 +131,7 @@ async def _serve_async(settings: Settings, *, reuse_port: bool = False) -> None:
     try:
         site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
         await site.start()
+        freeze_startup_heap()
         log.info("listening on %s:%d", settings.host, settings.port, extra={"event": "listening"})
         await stop.wait()
         await drain(app[STATE], settings.drain_seconds)
