@@ -174,6 +174,10 @@ async def media_socket(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
 
     def authorize(start: Start) -> bool:
+        if start.call_sid in state.calls:
+            # One stream per call: a second socket (a replayed token, a confused proxy) is refused.
+            state.metrics.webhooks_refused.labels("media").inc()
+            return False
         if signed:
             return True
         ok = check_stream_token(start.custom_parameters.get(TOKEN_PARAM), start.call_sid, state.token_secret, time.time())

@@ -287,3 +287,20 @@ async def test_caller_audio_while_the_provider_connects_is_not_lost(openai_serve
             )
             assert appended >= len(question)  # every caller frame reached the model
             assert openai_server.speech_starts >= 1
+
+
+async def test_a_second_stream_for_the_same_call_is_refused(openai_server: FakeOpenAIServer) -> None:
+    async with running_agent(test_settings(), model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
+            async with FakeTwilioCall(
+                agent.base_url, PUBLIC_URL, AUTH_TOKEN, call_sid=call.call_sid
+            ) as replayed:  # the same call sid and token, a second socket
+                replayed.twiml, replayed.stream_url = call.twiml, call.stream_url
+                replayed.stream_parameters = dict(call.stream_parameters)
+                await replayed.connect()
+                assert await replayed.wait_closed(timeout=5) == 1008
+            assert openai_server.connection_attempts == 1
+            assert not call.closed
