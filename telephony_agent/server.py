@@ -235,6 +235,7 @@ def call_config(settings: Settings) -> RealtimeConfig:
         instructions=settings.instructions,
         voice=settings.voice,
         turn_detection=TurnDetection(),
+        input_transcription=settings.input_transcription,
     )
 
 

@@ -85,6 +85,7 @@ class Settings(BaseSettings):
     )
     voice: str | None = Field(None, validation_alias=_env("AGENT_VOICE"))
     greeting: str | None = Field(None, validation_alias=_env("AGENT_GREETING"))
+    input_transcription: str | None = Field(None, validation_alias=_env("AGENT_INPUT_TRANSCRIPTION"))
     tool_timeout_seconds: float = Field(10.0, gt=0, le=300, validation_alias=_env("AGENT_TOOL_TIMEOUT_SECONDS"))
 
     # Calls.

@@ -304,3 +304,14 @@ async def test_a_second_stream_for_the_same_call_is_refused(openai_server: FakeO
                 assert await replayed.wait_closed(timeout=5) == 1008
             assert openai_server.connection_attempts == 1
             assert not call.closed
+
+
+async def test_input_transcription_setting_reaches_the_session(openai_server: FakeOpenAIServer) -> None:
+    settings = test_settings(input_transcription="gpt-4o-mini-transcribe")
+    async with running_agent(settings, model_for(openai_server)) as agent:
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await openai_server.wait_for(lambda: any(m["type"] == "session.update" for m in openai_server.received))
+            update = next(m for m in openai_server.received if m["type"] == "session.update")
+            assert update["session"]["audio"]["input"]["transcription"] == {"model": "gpt-4o-mini-transcribe"}
