@@ -199,6 +199,8 @@ async def media_socket(request: web.Request) -> web.StreamResponse:
         )
         state.calls[start.call_sid] = bridge
         ops.record_call_start(state, bridge)
+        for hook in state.call_hooks:
+            hook(bridge)
         await bridge.start()
         return bridge
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -27,6 +28,8 @@ class AppState:
     draining: bool = False
     loop_lag_ms: float = 0.0
     token_secret: bytes = b""
+    # Called with each new CallBridge before it starts: register tools, DTMF hooks, ... per call.
+    call_hooks: list[Callable[[CallBridge], None]] = field(default_factory=list)
 
     @property
     def auth_token(self) -> str | None:

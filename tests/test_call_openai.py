@@ -315,3 +315,42 @@ async def test_input_transcription_setting_reaches_the_session(openai_server: Fa
             await openai_server.wait_for(lambda: any(m["type"] == "session.update" for m in openai_server.received))
             update = next(m for m in openai_server.received if m["type"] == "session.update")
             assert update["session"]["audio"]["input"]["transcription"] == {"model": "gpt-4o-mini-transcribe"}
+
+
+async def test_call_hooks_add_tools_and_dtmf_handlers(openai_server: FakeOpenAIServer) -> None:
+    """Applications extend each call: their own tools (run by the same runner) and DTMF hooks."""
+    looked_up: list[str] = []
+    digits: list[str] = []
+
+    def extend(bridge) -> None:  # noqa: ANN001 - a CallBridge
+        async def lookup_order(order_id: str) -> dict[str, str]:
+            """Look up an order's status."""
+            looked_up.append(order_id)
+            return {"order_id": order_id, "status": "shipped"}
+
+        bridge.tools.register(lookup_order)
+        bridge.dtmf_hooks.append(digits.append)
+
+    openai_server.queue_function_calls([("lookup_order", {"order_id": "A-17"})])
+    async with running_agent(test_settings(), model_for(openai_server)) as agent:
+        agent.state.call_hooks.append(extend)
+        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
+            await call.send_dtmf("7")
+            await call.wait_for(lambda: digits == ["7"], timeout=5, what="dtmf hook")
+            await call.speak(ulaw_speech("Where is my order?"))
+            await openai_server.wait_for(lambda: looked_up == ["A-17"], timeout=10)
+            update = next(m for m in openai_server.received if m["type"] == "session.update")
+            assert "lookup_order" in {t["name"] for t in update["session"]["tools"]}
+
+            def outputs() -> list[str]:
+                return [
+                    m["item"]["output"]
+                    for m in openai_server.received
+                    if m["type"] == "conversation.item.create" and m["item"]["type"] == "function_call_output"
+                ]
+
+            await openai_server.wait_for(lambda: bool(outputs()), timeout=5)
+            assert "shipped" in outputs()[0]

@@ -132,7 +132,7 @@ class CallBridge:
         self.runner: RealtimeRunner | None = None
         self.outcome: CallOutcome | None = None
         self._register_builtin_tools()
-        self._config = self._prepare_config(config)
+        self._config = config  # completed by start(): greeting and tools registered until then
         self._started_at = clock()
         self._ended = asyncio.Event()
         self._tasks: set[asyncio.Task[object]] = set()
@@ -173,6 +173,7 @@ class CallBridge:
         """Open the provider session and start handling its events. A failure is spoken to the caller."""
         loop = asyncio.get_running_loop()
         self._max_timer = loop.call_later(self.options.max_call_seconds, self._on_max_duration)
+        self._config = self._prepare_config(self._config)
         try:
             self.session = await self.model.connect(self._config)
         except (RealtimeError, OSError) as exc:
