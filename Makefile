@@ -40,7 +40,8 @@ run: $(VENV)/.installed ## Serve calls (offline local engine when no provider ke
 	  $(VENV)/bin/telephony-agent serve; \
 	fi
 
-test: system-deps test311 test313 ## Run the test suite on Python 3.11 and 3.13
+test: system-deps ## Run the test suite on Python 3.11 and 3.13 (side by side: the tests mostly wait on real-time audio)
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test311 test313
 
 test311: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q
