@@ -137,13 +137,12 @@ class CallBridge:
         self._ended = asyncio.Event()
         self._tasks: set[asyncio.Task[object]] = set()
         self._event_task: asyncio.Task[None] | None = None
-        self._inbound = None  # Transcoder mu-law 8k -> provider input, None for passthrough
+        self._inbound: Transcoder | None = None  # mu-law 8k -> provider input; None: passthrough
         self._outbound: dict[int, Transcoder] = {}  # provider output rate -> mu-law 8k
         self._framer = Framer(FRAME_BYTES)
         self._out_item: str | None = None
         self._interrupted_items: set[str] = set()
         self._after_playout: Callable[[], Awaitable[None]] | None = None
-        self._after_playout_reason: CallOutcome | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_due = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -267,7 +266,6 @@ class CallBridge:
                         break
                 elif isinstance(event, Reconnected):
                     self.stats.reconnects += 1
-                del received
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a bug here must not leave the caller in silence
@@ -368,16 +366,12 @@ class CallBridge:
         if item is None or self._after_playout is not None:
             return  # the agent is silent (or saying a final goodbye): nothing to interrupt
         played = self.playout.played_ms(item, self.clock())
-        self.transport.send_clear()
-        self.stats.clear_latency_ms.append((self.clock() - received) * 1000)
-        self.stats.barge_ins += 1
-        self.playout.clear()
-        self._framer.clear()
-        self._outbound.clear()
-        self._interrupted_items.add(item)
         if self._out_item is not None:
             self._interrupted_items.add(self._out_item)
-        self._out_item = None
+        self._interrupted_items.add(item)
+        self._drop_output()
+        self.stats.clear_latency_ms.append((self.clock() - received) * 1000)
+        self.stats.barge_ins += 1
         self.stats.truncates.append((item, played))
         self.log.info("barge-in: caller heard %d ms of %s", played, item)
         session = self.session
@@ -385,6 +379,14 @@ class CallBridge:
             await self._safe(session.interrupt(audio_end_ms=played))
             if self._config.turn_detection.manual:
                 await self._safe(session.clear_audio())
+
+    def _drop_output(self) -> None:
+        """`clear` the phone leg and forget every bit of agent audio not yet heard."""
+        self.transport.send_clear()
+        self.playout.clear()
+        self._framer.clear()
+        self._outbound.clear()
+        self._out_item = None
 
     # -- call control (used by the built-in tools) ------------------------------------------
 
@@ -426,10 +428,7 @@ class CallBridge:
         """Play a pre-rendered prompt (no provider needed), then hang up."""
         if self._after_playout is not None:
             return
-        self.playout.clear()
-        self.transport.send_clear()
-        self._framer.clear()
-        self._out_item = None
+        self._drop_output()
         frames = self._framer.push(prompt_ulaw(name))
         last = self._framer.flush(pad=SILENCE_ULAW)
         self.playout.push(f"prompt-{name}", frames + ([last] if last else []))
