@@ -2,39 +2,26 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
+from speech import speech_ulaw
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop  # standard library to 3.12, audioop-lts on 3.13+
-
-from speech import speech_pcm16
 from telephony_agent.realtime.providers.local.asr import to_asr_rate
+from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 # eSpeak's "f3" variant at a calm pace is what PocketSphinx's model recognises best; the default
 # male voice at 160 wpm loses "s"-heavy words (sales, support) on 8 kHz audio.
 CALLER_VOICE = {"voice": "en-us+f3", "speed": 140}
 
 
-def pcm16_to_ulaw(pcm: bytes) -> bytes:
-    return audioop.lin2ulaw(pcm, 2)
-
-
-def ulaw_to_pcm16(data: bytes) -> bytes:
-    return audioop.ulaw2lin(data, 2)
-
-
 def caller_ulaw(text: str, lead_ms: int = 300, tail_ms: int = 800) -> bytes:
     """`text` spoken by eSpeak NG at 8 kHz, mu-law encoded, with silence around it (0xFF is mu-law zero)."""
-    speech = pcm16_to_ulaw(speech_pcm16(text, 8000, **CALLER_VOICE))
+    speech = speech_ulaw(text, **CALLER_VOICE)
     return b"\xff" * (8 * lead_ms) + speech + b"\xff" * (8 * tail_ms)
 
 
 def caller_pcm8k(text: str) -> bytes:
     """`text` as PCM16 8 kHz after a mu-law round trip."""
-    return ulaw_to_pcm16(pcm16_to_ulaw(speech_pcm16(text, 8000, **CALLER_VOICE)))
+    return ulaw_to_pcm16(speech_ulaw(text, **CALLER_VOICE))
 
 
 def rms_dbfs(pcm: bytes) -> float:

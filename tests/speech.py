@@ -49,3 +49,10 @@ def speech_pcm16(text: str, rate: int = 8000, **kwargs: object) -> bytes:
     """PCM16 little-endian mono samples of `text` at `rate`."""
     with wave.open(str(speech_wav(text, rate, **kwargs)), "rb") as wav:  # type: ignore[arg-type]
         return wav.readframes(wav.getnframes())
+
+
+def speech_ulaw(text: str, voice: str = "en-us", speed: int = 160) -> bytes:
+    """`text` as Twilio carries a caller: mu-law 8 kHz."""
+    from telephony_codecs import pcm16_to_ulaw
+
+    return pcm16_to_ulaw(speech_pcm16(text, 8000, voice=voice, speed=speed))

@@ -11,16 +11,13 @@ from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, tes
 from peers.fake_gemini import FakeGemini, Reply
 from peers.fake_twilio import FakeTwilioCall
 from peers.fake_twilio_rest import FakeTwilioRest
-from speech import speech_pcm16
+from speech import speech_pcm16, speech_ulaw
 
 from telephony_agent.realtime.providers.gemini import GeminiLiveModel
 from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 API_KEY = "test-key"
 
-
-def ulaw_speech(text: str) -> bytes:
-    return pcm16_to_ulaw(speech_pcm16(text, 8000))
 
 
 @pytest.fixture
@@ -71,9 +68,9 @@ async def test_barge_in_on_interrupted_clears_twilio(gemini: FakeGemini) -> None
         async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
-            await call.speak(ulaw_speech("What are your opening hours?"))
+            await call.speak(speech_ulaw("What are your opening hours?"))
             await call.wait_heard(1000, timeout=15)
-            call.say(ulaw_speech("Stop, wait a moment."))
+            call.say(speech_ulaw("Stop, wait a moment."))
             await call.wait_clear(1, timeout=10)
             bridge = next(iter(agent.state.calls.values()))
             assert bridge.stats.barge_ins == 1
@@ -90,13 +87,13 @@ async def test_go_away_resumes_without_the_caller_noticing(gemini: FakeGemini) -
         async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
-            await call.speak(ulaw_speech("Hello?"))
+            await call.speak(speech_ulaw("Hello?"))
             await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=500, timeout=15)
             first = call.heard_ms
             await gemini.go_away(time_left=1.0, close_after=1.0)
             await gemini.wait_for(lambda: len(gemini.connections) >= 2, timeout=5)
             assert gemini.connections[1].setup["sessionResumption"].get("handle")
-            await call.speak(ulaw_speech("Are you still there?"))
+            await call.speak(speech_ulaw("Are you still there?"))
             await call.wait_for(lambda: call.heard_ms > first + 500, timeout=15, what="second answer")
             bridge = next(iter(agent.state.calls.values()))
             assert bridge.stats.reconnects == 1
@@ -112,7 +109,7 @@ async def test_end_call_tool_hangs_up(gemini: FakeGemini) -> None:
                 rest.register_call(call)
                 await call.place()
                 await call.connect()
-                call.say(ulaw_speech("Goodbye."))  # the agent may hang up before the trailing silence is sent
+                call.say(speech_ulaw("Goodbye."))  # the agent may hang up before the trailing silence is sent
                 await rest.wait_for_request(1, timeout=15)
                 assert rest.requests[0].form == {"Status": "completed"}
                 responses = gemini.last.function_responses

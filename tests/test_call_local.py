@@ -6,18 +6,17 @@ import pytest
 from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
 from peers.fake_twilio import FakeTwilioCall
 from peers.fake_twilio_rest import FakeTwilioRest
-from speech import speech_pcm16
+from local_helpers import CALLER_VOICE
+from speech import speech_ulaw
 
 from telephony_agent.realtime.providers.local import LocalRealtimeModel
-from telephony_codecs import pcm16_to_ulaw
 
-CALLER_VOICE = "en-us+f3"
 # The greeting has a pause between its sentences: only a longer silence means it is over.
 GREETING_GAP_MS = 900
 
 
 def ulaw_speech(text: str) -> bytes:
-    return pcm16_to_ulaw(speech_pcm16(text, 8000, voice=CALLER_VOICE, speed=140))
+    return speech_ulaw(text, **CALLER_VOICE)
 
 
 async def test_greeting_then_a_question_answered() -> None:

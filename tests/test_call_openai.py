@@ -9,16 +9,11 @@ from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, tes
 from peers.fake_openai import FakeOpenAIServer
 from peers.fake_twilio import FakeTwilioCall
 from peers.fake_twilio_rest import FakeTwilioRest
-from speech import speech_pcm16
+from speech import speech_pcm16, speech_ulaw
 
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
-from telephony_codecs import pcm16_to_ulaw
 
 API_KEY = "sk-test-key"
-
-
-def ulaw_speech(text: str) -> bytes:
-    return pcm16_to_ulaw(speech_pcm16(text, 8000))
 
 
 @pytest.fixture
@@ -59,7 +54,7 @@ async def test_question_gets_an_answer(openai_server: FakeOpenAIServer, audio: s
         async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
-            await call.speak(ulaw_speech("What are your opening hours?"))
+            await call.speak(speech_ulaw("What are your opening hours?"))
             await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, timeout=15)
             expected_ms = len(answer) / 16  # PCM16 8 kHz: 16 bytes per ms
             assert call.heard_ms == pytest.approx(expected_ms, abs=80)
@@ -78,9 +73,9 @@ async def test_barge_in_clears_and_truncates_at_what_was_heard(openai_server: Fa
         async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
-            await call.speak(ulaw_speech("What are your opening hours?"))
+            await call.speak(speech_ulaw("What are your opening hours?"))
             await call.wait_heard(1500, timeout=15)
-            call.say(ulaw_speech("Sorry, stop, I have another question."))
+            call.say(speech_ulaw("Sorry, stop, I have another question."))
             await call.wait_clear(1, timeout=10)
             heard_at_clear = call.heard_ms
             await openai_server.wait_for(lambda: bool(openai_server.truncates), timeout=5)
@@ -124,7 +119,7 @@ async def test_end_call_hangs_up_after_the_goodbye_is_heard(
             twilio_rest.register_call(call)
             await call.place()
             await call.connect()
-            await call.speak(ulaw_speech("That's all, thank you, bye."))
+            await call.speak(speech_ulaw("That's all, thank you, bye."))
             await twilio_rest.wait_for_request(1, timeout=15)
             hangup = twilio_rest.requests[0]
             assert hangup.form == {"Status": "completed"}
@@ -146,7 +141,7 @@ async def test_transfer_dials_the_allowed_target(openai_server: FakeOpenAIServer
             twilio_rest.register_call(call)
             await call.place()
             await call.connect()
-            await call.speak(ulaw_speech("Can I talk to sales please?"))
+            await call.speak(speech_ulaw("Can I talk to sales please?"))
             await twilio_rest.wait_for_request(1, timeout=15)
             twiml = twilio_rest.requests[0].form["Twiml"]
             assert "<Dial>+15551230000</Dial>" in twiml
@@ -162,7 +157,7 @@ async def test_caller_hangup_mid_response_leaves_nothing_running(openai_server: 
         async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
-            await call.speak(ulaw_speech("Tell me everything."))
+            await call.speak(speech_ulaw("Tell me everything."))
             await call.wait_heard(500, timeout=15)
             await call.hangup()
         await agent.wait_no_calls()
@@ -188,7 +183,7 @@ async def test_bad_frames_are_survived_and_counted(openai_server: FakeOpenAIServ
             )
             await call.send_raw('{"event":"whatever"}')
             await call.send_raw('{"event":"media","pad":"' + "x" * 70_000 + '"}')
-            await call.speak(ulaw_speech("What are your opening hours?"))
+            await call.speak(speech_ulaw("What are your opening hours?"))
             await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, timeout=15)
             metrics = agent.state.metrics.render().decode()
             for kind in ("binary_frame", "bad_json", "bad_base64", "unknown_event", "oversized"):
@@ -279,7 +274,7 @@ async def test_caller_audio_while_the_provider_connects_is_not_lost(openai_serve
         async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
-            question = ulaw_speech("What are your opening hours?")
+            question = speech_ulaw("What are your opening hours?")
             await call.speak(question)  # starts at once: the provider is still connecting
             await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, timeout=15)
             appended = sum(
@@ -340,7 +335,7 @@ async def test_call_hooks_add_tools_and_dtmf_handlers(openai_server: FakeOpenAIS
             await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
             await call.send_dtmf("7")
             await call.wait_for(lambda: digits == ["7"], timeout=5, what="dtmf hook")
-            await call.speak(ulaw_speech("Where is my order?"))
+            await call.speak(speech_ulaw("Where is my order?"))
             await openai_server.wait_for(lambda: looked_up == ["A-17"], timeout=10)
             update = next(m for m in openai_server.received if m["type"] == "session.update")
             assert "lookup_order" in {t["name"] for t in update["session"]["tools"]}

@@ -4,7 +4,6 @@ sequence/chunk/timestamp rules, real-time playout with mark echoes, clear, viola
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 
