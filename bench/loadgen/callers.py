@@ -128,15 +128,7 @@ class Call(asyncio.Protocol):
             }))
             self.t_start = _now()
             LIVE[self.id % SLOTS].add(self)
-        for op, payload in ws.parse(self.buf):
-            if op == ws.OP_TEXT:
-                self.on_text(payload)
-            elif op == ws.OP_PING:
-                self.t.write(ws.frame(payload, ws.OP_PONG, masked=True))
-            elif op == ws.OP_CLOSE:
-                self.t.write(ws.frame(payload[:2], ws.OP_CLOSE, masked=True))
-                self.t.close()
-                return
+        ws.dispatch(self.buf, self.t, self.on_text, masked=True)
 
     # -- Twilio side ----------------------------------------------------------------------
     def on_text(self, payload: bytes) -> None:

@@ -144,15 +144,7 @@ class Conn(asyncio.Protocol):
             CONNS[self.id % SLOTS].add(self)
             self.send({"type": "session.created", "event_id": "ev_c", "session": {"id": self.sess, "object": "realtime.session"}})
             self.t_created = _now()
-        for op, payload in ws.parse(self.buf):
-            if op == ws.OP_TEXT:
-                self.on_text(payload)
-            elif op == ws.OP_PING:
-                self.t.write(ws.frame(payload, ws.OP_PONG))
-            elif op == ws.OP_CLOSE:
-                self.t.write(ws.frame(payload[:2], ws.OP_CLOSE))
-                self.t.close()
-                return
+        ws.dispatch(self.buf, self.t, self.on_text, masked=False)
 
     # -- protocol -------------------------------------------------------------------------
     def on_text(self, payload: bytes) -> None:

@@ -10,6 +10,8 @@ import base64
 import hashlib
 import os
 import struct
+from collections.abc import Callable
+from typing import Any
 
 try:
     from aiohttp._websocket.helpers import websocket_mask as _mask
@@ -77,6 +79,21 @@ def parse(buf: bytearray) -> list[tuple[int, bytes]]:
     if pos:
         del buf[:pos]
     return out
+
+
+def dispatch(buf: bytearray, transport: Any, on_text: Callable[[bytes], None], *, masked: bool) -> bool:
+    """Handle every whole frame in `buf`: text to `on_text`, ping answered, close echoed.
+    Returns False once the socket is closed. `masked`: we are the client side."""
+    for op, payload in parse(buf):
+        if op == OP_TEXT:
+            on_text(payload)
+        elif op == OP_PING:
+            transport.write(frame(payload, OP_PONG, masked=masked))
+        elif op == OP_CLOSE:
+            transport.write(frame(payload[:2], OP_CLOSE, masked=masked))
+            transport.close()
+            return False
+    return True
 
 
 def client_handshake(host: str, path: str) -> tuple[bytes, bytes]:
