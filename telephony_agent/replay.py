@@ -9,17 +9,22 @@ compared with the old one (`recording.analysis`).
 
 The virtual clock
 -----------------
-`VirtualClockLoop` is an asyncio event loop whose `time()` is the monotonic clock plus an
-offset. When the loop would block waiting for a timer and nothing is ready (no socket has data,
-no callback is queued, no executor job is running), it adds the wait to the offset instead of
-sleeping: virtual time jumps to the next timer. Loopback socket I/O still works: a `send()` on
-127.0.0.1 is in the peer's receive buffer when it returns, so a zero-timeout poll sees it
-before any jump. Work in threads or processes (speech recognition, synthesis) is real work that
+`VirtualClockLoop` is an asyncio event loop with a clock of its own that moves only when the
+loop would otherwise wait: when nothing is ready (no socket has data, no callback is queued, no
+executor job is outstanding), it sets its clock to the next timer instead of sleeping. Running
+code takes no virtual time, so a replay sees the same timeline on a fast machine, a slow one or
+a busy one: the result of a replay does not depend on the machine's speed.
+
+Loopback socket I/O still works: a `send()` on 127.0.0.1 is in the peer's receive buffer when it
+returns, so a zero-timeout poll sees it before any jump. Work in threads or processes (speech
+recognition in the local engine's worker processes, synthesis on its thread) is real work that
 takes real time: while any `ThreadPoolExecutor`/`ProcessPoolExecutor` job submitted during the
-run is pending (and for 5 ms after one finishes, so its result reaches the loop), the loop waits
-in real time and virtual time runs at the real rate. Everything that reads the loop's clock (the
+run is outstanding, the loop waits for it in real time with its clock stopped. A job counts as
+outstanding until every done-callback of its future has run (those callbacks are how a result
+reaches the loop: `call_soon_threadsafe`), so its result is always delivered at the virtual
+instant the job was submitted, never after a jump. Everything that reads the loop's clock (the
 bridge's playout and timers, aiohttp timeouts, the local engine's pacing, the softphone's
-playout) therefore sees a consistent timeline, and a call runs as fast as its CPU work allows.
+playout) sees one consistent timeline, and a call runs as fast as its CPU work allows.
 """
 
 from __future__ import annotations
@@ -43,57 +48,84 @@ from telephony_agent.softphone import FRAME_BYTES, SILENCE, Softphone
 
 T = TypeVar("T")
 
-SETTLE_S = 0.005
+REAL_WAIT_S = 0.02  # longest real-time wait for an outstanding job before polling again
 
 
 # -- the virtual clock ----------------------------------------------------------------------
 
 
 class _Busy:
-    """Executor jobs in flight (any thread), and a short settle time after each finishes."""
+    """Executor jobs outstanding (submitted from any thread, done-callbacks not all run yet)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.pending = 0
-        self.settle_until = 0.0
 
     def started(self) -> None:
         with self._lock:
             self.pending += 1
 
-    def finished(self, _future: object = None) -> None:
+    def finished(self) -> None:
         with self._lock:
             self.pending -= 1
-            self.settle_until = time.monotonic() + SETTLE_S
+
+    def reset(self) -> None:
+        with self._lock:
+            self.pending = 0
 
     def active(self) -> bool:
-        return self.pending > 0 or time.monotonic() < self.settle_until
+        return self.pending > 0
 
 
 BUSY = _Busy()
 _patch_lock = threading.Lock()
 _patch_depth = 0
+_TRACKED = "_virtual_clock_job"
+
+
+def _patch_executors() -> None:
+    for cls in (concurrent.futures.ThreadPoolExecutor, concurrent.futures.ProcessPoolExecutor):
+        original = cls.submit
+
+        def submit(self: Any, fn: Any, /, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
+            future = __original(self, fn, *args, **kwargs)
+            with future._condition:  # noqa: SLF001 - the future's own lock orders us against set_result
+                if not future.done():
+                    setattr(future, _TRACKED, True)
+                    BUSY.started()
+            return future
+
+        submit.__wrapped_original__ = original  # type: ignore[attr-defined]
+        cls.submit = submit  # type: ignore[method-assign]
+    invoke = concurrent.futures.Future._invoke_callbacks  # type: ignore[attr-defined]
+
+    def _invoke_callbacks(self: concurrent.futures.Future[Any], __original: Any = invoke) -> None:
+        try:
+            __original(self)
+        finally:
+            if self.__dict__.pop(_TRACKED, False):
+                BUSY.finished()
+
+    _invoke_callbacks.__wrapped_original__ = invoke  # type: ignore[attr-defined]
+    concurrent.futures.Future._invoke_callbacks = _invoke_callbacks  # type: ignore[attr-defined]
+
+
+def _unpatch_executors() -> None:
+    for cls in (concurrent.futures.ThreadPoolExecutor, concurrent.futures.ProcessPoolExecutor):
+        cls.submit = cls.submit.__wrapped_original__  # type: ignore[attr-defined,method-assign]
+    future_cls: Any = concurrent.futures.Future
+    future_cls._invoke_callbacks = future_cls._invoke_callbacks.__wrapped_original__
 
 
 @contextlib.contextmanager
 def track_executors() -> Iterator[_Busy]:
-    """Count jobs submitted to any thread or process pool while active (the virtual clock
-    must not jump while one runs)."""
+    """Count jobs submitted to any thread or process pool while active, until their results
+    have been handed on (the virtual clock must not move while one is outstanding)."""
     global _patch_depth
-    classes = (concurrent.futures.ThreadPoolExecutor, concurrent.futures.ProcessPoolExecutor)
     with _patch_lock:
         if _patch_depth == 0:
-            for cls in classes:
-                original = cls.submit
-
-                def submit(self: Any, fn: Any, /, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
-                    future = __original(self, fn, *args, **kwargs)
-                    BUSY.started()
-                    future.add_done_callback(BUSY.finished)
-                    return future
-
-                submit.__wrapped_original__ = original  # type: ignore[attr-defined]
-                cls.submit = submit  # type: ignore[method-assign]
+            BUSY.reset()  # a job of an earlier run that never finished must not stop this one's clock
+            _patch_executors()
         _patch_depth += 1
     try:
         yield BUSY
@@ -101,38 +133,40 @@ def track_executors() -> Iterator[_Busy]:
         with _patch_lock:
             _patch_depth -= 1
             if _patch_depth == 0:
-                for cls in classes:
-                    cls.submit = cls.submit.__wrapped_original__  # type: ignore[attr-defined,method-assign]
+                _unpatch_executors()
 
 
 class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
     def __init__(self) -> None:
         super().__init__()
-        self.offset = 0.0
+        self.now = time.monotonic()
         self.jumped = 0.0
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is None or timeout <= 0:
             return super().select(timeout)
+        # Read the job count before polling: a job that finished before this line has already
+        # queued its result (and woken the loop's self-pipe), so the poll below sees it.
+        busy = BUSY.active()
         events = super().select(0)
         if events:
             return events
-        if BUSY.active():
-            return super().select(min(timeout, 0.02))  # real work in flight: real time passes
-        self.offset += timeout
+        if busy:
+            return super().select(min(timeout, REAL_WAIT_S))  # real work in flight: the clock stays
+        self.now += timeout
         self.jumped += timeout
         return []
 
 
 class VirtualClockLoop(asyncio.SelectorEventLoop):
-    """An event loop that skips idle waits (see the module docstring)."""
+    """An event loop whose clock moves only when it is idle (see the module docstring)."""
 
     def __init__(self) -> None:
         self._vsel = _VirtualSelector()
         super().__init__(self._vsel)
 
     def time(self) -> float:
-        return time.monotonic() + self._vsel.offset
+        return self._vsel.now
 
     async def shutdown_default_executor(self, timeout: float | None = None) -> None:
         """Join the default executor's threads directly: the base class waits for a helper

@@ -3,9 +3,12 @@ server (local engine or fake OpenAI), on the virtual clock, compared with its re
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,11 +22,21 @@ from telephony_agent.replay import ReplayResult, replay, run_virtual  # noqa: E4
 from telephony_agent.state import STATE  # noqa: E402
 
 
-def run_replay(name: str) -> tuple[ReplayResult, dict]:
+def run_replay(name: str, *, stall_s: float = 0.0) -> tuple[ReplayResult, dict]:
+    """Replay `name`; with `stall_s`, the loop is blocked for that long (real time) every 100 ms
+    of call time, as on a slow or busy machine."""
     scenario = BY_NAME[name]
 
     async def main() -> tuple[ReplayResult, dict]:
         async with environment(scenario) as env:
+            if stall_s:
+                loop = asyncio.get_running_loop()
+
+                def stall() -> None:
+                    time.sleep(stall_s)
+                    loop.call_later(0.1, stall)
+
+                loop.call_later(0.1, stall)
             result = await replay(
                 scenario.path, env.base_url, PUBLIC_URL, AUTH_TOKEN,
                 server_recordings=env.recordings, on_phone=env.rest.register_call, before_compare=env.settle,
@@ -64,6 +77,33 @@ def test_replay_matches_recording(name: str) -> None:
     assert wall < result.call_seconds, (wall, result.call_seconds)
     check = CHECKS[name]
     check(result, after)
+
+
+def _timeline(result: ReplayResult) -> list[tuple[float, str, str, str | None]]:
+    assert result.new_recording is not None
+    return [(e.t, e.leg, e.dir, e.event) for e in result.new_recording.entries]
+
+
+def test_replay_does_not_depend_on_machine_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a slow machine (the loop stalls, synthesis and other thread jobs start late) a call
+    replays to exactly the same timeline, message by message, as on a fast one: running code
+    takes no virtual time, and the clock waits for the local engine's outstanding jobs."""
+    fast, _ = run_replay("greeting_question")
+    submit = concurrent.futures.ThreadPoolExecutor.submit
+
+    def late(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        def job() -> Any:
+            time.sleep(0.03)
+            return fn(*args, **kwargs)
+
+        return submit(self, job)
+
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit", late)
+    slow, _ = run_replay("greeting_question", stall_s=0.02)
+    assert slow.wall_seconds > fast.wall_seconds + 1.0  # really slower
+    assert len(_timeline(fast)) > 1000
+    assert _timeline(slow) == _timeline(fast)
+    assert slow.actual == fast.actual
 
 
 def _greeting_question(r: ReplayResult, after: dict) -> None:
