@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from telephony_agent.recording.analysis import CallSummary, Tolerances, compare, summarize
-from telephony_agent.recording.format import IN, LEG_TWILIO, Recording, read_recording
+from telephony_agent.recording.format import IN, LEG_PHONE, Recording, RecordingError, read_recording
 from telephony_agent.softphone import FRAME_BYTES, SILENCE, Softphone
 
 T = TypeVar("T")
@@ -202,11 +202,16 @@ class CallerScript:
     hung_up: bool = False
 
 
+MEDIA_STREAMS_TRANSPORTS = ("twilio", "browser")  # phone legs a replay can drive (the softphone speaks it)
+
+
 def caller_script(rec: Recording) -> CallerScript:
+    if rec.transport not in MEDIA_STREAMS_TRANSPORTS:
+        raise RecordingError(f"a replay drives Media Streams calls; this call's phone leg was {rec.transport!r}")
     script = CallerScript(call_sid=rec.call_sid)
     start_t: float | None = None
     for e in rec.entries:
-        if e.leg != LEG_TWILIO or e.dir != IN:
+        if e.leg != LEG_PHONE or e.dir != IN:
             continue
         kind = e.event
         if start_t is None:
@@ -338,7 +343,7 @@ async def replay(
     loop = asyncio.get_running_loop()
     wall0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="replay-") as tmp:
-        recorder = CallRecorder(tmp, recorded_by="softphone", wav=False)
+        recorder = CallRecorder(tmp, transport="twilio", recorded_by="softphone", wav=False)
         phone = Softphone(base_url, public_url, auth_token, continuous=False, tap=recorder, on_event=on_event)
         if script.call_sid:
             phone.call_sid = script.call_sid
