@@ -123,10 +123,10 @@ def summarize(rec: Recording) -> CallSummary:
         last = s.turns[-1]
         last.heard_ms -= (queue_end - end_rel) * 1000
         last.end = end_rel
-    for t in s.turns:
-        t.heard_ms = round(max(0.0, t.heard_ms), 1)
-        t.end = round(t.end, 3)
-    s.turns = [t for t in s.turns if t.heard_ms > 0]
+    for done in s.turns:
+        done.heard_ms = round(max(0.0, done.heard_ms), 1)
+        done.end = round(done.end, 3)
+    s.turns = [done for done in s.turns if done.heard_ms > 0]
     if s.turns:
         s.first_audio = s.turns[0].start
     trailer = rec.trailer or {}
@@ -171,15 +171,15 @@ def compare(expected: CallSummary, actual: CallSummary, tol: Tolerances = Tolera
     if len(expected.clears) != len(actual.clears):
         diffs.append(f"clears: {len(actual.clears)} (recorded {len(expected.clears)})")
     else:
-        for a, b in zip(expected.clears, actual.clears):
-            if abs(a - b) > tol.timing_s:
-                diffs.append(f"clear at {b:.2f}s (recorded {a:.2f}s)")
+        for was, now in zip(expected.clears, actual.clears):
+            if abs(was - now) > tol.timing_s:
+                diffs.append(f"clear at {now:.2f}s (recorded {was:.2f}s)")
     if len(expected.truncates) != len(actual.truncates):
         diffs.append(f"truncates: {actual.truncates} (recorded {expected.truncates})")
     else:
-        for a, b in zip(expected.truncates, actual.truncates):
-            if abs(a - b) > tol.truncate_ms:
-                diffs.append(f"truncate at {b} ms (recorded {a} ms, ±{tol.truncate_ms:.0f})")
+        for was_ms, now_ms in zip(expected.truncates, actual.truncates):
+            if abs(was_ms - now_ms) > tol.truncate_ms:
+                diffs.append(f"truncate at {now_ms} ms (recorded {was_ms} ms, ±{tol.truncate_ms:.0f})")
     if expected.tool_calls != actual.tool_calls:
         diffs.append(f"tool calls: {actual.tool_calls} (recorded {expected.tool_calls})")
     if expected.dtmf != actual.dtmf:

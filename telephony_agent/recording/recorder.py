@@ -148,7 +148,9 @@ class CallRecorder:
             return
         if event == "media":
             media = msg.get("media")
-            payload = media.get("payload") if isinstance(media, dict) else None
+            if not isinstance(media, dict):
+                return
+            payload = media.get("payload")
             if not isinstance(payload, str):
                 return
             try:
@@ -158,10 +160,12 @@ class CallRecorder:
             now_idx = round(t * RATE)
             if direction == IN:
                 ts = media.get("timestamp")
-                try:
-                    ts_ms = int(ts)
-                except (TypeError, ValueError):
-                    ts_ms = None
+                ts_ms: int | None = None
+                if isinstance(ts, (str, int)):
+                    try:
+                        ts_ms = int(ts)
+                    except ValueError:
+                        ts_ms = None
                 if ts_ms is None:
                     self._wav.place(LEFT, max(now_idx, self._wav.end(LEFT)), pcm)
                     return
