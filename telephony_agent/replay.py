@@ -46,6 +46,21 @@ from telephony_agent.recording.analysis import CallSummary, Tolerances, compare,
 from telephony_agent.recording.format import IN, LEG_PHONE, Recording, RecordingError, read_recording
 from telephony_agent.testing.twilio_caller import FRAME_BYTES, SILENCE, TwilioCaller
 
+__all__ = [
+    "BUSY",
+    "MEDIA_STREAMS_TRANSPORTS",
+    "CallerScript",
+    "ReplayResult",
+    "VirtualClockLoop",
+    "caller_script",
+    "drive_call",
+    "in_process_server",
+    "replay",
+    "run_virtual",
+    "track_executors",
+    "wait_no_calls",
+]
+
 T = TypeVar("T")
 
 REAL_WAIT_S = 0.02  # longest real-time wait for an outstanding job before polling again
