@@ -13,10 +13,11 @@ help: ## List the targets
 
 # Serving needs the package and its own dependencies only; the test and benchmark extras
 # (pytest, the provider SDKs the fakes validate against, matplotlib, py-spy, ...) are installed
-# on top by the targets that use them.
+# on top by the targets that use them. --no-compile: modules are byte-compiled when first
+# imported, not all of scipy's at install time.
 $(VENV)/.serve: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e .
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile -e .
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.serve
