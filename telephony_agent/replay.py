@@ -33,7 +33,10 @@ import asyncio
 import binascii
 import concurrent.futures
 import contextlib
+import os
 import selectors
+import socket
+import struct
 import tempfile
 import threading
 import time
@@ -55,6 +58,7 @@ __all__ = [
     "caller_script",
     "drive_call",
     "in_process_server",
+    "loopback_in_flight",
     "replay",
     "run_virtual",
     "track_executors",
@@ -151,11 +155,89 @@ def track_executors() -> Iterator[_Busy]:
                 _unpatch_executors()
 
 
+# Linux `struct tcp_info` (linux/tcp.h): state, and the byte counts since 4.19.
+_TCP_INFO_LEN = 216
+_TCP_ESTABLISHED, _TCP_SYN_SENT, _TCP_SYN_RECV, _TCP_FIN_WAIT1, _TCP_LISTEN = 1, 2, 3, 4, 10
+_LOOPBACK = ("127.", "::1", "::ffff:127.")
+IN_FLIGHT_LIMIT_S = 1.0  # give up waiting for loopback data after this long (real time)
+
+
+def _tcp_ends() -> tuple[dict[tuple[Any, Any], tuple[int, int, int]], set[Any]] | None:
+    """Every loopback TCP socket of this process: (local, peer) -> (state, bytes sent, bytes
+    received), and the listening addresses. None where the kernel cannot say (not Linux)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return None
+    ends: dict[tuple[Any, Any], tuple[int, int, int]] = {}
+    listening: set[Any] = set()
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue  # not a socket (or already closed)
+        try:
+            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            local = sock.getsockname()[:2]
+            if not str(local[0]).startswith(_LOOPBACK):
+                continue
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+            if len(info) < _TCP_INFO_LEN:
+                return None
+            state = info[0]
+            if state == _TCP_LISTEN:
+                listening.add(local)
+                continue
+            if state in (_TCP_SYN_SENT, _TCP_SYN_RECV):
+                ends[(local, None)] = (state, 0, 0)
+                continue
+            try:
+                peer = sock.getpeername()[:2]
+            except OSError:
+                continue
+            received, sent, retransmitted = (
+                struct.unpack_from("<Q", info, 128)[0], *struct.unpack_from("<QQ", info, 200),
+            )
+            ends[(local, peer)] = (state, sent - retransmitted, received)
+        except OSError:
+            continue
+        finally:
+            sock.detach()  # the fd belongs to its owner: never close it here
+    return ends, listening
+
+
+def loopback_in_flight() -> bool:
+    """Whether a loopback TCP connection inside this process has something on its way that the
+    receiving socket has not got yet: bytes, a FIN, or a handshake. A loopback `send()` normally
+    lands in the peer's buffer before it returns, but on a busy machine the kernel may finish
+    the delivery a little later (in ksoftirqd); a clock jump then would reorder the call."""
+    found = _tcp_ends()
+    if found is None:
+        return False
+    ends, listening = found
+    for (local, peer), (state, sent, received) in ends.items():
+        if peer is None:
+            return True  # a handshake in progress
+        other = ends.get((peer, local))
+        if other is None:
+            if state == _TCP_ESTABLISHED and peer in listening:
+                return True  # connected, not yet in the listener's accept queue
+            continue
+        if sent > other[2]:
+            return True
+        if state == _TCP_FIN_WAIT1 and other[0] == _TCP_ESTABLISHED:
+            return True  # our FIN not yet seen by the peer
+    return False
+
+
 class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
     def __init__(self) -> None:
         super().__init__()
         self.now = time.monotonic()
         self.jumped = 0.0
+        self.waits_in_flight = 0  # polls that found loopback data on its way (and waited for it)
+        self._in_flight_since: float | None = None
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is None or timeout <= 0:
@@ -165,9 +247,18 @@ class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-ty
         busy = BUSY.active()
         events = super().select(0)
         if events:
+            self._in_flight_since = None
             return events
         if busy:
             return super().select(min(timeout, REAL_WAIT_S))  # real work in flight: the clock stays
+        if loopback_in_flight():
+            real = time.monotonic()
+            if self._in_flight_since is None:
+                self._in_flight_since = real
+            if real - self._in_flight_since < IN_FLIGHT_LIMIT_S:
+                self.waits_in_flight += 1
+                return super().select(min(timeout, 0.001))  # it arrives in real time: the clock stays
+        self._in_flight_since = None
         self.now += timeout
         self.jumped += timeout
         return []
@@ -194,6 +285,11 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     @property
     def skipped_seconds(self) -> float:
         return self._vsel.jumped
+
+    @property
+    def waits_in_flight(self) -> int:
+        """How often the clock waited for loopback data the kernel had not delivered yet."""
+        return self._vsel.waits_in_flight
 
 
 def run_virtual(main: Coroutine[Any, Any, T]) -> T:
