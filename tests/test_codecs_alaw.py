@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from speech import speech_pcm16
 from telephony_codecs import (
     G711_LAWS,
     StreamResampler,
@@ -14,6 +13,8 @@ from telephony_codecs import (
     pcm16_to_ulaw,
     ulaw_to_pcm16,
 )
+
+from telephony_agent.testing.speech import speech_pcm16
 
 
 @pytest.mark.parametrize("rate", [8000, 16000, 24000])
