@@ -11,7 +11,13 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
+from agent_server import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    PUBLIC_URL,
+    running_agent,
+    test_settings,
+)
 from peers.fake_openai import FakeOpenAIServer
 from peers.fake_twilio_rest import FakeTwilioRest
 from peers.independent_twilio import IndependentTwilioCall
@@ -44,15 +50,17 @@ async def _greeting_as_heard(openai_server: FakeOpenAIServer, rest: FakeTwilioRe
     openai_server.queue_reply(GREETING, speech_pcm16(GREETING, 8000))
     settings = test_settings(greeting=GREETING, twilio_api_url=rest.base_url)
     model = OpenAIRealtimeModel(API_KEY, url=openai_server.url)
-    async with running_agent(settings, model) as agent:
-        async with IndependentTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN, echo_marks=echo_marks) as call:
-            await call.place()
-            await call.connect()
-            await call.wait_quiet(2.0, timeout=40)
-            assert call.clears == 0 and not call.closed
-            start = call.heard_at[0][0] - call.heard_at[0][1] / 8000
-            span = call.heard_at[-1][0] - start
-            return call.heard_ms, call.audible_ms(), span, call.marks_echoed
+    async with (
+        running_agent(settings, model) as agent,
+        IndependentTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN, echo_marks=echo_marks) as call,
+    ):
+        await call.place()
+        await call.connect()
+        await call.wait_quiet(2.0, timeout=40)
+        assert call.clears == 0 and not call.closed
+        start = call.heard_at[0][0] - call.heard_at[0][1] / 8000
+        span = call.heard_at[-1][0] - start
+        return call.heard_ms, call.audible_ms(), span, call.marks_echoed
 
 
 async def test_without_mark_echoes_the_caller_still_hears_the_agent_at_real_time(
@@ -79,19 +87,21 @@ async def test_a_silent_leg_is_ended_and_its_provider_session_closed(
     settings = test_settings(greeting="Hello.", leg_timeout_seconds=timeout_s, twilio_api_url=twilio_rest.base_url)
     model = OpenAIRealtimeModel(API_KEY, url=openai_server.url)
     loop = asyncio.get_running_loop()
-    async with running_agent(settings, model) as agent:
-        async with IndependentTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
-            await call.place()
-            await call.connect()
-            await call.wait_quiet(0.5, timeout=20)
-            assert agent.state.calls and not call.closed
-            call.go_silent()  # no media, no marks; the socket stays open
-            silent_at = loop.time()
-            await call.wait(lambda: call.closed, timeout_s + 2.0, "the agent to end the silent leg")
-            ended_after = (call.closed_at or loop.time()) - silent_at
-            assert timeout_s - 0.1 <= ended_after <= timeout_s + 2.0
-            conn = openai_server.current
-            await openai_server.wait_for(lambda: conn.ws.closed, timeout=1.0)
-            await agent.wait_no_calls(timeout=2.0)
-            hangups = twilio_rest.requests_for(call.call_sid)
-            assert hangups and hangups[0].form == {"Status": "completed"}
+    async with (
+        running_agent(settings, model) as agent,
+        IndependentTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call,
+    ):
+        await call.place()
+        await call.connect()
+        await call.wait_quiet(0.5, timeout=20)
+        assert agent.state.calls and not call.closed
+        call.go_silent()  # no media, no marks; the socket stays open
+        silent_at = loop.time()
+        await call.wait(lambda: call.closed, timeout_s + 2.0, "the agent to end the silent leg")
+        ended_after = (call.closed_at or loop.time()) - silent_at
+        assert timeout_s - 0.1 <= ended_after <= timeout_s + 2.0
+        conn = openai_server.current
+        await openai_server.wait_for(lambda: conn.ws.closed, timeout=1.0)
+        await agent.wait_no_calls(timeout=2.0)
+        hangups = twilio_rest.requests_for(call.call_sid)
+        assert hangups and hangups[0].form == {"Status": "completed"}

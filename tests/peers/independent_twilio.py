@@ -26,7 +26,7 @@ import json
 import secrets
 import xml.etree.ElementTree as ET
 from collections import deque
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -72,7 +72,7 @@ class IndependentTwilioCall:
 
     # -- webhook and socket -----------------------------------------------------------------
 
-    async def __aenter__(self) -> IndependentTwilioCall:
+    async def __aenter__(self) -> Self:
         self._http = aiohttp.ClientSession()
         return self
 
@@ -206,7 +206,7 @@ class IndependentTwilioCall:
                     self._buffer.popleft()
                     await self._echo(value)
                     continue
-                take = min(len(value), int(round((now - played_to) * 8000)))
+                take = min(len(value), round((now - played_to) * 8000))
                 if take == 0:
                     break
                 self.heard += value[:take]
