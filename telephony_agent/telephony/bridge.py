@@ -1,8 +1,8 @@
 """`CallBridge`: one phone call bridged to one realtime session, independent of the phone carrier.
 
-A transport (Twilio Media Streams, SIP/RTP, ...) hands the bridge a `PhoneLeg` and feeds it the
+A transport (a carrier's media stream, SIP/RTP, ...) hands the bridge a `PhoneLeg` and feeds it the
 leg's events through `LegEvents` (`on_caller_audio`, `on_dtmf`, `on_played`, `on_hangup`). The
-bridge converts audio to and from the leg's `PhoneFormat` (mu-law or A-law, any packet time),
+bridge converts audio to and from the leg's `PhoneFormat` (either G.711 law, any packet time),
 talks to a `RealtimeSession`, and never learns which carrier it is on.
 
 Timing is sans-I/O: the bridge reads one injected clock and keeps every deadline of the call
@@ -62,21 +62,13 @@ __all__ = [
     "CallStats",
     "CallTimer",
     "DtmfHook",
-    "leg_audio_format",
 ]
 
 log = logging.getLogger(__name__)
 
 EARLY_AUDIO_MS = 3000  # caller audio kept while the provider session opens
-_G711 = {AudioLaw.PCMU: AudioEncoding.G711_ULAW, AudioLaw.PCMA: AudioEncoding.G711_ALAW}
-_LAW_OF = {encoding: law for law, encoding in _G711.items()}
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
-
-
-def leg_audio_format(law: AudioLaw, sample_rate: int = 8000) -> AudioFormat:
-    """The realtime `AudioFormat` of a phone leg's audio."""
-    return AudioFormat(_G711[law], sample_rate)
 
 
 class CallOutcome(str, enum.Enum):
@@ -167,7 +159,7 @@ class CallBridge:
         register_call_tools(self.tools, self, self.options.transfer_allowlist, self.log)
         self._config = config  # completed by start(): greeting and tools registered until then
         self._law = self.format.law
-        self._leg_audio = leg_audio_format(self._law, self.format.sample_rate)
+        self._leg_audio = self.format.audio_format
         self._silence = self._law.silence
         self._started_at = clock()
         self._ended = asyncio.Event()
@@ -207,7 +199,7 @@ class CallBridge:
         if (
             config.input_format is None
             and preferred
-            and preferred[0].encoding in _LAW_OF
+            and AudioLaw.of(preferred[0].encoding) is not None
             and self._leg_audio in self.model.input_formats
         ):
             changes["input_format"] = self._leg_audio
@@ -218,7 +210,7 @@ class CallBridge:
     async def start(self) -> None:
         """Open the provider session and start handling its events. A failure is spoken to the caller."""
         if self._timer is not None:
-            self._timer.attach(asyncio.get_running_loop())
+            self._timer.attach()
         self._max_due = self._started_at + self.options.max_call_seconds
         self._timer_changed()
         self._config = self._prepare_config(self._config)
@@ -258,8 +250,9 @@ class CallBridge:
             return None
         if fmt.encoding is AudioEncoding.PCM16:
             return Transcoder.g711_to_pcm(self._law.value, fmt.sample_rate)
-        if fmt.encoding in _LAW_OF and fmt.sample_rate == self.format.sample_rate:
-            return Transcoder.g711_to_g711(self._law.value, _LAW_OF[fmt.encoding].value)
+        law = AudioLaw.of(fmt.encoding)
+        if law is not None and fmt.sample_rate == self.format.sample_rate:
+            return Transcoder.g711_to_g711(self._law.value, law.value)
         raise RealtimeError(f"unsupported provider input format {fmt}")
 
     # -- LegEvents: from the phone leg ---------------------------------------------------
@@ -368,8 +361,8 @@ class CallBridge:
         if transcoder is None:
             if fmt.encoding is AudioEncoding.PCM16:
                 transcoder = Transcoder.pcm_to_g711(self._law.value, fmt.sample_rate)
-            elif fmt.encoding in _LAW_OF and fmt.sample_rate == self.format.sample_rate:
-                transcoder = Transcoder.g711_to_g711(_LAW_OF[fmt.encoding].value, self._law.value)
+            elif (law := AudioLaw.of(fmt.encoding)) is not None and fmt.sample_rate == self.format.sample_rate:
+                transcoder = Transcoder.g711_to_g711(law.value, self._law.value)
             else:
                 raise RealtimeError(f"unsupported provider output format {fmt}")
             self._outbound[fmt] = transcoder
@@ -546,7 +539,7 @@ class CallBridge:
         timeout = self.options.leg_timeout_seconds
         if timeout > 0 and self.phase is not CallPhase.CONNECTING and now >= self._leg_seen + timeout:
             self.log.warning("phone leg silent for %.1fs (no audio, no playout confirmation); ending the call", timeout)
-            if self._mark_ended(CallOutcome.LEG_TIMEOUT):
+            if self._set_ended(CallOutcome.LEG_TIMEOUT):
                 self._spawn(self._close_down(hangup=True, session_first=True))
             return
         if self._max_due is not None and now >= self._max_due:
@@ -590,10 +583,10 @@ class CallBridge:
 
     async def end(self, outcome: CallOutcome, *, hangup: bool) -> None:
         """End the call once: the phone leg, then the provider session."""
-        if self._mark_ended(outcome):
+        if self._set_ended(outcome):
             await self._close_down(hangup=hangup)
 
-    def _mark_ended(self, outcome: CallOutcome) -> bool:
+    def _set_ended(self, outcome: CallOutcome) -> bool:
         """The synchronous half of `end`: False if the call had already ended."""
         if self.phase is CallPhase.ENDED:
             return False
@@ -670,8 +663,9 @@ class CallTimer:
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
 
-    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def attach(self) -> None:
+        """Arm timers on the running event loop from now on."""
+        self._loop = asyncio.get_running_loop()
 
     def update(self) -> None:
         loop = self._loop
