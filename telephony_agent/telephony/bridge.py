@@ -396,13 +396,15 @@ class CallBridge:
         sends = self.playout.poll(now)
         if sends:
             leg, pacing, stats = self.leg, self.pacing, self.stats
+            was_idle = pacing.pending == 0
             for send in sends:
                 stats.frames_out += len(send.frames)
                 leg.send_audio(send.frames, send.tag)
                 pacing.sent(send.tag, send.ms, now)
+            if was_idle:  # a new pacing deadline; later ones only move it later, which the timer finds
+                self._timer_changed()
         if self.playout.idle:
             self._on_playout_idle()
-        self._timer_changed()
 
     def _on_playout_idle(self) -> None:
         if self._after_playout is not None:

@@ -71,6 +71,9 @@ class PacingClock:
     def leg_confirmed(self, tag: str) -> None:
         """The leg confirmed `tag` (and so everything before it): stop watching those chunks."""
         chunks = self._chunks
+        if chunks and chunks[0].tag == tag:  # the usual case: confirmations come in order
+            chunks.popleft()
+            return
         if not any(c.tag == tag for c in chunks):
             return
         while chunks:

@@ -145,8 +145,16 @@ class Playout:
             self._cleared.discard(tag)
             self.stats.confirmations_cleared += 1
             return False
+        outstanding = self._outstanding
+        if outstanding and outstanding[0].tag == tag:  # the usual case: the oldest chunk
+            chunk = outstanding.popleft()
+            self._outstanding_ms -= chunk.ms
+            self._played_ms[chunk.item_id] = self._played_ms.get(chunk.item_id, 0) + chunk.ms
+            self.stats.chunks_played += 1
+            self._last_played_at = now
+            return True
         # Confirmations come in order; one confirms every chunk up to and including it.
-        if not any(c.tag == tag for c in self._outstanding):
+        if not any(c.tag == tag for c in outstanding):
             self.stats.unknown_confirmations += 1
             return False
         while self._outstanding:
