@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
 import sys
 import time
 from pathlib import Path
@@ -18,8 +19,9 @@ from scenarios import AUTH_TOKEN, BY_NAME, PUBLIC_URL, SCENARIOS, environment  #
 
 from telephony_agent.recording import read_recording  # noqa: E402
 from telephony_agent.recording.analysis import summarize  # noqa: E402
-from telephony_agent.replay import ReplayResult, replay, run_virtual  # noqa: E402
+from telephony_agent.replay import ReplayResult, loopback_in_flight, replay, run_virtual  # noqa: E402
 from telephony_agent.state import STATE  # noqa: E402
+from telephony_agent.wiretap import LEG_PHONE, LEG_PROVIDER  # noqa: E402
 
 
 def run_replay(name: str, *, stall_s: float = 0.0) -> tuple[ReplayResult, dict]:
@@ -77,6 +79,10 @@ def test_replay_matches_recording(name: str) -> None:
     assert after["calls"] == {}
     assert after["provider_open"] == []
     assert result.new_recording is not None and result.new_recording.trailer is not None
+    # The server records format v2: the transport in the header, the phone leg by its neutral name.
+    head = result.new_recording.header
+    assert (head["version"], head["transport"], head.get("read_from_version")) == (2, "twilio", None)
+    assert {e.leg for e in result.new_recording.entries} <= {LEG_PHONE, LEG_PROVIDER}
     # The virtual clock: the call's time was skipped, not waited for (running code takes none).
     assert result.call_seconds > 1.0 and after["skipped"] >= result.call_seconds, (after["skipped"], result.call_seconds)
     check = CHECKS[name]
@@ -126,6 +132,23 @@ def test_replay_does_not_depend_on_machine_speed(monkeypatch: pytest.MonkeyPatch
     for x, y in zip(fa.turns, sa.turns):
         assert x.start == pytest.approx(y.start, abs=0.001) and abs(x.heard_ms - y.heard_ms) <= 60, (fa.turns, sa.turns)
     assert (fa.tool_calls, fa.outcome, fa.ended_by) == (sa.tool_calls, sa.outcome, sa.ended_by)
+
+
+def test_loopback_in_flight_sees_both_ends_of_a_connection() -> None:
+    """What the virtual clock checks before a jump: a loopback connection inside the process
+    that the listener has not taken yet is on its way; bytes already in the peer's buffer are not."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert not loopback_in_flight()
+        with socket.create_connection(server.getsockname()[:2]) as client:
+            assert loopback_in_flight()  # not accepted yet: the server side is no fd of ours
+            accepted, _ = server.accept()
+            with accepted:
+                client.sendall(b"x" * 5000)
+                deadline = time.monotonic() + 2.0  # a busy kernel may take a moment to deliver
+                while loopback_in_flight() and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                assert not loopback_in_flight()  # delivered to the peer's buffer (read or not)
+                assert accepted.recv(8192)
 
 
 def _greeting_question(r: ReplayResult, after: dict) -> None:
