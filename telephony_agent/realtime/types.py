@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -86,9 +87,27 @@ class ToolDefinition:
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` laid over it: objects present in both are merged key by key, anything
+    else in `extra` replaces what `base` has. Neither argument is changed; values taken from
+    `extra` are copied, so the result can be edited freely.
+
+    This is how `RealtimeConfig.extras` reach a provider's session payload: a field the config
+    does not model can be set (or overridden) without restating its neighbours.
+    """
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class RealtimeConfig:
-    """What a session is asked to be. `extras` carries provider-specific fields verbatim."""
+    """What a session is asked to be. `extras` carries provider-specific fields verbatim
+    (merged into the provider's session payload with `deep_merge`)."""
 
     model: str | None = None
     instructions: str = ""
