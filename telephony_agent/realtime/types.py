@@ -21,15 +21,15 @@ class AudioFormat:
     channels: int = 1
 
     @classmethod
-    def pcm16(cls, rate: int) -> "AudioFormat":
+    def pcm16(cls, rate: int) -> AudioFormat:
         return cls(AudioEncoding.PCM16, rate)
 
     @classmethod
-    def ulaw8k(cls) -> "AudioFormat":
+    def ulaw8k(cls) -> AudioFormat:
         return cls(AudioEncoding.G711_ULAW, 8000)
 
     @classmethod
-    def alaw8k(cls) -> "AudioFormat":
+    def alaw8k(cls) -> AudioFormat:
         return cls(AudioEncoding.G711_ALAW, 8000)
 
     @property
@@ -123,7 +123,7 @@ class RealtimeConfig:
     max_output_tokens: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
-    def with_changes(self, **changes: Any) -> "RealtimeConfig":
+    def with_changes(self, **changes: Any) -> RealtimeConfig:
         return replace(self, **changes)
 
 
@@ -148,11 +148,11 @@ class ContextMutationOutcome:
     config: RealtimeConfig | None = None
 
     @classmethod
-    def applied(cls) -> "ContextMutationOutcome":
+    def applied(cls) -> ContextMutationOutcome:
         return cls(ContextMutationKind.APPLIED)
 
     @classmethod
-    def requires_resumption(cls, config: RealtimeConfig) -> "ContextMutationOutcome":
+    def requires_resumption(cls, config: RealtimeConfig) -> ContextMutationOutcome:
         return cls(ContextMutationKind.REQUIRES_RESUMPTION, config)
 
     APPLIED = ContextMutationKind.APPLIED
