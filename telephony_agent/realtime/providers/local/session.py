@@ -16,7 +16,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-import numpy as np
+from telephony_codecs import ulaw_to_pcm16
 
 from telephony_agent.realtime.errors import RealtimeConfigError, RealtimeError, SessionClosedError
 from telephony_agent.realtime.events import (
@@ -63,17 +63,6 @@ PCM16_8K = AudioFormat.pcm16(8000)
 INPUT_FORMATS = (PCM16_16K, PCMU_8K, PCM16_8K)
 MAX_TURN_MS = 30_000
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-def _ulaw_table() -> np.ndarray:
-    """G.711 mu-law decoding table (256 entries), so no `audioop` import is needed."""
-    u = ~np.arange(256, dtype=np.int32) & 0xFF
-    exponent = (u >> 4) & 7
-    magnitude = ((((u & 0x0F) << 3) + 0x84) << exponent) - 0x84
-    return np.where(u & 0x80, -magnitude, magnitude).astype("<i2")
-
-
-_ULAW = _ulaw_table()
 
 
 def _vad_settings(td: TurnDetection) -> VadSettings:
@@ -238,7 +227,7 @@ class LocalRealtimeSession(QueuedSession):
                 raise RealtimeError("PCM16 audio must have an even number of bytes")
             return chunk.data
         if fmt.encoding is AudioEncoding.G711_ULAW:
-            return _ULAW[np.frombuffer(chunk.data, dtype=np.uint8)].tobytes()
+            return ulaw_to_pcm16(chunk.data)
         raise RealtimeError(f"unsupported input encoding {fmt.encoding}")
 
     def _ms(self, samples: int) -> int:
