@@ -12,7 +12,6 @@ import contextlib
 import itertools
 import json
 import logging
-import re
 import uuid
 from dataclasses import dataclass
 
@@ -40,7 +39,7 @@ from telephony_agent.realtime.events import (
 )
 from telephony_agent.realtime.providers.local import tts
 from telephony_agent.realtime.providers.local.asr import Recognition, RecognitionService, default_service
-from telephony_agent.realtime.providers.local.dialogue import Intent, Script, ToolCall, load_script
+from telephony_agent.realtime.providers.local.dialogue import Intent, Script, ToolCall, load_script, split_sentences
 from telephony_agent.realtime.providers.local.vad import EnergyVad, VadSettings
 from telephony_agent.realtime.session import QueuedSession, RealtimeModel, RealtimeSession
 from telephony_agent.realtime.types import (
@@ -62,7 +61,6 @@ OUTPUT_FORMAT = AudioFormat.pcm16(22050)  # eSpeak NG's native rate: no resampli
 PCM16_8K = AudioFormat.pcm16(8000)
 INPUT_FORMATS = (PCM16_16K, PCMU_8K, PCM16_8K)
 MAX_TURN_MS = 30_000
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def _vad_settings(td: TurnDetection) -> VadSettings:
@@ -446,7 +444,7 @@ class LocalRealtimeSession(QueuedSession):
             self._emit(AudioDelta(item, data, OUTPUT_FORMAT, response_id=response_id))
             sent_ms += OUTPUT_FORMAT.duration_ms(len(data))
 
-        sentences = [s for s in _SENTENCE.split(text.strip()) if s]
+        sentences = split_sentences(text)
         for n, sentence in enumerate(sentences):
             self._emit(OutputTranscriptDelta(item, sentence + (" " if n + 1 < len(sentences) else "")))
             async with contextlib.aclosing(tts.stream(sentence, self._voice, model.words_per_minute)) as chunks:
