@@ -15,8 +15,6 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from telephony_codecs import ulaw_to_pcm16
-
 from telephony_agent.realtime.errors import RealtimeConfigError, RealtimeError, SessionClosedError
 from telephony_agent.realtime.events import (
     AudioCleared,
@@ -225,6 +223,11 @@ class LocalRealtimeSession(QueuedSession):
                 raise RealtimeError("PCM16 audio must have an even number of bytes")
             return chunk.data
         if fmt.encoding is AudioEncoding.G711_ULAW:
+            # Imported here, not at the top: the recogniser's worker processes import this package,
+            # and `telephony_codecs` brings scipy, whose import in every worker starves the call of
+            # CPU on a small machine (the greeting then streams slower than real time).
+            from telephony_codecs import ulaw_to_pcm16
+
             return ulaw_to_pcm16(chunk.data)
         raise RealtimeError(f"unsupported input encoding {fmt.encoding}")
 
