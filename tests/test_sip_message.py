@@ -7,7 +7,11 @@ import random
 import pytest
 
 from telephony_agent.telephony.leg import AudioLaw
-from telephony_agent.telephony.sip.auth import AuthResult, DigestAuthenticator, digest_response
+from telephony_agent.telephony.sip.auth import (
+    AuthResult,
+    DigestAuthenticator,
+    digest_response,
+)
 from telephony_agent.telephony.sip.message import (
     MAX_MESSAGE_SIZE,
     BadInputKind,

@@ -106,7 +106,7 @@ def test_retransmitted_invite_is_one_call_and_gets_the_last_response() -> None:
 
 def test_2xx_retransmitted_t1_doubling_to_t2_then_bye_at_64_t1() -> None:
     u = uas()
-    call_id, ok = answered_call(u, 0.0)
+    call_id, _ok = answered_call(u, 0.0)
     times = []
     now = 0.0
     ended = []
@@ -132,7 +132,7 @@ def test_cancel_before_answer_200_487_and_ack_absorbed() -> None:
     out = u.receive(invite(method="CANCEL", body=b""), CALLER, 0.5)
     assert statuses(out) == [200, 487]
     assert CallEnded(call.call_id, EndReason.CANCELLED) in out
-    r487 = [m for m in sent(out) if isinstance(m, Response) and m.status == 487][0]
+    r487 = next(m for m in sent(out) if isinstance(m, Response) and m.status == 487)
     ack = invite(method="ACK", body=b"", to_tag=r487.to_tag or "")  # same branch as the INVITE
     assert sent(u.receive(ack, CALLER, 0.6)) == []
     # No 487 retransmission after the ACK.
@@ -162,7 +162,7 @@ def test_our_bye_retransmitted_until_answered_and_follows_route_set() -> None:
     call_id, ok = answered_call(u, extra="Record-Route: <sip:127.0.0.9:5099;lr>\r\n")
     u.receive(ack_for(ok), CALLER, 0.1)
     out = u.bye(call_id, 1.0)
-    bye = [a for a in out if isinstance(a, Send)][0]
+    bye = next(a for a in out if isinstance(a, Send))
     req = parse_message(bye.data)
     assert isinstance(req, Request) and req.method == "BYE" and req.uri == "sip:caller@127.0.0.1:5070"
     assert bye.peer == Peer("udp", "127.0.0.9", 5099)
@@ -180,7 +180,7 @@ def test_refer_then_notify_sipfrag_reports_transfer() -> None:
     u = uas()
     call_id, ok = answered_call(u)
     u.receive(ack_for(ok), CALLER, 0.1)
-    refer = [m for m in sent(u.refer(call_id, "sip:sales@example.com", 1.0)) if isinstance(m, Request)][0]
+    refer = next(m for m in sent(u.refer(call_id, "sip:sales@example.com", 1.0)) if isinstance(m, Request))
     assert refer.method == "REFER" and refer.headers.get("Refer-To") == "<sip:sales@example.com>"
     out = u.receive(Response(202, "Accepted", refer.headers.copy()).to_bytes(), CALLER, 1.1)
     assert TransferUpdate(call_id, 202, False) in out
@@ -217,7 +217,7 @@ def test_digest_401_then_authorised_invite() -> None:
     u = uas(authenticator=DigestAuthenticator("trunk", "pw"))
     out = u.receive(invite(), CALLER, 0.0)
     assert statuses(out) == [100, 401] and not any(isinstance(a, IncomingCall) for a in out)
-    challenge = [m for m in sent(out) if isinstance(m, Response) and m.status == 401][0]
+    challenge = next(m for m in sent(out) if isinstance(m, Response) and m.status == 401)
     www = challenge.headers.get_all("WWW-Authenticate")
     assert "SHA-256" in www[0] and "MD5" in www[1]
     r401 = challenge
