@@ -3,7 +3,7 @@ PYTHON   ?= python3
 PY313    ?= python3.13
 VENV     := .venv
 VENV313  := .venv313
-SYS_PKGS := espeak-ng sox sipp
+SYS_PKGS := espeak-ng sox sipp baresip
 
 .DEFAULT_GOAL := help
 .PHONY: help run test test311 test313 bench-codecs bench-load system-deps clean
@@ -23,12 +23,12 @@ $(VENV313)/.installed: pyproject.toml
 	$(VENV313)/bin/pip install -q -e '.[test]'
 	touch $@
 
-system-deps: ## Install the Debian packages the tests use (espeak-ng, sox, sipp) when missing
+system-deps: ## Install the Debian packages the tests use (espeak-ng, sox, sipp, baresip) when missing
 	@missing=""; for c in $(SYS_PKGS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox sip-tester >/dev/null; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox sip-tester baresip-core >/dev/null; \
 	fi
 
 run: $(VENV)/.installed ## Serve calls (offline local engine when no provider key is set)

@@ -107,6 +107,18 @@ class Settings(BaseSettings):
     max_loop_lag_ms: float = Field(100.0, gt=0, validation_alias=_env("AGENT_MAX_LOOP_LAG_MS"))
     recordings_dir: str | None = Field(None, validation_alias=_env("AGENT_RECORDINGS_DIR"))
 
+    # SIP media (RTP).
+    rtp_ports: str = Field("20000-20999", validation_alias=_env("AGENT_RTP_PORTS"))
+    rtp_timeout_seconds: float = Field(30.0, gt=0, le=3600, validation_alias=_env("AGENT_RTP_TIMEOUT_SECONDS"))
+
+    @field_validator("rtp_ports")
+    @classmethod
+    def _check_rtp_ports(cls, value: str) -> str:
+        first, sep, last = value.strip().partition("-")
+        if not (sep and first.isdigit() and last.isdigit() and 1024 <= int(first) < int(last) <= 65535):
+            raise ValueError("must be FIRST-LAST within 1024-65535, e.g. 20000-20999 (one even port per call)")
+        return value.strip()
+
     @field_validator("transfer_allowlist", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
