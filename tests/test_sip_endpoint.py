@@ -369,3 +369,62 @@ async def test_bad_input_flood_during_a_call_loses_no_audio(tmp_path: Path) -> N
     assert bad > 500
     assert counts.seen.get(("bad_input", "oversized"), 0) == 1
 
+
+
+KAMAILIO_CFG = (Path(__file__).parent / "peers" / "kamailio.cfg")
+
+
+@asynccontextmanager
+async def kamailio(tmp: Path, proxy_port: int, uas_port: int) -> AsyncIterator[Path]:
+    """Kamailio as a stateful record-routing proxy: 127.0.0.1:proxy_port -> 127.0.0.1:uas_port."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = tmp / "kamailio.cfg"
+    cfg.write_text(KAMAILIO_CFG.read_text().replace("19326", str(proxy_port)).replace("19320", str(uas_port)))
+    log_path = tmp / "kamailio.log"
+    with log_path.open("wb") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            "kamailio", "-f", str(cfg), "-P", str(tmp / "kam.pid"), "-Y", str(tmp), "-m", "32", "-M", "8",
+            "-DD", "-E", stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+        )
+        try:
+            for _ in range(250):  # until it listens
+                if b"in: " in log_path.read_bytes() or _udp_port_taken(proxy_port):
+                    break
+                await asyncio.sleep(0.02)
+            yield log_path
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 10)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+def _udp_port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+@pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is not installed")
+async def test_through_record_routing_proxy_ack_and_bye_follow_the_route_set(tmp_path: Path) -> None:
+    speech, n_bytes = speech_file(tmp_path)
+    admission = StandInAdmission(end_after=n_bytes / 8000 + 0.3)
+    async with endpoint(admission) as (ep, counts):
+        proxy_port = free_port()
+        async with kamailio(tmp_path / "kam", proxy_port, ep.ports["udp"]) as kam_log:
+            rc, logs = await sipp("uac_proxied.xml", proxy_port, tmp_path / "call", "-m", "1",
+                                  "-key", "rtp_file", f"{speech},1,0", timeout=25)
+            assert rc == 0, logs + kam_log.read_text(errors="replace")
+            await admission.wait_ended(1)
+        proxied = kam_log.read_text(errors="replace")
+    assert "in: INVITE" in proxied and "in: ACK" in proxied and "in: BYE" in proxied, proxied
+    assert admission.started[0].outcome is Outcome.AGENT_HANGUP
+    assert ("response_timeout", "ACK") not in counts.seen  # the ACK reached us through the proxy
+    assert ("retransmission", "response") not in counts.seen
+    assert admission.started[0].audio >= n_bytes - 2 * 160
