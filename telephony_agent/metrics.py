@@ -109,13 +109,7 @@ class Metrics:
         self.sip_refused = Counter(
             "agent_sip_refused", "SIP requests refused before admission, by reason", ["reason"], registry=r
         )
-        self.rtp_packets = Counter("agent_rtp_packets", "RTP packets, by direction (in/out)", ["direction"], registry=r)
-        self.rtp_lost = Counter("agent_rtp_lost", "Inbound RTP packets lost (sequence gaps)", registry=r)
-        self.rtp_jitter = Histogram(
-            "agent_rtp_jitter_ms", "Inbound RTP interarrival jitter at call end (RFC 3550), ms",
-            buckets=LAG_BUCKETS_MS, registry=r,
-        )
-        self.dtmf_digits = Counter("agent_dtmf_digits", "DTMF keys received, by source (rfc4733/info)", ["source"], registry=r)
+        self.sip_info_dtmf = Counter("agent_sip_info_dtmf", "DTMF keys received in SIP INFO", registry=r)
         self._seen: dict[str, _Seen] = {}
 
     # -- per-call stats -----------------------------------------------------------------------

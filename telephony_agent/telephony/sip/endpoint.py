@@ -559,7 +559,7 @@ SIP_ENDPOINT = web.AppKey("sip_endpoint", SipEndpoint)
 
 
 def prometheus_metrics(m: Any) -> SipMetrics:
-    """Wire the endpoint's counts to the server's `Metrics` (its `sip_*`, `rtp_*`, `dtmf_*` families)."""
+    """Wire the endpoint's counts to the server's `Metrics` (its `agent_sip_*` families)."""
     families = {
         "request": m.sip_requests,
         "response": m.sip_responses,
@@ -569,21 +569,11 @@ def prometheus_metrics(m: Any) -> SipMetrics:
 
     def count(family: str, label: str) -> None:
         if family == "dtmf":
-            m.dtmf_digits.labels(label).inc()
+            m.sip_info_dtmf.inc()
         elif family in families:
             families[family].labels(label).inc()
 
-    def rtp_summary(summary: dict[str, Any]) -> None:
-        m.rtp_packets.labels("in").inc(summary.get("packets_in", 0))
-        m.rtp_packets.labels("out").inc(summary.get("packets_out", 0))
-        m.rtp_lost.inc(max(0, summary.get("lost", 0)))
-        m.rtp_jitter.observe(float(summary.get("jitter_ms", 0.0)))
-        digits = summary.get("dtmf", 0)
-        if digits:
-            m.dtmf_digits.labels("rfc4733").inc(digits)
-
-    return SipMetrics(count=count, call_outcome=lambda outcome: m.sip_calls.labels(outcome).inc(),
-                      rtp_summary=rtp_summary)
+    return SipMetrics(count=count, call_outcome=lambda outcome: m.sip_calls.labels(outcome).inc())
 
 
 def install(app: web.Application, settings: Any, admission: CallAdmission, metrics: Any) -> SipEndpoint | None:
