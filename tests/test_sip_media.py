@@ -402,3 +402,33 @@ async def test_dtx_mode_sends_only_audio_with_a_marker_per_talk_spurt() -> None:
     assert (heads[3][3] - heads[2][3]) % (1 << 32) > 160 * 5  # the timestamp skipped the pause
     await stop(phone, leg)
 
+
+
+async def test_rtp_metrics_count_packets_loss_dtmf_and_departures() -> None:
+    from telephony_agent.metrics import Metrics
+
+    metrics = Metrics()
+    phone, leg, events, _, _ = await call(metrics=metrics)
+    port = leg.rtp.local_port
+    for i in [0, 1, 2, 4, 5, 6]:  # 3 never comes
+        phone.send(rtp(0, i, 160 * i, 1, b"\x01" * 160), port)
+    for _ in range(3):
+        phone.send(rtp(101, 50, 9999, 2, struct.pack("!BBH", 4, 0x80 | 10, 800)), port)
+    phone.send(b"\x00" * 20, port)
+    await events.wait(lambda: len(events.digits) == 1)
+    await phone.wait_for(10)
+    await leg.close()
+    text = metrics.render().decode()
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("agent_rtp_") and not line.startswith("#")
+    }
+    assert values['agent_rtp_packets_total{direction="in"}'] == 9
+    assert values['agent_rtp_packets_total{direction="out"}'] >= 10
+    assert values["agent_rtp_lost_total"] == 1 and values["agent_rtp_dtmf_total"] == 1
+    assert values['agent_rtp_malformed_total{kind="bad_version"}'] == 1
+    assert values["agent_rtp_departure_deviation_ms_count"] >= 9
+    assert values["agent_rtp_jitter_ms_count"] == 1
+    assert phone.transport is not None
+    phone.transport.close()

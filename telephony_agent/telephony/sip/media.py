@@ -136,6 +136,7 @@ class RtpSession(asyncio.DatagramProtocol):
         port: int = 0,
         log: logging.Logger | logging.LoggerAdapter[logging.Logger] = log,
         continuous: bool = True,
+        metrics: Any | None = None,
     ) -> None:
         self.fmt = fmt
         self.te_pt = te_pt
@@ -168,6 +169,9 @@ class RtpSession(asyncio.DatagramProtocol):
         self._jitter_handle: asyncio.TimerHandle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._sending = False
+        self._metrics = metrics  # telephony_agent.metrics.Metrics (duck-typed: no upward import)
+        self._reported: dict[str, int] = {}
+        self._flushed_at = self._loop.time()
         self.state = _SessionState.OPEN
 
     # -- asyncio protocol
@@ -316,11 +320,15 @@ class RtpSession(asyncio.DatagramProtocol):
                 continue
             self.stats.packets_out += 1
             self._record_departure(now)
+        if self._metrics is not None and now - self._flushed_at >= 1.0:
+            self._flush_metrics(now)
         self._arm_pacer()
 
     def _record_departure(self, now: float) -> None:
         if self._last_tx is not None:
             dev = abs((now - self._last_tx) - 0.02) * 1000
+            if self._metrics is not None:
+                self._metrics.rtp_departure.observe(dev)
             buckets = self.stats.departure_ms
             for i, bound in enumerate(DEPARTURE_BUCKETS_MS):
                 if dev <= bound:
@@ -330,6 +338,38 @@ class RtpSession(asyncio.DatagramProtocol):
                 buckets[-1] += 1
         self._last_tx = now
 
+    def _flush_metrics(self, now: float, *, final: bool = False) -> None:
+        """Add what the counters gained since the last flush (cheaper than per-packet updates)."""
+        m = self._metrics
+        if m is None:
+            return
+        self._flushed_at = now
+        current = {
+            "in": self.stats.packets_in,
+            "out": self.stats.packets_out,
+            "lost": self.jitter.stats.lost,
+            "late": self.jitter.stats.late + self.jitter.stats.duplicates,
+            "dtmf": self.dtmf.stats.digits,
+            **{f"malformed:{k}": v for k, v in self.stats.malformed.items()},
+        }
+        for key, value in current.items():
+            gained = value - self._reported.get(key, 0)
+            if gained <= 0:
+                continue
+            self._reported[key] = value
+            if key in ("in", "out"):
+                m.rtp_packets.labels(key).inc(gained)
+            elif key == "lost":
+                m.rtp_lost.inc(gained)
+            elif key == "late":
+                m.rtp_late.inc(gained)
+            elif key == "dtmf":
+                m.rtp_dtmf.inc(gained)
+            else:
+                m.rtp_malformed.labels(key.split(":", 1)[1]).inc(gained)
+        if final and self.jitter.stats.packets:
+            m.rtp_jitter.observe(self.jitter.stats.jitter_ms)
+
     # -- life cycle
 
     def close(self) -> None:
@@ -337,6 +377,7 @@ class RtpSession(asyncio.DatagramProtocol):
         if self.state is _SessionState.CLOSED:
             return
         self.state = _SessionState.CLOSED
+        self._flush_metrics(self._loop.time(), final=True)
         self.pacer.stop()
         for handle in (self._pace_handle, self._jitter_handle, self._idle_handle):
             if handle is not None:
@@ -384,6 +425,7 @@ async def open_rtp(
     log: logging.Logger | logging.LoggerAdapter[logging.Logger] = log,
     *,
     continuous: bool = True,
+    metrics: Any | None = None,
 ) -> RtpSession:
     """Bind a UDP socket for one call on a free pool port. Raises OSError when none is free."""
     loop = asyncio.get_running_loop()
@@ -393,7 +435,9 @@ async def open_rtp(
         port = pool.acquire()
         if port is None:
             break
-        session = RtpSession(fmt, te_pt, remote, timeout_s, pool=pool, port=port, log=log, continuous=continuous)
+        session = RtpSession(
+            fmt, te_pt, remote, timeout_s, pool=pool, port=port, log=log, continuous=continuous, metrics=metrics
+        )
 
         def factory(s: RtpSession = session) -> RtpSession:
             return s
