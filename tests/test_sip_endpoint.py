@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from speech import speech_ulaw
 
 from telephony_agent.telephony.sip.endpoint import (
     SipEndpoint,
     SipEndpointConfig,
     SipMetrics,
 )
+from telephony_agent.testing.speech import speech_ulaw
 
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian sip-tester) is not installed")
 

@@ -200,8 +200,9 @@ class SipEndpoint:
     """SIP listeners (UDP/TCP), the UAS core, its timer, and the calls it runs."""
 
     def __init__(self, config: SipEndpointConfig, admission: CallAdmission, *,
-                 metrics: SipMetrics | None = None) -> None:
+                 metrics: SipMetrics | None = None, rtp_metrics: Any = None) -> None:
         self.config = config
+        self.rtp_metrics = rtp_metrics  # the server's Metrics, for the RTP sessions' agent_rtp_* families
         self.admission = admission
         self.metrics = metrics or SipMetrics()
         self.pool = RtpPortPool.from_spec(config.rtp_ports)
@@ -457,7 +458,7 @@ class SipEndpoint:
         neg = incoming.negotiated
         try:
             rtp = await open_rtp(self._bind_host(media_host), self.pool, neg.format, neg.te_payload_type, neg.remote,
-                                 self.config.rtp_timeout_s, call.log)
+                                 self.config.rtp_timeout_s, call.log, metrics=self.rtp_metrics)
         except OSError as exc:
             call.log.error("no RTP port for the call: %s", exc)
             self.admission.release(call_id)
@@ -582,7 +583,7 @@ def install(app: web.Application, settings: Any, admission: CallAdmission, metri
     if settings.sip_port is None:
         return None
     config = SipEndpointConfig.from_settings(settings)
-    endpoint = SipEndpoint(config, admission, metrics=prometheus_metrics(metrics))
+    endpoint = SipEndpoint(config, admission, metrics=prometheus_metrics(metrics), rtp_metrics=metrics)
     app[SIP_ENDPOINT] = endpoint
     open_to_all = any(ipaddress.ip_network(s, strict=False).prefixlen == 0 for s in config.allowed_sources)
     if open_to_all and config.username is None:
