@@ -428,3 +428,38 @@ async def test_through_record_routing_proxy_ack_and_bye_follow_the_route_set(tmp
     assert ("response_timeout", "ACK") not in counts.seen  # the ACK reached us through the proxy
     assert ("retransmission", "response") not in counts.seen
     assert admission.started[0].audio >= n_bytes - 2 * 160
+
+
+async def test_server_runs_the_sip_listener_readyz_and_metrics(tmp_path: Path) -> None:
+    """create_app with AGENT_SIP_PORT: the listener starts with the server, /readyz covers it,
+    /metrics has the SIP families, and an INVITE from a forbidden source costs no session."""
+    import aiohttp
+    from agent_server import running_agent, test_settings
+
+    from telephony_agent.telephony.sip.endpoint import SIP_ENDPOINT
+
+    port = free_port()
+    settings = test_settings(sip_port=port, sip_host="127.0.0.1", rtp_ports=free_rtp_range(),
+                             sip_allowed_sources=["192.0.2.0/24"])
+    async with running_agent(settings) as agent:
+        ep = agent.app[SIP_ENDPOINT]
+        assert ep.ports == {"udp": port, "tcp": port}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(agent.base_url + "/readyz") as resp:
+                body = await resp.json()
+                assert resp.status == 200 and body["sip"]["listening"] is True, body
+            scenario = tmp_path / "uac_403.xml"
+            scenario.write_text((SCENARIOS / "uac_refused.xml").read_text().replace("STATUS", "403"))
+            rc, logs = await sipp(scenario, port, tmp_path / "run", "-m", "1")
+            assert rc == 0, logs
+            assert not agent.state.calls and not agent.state.pending
+            async with http.get(agent.base_url + "/metrics") as resp:
+                text = await resp.text()
+            assert 'agent_sip_requests_total{method="INVITE"} 1.0' in text
+            assert 'agent_sip_responses_total{code="403"} 1.0' in text
+            assert 'agent_sip_refused_total{reason="forbidden_source"} 1.0' in text
+            assert "+1555" not in text  # no caller number in any label
+            ep._udp.transport.close()  # the listener dies: not ready any more
+            async with http.get(agent.base_url + "/readyz") as resp:
+                body = await resp.json()
+                assert resp.status == 503 and body["reason"] == "sip_listener_down", body
