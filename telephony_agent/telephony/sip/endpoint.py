@@ -218,7 +218,8 @@ class SipEndpoint:
                 authenticator=auth,
                 rate_per_s=config.rate_limit,
                 rate_burst=config.rate_limit * 2,
-                advertised_host=None if wildcard else config.host,
+                # Contact/Via of this instance: its public address when set, else the listen address.
+                advertised_host=config.rtp_address or (None if wildcard else config.host),
                 t1=config.t1,
             )
         )
