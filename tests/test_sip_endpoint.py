@@ -51,14 +51,17 @@ def free_rtp_range(n: int = 16) -> str:
 class Outcome(str, enum.Enum):
     CALLER_HANGUP = "caller_hangup"
     AGENT_HANGUP = "agent_hangup"
+    TRANSFERRED = "transferred"
 
 
 class StandInBridge:
     """Records what the leg delivers (LegEvents); `end_after` plays the model's `end_call`."""
 
-    def __init__(self, call_id: str, leg: Any) -> None:
+    def __init__(self, call_id: str, leg: Any, transfer_on: tuple[str, str] | None = None) -> None:
         self.call_id = call_id
         self.leg = leg
+        self.transfer_on = transfer_on  # (digit, target): the model's transfer_call on a key press
+        self.transfer_error: Exception | None = None
         self.audio = 0
         self.digits: list[str] = []
         self.outcome: Outcome | None = None
@@ -69,6 +72,19 @@ class StandInBridge:
 
     async def on_dtmf(self, digit: str) -> None:
         self.digits.append(digit)
+        if self.transfer_on is not None and digit == self.transfer_on[0]:
+            asyncio.get_running_loop().create_task(self._transfer(self.transfer_on[1]))
+
+    async def _transfer(self, target: str) -> None:
+        try:
+            await self.leg.transfer(target)
+        except Exception as exc:  # noqa: BLE001 - recorded for the test
+            self.transfer_error = exc
+            return
+        if self.outcome is None:  # like CallBridge: transferred, the leg closes without hanging up
+            self.outcome = Outcome.TRANSFERRED
+            await self.leg.close()
+        self._ended.set()
 
     def on_played(self, tag: str) -> None:
         pass
@@ -92,7 +108,9 @@ class StandInBridge:
 class StandInAdmission:
     """The CallManager's API: reserve/release/start_call/call_ended, with knobs for the tests."""
 
-    def __init__(self, *, refuse: str | None = None, start_delay: float = 0.0, end_after: float | None = None) -> None:
+    def __init__(self, *, refuse: str | None = None, start_delay: float = 0.0, end_after: float | None = None,
+                 transfer_on: tuple[str, str] | None = None) -> None:
+        self.transfer_on = transfer_on
         self.refuse = refuse
         self.start_delay = start_delay
         self.end_after = end_after
@@ -113,7 +131,7 @@ class StandInAdmission:
     async def start_call(self, call_id: str, leg: Any, *, transport: str | None = None, log: Any = None,
                          on_admitted: Any = None) -> StandInBridge:
         await asyncio.sleep(self.start_delay)  # a provider session opening
-        bridge = StandInBridge(call_id, leg)
+        bridge = StandInBridge(call_id, leg, self.transfer_on)
         self.started.append(bridge)
         if self.end_after is not None:
             async def later() -> None:
@@ -266,6 +284,19 @@ async def test_agent_bye_over_tcp(tmp_path: Path) -> None:
         assert rc == 0, logs
         await admission.wait_ended(1)
     assert admission.started[0].outcome is Outcome.AGENT_HANGUP
+
+
+async def test_info_digit_then_refer_transfer_and_bye_after_the_sipfrag_200(tmp_path: Path) -> None:
+    admission = StandInAdmission(transfer_on=("5", "sip:sales@127.0.0.1"))
+    async with endpoint(admission, codecs=("PCMU", "PCMA")) as (ep, counts):
+        rc, logs = await sipp("uac_info_refer.xml", ep.ports["udp"], tmp_path, "-m", "1")
+        assert rc == 0, logs
+        await admission.wait_ended(1)
+    bridge = admission.started[0]
+    assert bridge.digits == ["5"] and bridge.transfer_error is None
+    assert bridge.outcome is Outcome.TRANSFERRED
+    assert counts.seen[("request_sent", "REFER")] == 1 and counts.seen[("request_sent", "BYE")] == 1
+    assert counts.seen[("dtmf", "info")] == 1
 
 
 async def test_source_not_allowed_gets_403_and_no_call(tmp_path: Path) -> None:

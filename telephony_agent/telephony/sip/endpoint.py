@@ -431,6 +431,20 @@ class SipEndpoint:
 
     # -- calls ----------------------------------------------------------------------------
 
+    async def _run_call_safely(self, call: SipCall) -> None:
+        """`_run_call`, and whatever goes wrong in it, the dialog still ends and is counted."""
+        try:
+            await self._run_call(call)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            call.log.exception("SIP call failed")
+            self.admission.release(call.id)
+            self._apply(self.uas.bye(call.id, self.now()))  # BYE, or 480 if not answered yet
+            if call.leg is not None:
+                await call.leg.close()
+            self._finish(call, "internal_error")
+
     def _on_incoming(self, incoming: IncomingCall) -> None:
         adapter = logging.LoggerAdapter(log, {"call_id": incoming.call_id})
         call = SipCall(self, incoming, adapter)
@@ -439,7 +453,7 @@ class SipEndpoint:
         adapter.info("SIP INVITE from %s to %s via %s/%s codec=%s te_pt=%s", incoming.caller, incoming.request_user,
                      incoming.source.transport, incoming.source.host, incoming.negotiated.law.value,
                      incoming.negotiated.te_payload_type, extra={"event": "sip_invite"})
-        self._spawn(self._run_call(call))
+        self._spawn(self._run_call_safely(call))
 
     async def _run_call(self, call: SipCall) -> None:
         uas, call_id, incoming = self.uas, call.id, call.incoming
@@ -497,6 +511,8 @@ class SipEndpoint:
             leg.deliver_hangup()
         try:
             await bridge.wait_ended()
+            if not call.ended.is_set():  # the bridge closed the leg without hanging up: end the dialog
+                await call.hangup()
         finally:
             await leg.close()
             self.admission.call_ended(bridge)

@@ -392,6 +392,9 @@ class SipUas:
     def _on_in_dialog(self, req: Request, source: Peer, to_tag: str, now: float, out: list[Action]) -> None:
         call = self._dialogs.get((req.call_id, to_tag, req.from_tag or ""))
         if call is None or call.state is CallState.ENDED:
+            if not self._take_token(source.host, now):  # guessed dialogs cost tokens like new requests
+                out.append(Count("refused", "rate_limited"))
+                return
             self._send_response(req, source, 481, now, out)
             return
         if not call.dialog.accepts_remote_cseq(req.cseq.number, req.method):
