@@ -43,6 +43,19 @@ def free_port(kind: int = socket.SOCK_DGRAM, *, even: bool = False) -> int:
     raise RuntimeError("no free port")
 
 
+def free_udp_tcp_port() -> int:
+    """A port free for both UDP and TCP now (SIP listens on both)."""
+    for _ in range(200):
+        port = free_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port")
+
+
 def free_rtp_range(n: int = 16) -> str:
     base = random.randrange(30000, 60000, 2)
     return f"{base}-{base + n - 1}"
@@ -469,7 +482,7 @@ async def test_server_runs_the_sip_listener_readyz_and_metrics(tmp_path: Path) -
 
     from telephony_agent.telephony.sip.endpoint import SIP_ENDPOINT
 
-    port = free_port()
+    port = free_udp_tcp_port()
     settings = test_settings(sip_port=port, sip_host="127.0.0.1", rtp_ports=free_rtp_range(),
                              sip_allowed_sources=["192.0.2.0/24"])
     async with running_agent(settings) as agent:

@@ -30,7 +30,6 @@ from telephony_agent.telephony.sip.dtmf import parse_info_dtmf
 from telephony_agent.telephony.sip.leg_control import TransferFailed
 from telephony_agent.telephony.sip.media import RtpPortPool, SipLeg, open_rtp
 from telephony_agent.telephony.sip.message import (
-    MAX_MESSAGE_SIZE,
     SipParseError,
     StreamFramer,
 )
@@ -243,7 +242,25 @@ class SipEndpoint:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Port 0 (tests): UDP picks a free port and TCP must get the same one; retry if it is taken.
+        attempts = 20 if self.config.port == 0 else 1
+        for attempt in range(attempts):
+            try:
+                await self._bind()
+                break
+            except OSError:
+                self._close_listeners()
+                if attempt == attempts - 1:
+                    raise
+        if self.config.port == 0:  # tests: advertise what we bound
+            self.uas.config.ports.update(self.ports)
+        log.info("SIP listening on %s %s", self.config.host, ", ".join(f"{t}/{p}" for t, p in self.ports.items()),
+                 extra={"event": "sip_listening"})
+
+    async def _bind(self) -> None:
+        assert self._loop is not None
         host = self.config.host
+        self.ports = {}
         if "udp" in self.config.transports:
             transport, protocol = await self._loop.create_datagram_endpoint(
                 lambda: _UdpProtocol(self), local_addr=(host, self.config.port)
@@ -252,12 +269,16 @@ class SipEndpoint:
             self.ports["udp"] = transport.get_extra_info("sockname")[1]
         if "tcp" in self.config.transports:
             port = self.ports.get("udp", self.config.port)
-            self._tcp_server = await asyncio.start_server(self._on_tcp, host, port, limit=MAX_MESSAGE_SIZE * 2)
+            self._tcp_server = await asyncio.start_server(self._on_tcp, host, port)
             self.ports["tcp"] = self._tcp_server.sockets[0].getsockname()[1]
-        if self.config.port == 0:  # tests: advertise what we bound
-            self.uas.config.ports.update(self.ports)
-        log.info("SIP listening on %s %s", host, ", ".join(f"{t}/{p}" for t, p in self.ports.items()),
-                 extra={"event": "sip_listening"})
+
+    def _close_listeners(self) -> None:
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.close()
+        self._udp = None
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        self._tcp_server = None
 
     @property
     def ready(self) -> bool:
