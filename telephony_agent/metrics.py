@@ -101,6 +101,17 @@ class Metrics:
         self.webhooks_refused = Counter(
             "agent_requests_refused", "Unsigned or badly signed Twilio requests", ["endpoint"], registry=r
         )
+        # SIP trunk (telephony/sip). Labels are closed sets: methods, status codes, kinds, reasons.
+        self.sip_calls = Counter("agent_sip_calls", "SIP calls by outcome", ["outcome"], registry=r)
+        self.sip_requests = Counter("agent_sip_requests", "SIP requests received, by method", ["method"], registry=r)
+        self.sip_responses = Counter("agent_sip_responses", "SIP responses sent, by status code", ["code"], registry=r)
+        self.sip_bad_input = Counter(
+            "agent_sip_bad_input", "SIP messages dropped as malformed or oversized, by kind", ["kind"], registry=r
+        )
+        self.sip_refused = Counter(
+            "agent_sip_refused", "SIP requests refused before admission, by reason", ["reason"], registry=r
+        )
+        self.sip_info_dtmf = Counter("agent_sip_info_dtmf", "DTMF keys received in SIP INFO", registry=r)
         # SIP media (RTP): fed by telephony/sip/media.py's RtpSession (counters about once a second).
         self.rtp_packets = Counter("agent_rtp_packets", "RTP packets, by direction (in, out)", ["direction"], registry=r)
         self.rtp_lost = Counter("agent_rtp_lost", "Inbound RTP packets lost (sequence gaps never filled)", registry=r)

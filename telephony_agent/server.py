@@ -16,6 +16,7 @@ from telephony_agent.realtime import RealtimeConfig, RealtimeModel, TurnDetectio
 from telephony_agent.settings import Provider, Settings
 from telephony_agent.state import STATE, AppState
 from telephony_agent.telephony.bridge import BridgeOptions
+from telephony_agent.telephony.sip import endpoint as sip_endpoint
 from telephony_agent.telephony.calls import (
     CallManager,
     CallRecorderLike,
@@ -89,6 +90,7 @@ def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web
     )
     ops.install(app)
     app.cleanup_ctx.append(_lifecycle)
+    sip_endpoint.install(app, settings, manager, metrics)  # SIP trunk when AGENT_SIP_PORT is set
     return app
 
 

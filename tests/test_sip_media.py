@@ -16,7 +16,7 @@ import time
 from typing import Any, cast
 
 import pytest
-from speech import speech_ulaw
+from telephony_agent.testing.speech import speech_ulaw
 from telephony_codecs import pcm16_to_alaw, ulaw_to_pcm16
 
 from telephony_agent.telephony.leg import PCMA_20MS, PCMU_20MS, PhoneFormat

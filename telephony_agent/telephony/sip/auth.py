@@ -3,7 +3,8 @@
 Nonces are stateless: `<time>.<hmac(time)>` under a per-process secret, so nothing grows per
 challenge. A nonce older than `nonce_ttl_s` is stale: the caller gets a fresh challenge with
 `stale=true` and retries without asking its user again. We challenge with SHA-256 first and
-MD5 second (RFC 8760 §2.4: the client uses the first it supports).
+MD5 second (RFC 8760 §2.4: the client uses the first it supports); the order is configurable
+because some older clients (sipp 3.6 among them) read only the first challenge.
 """
 
 from __future__ import annotations
@@ -77,8 +78,12 @@ class DigestAuthenticator:
     realm: str = "telephony-agent"
     nonce_ttl_s: float = 300.0
     secret: bytes = b""
+    algorithms: tuple[str, ...] = ("SHA-256", "MD5")  # challenge order; some old UACs read only the first
 
     def __post_init__(self) -> None:
+        unknown = [a for a in self.algorithms if a not in _ALGORITHMS]
+        if unknown or not self.algorithms:
+            raise ValueError(f"digest algorithms must be SHA-256 and/or MD5, not {unknown or 'none'}")
         if not self.secret:
             self.secret = secrets.token_bytes(32)
 
@@ -98,12 +103,12 @@ class DigestAuthenticator:
             return None
 
     def challenges(self, now: float, *, stale: bool = False) -> list[str]:
-        """`WWW-Authenticate` values: SHA-256 first, then MD5."""
+        """`WWW-Authenticate` values, one per algorithm (SHA-256 first by default, then MD5)."""
         nonce = self.nonce(now)
         extra = ", stale=true" if stale else ""
         return [
             f'Digest realm="{self.realm}", nonce="{nonce}", algorithm={alg}, qop="auth"{extra}'
-            for alg in ("SHA-256", "MD5")
+            for alg in self.algorithms
         ]
 
     def check(self, method: str, authorization: str | None, now: float) -> AuthResult:
@@ -113,7 +118,7 @@ class DigestAuthenticator:
         if params is None:
             return AuthResult.MISSING
         algorithm = params.get("algorithm", "MD5").upper()
-        if algorithm not in _ALGORITHMS:
+        if algorithm not in self.algorithms:
             return AuthResult.FAILED
         nonce = params.get("nonce", "")
         uri = params.get("uri", "")

@@ -536,6 +536,7 @@ class SipUas:
                 data, unacked = tx.handle_timer(now)
                 if data is not None:
                     out.append(Send(data, tx.peer))
+                    out.append(Count("retransmission", "response"))
                 if unacked:
                     self._on_ack_timeout(tx, now, out)
             else:
@@ -546,6 +547,7 @@ class SipUas:
             data, timed_out = client.tx.handle_timer(now)
             if data is not None:
                 out.append(Send(data, client.tx.peer))
+                out.append(Count("retransmission", client.tx.method))
             if timed_out:
                 out.append(Count("response_timeout", client.tx.method))
                 call = self._calls.get(client.call_id)
