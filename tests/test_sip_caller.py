@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from sip_peers import SIPP_SCENARIOS, free_udp_port
-from speech import speech_ulaw
+from telephony_agent.testing.speech import speech_ulaw
 
 from telephony_agent.telephony.leg import AudioLaw
 from telephony_agent.testing.sip_caller import SipCall, SipCallError
