@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from sip_peers import SIPP_SCENARIOS, free_udp_port
-from telephony_agent.testing.speech import speech_ulaw
 
 from telephony_agent.telephony.leg import AudioLaw
 from telephony_agent.testing.sip_caller import SipCall, SipCallError
+from telephony_agent.testing.speech import speech_ulaw
 
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed (make system-deps)")
 
