@@ -264,9 +264,10 @@ class Baresip:
                 pass
             await self.wait(5)
 
-    def recordings(self) -> list[Path]:
-        """The WAVs sndfile wrote (one per direction)."""
-        return sorted(self.dir.glob("*.wav"))
+    def heard(self) -> Path | None:
+        """What baresip decoded from the agent (sndfile writes `*-dec.wav`; `*-enc.wav` is its microphone)."""
+        found = sorted(self.dir.glob("dump-*-dec.wav"))
+        return found[-1] if found else None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""

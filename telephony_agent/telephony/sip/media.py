@@ -224,6 +224,8 @@ class RtpSession(asyncio.DatagramProtocol):
                 self.on_audio(payload)
             self._arm_jitter()
         else:
+            for payload in self.jitter.skip(packet, now):  # PJSIP numbers events with the speech
+                self.on_audio(payload)
             for digit in self.dtmf.receive(packet.ssrc, packet.timestamp, packet.payload):
                 self.log.info("DTMF %s (RFC 4733)", digit)
                 self.on_dtmf(digit)
