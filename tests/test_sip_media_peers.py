@@ -32,7 +32,11 @@ from sip_peers import (
     speech_files,
 )
 
-from telephony_agent.telephony.sip.endpoint import SipEndpoint, SipEndpointConfig, SipMetrics
+from telephony_agent.telephony.sip.endpoint import (
+    SipEndpoint,
+    SipEndpointConfig,
+    SipMetrics,
+)
 
 pytestmark = pytest.mark.skipif(not have("sipp"), reason="sipp (Debian sip-tester) is not installed")
 
