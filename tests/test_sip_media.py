@@ -16,7 +16,6 @@ import time
 from typing import Any, cast
 
 import pytest
-from telephony_agent.testing.speech import speech_ulaw
 from telephony_codecs import pcm16_to_alaw, ulaw_to_pcm16
 
 from telephony_agent.telephony.leg import PCMA_20MS, PCMU_20MS, PhoneFormat
@@ -26,6 +25,7 @@ from telephony_agent.telephony.sip.media import (
     open_rtp,
     parse_port_range,
 )
+from telephony_agent.testing.speech import speech_ulaw
 
 SPEECH = "Hello, I would like to check the status of my order, please."
 
@@ -432,3 +432,21 @@ async def test_rtp_metrics_count_packets_loss_dtmf_and_departures() -> None:
     assert values["agent_rtp_jitter_ms_count"] == 1
     assert phone.transport is not None
     phone.transport.close()
+
+
+async def test_audio_sent_before_attach_waits_for_the_answer() -> None:
+    """The bridge may queue the greeting while the call still rings: none of it leaks early."""
+    loop = asyncio.get_running_loop()
+    phone = Phone()
+    await loop.create_datagram_endpoint(lambda: phone, local_addr=("127.0.0.1", 0))
+    pool = RtpPortPool(*free_port_range())
+    session = await open_rtp("127.0.0.1", pool, PCMU_20MS, 101, phone.address, 30.0)
+    leg = SipLeg(session, Control())
+    greeting = [bytes([i]) * 160 for i in range(1, 21)]
+    leg.send_audio(greeting, "greeting")
+    await asyncio.sleep(0.2)
+    assert phone.received == []  # ringing: nothing sent
+    leg.attach(Events())  # answered
+    await phone.wait_for(20)
+    assert [d[12:] for _, d in phone.received[:20]] == greeting
+    await stop(phone, leg)

@@ -197,6 +197,25 @@ def test_ssrc_change_keeps_the_stream_and_releases_everything() -> None:
     assert jb.stats.ssrc_changes == 2 and jb.stats.lost == 0 and jb.stats.resyncs == 0
 
 
+def test_events_numbered_with_the_speech_are_not_losses() -> None:
+    """PJSIP sends RFC 4733 events on the speech SSRC, taking sequence numbers from it."""
+    jb = JitterBuffer()
+    played: list[bytes] = []
+    for s in range(5):
+        played += jb.push(_pkt(s), s * 0.02)
+    for s in (5, 6, 7, 8, 8, 8):  # progress packets, then the end packet three times
+        event = RtpPacket(120, s, 800, 1, b"\x05\x8a\x03\x20")
+        played += jb.skip(event, 0.1 + s * 0.02)
+    for s in range(9, 12):
+        played += jb.push(_pkt(s), 0.3 + s * 0.02)
+    played += jb.handle_timer(10.0)
+    assert played == [_pkt(s).payload for s in (*range(5), *range(9, 12))]
+    assert jb.stats.lost == 0 and jb.stats.concealed_bytes == 0 and jb.stats.ssrc_changes == 0
+    # events on an SSRC of their own (sipp's pcaps) touch nothing
+    assert jb.skip(RtpPacket(101, 77, 5, 99, b"\x01\x8a\x00\xa0"), 1.0) == []
+    assert jb.stats.ssrc_changes == 0 and jb.get_timer() is None
+
+
 def test_sender_restart_resyncs_without_a_flood_of_silence() -> None:
     jb = JitterBuffer()
     played = jb.push(_pkt(10), 0) + jb.push(_pkt(30000, ts=5), 0.02) + jb.push(_pkt(30001, ts=165), 0.04)

@@ -87,6 +87,22 @@ class JitterBuffer:
         else:
             self._sources.move_to_end(packet.ssrc)
         self._update_jitter(src, packet, now)
+        return self._place(src, packet, now)
+
+    def skip(self, packet: RtpPacket, now: float) -> list[bytes]:
+        """A packet of the speech SSRC that carries no speech (an RFC 4733 event sharing its
+        sequence numbers, as PJSIP sends them): its number is used, not lost. Packets of an SSRC
+        with no speech yet (DTMF on a stream of its own) are ignored."""
+        src = self._sources.get(packet.ssrc)
+        if src is None:
+            return []
+        d = seq_delta(packet.sequence, src.expected)
+        if d < 0 or d > _MAX_DROPOUT or packet.sequence in src.held:
+            return []  # repeated end packets, or already given up on
+        empty = RtpPacket(packet.payload_type, packet.sequence, src.next_ts, packet.ssrc, b"")
+        return self._place(src, empty, now)
+
+    def _place(self, src: _Source, packet: RtpPacket, now: float) -> list[bytes]:
         out: list[bytes] = []
         d = seq_delta(packet.sequence, src.expected)
         if -_MAX_MISORDER <= d < 0:  # already played or given up on

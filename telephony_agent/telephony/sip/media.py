@@ -169,6 +169,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._jitter_handle: asyncio.TimerHandle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._sending = False
+        self._held: list[bytes] = []  # frames sent before start_sending()
         self._metrics = metrics  # telephony_agent.metrics.Metrics (duck-typed: no upward import)
         self._reported: dict[str, int] = {}
         self._flushed_at = self._loop.time()
@@ -223,6 +224,8 @@ class RtpSession(asyncio.DatagramProtocol):
                 self.on_audio(payload)
             self._arm_jitter()
         else:
+            for payload in self.jitter.skip(packet, now):  # PJSIP numbers events with the speech
+                self.on_audio(payload)
             for digit in self.dtmf.receive(packet.ssrc, packet.timestamp, packet.payload):
                 self.log.info("DTMF %s (RFC 4733)", digit)
                 self.on_dtmf(digit)
@@ -278,23 +281,32 @@ class RtpSession(asyncio.DatagramProtocol):
     # -- outbound
 
     def start_sending(self) -> None:
-        """Start the outbound clock (continuous mode sends silence until there is audio)."""
+        """Start the outbound clock (continuous mode sends silence until there is audio). Until
+        then `send` only queues: nothing goes out before the call is answered."""
         if self._sending or self.state is not _SessionState.OPEN:
             return
         self._sending = True
-        self.pacer.start(self._loop.time())
+        now = self._loop.time()
+        self.pacer.start(now)
+        held, self._held = self._held, []
+        if held:
+            self.pacer.enqueue(held, now)
         self._arm_pacer()
 
     def send(self, frames: list[bytes]) -> None:
         if self.state is not _SessionState.OPEN:
             return
-        self._sending = True
+        if not self._sending:
+            room = self.pacer.max_queued - len(self._held)
+            self._held.extend(frames[: max(room, 0)])
+            return
         self.pacer.enqueue(frames, self._loop.time())
         self._arm_pacer()
 
     def clear(self) -> int:
         """Barge-in: drop every queued frame; the next packet out is silence (or nothing, DTX)."""
-        return self.pacer.clear()
+        held, self._held = len(self._held), []
+        return self.pacer.clear() + held
 
     def _arm_pacer(self) -> None:
         deadline = self.pacer.get_timer()

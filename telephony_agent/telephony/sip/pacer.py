@@ -75,6 +75,10 @@ class OutboundPacer:
         self.stats = PacerStats()
 
     @property
+    def max_queued(self) -> int:
+        return self._max_queued
+
+    @property
     def queued(self) -> int:
         return len(self._queue)
 
