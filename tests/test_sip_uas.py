@@ -248,3 +248,18 @@ def test_garbage_is_counted_never_raised() -> None:
         assert all(isinstance(a, (Count, Send)) for a in out)
         assert any(isinstance(a, Count) and a.family == "bad_input" for a in out)
     assert u.active_calls == 0
+
+
+def test_tcp_answers_on_the_connection_and_our_bye_falls_back_to_the_contact() -> None:
+    u = uas()
+    conn = Peer("tcp", "127.0.0.1", 40123)  # the caller's ephemeral source port
+    data = invite().replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+    actions = u.receive(data, conn, 0.0)
+    assert all(a.peer == conn for a in actions if isinstance(a, Send))
+    call = next(a for a in actions if isinstance(a, IncomingCall))
+    ok = sent(u.answer(call.call_id, b"v=0\r\n", 0.1))[0]
+    assert isinstance(ok, Response) and "transport=tcp" in (ok.headers.get("Contact") or "")
+    u.receive(ack_for(ok).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"), conn, 0.2)
+    bye = next(a for a in u.bye(call.call_id, 1.0) if isinstance(a, Send))
+    assert bye.peer == conn and bye.fallback == Peer("tcp", "127.0.0.1", 5070)
+    assert [a for a in u.handle_timer(1.5) if isinstance(a, Send)] == []  # no retransmission on TCP

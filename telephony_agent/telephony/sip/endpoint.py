@@ -394,7 +394,12 @@ class SipEndpoint:
         if writer is not None and not writer.is_closing():
             writer.write(action.data)
             return
-        self._spawn(self._tcp_connect_and_send(peer, action.data))
+        if action.fallback is not None:
+            fallback = self._tcp.get(action.fallback.addr)
+            if fallback is not None and not fallback.is_closing():
+                fallback.write(action.data)
+                return
+        self._spawn(self._tcp_connect_and_send(action.fallback or peer, action.data))
 
     async def _tcp_connect_and_send(self, peer: Peer, data: bytes) -> None:
         """A request to a TCP peer we have no connection to (our BYE after theirs closed)."""

@@ -109,6 +109,7 @@ class UasConfig:
 class Send:
     data: bytes
     peer: Peer
+    fallback: Peer | None = None  # TCP: where to connect when the connection to `peer` is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -617,13 +618,14 @@ class SipUas:
             method, via_host=self._local_host(call), via_port=port, transport=transport,
             contact=self._contact(call), headers=headers,
         )
+        fallback = None
         if peer.transport == call.source.transport and not call.dialog.route_set and peer.reliable:
-            peer = call.source  # TCP: reuse the caller's connection
+            peer, fallback = call.source, peer  # TCP: the caller's connection, else a new one to its Contact
         request.headers.add("User-Agent", self.config.server)
         data = request.to_bytes()
         tx = NonInviteClientTransaction(peer, data, method, now, t1=self.config.t1)
         self._client_tx[(branch, method)] = _Client(tx, call.id)
-        out.append(Send(data, peer))
+        out.append(Send(data, peer, fallback))
         out.append(Count("request_sent", method))
         return branch
 
