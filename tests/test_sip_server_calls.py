@@ -17,9 +17,14 @@ from agent_server import running_agent, test_settings
 from telephony_codecs import pcm16_to_ulaw
 from test_sip_endpoint import SCENARIOS, free_rtp_range, free_udp_tcp_port, sipp
 
+from telephony_agent.telephony.bridge import CallBridge
 from telephony_agent.testing.speech import speech_pcm16
 
-pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian sip-tester) is not installed")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian sip-tester) is not installed"),
+    # Until the call core v2 merge, main's bridge drives a Twilio-shaped transport, not a PhoneLeg.
+    pytest.mark.skipif(not hasattr(CallBridge, "on_caller_audio"), reason="needs the PhoneLeg CallBridge"),
+]
 
 
 def caller_file(tmp: Path, text: str, lead_s: float, tail_s: float) -> tuple[Path, float]:
