@@ -507,3 +507,26 @@ async def test_server_runs_the_sip_listener_readyz_and_metrics(tmp_path: Path) -
             async with http.get(agent.base_url + "/readyz") as resp:
                 body = await resp.json()
                 assert resp.status == 503 and body["reason"] == "sip_listener_down", body
+
+
+async def test_server_draining_answers_503_with_retry_after(tmp_path: Path) -> None:
+    """Through the real CallManager: a draining server refuses the INVITE, opens nothing."""
+    import aiohttp
+    from agent_server import running_agent, test_settings
+
+    port = free_udp_tcp_port()
+    settings = test_settings(sip_port=port, sip_host="127.0.0.1", rtp_ports=free_rtp_range())
+    scenario = tmp_path / "uac_503.xml"
+    scenario.write_text((SCENARIOS / "uac_refused.xml").read_text().replace("STATUS", "503").replace(
+        '<recv response="503"/>',
+        '<recv response="503"><action><ereg regexp="[0-9]+" search_in="hdr" header="Retry-After:" '
+        'check_it="true" assign_to="retry"/><log message="Retry-After [$retry]"/></action></recv>'))
+    async with running_agent(settings) as agent:
+        agent.state.draining = True
+        rc, logs = await sipp(scenario, port, tmp_path / "run", "-m", "1")
+        assert rc == 0, logs
+        assert not agent.state.calls and not agent.state.pending
+        async with aiohttp.ClientSession() as http, http.get(agent.base_url + "/metrics") as resp:
+            text = await resp.text()
+    assert 'agent_sip_calls_total{outcome="refused_draining"} 1.0' in text
+    assert 'agent_calls_refused_total{reason="draining"} 1.0' in text
