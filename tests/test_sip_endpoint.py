@@ -503,6 +503,7 @@ async def test_server_runs_the_sip_listener_readyz_and_metrics(tmp_path: Path) -
             assert 'agent_sip_responses_total{code="403"} 1.0' in text
             assert 'agent_sip_refused_total{reason="forbidden_source"} 1.0' in text
             assert "+1555" not in text  # no caller number in any label
+            assert ep._udp is not None and ep._udp.transport is not None
             ep._udp.transport.close()  # the listener dies: not ready any more
             async with http.get(agent.base_url + "/readyz") as resp:
                 body = await resp.json()

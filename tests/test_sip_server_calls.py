@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from agent_server import running_agent, test_settings
-from telephony_codecs import pcm16_to_ulaw
+from telephony_codecs import pcm16_to_ulaw  # type: ignore[import-untyped]
 from test_sip_endpoint import SCENARIOS, free_rtp_range, free_udp_tcp_port, sipp
 
 from telephony_agent.telephony.bridge import CallBridge
