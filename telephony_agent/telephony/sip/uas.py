@@ -34,6 +34,7 @@ from telephony_agent.telephony.sip.message import (
     parse_name_addr,
     parse_uri,
     parse_via,
+    split_list,
 )
 from telephony_agent.telephony.sip.sdp import (
     Negotiated,
@@ -318,7 +319,7 @@ class SipUas:
                 challenges = [("WWW-Authenticate", c) for c in auth.challenges(now, stale=result is AuthResult.STALE)]
                 self._respond_tx(tx, req, source, 401, now, out, to_tag=new_tag(), headers=challenges)
                 return
-        require = [r for r in req.headers.get_all("Require") if r]
+        require = [r for value in req.headers.get_all("Require") for r in split_list(value)]
         if require:
             self._respond_tx(tx, req, source, 420, now, out, to_tag=new_tag(), headers=[("Unsupported", ", ".join(require))])
             return
