@@ -292,7 +292,10 @@ class SipEndpoint:
         self._closing = True
         calls = list(self.calls.values())
         if calls:
-            await asyncio.wait([asyncio.ensure_future(c.hangup()) for c in calls], timeout=timeout)
+            byes = [asyncio.ensure_future(c.hangup()) for c in calls]
+            _, pending = await asyncio.wait(byes, timeout=timeout)
+            for task in pending:
+                task.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
