@@ -312,6 +312,22 @@ async def test_info_digit_then_refer_transfer_and_bye_after_the_sipfrag_200(tmp_
     assert counts.seen[("dtmf", "info")] == 1
 
 
+async def test_stopping_the_endpoint_hangs_up_live_calls_with_bye(tmp_path: Path) -> None:
+    speech, _ = speech_file(tmp_path)
+    admission = StandInAdmission()
+    async with endpoint(admission) as (ep, counts):
+        run = asyncio.ensure_future(sipp("uac_agent_bye.xml", ep.ports["udp"], tmp_path, "-m", "1",
+                                         "-key", "rtp_file", f"{speech},1,0", timeout=20))
+        for _ in range(500):
+            if admission.started:
+                break
+            await asyncio.sleep(0.02)
+        await ep.stop()
+        rc, logs = await run
+        assert rc == 0, logs  # sipp got our BYE and answered it
+    assert counts.seen[("request_sent", "BYE")] == 1 and not ep.calls
+
+
 async def test_source_not_allowed_gets_403_and_no_call(tmp_path: Path) -> None:
     scenario = tmp_path / "uac_403.xml"
     scenario.write_text((SCENARIOS / "uac_refused.xml").read_text().replace("STATUS", "403"))
