@@ -263,3 +263,23 @@ def test_tcp_answers_on_the_connection_and_our_bye_falls_back_to_the_contact() -
     bye = next(a for a in u.bye(call.call_id, 1.0) if isinstance(a, Send))
     assert bye.peer == conn and bye.fallback == Peer("tcp", "127.0.0.1", 5070)
     assert [a for a in u.handle_timer(1.5) if isinstance(a, Send)] == []  # no retransmission on TCP
+
+
+def test_refer_refused_or_unanswered_is_a_final_failure() -> None:
+    u = uas()
+    call_id, ok = answered_call(u)
+    u.receive(ack_for(ok), CALLER, 0.1)
+    refer = next(m for m in sent(u.refer(call_id, "tel:+15551230000", 1.0)) if isinstance(m, Request))
+    assert refer.headers.get("Refer-To") == "<tel:+15551230000>"
+    out = u.receive(Response(603, "Decline", refer.headers.copy()).to_bytes(), CALLER, 1.1)
+    assert TransferUpdate(call_id, 603, True) in out
+    u.refer(call_id, "sip:sales@example.com", 2.0)  # never answered: 408 after 64*T1
+    updates: list[TransferUpdate] = []
+    now = 2.0
+    while not updates and now < 60:
+        deadline = u.get_timer()
+        assert deadline is not None
+        now = deadline
+        updates = [a for a in u.handle_timer(now) if isinstance(a, TransferUpdate)]
+    assert updates == [TransferUpdate(call_id, 408, True)] and 33.0 <= now <= 34.1
+    assert u.call_state(call_id) is not None  # the call goes on: the bridge decides
