@@ -66,7 +66,6 @@ RETRY_AFTER_S = 30
 TRANSFER_TIMEOUT_S = 30.0
 MAX_TCP_CONNECTIONS = 512
 TCP_IDLE_TIMEOUT_S = 900.0  # trunks keep one connection up for hours; CRLF keep-alives reset this
-START_TIMEOUT_S = 15.0
 
 
 class CallAdmission(Protocol):
@@ -518,11 +517,11 @@ class SipEndpoint:
         # The provider session opens while the caller hears ringing; we answer once it is up, so a
         # provider failure is a 503 rather than a call that connects to silence. Audio the bridge
         # queues meanwhile (the greeting) is sent once the leg is attached, after the 200.
+        # Not cancelled on a timer: the manager registers the bridge before starting it, and the
+        # provider connection has its own bounds. A caller who gives up sends CANCEL meanwhile.
         try:
-            bridge = await asyncio.wait_for(
-                self.admission.start_call(call_id, leg, transport="sip", log=call.log), START_TIMEOUT_S
-            )
-        except Exception as exc:  # noqa: BLE001 - refused, provider failure, timeout: the caller gets 503
+            bridge = await self.admission.start_call(call_id, leg, transport="sip", log=call.log)
+        except Exception as exc:  # noqa: BLE001 - refused or failed to start: the caller gets 503
             call.log.warning("call could not start: %s", exc)
             self.admission.release(call_id)
             await leg.close()
