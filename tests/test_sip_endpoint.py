@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sip_peers import free_tcp_port, free_udp_port
+from sip_peers import sipp as run_sipp
 
 from telephony_agent.telephony.sip.endpoint import (
     SipEndpoint,
@@ -33,20 +35,10 @@ pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debi
 SCENARIOS = Path(__file__).parent / "peers" / "sipp"
 
 
-def free_port(kind: int = socket.SOCK_DGRAM, *, even: bool = False) -> int:
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if (not even or port % 2 == 0) and port < 65000:
-            return port
-    raise RuntimeError("no free port")
-
-
 def free_udp_tcp_port() -> int:
     """A port free for both UDP and TCP now (SIP listens on both)."""
     for _ in range(200):
-        port = free_port()
+        port = free_udp_port()
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -190,24 +182,12 @@ async def endpoint(admission: StandInAdmission, **kw: Any) -> AsyncIterator[tupl
 
 async def sipp(scenario: str | Path, port: int, cwd: Path, *args: str, timeout: float = 30.0,
                transport: str = "u1") -> tuple[int, str]:
-    """Run sipp to completion (killed by its pid at `timeout`); returns (exit code, its logs)."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    path = scenario if isinstance(scenario, Path) else SCENARIOS / scenario
-    argv = ["sipp", f"127.0.0.1:{port}", "-sf", str(path), "-s", "agent", "-i", "127.0.0.1",
-            "-p", str(free_port(socket.SOCK_STREAM if transport.startswith("t") else socket.SOCK_DGRAM)),
-            "-mi", "127.0.0.1", "-mp", str(free_port(even=True)), "-t", transport,
-            "-timeout", f"{int(timeout) - 2}s", "-timeout_error", "-nostdin", "-trace_err", *args]
-    proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        out, _ = await proc.communicate()
-    logs = out.decode(errors="replace")
-    for err in cwd.glob("*_errors.log"):
-        logs += err.read_text(errors="replace")
-    return proc.returncode if proc.returncode is not None else -9, logs
+    """`sip_peers.sipp` with sipp's own flags passed through; returns (exit code, its logs)."""
+    extra = ["-t", transport, *args]
+    if transport.startswith("t"):
+        extra += ["-p", str(free_tcp_port())]
+    result = await run_sipp(str(scenario), ("127.0.0.1", port), cwd, timeout=timeout, extra=extra)
+    return result.rc, result.stdout + result.stderr
 
 
 def speech_file(tmp: Path, seconds_hint: str = "Hello, I would like to check the status of my order.") -> tuple[Path, int]:
@@ -476,7 +456,7 @@ async def test_through_record_routing_proxy_ack_and_bye_follow_the_route_set(tmp
     speech, n_bytes = speech_file(tmp_path)
     admission = StandInAdmission(end_after=n_bytes / 8000 + 0.3)
     async with endpoint(admission) as (ep, counts):
-        proxy_port = free_port()
+        proxy_port = free_udp_port()
         async with kamailio(tmp_path / "kam", proxy_port, ep.ports["udp"]) as kam_log:
             rc, logs = await sipp("uac_proxied.xml", proxy_port, tmp_path / "call", "-m", "1",
                                   "-key", "rtp_file", f"{speech},1,0", timeout=25)
