@@ -4,7 +4,7 @@ BYE, refusals (source allowlist, digest, admission) and a flood of bad input dur
 
 The call manager here is a small stand-in that admits calls and attaches a recording
 `LegEvents` to the real `SipLeg` (RTP socket, jitter buffer, pacer): these tests are about
-signalling. Whole calls through the real bridge and a speech engine are in the server tests.
+signalling. Whole calls through the real bridge and a speech engine are in test_sip_server_calls.py.
 """
 
 from __future__ import annotations
