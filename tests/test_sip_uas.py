@@ -9,6 +9,7 @@ from telephony_agent.telephony.sip.transaction import Peer
 from telephony_agent.telephony.sip.uas import (
     CallConfirmed,
     CallEnded,
+    CallState,
     Count,
     EndReason,
     IncomingCall,
@@ -283,3 +284,49 @@ def test_refer_refused_or_unanswered_is_a_final_failure() -> None:
         updates = [a for a in u.handle_timer(now) if isinstance(a, TransferUpdate)]
     assert updates == [TransferUpdate(call_id, 408, True)] and 33.0 <= now <= 34.1
     assert u.call_state(call_id) is not None  # the call goes on: the bridge decides
+
+
+def test_mutation_fuzz_never_raises_and_leaves_the_live_call_alone() -> None:
+    """Thousands of mutated requests and responses (parseable or not) at the core while a call
+    is up: `receive` never raises, and the call's dialog is untouched."""
+    import random
+
+    u = uas(rate_per_s=1e6, rate_burst=1e6)
+    call_id, ok = answered_call(u)
+    u.receive(ack_for(ok), CALLER, 0.1)
+    tag = ok.to_tag or ""
+    templates = [
+        invite("z9hG4bKf1", call_id="fz"),
+        invite("z9hG4bKf2", method="BYE", body=b"", to_tag="x", call_id="fz"),
+        invite("z9hG4bKf3", method="CANCEL", body=b"", call_id="fz"),
+        invite("z9hG4bKf4", method="ACK", body=b"", to_tag="x", call_id="fz"),
+        invite("z9hG4bKf5", method="NOTIFY", body=b"SIP/2.0 200 OK\r\n", to_tag="x", call_id="fz",
+               extra="Event: refer\r\n"),
+        invite("z9hG4bKf6", method="OPTIONS", body=b""),
+        Response(200, "OK", parse_message(invite("z9hG4bKf7", method="BYE", body=b"")).headers.copy()).to_bytes(),
+    ]
+    tokens = [b"\r\n", b":", b";", b",", b"<", b">", b"\"", b" ", b"\t", b"=", b"@", b"[", b"]", b"z9hG4bK",
+              b"SIP/2.0", b"INVITE", b"tag=", b"rport", b"Content-Length: 99999\r\n", b"\xff\xfe", b"0", b"-1"]
+    rng = random.Random(20261201)
+    now = 1.0
+    for i in range(6000):
+        data = bytearray(rng.choice(templates))
+        for _ in range(rng.randint(1, 8)):
+            pos = rng.randrange(len(data) + 1)
+            op = rng.randrange(4)
+            if op == 0 and pos < len(data):
+                data[pos] = rng.randrange(256)
+            elif op == 1:
+                del data[pos : pos + rng.randint(1, 30)]
+            elif op == 2:
+                data[pos:pos] = rng.choice(tokens)
+            else:
+                data[pos:pos] = data[rng.randrange(len(data) or 1) :][: rng.randint(1, 40)]
+        now += 0.001
+        source = Peer(rng.choice(["udp", "tcp"]), "127.0.0.1", rng.choice([5070, 5071, 40000]))
+        u.receive(bytes(data), source, now)
+        if i % 500 == 0:
+            u.handle_timer(now)
+    assert u.call_state(call_id) is CallState.CONFIRMED
+    bye = invite("z9hG4bKend", method="BYE", body=b"", cseq=2, to_tag=tag)
+    assert CallEnded(call_id, EndReason.REMOTE_BYE) in u.receive(bye, CALLER, now + 0.1)
