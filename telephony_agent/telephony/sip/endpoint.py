@@ -151,8 +151,11 @@ class SipCall:
             await asyncio.wait_for(self.ended.wait(), 64 * self.endpoint.config.t1 + 1.0)
 
     async def transfer(self, target: str) -> None:
+        target = target.strip()
+        if target.lstrip("+").replace("-", "").isdigit():
+            target = f"tel:{target}"  # an allowlisted phone number (Twilio style) becomes a tel: URI
         if not target.lower().startswith(("sip:", "sips:", "tel:")):
-            raise TransferFailed(f"a SIP transfer needs a sip: or tel: URI, not {target!r}")
+            raise TransferFailed(f"a SIP transfer needs a sip: or tel: URI or a phone number, not {target!r}")
         if self._transfer is not None and not self._transfer.done():
             raise TransferFailed("a transfer is already in progress")
         self._transfer = asyncio.get_running_loop().create_future()
