@@ -50,12 +50,17 @@ async def test_caller_says_goodbye_and_the_agent_hangs_up_with_bye(tmp_path: Pat
                for line in text)
 
 
-async def test_caller_presses_1_and_is_transferred_with_refer(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("allowlisted", "refer_to"), [
+    ("sip:sales@127.0.0.1", "sip:sales@127.0.0.1"),
+    ("+15551230000", r"tel:\+15551230000"),  # a Twilio-style number is referred as a tel: URI
+])
+async def test_caller_presses_1_and_is_transferred_with_refer(tmp_path: Path, allowlisted: str, refer_to: str) -> None:
     port = free_udp_tcp_port()
     settings = test_settings(provider="local", sip_port=port, sip_host="127.0.0.1", rtp_ports=free_rtp_range(),
-                             transfer_allowlist=["sales=sip:sales@127.0.0.1", "support=sip:support@127.0.0.1"])
+                             transfer_allowlist=[f"sales={allowlisted}", "support=sip:support@127.0.0.1"])
     scenario = tmp_path / "uac_info_refer_1.xml"
-    scenario.write_text((SCENARIOS / "uac_info_refer.xml").read_text().replace("Signal=5", "Signal=1"))
+    scenario.write_text((SCENARIOS / "uac_info_refer.xml").read_text()
+                        .replace("Signal=5", "Signal=1").replace("sip:sales@127.0.0.1", refer_to))
     async with running_agent(settings) as agent:
         rc, logs = await sipp(scenario, port, tmp_path / "call", "-m", "1", timeout=40)
         assert rc == 0, logs
