@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.load import (  # noqa: E402
+from bench.load import (
     OUT,
     Proc,
     core_busy_s,
@@ -50,8 +50,8 @@ SCENARIO = REPO / "tests" / "peers" / "sipp" / "uac_speech.xml"
 MAX_DEPARTURE_P99_MS = 5.0
 SPEECH = "Hello, I would like to check the status of my order, and then talk about my bill."
 
-_DEPARTURE = re.compile(r'^agent_rtp_departure_deviation_ms_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', re.M)
-_COUNTER = re.compile(r'^(agent_rtp_[a-z_]+_total)(\{[^}]*\})? ([0-9.e+]+)$', re.M)
+_DEPARTURE = re.compile(r'^agent_rtp_departure_deviation_ms_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', re.MULTILINE)
+_COUNTER = re.compile(r'^(agent_rtp_[a-z_]+_total)(\{[^}]*\})? ([0-9.e+]+)$', re.MULTILINE)
 
 
 def departure_buckets(base: str) -> list[tuple[float, float]]:
@@ -109,11 +109,11 @@ class SipBench:
             AGENT_SIP_RATE_LIMIT="10000", AGENT_RTP_PORTS=a.rtp_ports, AGENT_RTP_TIMEOUT_SECONDS="30",
         )
         OUT.mkdir(parents=True, exist_ok=True)
-        self.server_log = open(OUT / "sip_server.log", "wb")
+        self.server_log = open(OUT / "sip_server.log", "wb")  # noqa: SIM115 - open for the server's life
         self.server = subprocess.Popen(
             [sys.executable, "-m", "telephony_agent", "serve"], cwd=OUT, env=senv,
             stdout=self.server_log, stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.sched_setaffinity(0, {a.server_core}),
+            preexec_fn=lambda: os.sched_setaffinity(0, {a.server_core}),  # noqa: PLW1509 - no threads here
         )
         self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
@@ -163,7 +163,7 @@ class SipBench:
         ]
         sipp = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE,
-                                preexec_fn=lambda: os.sched_setaffinity(0, {a.gen_core}))
+                                preexec_fn=lambda: os.sched_setaffinity(0, {a.gen_core}))  # noqa: PLW1509
         pid = self.server.pid  # type: ignore[union-attr]
         time.sleep(ramp_s + a.settle)
         up = self.active_calls()
