@@ -388,6 +388,7 @@ class SipCall:
         self.transferred_to: str | None = None
         self.heard: list[HeardChunk] = []
         self.heard_changed = asyncio.Event()
+        self.on_audio: Callable[[bytes], None] | None = None  # each chunk heard, as it arrives
         self.format = PhoneFormat()
         self._rtp_sock: socket.socket | None = None
         self._dtmf_seq = secrets.randbits(16)
@@ -481,6 +482,8 @@ class SipCall:
     def _on_heard(self, audio: bytes) -> None:
         self.heard.append(HeardChunk(self._loop.time(), audio))
         self.heard_changed.set()
+        if self.on_audio is not None:
+            self.on_audio(audio)
 
     # -- the caller's side of the conversation
 
@@ -539,3 +542,179 @@ class SipCall:
     def heard_audio(self) -> bytes:
         return b"".join(c.audio for c in self.heard)
 
+
+
+_VOICE_LEVEL = 200  # peak PCM16 amplitude of a frame that carries the agent's voice (not line silence)
+_TURN_GAP_S = 0.3  # this long without voice ends an agent turn
+
+
+class SipPhone:
+    """`SipCall` seen the way `telephony-agent call` drives a caller (TwilioCaller's interface).
+
+    An RTP line carries silence between turns, so the agent's turns are found by level: a frame
+    with voice starts a turn, `_TURN_GAP_S` without voice ends it. A SIP caller is never told
+    about barge-in (no `clear` on RTP); a turn that stops while the caller is talking over it is
+    reported as cut by barge-in.
+    """
+
+    def __init__(self, target: str, *, on_event: Callable[[str, float, dict[str, Any]], None] | None = None,
+                 timeout: float = 20.0, host: str = "127.0.0.1") -> None:
+        self._on_event = on_event or (lambda kind, when, details: None)
+        self._loop = asyncio.get_running_loop()
+        self.call = SipCall(target, host=host, on_event=self._sip_event, timeout_s=max(timeout, 30.0))
+        self.timeout = timeout
+        self.heard_ulaw = bytearray()
+        self._heard_at: list[tuple[float, int]] = []  # (arrival, offset in heard_ulaw)
+        self.sent_ulaw = bytearray()
+        self.last_audio_end: float | None = None
+        self._last_voice: float | None = None
+        self._in_turn = False
+        self._turn_started_at = 0.0
+        self._turn_timer: asyncio.TimerHandle | None = None
+        self._speaking_until = 0.0
+        self._talk_started = 0.0
+        self.clears = 0
+        self.violations: list[Any] = []
+        self.closed_at: float | None = None
+        self.closed_by_server = False
+        self._changed = asyncio.Event()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.call.close()
+
+    @property
+    def call_sid(self) -> str:
+        return self.call.uac.call_id if self.call.uac is not None else ""
+
+    async def place_and_connect(self) -> None:
+        await self.call.dial()
+        self.call.on_audio = self._on_audio
+
+    def _sip_event(self, kind: str, when: float, details: dict[str, Any]) -> None:
+        if kind == "hangup":
+            self.closed_at = when
+            self.closed_by_server = details.get("by") == "agent"
+            self._end_turn(when)
+            self._on_event("closed", when, {"by_server": self.closed_by_server, "code": f"SIP BYE from the {details.get('by')}"})
+        self._changed.set()
+
+    # -- what the caller hears
+
+    def _on_audio(self, payload: bytes) -> None:
+        from telephony_codecs import alaw_to_pcm16, pcm16_to_ulaw, ulaw_to_pcm16
+
+        now = self._loop.time()
+        pcm = alaw_to_pcm16(payload) if self.call.format.law is AudioLaw.PCMA else ulaw_to_pcm16(payload)
+        ulaw = payload if self.call.format.law is AudioLaw.PCMU else pcm16_to_ulaw(pcm)
+        samples = memoryview(pcm).cast("h")
+        voiced = max((abs(x) for x in samples), default=0) > _VOICE_LEVEL
+        if voiced:
+            self._last_voice = now
+            if not self._in_turn:
+                self._in_turn = True
+                self._turn_started_at = now
+                self._emit("audio_start", now, {})
+        if self._in_turn:
+            self._heard_at.append((now, len(self.heard_ulaw)))
+            self.heard_ulaw += ulaw
+            if self._turn_timer is None:
+                self._turn_timer = self._loop.call_later(_TURN_GAP_S, self._check_turn)
+        self._changed.set()
+
+    def _check_turn(self) -> None:
+        self._turn_timer = None
+        if not self._in_turn or self._last_voice is None:
+            return
+        quiet_since = self._last_voice
+        if self._loop.time() - quiet_since >= _TURN_GAP_S:
+            self._end_turn(quiet_since)
+        else:
+            self._turn_timer = self._loop.call_at(quiet_since + _TURN_GAP_S, self._check_turn)
+
+    def _end_turn(self, when: float) -> None:
+        if not self._in_turn:
+            return
+        self._in_turn = False
+        self.last_audio_end = when
+        # cut by barge-in: the caller started talking during this turn and was still talking when it stopped
+        cut = self._turn_started_at < self._talk_started <= when <= self._speaking_until + _TURN_GAP_S
+        details: dict[str, Any] = {"heard_ms": self.heard_ms}
+        if cut:
+            self.clears += 1
+            details["cleared"] = True
+            self._emit("clear", when, {"dropped_ms": 0})
+        self._emit("audio_end", when, details)
+        self._changed.set()
+
+    def _emit(self, kind: str, when: float, details: dict[str, Any]) -> None:
+        self._on_event(kind, when, details)
+
+    @property
+    def heard_ms(self) -> float:
+        return len(self.heard_ulaw) / 8
+
+    @property
+    def playing(self) -> bool:
+        return self._in_turn
+
+    @property
+    def closed(self) -> bool:
+        return self.call.ended.is_set()
+
+    def heard_after(self, t: float) -> bytes:
+        for at, offset in self._heard_at:
+            if at >= t:
+                return bytes(self.heard_ulaw[offset:])
+        return b""
+
+    def heard_pcm16(self) -> bytes:
+        from telephony_codecs import ulaw_to_pcm16
+
+        return ulaw_to_pcm16(bytes(self.heard_ulaw))
+
+    # -- what the caller says
+
+    def say(self, ulaw: bytes) -> float:
+        """Queue mu-law speech on the line (converted to A-law when that was answered)."""
+        from telephony_codecs import pcm16_to_alaw, ulaw_to_pcm16
+
+        now = self._loop.time()
+        start = max(now, self._speaking_until)
+        self._talk_started = start
+        seconds = len(ulaw) / 8000
+        self._speaking_until = start + seconds
+        self.sent_ulaw += ulaw
+        audio = ulaw if self.call.format.law is AudioLaw.PCMU else pcm16_to_alaw(ulaw_to_pcm16(ulaw))
+        self.call.say(audio)
+        return seconds
+
+    async def speak(self, ulaw: bytes) -> None:
+        """Say `ulaw` and wait until it has gone out."""
+        self.say(ulaw)
+        await asyncio.sleep(max(0.0, self._speaking_until - self._loop.time()))
+
+    async def send_dtmf(self, digit: str) -> None:
+        await self.call.send_dtmf(digit)
+
+    async def wait_for(self, predicate: Callable[[], Any], timeout: float | None = None, what: str = "condition") -> Any:
+        deadline = self._loop.time() + (timeout if timeout is not None else self.timeout)
+        while True:
+            value = predicate()
+            if value:
+                return value
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                raise TimeoutError(f"timed out waiting for {what}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.1))
+            except TimeoutError:
+                pass
+
+    async def hangup(self) -> None:
+        await self.call.hangup()
+        if self.closed_at is None:
+            self.closed_at = self._loop.time()

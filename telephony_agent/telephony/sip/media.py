@@ -499,6 +499,7 @@ class SipLeg:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.dropped_audio = 0
+        self.bridge_errors = 0
         self.state = _LegState.RUNNING
         rtp.on_audio = self._on_audio
         rtp.on_dtmf = self.deliver_dtmf
@@ -603,4 +604,6 @@ class SipLeg:
             except asyncio.CancelledError:
                 raise
             except Exception:  # the bridge's failure must not stop later events (hang-up)
-                self.log.exception("bridge failed to take a %s event", kind)
+                self.bridge_errors += 1
+                if self.bridge_errors == 1:  # once: audio arrives 50 times a second
+                    self.log.exception("bridge failed to take a %s event", kind)
