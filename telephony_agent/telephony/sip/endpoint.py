@@ -3,8 +3,8 @@
 It owns the sockets and one timer (armed at `SipUas.get_timer()`), and runs each call:
 
     INVITE (authorised by the core) -> CallManager.reserve (503 + Retry-After when refused)
-    -> 180 Ringing -> RTP socket (`open_rtp`) -> 200 OK with our SDP answer
-    -> CallManager.start_call(leg) (provider session opens only now) -> call runs
+    -> 180 Ringing -> RTP socket (`open_rtp`) -> CallManager.start_call(leg): once admitted,
+    200 OK with our SDP answer and the leg attached; then the provider session opens
     -> caller BYE / our BYE / ACK timeout / RTP silence -> CallManager.call_ended
 
 `SipCall` is the dialog's `SipCallControl` for the media leg: BYE (retransmitted by the core
