@@ -450,3 +450,24 @@ async def test_audio_sent_before_attach_waits_for_the_answer() -> None:
     await phone.wait_for(20)
     assert [d[12:] for _, d in phone.received[:20]] == greeting
     await stop(phone, leg)
+
+
+async def test_hangup_after_the_media_was_closed_still_says_bye() -> None:
+    """The endpoint may close the leg as soon as the bridge reports the call over, before the
+    bridge's own `hangup()` runs: the BYE must still go out, once."""
+    phone, leg, _, control, _ = await call()
+    await leg.close()
+    await leg.hangup()
+    await leg.hangup()
+    assert control.hangups == 1
+    await stop(phone, leg)
+
+
+async def test_no_bye_once_the_caller_hung_up_even_after_close() -> None:
+    phone, leg, events, control, _ = await call()
+    leg.deliver_hangup()
+    await events.wait(lambda: events.hangups == 1)
+    await leg.close()
+    await leg.hangup()
+    assert control.hangups == 0
+    await stop(phone, leg)
