@@ -45,7 +45,7 @@ def sip_settings(**overrides: Any) -> Any:
     return test_settings(**values)
 
 
-def bridge_lines(watch: "BridgeWatch", who: str) -> list[str]:
+def bridge_lines(watch: BridgeWatch, who: str) -> list[str]:
     return [text for w, text in watch.bridge.stats.transcript if w == who] if watch.bridge is not None else []
 
 
