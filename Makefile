@@ -3,7 +3,7 @@ PYTHON   ?= python3
 PY313    ?= python3.13
 VENV     := .venv
 VENV313  := .venv313
-SYS_PKGS := espeak-ng sox sipp baresip
+SYS_PKGS := espeak-ng sox sipp baresip kamailio
 
 .DEFAULT_GOAL := help
 .PHONY: help run test test311 test313 bench-codecs bench-load bench-sip system-deps clean
@@ -23,15 +23,16 @@ $(VENV313)/.installed: pyproject.toml
 	$(VENV313)/bin/pip install -q -e '.[test]'
 	touch $@
 
-system-deps: ## Install the Debian packages the tests use (espeak-ng, sox, sipp, baresip) when missing
+system-deps: ## Install the Debian packages the tests use (espeak-ng, sox, sipp, baresip, kamailio) when missing
 	@missing=""; for c in $(SYS_PKGS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox sip-tester baresip-core >/dev/null; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox sip-tester baresip-core kamailio >/dev/null; \
 	fi
 
 run: $(VENV)/.installed ## Serve calls (offline local engine when no provider key is set)
+	@echo "make run: SIP trunk too? set AGENT_SIP_PORT=5060 and AGENT_SIP_ALLOWED_SOURCES=<trunk CIDRs> (README: SIP trunk)"
 	@if [ -z "$$TWILIO_AUTH_TOKEN" ] && ! grep -qs '^TWILIO_AUTH_TOKEN=.' .env; then \
 	  echo "make run: no TWILIO_AUTH_TOKEN, so serving for local development only:"; \
 	  echo "  on 127.0.0.1, Twilio signature checks off (try: .venv/bin/telephony-agent call --say 'hello')"; \

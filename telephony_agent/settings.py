@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     def _check_sip_auth(self) -> "Settings":
         if (self.sip_username is None) != (self.sip_password is None):
             raise ValueError("AGENT_SIP_USERNAME and AGENT_SIP_PASSWORD are set together or not at all")
+        if self.sip_port is not None and self.workers > 1:
+            # A SIP dialog lives in the process that answered it; UDP cannot be shared by workers.
+            raise ValueError("AGENT_SIP_PORT needs AGENT_WORKERS=1 (run one process per host or pod)")
         return self
 
     # SIP media (RTP).

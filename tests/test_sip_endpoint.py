@@ -4,7 +4,7 @@ BYE, refusals (source allowlist, digest, admission) and a flood of bad input dur
 
 The call manager here is a small stand-in that admits calls and attaches a recording
 `LegEvents` to the real `SipLeg` (RTP socket, jitter buffer, pacer): these tests are about
-signalling. Whole calls through the real bridge and a speech engine are in the server tests.
+signalling. Whole calls through the real bridge and a speech engine are in test_sip_server_calls.py.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sip_peers import free_tcp_port, free_udp_port
+from sip_peers import sipp as run_sipp
 
 from telephony_agent.telephony.sip.endpoint import (
     SipEndpoint,
@@ -33,13 +35,16 @@ pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debi
 SCENARIOS = Path(__file__).parent / "peers" / "sipp"
 
 
-def free_port(kind: int = socket.SOCK_DGRAM, *, even: bool = False) -> int:
+def free_udp_tcp_port() -> int:
+    """A port free for both UDP and TCP now (SIP listens on both)."""
     for _ in range(200):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if (not even or port % 2 == 0) and port < 65000:
-            return port
+        port = free_udp_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
     raise RuntimeError("no free port")
 
 
@@ -51,14 +56,17 @@ def free_rtp_range(n: int = 16) -> str:
 class Outcome(str, enum.Enum):
     CALLER_HANGUP = "caller_hangup"
     AGENT_HANGUP = "agent_hangup"
+    TRANSFERRED = "transferred"
 
 
 class StandInBridge:
     """Records what the leg delivers (LegEvents); `end_after` plays the model's `end_call`."""
 
-    def __init__(self, call_id: str, leg: Any) -> None:
+    def __init__(self, call_id: str, leg: Any, transfer_on: tuple[str, str] | None = None) -> None:
         self.call_id = call_id
         self.leg = leg
+        self.transfer_on = transfer_on  # (digit, target): the model's transfer_call on a key press
+        self.transfer_error: Exception | None = None
         self.audio = 0
         self.digits: list[str] = []
         self.outcome: Outcome | None = None
@@ -69,6 +77,19 @@ class StandInBridge:
 
     async def on_dtmf(self, digit: str) -> None:
         self.digits.append(digit)
+        if self.transfer_on is not None and digit == self.transfer_on[0]:
+            asyncio.get_running_loop().create_task(self._transfer(self.transfer_on[1]))
+
+    async def _transfer(self, target: str) -> None:
+        try:
+            await self.leg.transfer(target)
+        except Exception as exc:  # noqa: BLE001 - recorded for the test
+            self.transfer_error = exc
+            return
+        if self.outcome is None:  # like CallBridge: transferred, the leg closes without hanging up
+            self.outcome = Outcome.TRANSFERRED
+            await self.leg.close()
+        self._ended.set()
 
     def on_played(self, tag: str) -> None:
         pass
@@ -92,7 +113,9 @@ class StandInBridge:
 class StandInAdmission:
     """The CallManager's API: reserve/release/start_call/call_ended, with knobs for the tests."""
 
-    def __init__(self, *, refuse: str | None = None, start_delay: float = 0.0, end_after: float | None = None) -> None:
+    def __init__(self, *, refuse: str | None = None, start_delay: float = 0.0, end_after: float | None = None,
+                 transfer_on: tuple[str, str] | None = None) -> None:
+        self.transfer_on = transfer_on
         self.refuse = refuse
         self.start_delay = start_delay
         self.end_after = end_after
@@ -113,7 +136,7 @@ class StandInAdmission:
     async def start_call(self, call_id: str, leg: Any, *, transport: str | None = None, log: Any = None,
                          on_admitted: Any = None) -> StandInBridge:
         await asyncio.sleep(self.start_delay)  # a provider session opening
-        bridge = StandInBridge(call_id, leg)
+        bridge = StandInBridge(call_id, leg, self.transfer_on)
         self.started.append(bridge)
         if self.end_after is not None:
             async def later() -> None:
@@ -159,24 +182,12 @@ async def endpoint(admission: StandInAdmission, **kw: Any) -> AsyncIterator[tupl
 
 async def sipp(scenario: str | Path, port: int, cwd: Path, *args: str, timeout: float = 30.0,
                transport: str = "u1") -> tuple[int, str]:
-    """Run sipp to completion (killed by its pid at `timeout`); returns (exit code, its logs)."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    path = scenario if isinstance(scenario, Path) else SCENARIOS / scenario
-    argv = ["sipp", f"127.0.0.1:{port}", "-sf", str(path), "-s", "agent", "-i", "127.0.0.1",
-            "-p", str(free_port(socket.SOCK_STREAM if transport.startswith("t") else socket.SOCK_DGRAM)),
-            "-mi", "127.0.0.1", "-mp", str(free_port(even=True)), "-t", transport,
-            "-timeout", f"{int(timeout) - 2}s", "-timeout_error", "-nostdin", "-trace_err", *args]
-    proc = await asyncio.create_subprocess_exec(*argv, cwd=cwd, stdin=asyncio.subprocess.DEVNULL,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        out, _ = await proc.communicate()
-    logs = out.decode(errors="replace")
-    for err in cwd.glob("*_errors.log"):
-        logs += err.read_text(errors="replace")
-    return proc.returncode if proc.returncode is not None else -9, logs
+    """`sip_peers.sipp` with sipp's own flags passed through; returns (exit code, its logs)."""
+    extra = ["-t", transport, *args]
+    if transport.startswith("t"):
+        extra += ["-p", str(free_tcp_port())]
+    result = await run_sipp(str(scenario), ("127.0.0.1", port), cwd, timeout=timeout, extra=extra)
+    return result.rc, result.stdout + result.stderr
 
 
 def speech_file(tmp: Path, seconds_hint: str = "Hello, I would like to check the status of my order.") -> tuple[Path, int]:
@@ -266,6 +277,35 @@ async def test_agent_bye_over_tcp(tmp_path: Path) -> None:
         assert rc == 0, logs
         await admission.wait_ended(1)
     assert admission.started[0].outcome is Outcome.AGENT_HANGUP
+
+
+async def test_info_digit_then_refer_transfer_and_bye_after_the_sipfrag_200(tmp_path: Path) -> None:
+    admission = StandInAdmission(transfer_on=("5", "sip:sales@127.0.0.1"))
+    async with endpoint(admission, codecs=("PCMU", "PCMA")) as (ep, counts):
+        rc, logs = await sipp("uac_info_refer.xml", ep.ports["udp"], tmp_path, "-m", "1")
+        assert rc == 0, logs
+        await admission.wait_ended(1)
+    bridge = admission.started[0]
+    assert bridge.digits == ["5"] and bridge.transfer_error is None
+    assert bridge.outcome is Outcome.TRANSFERRED
+    assert counts.seen[("request_sent", "REFER")] == 1 and counts.seen[("request_sent", "BYE")] == 1
+    assert counts.seen[("dtmf", "info")] == 1
+
+
+async def test_stopping_the_endpoint_hangs_up_live_calls_with_bye(tmp_path: Path) -> None:
+    speech, _ = speech_file(tmp_path)
+    admission = StandInAdmission()
+    async with endpoint(admission) as (ep, counts):
+        run = asyncio.ensure_future(sipp("uac_agent_bye.xml", ep.ports["udp"], tmp_path, "-m", "1",
+                                         "-key", "rtp_file", f"{speech},1,0", timeout=20))
+        for _ in range(500):
+            if admission.started:
+                break
+            await asyncio.sleep(0.02)
+        await ep.stop()
+        rc, logs = await run
+        assert rc == 0, logs  # sipp got our BYE and answered it
+    assert counts.seen[("request_sent", "BYE")] == 1 and not ep.calls
 
 
 async def test_source_not_allowed_gets_403_and_no_call(tmp_path: Path) -> None:
@@ -416,7 +456,7 @@ async def test_through_record_routing_proxy_ack_and_bye_follow_the_route_set(tmp
     speech, n_bytes = speech_file(tmp_path)
     admission = StandInAdmission(end_after=n_bytes / 8000 + 0.3)
     async with endpoint(admission) as (ep, counts):
-        proxy_port = free_port()
+        proxy_port = free_udp_port()
         async with kamailio(tmp_path / "kam", proxy_port, ep.ports["udp"]) as kam_log:
             rc, logs = await sipp("uac_proxied.xml", proxy_port, tmp_path / "call", "-m", "1",
                                   "-key", "rtp_file", f"{speech},1,0", timeout=25)
@@ -428,3 +468,62 @@ async def test_through_record_routing_proxy_ack_and_bye_follow_the_route_set(tmp
     assert ("response_timeout", "ACK") not in counts.seen  # the ACK reached us through the proxy
     assert ("retransmission", "response") not in counts.seen
     assert admission.started[0].audio >= n_bytes - 2 * 160
+
+
+async def test_server_runs_the_sip_listener_readyz_and_metrics(tmp_path: Path) -> None:
+    """create_app with AGENT_SIP_PORT: the listener starts with the server, /readyz covers it,
+    /metrics has the SIP families, and an INVITE from a forbidden source costs no session."""
+    import aiohttp
+    from agent_server import running_agent, test_settings
+
+    from telephony_agent.telephony.sip.endpoint import SIP_ENDPOINT
+
+    port = free_udp_tcp_port()
+    settings = test_settings(sip_port=port, sip_host="127.0.0.1", rtp_ports=free_rtp_range(),
+                             sip_allowed_sources=["192.0.2.0/24"])
+    async with running_agent(settings) as agent:
+        ep = agent.app[SIP_ENDPOINT]
+        assert ep.ports == {"udp": port, "tcp": port}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(agent.base_url + "/readyz") as resp:
+                body = await resp.json()
+                assert resp.status == 200 and body["sip"]["listening"] is True, body
+            scenario = tmp_path / "uac_403.xml"
+            scenario.write_text((SCENARIOS / "uac_refused.xml").read_text().replace("STATUS", "403"))
+            rc, logs = await sipp(scenario, port, tmp_path / "run", "-m", "1")
+            assert rc == 0, logs
+            assert not agent.state.calls and not agent.state.pending
+            async with http.get(agent.base_url + "/metrics") as resp:
+                text = await resp.text()
+            assert 'agent_sip_requests_total{method="INVITE"} 1.0' in text
+            assert 'agent_sip_responses_total{code="403"} 1.0' in text
+            assert 'agent_sip_refused_total{reason="forbidden_source"} 1.0' in text
+            assert "+1555" not in text  # no caller number in any label
+            assert ep._udp is not None and ep._udp.transport is not None
+            ep._udp.transport.close()  # the listener dies: not ready any more
+            async with http.get(agent.base_url + "/readyz") as resp:
+                body = await resp.json()
+                assert resp.status == 503 and body["reason"] == "sip_listener_down", body
+
+
+async def test_server_draining_answers_503_with_retry_after(tmp_path: Path) -> None:
+    """Through the real CallManager: a draining server refuses the INVITE, opens nothing."""
+    import aiohttp
+    from agent_server import running_agent, test_settings
+
+    port = free_udp_tcp_port()
+    settings = test_settings(sip_port=port, sip_host="127.0.0.1", rtp_ports=free_rtp_range())
+    scenario = tmp_path / "uac_503.xml"
+    scenario.write_text((SCENARIOS / "uac_refused.xml").read_text().replace("STATUS", "503").replace(
+        '<recv response="503"/>',
+        '<recv response="503"><action><ereg regexp="[0-9]+" search_in="hdr" header="Retry-After:" '
+        'check_it="true" assign_to="retry"/><log message="Retry-After [$retry]"/></action></recv>'))
+    async with running_agent(settings) as agent:
+        agent.state.draining = True
+        rc, logs = await sipp(scenario, port, tmp_path / "run", "-m", "1")
+        assert rc == 0, logs
+        assert not agent.state.calls and not agent.state.pending
+        async with aiohttp.ClientSession() as http, http.get(agent.base_url + "/metrics") as resp:
+            text = await resp.text()
+    assert 'agent_sip_calls_total{outcome="refused_draining"} 1.0' in text
+    assert 'agent_calls_refused_total{reason="draining"} 1.0' in text

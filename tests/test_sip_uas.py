@@ -9,6 +9,7 @@ from telephony_agent.telephony.sip.transaction import Peer
 from telephony_agent.telephony.sip.uas import (
     CallConfirmed,
     CallEnded,
+    CallState,
     Count,
     EndReason,
     IncomingCall,
@@ -69,7 +70,7 @@ def test_options_gets_200_with_allow_and_unknown_method_405() -> None:
     u = uas()
     opts = sent(u.receive(invite(method="OPTIONS", body=b""), CALLER, 0.0))
     assert isinstance(opts[0], Response) and opts[0].status == 200
-    assert "INVITE" in (opts[0].headers.get_all("Allow") or [])
+    assert opts[0].headers.get("Allow") == "INVITE, ACK, BYE, CANCEL, OPTIONS, REFER, NOTIFY, INFO"
     assert opts[0].top_via.params["rport"] == "5070" and opts[0].top_via.params["received"] == "127.0.0.1"
     resp = sent(u.receive(invite(method="SUBSCRIBE", body=b""), CALLER, 0.0))[0]
     assert isinstance(resp, Response) and resp.status == 405 and resp.headers.get_all("Allow")
@@ -248,3 +249,84 @@ def test_garbage_is_counted_never_raised() -> None:
         assert all(isinstance(a, (Count, Send)) for a in out)
         assert any(isinstance(a, Count) and a.family == "bad_input" for a in out)
     assert u.active_calls == 0
+
+
+def test_tcp_answers_on_the_connection_and_our_bye_falls_back_to_the_contact() -> None:
+    u = uas()
+    conn = Peer("tcp", "127.0.0.1", 40123)  # the caller's ephemeral source port
+    data = invite().replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+    actions = u.receive(data, conn, 0.0)
+    assert all(a.peer == conn for a in actions if isinstance(a, Send))
+    call = next(a for a in actions if isinstance(a, IncomingCall))
+    ok = sent(u.answer(call.call_id, b"v=0\r\n", 0.1))[0]
+    assert isinstance(ok, Response) and "transport=tcp" in (ok.headers.get("Contact") or "")
+    u.receive(ack_for(ok).replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"), conn, 0.2)
+    bye = next(a for a in u.bye(call.call_id, 1.0) if isinstance(a, Send))
+    assert bye.peer == conn and bye.fallback == Peer("tcp", "127.0.0.1", 5070)
+    assert [a for a in u.handle_timer(1.5) if isinstance(a, Send)] == []  # no retransmission on TCP
+
+
+def test_refer_refused_or_unanswered_is_a_final_failure() -> None:
+    u = uas()
+    call_id, ok = answered_call(u)
+    u.receive(ack_for(ok), CALLER, 0.1)
+    refer = next(m for m in sent(u.refer(call_id, "tel:+15551230000", 1.0)) if isinstance(m, Request))
+    assert refer.headers.get("Refer-To") == "<tel:+15551230000>"
+    out = u.receive(Response(603, "Decline", refer.headers.copy()).to_bytes(), CALLER, 1.1)
+    assert TransferUpdate(call_id, 603, True) in out
+    u.refer(call_id, "sip:sales@example.com", 2.0)  # never answered: 408 after 64*T1
+    updates: list[TransferUpdate] = []
+    now = 2.0
+    while not updates and now < 60:
+        deadline = u.get_timer()
+        assert deadline is not None
+        now = deadline
+        updates = [a for a in u.handle_timer(now) if isinstance(a, TransferUpdate)]
+    assert updates == [TransferUpdate(call_id, 408, True)] and 33.0 <= now <= 34.1
+    assert u.call_state(call_id) is not None  # the call goes on: the bridge decides
+
+
+def test_mutation_fuzz_never_raises_and_leaves_the_live_call_alone() -> None:
+    """Thousands of mutated requests and responses (parseable or not) at the core while a call
+    is up: `receive` never raises, and the call's dialog is untouched."""
+    import random
+
+    u = uas(rate_per_s=1e6, rate_burst=1e6)
+    call_id, ok = answered_call(u)
+    u.receive(ack_for(ok), CALLER, 0.1)
+    tag = ok.to_tag or ""
+    templates = [
+        invite("z9hG4bKf1", call_id="fz"),
+        invite("z9hG4bKf2", method="BYE", body=b"", to_tag="x", call_id="fz"),
+        invite("z9hG4bKf3", method="CANCEL", body=b"", call_id="fz"),
+        invite("z9hG4bKf4", method="ACK", body=b"", to_tag="x", call_id="fz"),
+        invite("z9hG4bKf5", method="NOTIFY", body=b"SIP/2.0 200 OK\r\n", to_tag="x", call_id="fz",
+               extra="Event: refer\r\n"),
+        invite("z9hG4bKf6", method="OPTIONS", body=b""),
+        Response(200, "OK", parse_message(invite("z9hG4bKf7", method="BYE", body=b"")).headers.copy()).to_bytes(),
+    ]
+    tokens = [b"\r\n", b":", b";", b",", b"<", b">", b"\"", b" ", b"\t", b"=", b"@", b"[", b"]", b"z9hG4bK",
+              b"SIP/2.0", b"INVITE", b"tag=", b"rport", b"Content-Length: 99999\r\n", b"\xff\xfe", b"0", b"-1"]
+    rng = random.Random(20261201)
+    now = 1.0
+    for i in range(6000):
+        data = bytearray(rng.choice(templates))
+        for _ in range(rng.randint(1, 8)):
+            pos = rng.randrange(len(data) + 1)
+            op = rng.randrange(4)
+            if op == 0 and pos < len(data):
+                data[pos] = rng.randrange(256)
+            elif op == 1:
+                del data[pos : pos + rng.randint(1, 30)]
+            elif op == 2:
+                data[pos:pos] = rng.choice(tokens)
+            else:
+                data[pos:pos] = data[rng.randrange(len(data) or 1) :][: rng.randint(1, 40)]
+        now += 0.001
+        source = Peer(rng.choice(["udp", "tcp"]), "127.0.0.1", rng.choice([5070, 5071, 40000]))
+        u.receive(bytes(data), source, now)
+        if i % 500 == 0:
+            u.handle_timer(now)
+    assert u.call_state(call_id) is CallState.CONFIRMED
+    bye = invite("z9hG4bKend", method="BYE", body=b"", cseq=2, to_tag=tag)
+    assert CallEnded(call_id, EndReason.REMOTE_BYE) in u.receive(bye, CALLER, now + 0.1)

@@ -30,7 +30,6 @@ from telephony_agent.telephony.sip.dtmf import parse_info_dtmf
 from telephony_agent.telephony.sip.leg_control import TransferFailed
 from telephony_agent.telephony.sip.media import RtpPortPool, SipLeg, open_rtp
 from telephony_agent.telephony.sip.message import (
-    MAX_MESSAGE_SIZE,
     SipParseError,
     StreamFramer,
 )
@@ -67,7 +66,6 @@ RETRY_AFTER_S = 30
 TRANSFER_TIMEOUT_S = 30.0
 MAX_TCP_CONNECTIONS = 512
 TCP_IDLE_TIMEOUT_S = 900.0  # trunks keep one connection up for hours; CRLF keep-alives reset this
-START_TIMEOUT_S = 15.0
 
 
 class CallAdmission(Protocol):
@@ -153,8 +151,11 @@ class SipCall:
             await asyncio.wait_for(self.ended.wait(), 64 * self.endpoint.config.t1 + 1.0)
 
     async def transfer(self, target: str) -> None:
+        target = target.strip()
+        if target.lstrip("+").replace("-", "").isdigit():
+            target = f"tel:{target}"  # an allowlisted phone number (Twilio style) becomes a tel: URI
         if not target.lower().startswith(("sip:", "sips:", "tel:")):
-            raise TransferFailed(f"a SIP transfer needs a sip: or tel: URI, not {target!r}")
+            raise TransferFailed(f"a SIP transfer needs a sip: or tel: URI or a phone number, not {target!r}")
         if self._transfer is not None and not self._transfer.done():
             raise TransferFailed("a transfer is already in progress")
         self._transfer = asyncio.get_running_loop().create_future()
@@ -218,7 +219,8 @@ class SipEndpoint:
                 authenticator=auth,
                 rate_per_s=config.rate_limit,
                 rate_burst=config.rate_limit * 2,
-                advertised_host=None if wildcard else config.host,
+                # Contact/Via of this instance: its public address when set, else the listen address.
+                advertised_host=config.rtp_address or (None if wildcard else config.host),
                 t1=config.t1,
             )
         )
@@ -242,7 +244,25 @@ class SipEndpoint:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Port 0 (tests): UDP picks a free port and TCP must get the same one; retry if it is taken.
+        attempts = 20 if self.config.port == 0 else 1
+        for attempt in range(attempts):
+            try:
+                await self._bind()
+                break
+            except OSError:
+                self._close_listeners()
+                if attempt == attempts - 1:
+                    raise
+        if self.config.port == 0:  # tests: advertise what we bound
+            self.uas.config.ports.update(self.ports)
+        log.info("SIP listening on %s %s", self.config.host, ", ".join(f"{t}/{p}" for t, p in self.ports.items()),
+                 extra={"event": "sip_listening"})
+
+    async def _bind(self) -> None:
+        assert self._loop is not None
         host = self.config.host
+        self.ports = {}
         if "udp" in self.config.transports:
             transport, protocol = await self._loop.create_datagram_endpoint(
                 lambda: _UdpProtocol(self), local_addr=(host, self.config.port)
@@ -251,12 +271,16 @@ class SipEndpoint:
             self.ports["udp"] = transport.get_extra_info("sockname")[1]
         if "tcp" in self.config.transports:
             port = self.ports.get("udp", self.config.port)
-            self._tcp_server = await asyncio.start_server(self._on_tcp, host, port, limit=MAX_MESSAGE_SIZE * 2)
+            self._tcp_server = await asyncio.start_server(self._on_tcp, host, port)
             self.ports["tcp"] = self._tcp_server.sockets[0].getsockname()[1]
-        if self.config.port == 0:  # tests: advertise what we bound
-            self.uas.config.ports.update(self.ports)
-        log.info("SIP listening on %s %s", host, ", ".join(f"{t}/{p}" for t, p in self.ports.items()),
-                 extra={"event": "sip_listening"})
+
+    def _close_listeners(self) -> None:
+        if self._udp is not None and self._udp.transport is not None:
+            self._udp.transport.close()
+        self._udp = None
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        self._tcp_server = None
 
     @property
     def ready(self) -> bool:
@@ -270,7 +294,10 @@ class SipEndpoint:
         self._closing = True
         calls = list(self.calls.values())
         if calls:
-            await asyncio.wait([asyncio.ensure_future(c.hangup()) for c in calls], timeout=timeout)
+            byes = [asyncio.ensure_future(c.hangup()) for c in calls]
+            _, pending = await asyncio.wait(byes, timeout=timeout)
+            for task in pending:
+                task.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -372,7 +399,12 @@ class SipEndpoint:
         if writer is not None and not writer.is_closing():
             writer.write(action.data)
             return
-        self._spawn(self._tcp_connect_and_send(peer, action.data))
+        if action.fallback is not None:
+            fallback = self._tcp.get(action.fallback.addr)
+            if fallback is not None and not fallback.is_closing():
+                fallback.write(action.data)
+                return
+        self._spawn(self._tcp_connect_and_send(action.fallback or peer, action.data))
 
     async def _tcp_connect_and_send(self, peer: Peer, data: bytes) -> None:
         """A request to a TCP peer we have no connection to (our BYE after theirs closed)."""
@@ -430,6 +462,20 @@ class SipEndpoint:
 
     # -- calls ----------------------------------------------------------------------------
 
+    async def _run_call_safely(self, call: SipCall) -> None:
+        """`_run_call`, and whatever goes wrong in it, the dialog still ends and is counted."""
+        try:
+            await self._run_call(call)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            call.log.exception("SIP call failed")
+            self.admission.release(call.id)
+            self._apply(self.uas.bye(call.id, self.now()))  # BYE, or 480 if not answered yet
+            if call.leg is not None:
+                await call.leg.close()
+            self._finish(call, "internal_error")
+
     def _on_incoming(self, incoming: IncomingCall) -> None:
         adapter = logging.LoggerAdapter(log, {"call_id": incoming.call_id})
         call = SipCall(self, incoming, adapter)
@@ -438,7 +484,7 @@ class SipEndpoint:
         adapter.info("SIP INVITE from %s to %s via %s/%s codec=%s te_pt=%s", incoming.caller, incoming.request_user,
                      incoming.source.transport, incoming.source.host, incoming.negotiated.law.value,
                      incoming.negotiated.te_payload_type, extra={"event": "sip_invite"})
-        self._spawn(self._run_call(call))
+        self._spawn(self._run_call_safely(call))
 
     async def _run_call(self, call: SipCall) -> None:
         uas, call_id, incoming = self.uas, call.id, call.incoming
@@ -474,11 +520,11 @@ class SipEndpoint:
         # The provider session opens while the caller hears ringing; we answer once it is up, so a
         # provider failure is a 503 rather than a call that connects to silence. Audio the bridge
         # queues meanwhile (the greeting) is sent once the leg is attached, after the 200.
+        # Not cancelled on a timer: the manager registers the bridge before starting it, and the
+        # provider connection has its own bounds. A caller who gives up sends CANCEL meanwhile.
         try:
-            bridge = await asyncio.wait_for(
-                self.admission.start_call(call_id, leg, transport="sip", log=call.log), START_TIMEOUT_S
-            )
-        except Exception as exc:  # noqa: BLE001 - refused, provider failure, timeout: the caller gets 503
+            bridge = await self.admission.start_call(call_id, leg, transport="sip", log=call.log)
+        except Exception as exc:  # noqa: BLE001 - refused or failed to start: the caller gets 503
             call.log.warning("call could not start: %s", exc)
             self.admission.release(call_id)
             await leg.close()
@@ -496,6 +542,8 @@ class SipEndpoint:
             leg.deliver_hangup()
         try:
             await bridge.wait_ended()
+            if not call.ended.is_set():  # the bridge closed the leg without hanging up: end the dialog
+                await call.hangup()
         finally:
             await leg.close()
             self.admission.call_ended(bridge)

@@ -103,8 +103,9 @@ _CANONICAL["call-id"] = "Call-ID"
 _CANONICAL["cseq"] = "CSeq"
 _CANONICAL["www-authenticate"] = "WWW-Authenticate"
 
-LIST_HEADERS = frozenset({"Via", "Route", "Record-Route", "Allow", "Supported", "Require", "Accept"})
-"""Headers whose comma-joined values are separate entries (Contact is split by callers)."""
+LIST_HEADERS = frozenset({"Via", "Route", "Record-Route"})
+"""Headers whose comma-joined values are kept as separate entries, because each entry matters on
+its own (responses, routing). Contact, Allow, Require, ... stay as written; `split_list` them."""
 
 REASONS = {
     100: "Trying",

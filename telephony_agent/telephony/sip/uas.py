@@ -34,6 +34,7 @@ from telephony_agent.telephony.sip.message import (
     parse_name_addr,
     parse_uri,
     parse_via,
+    split_list,
 )
 from telephony_agent.telephony.sip.sdp import (
     Negotiated,
@@ -109,6 +110,7 @@ class UasConfig:
 class Send:
     data: bytes
     peer: Peer
+    fallback: Peer | None = None  # TCP: where to connect when the connection to `peer` is gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,7 +319,7 @@ class SipUas:
                 challenges = [("WWW-Authenticate", c) for c in auth.challenges(now, stale=result is AuthResult.STALE)]
                 self._respond_tx(tx, req, source, 401, now, out, to_tag=new_tag(), headers=challenges)
                 return
-        require = [r for r in req.headers.get_all("Require") if r]
+        require = [r for value in req.headers.get_all("Require") for r in split_list(value)]
         if require:
             self._respond_tx(tx, req, source, 420, now, out, to_tag=new_tag(), headers=[("Unsupported", ", ".join(require))])
             return
@@ -392,6 +394,9 @@ class SipUas:
     def _on_in_dialog(self, req: Request, source: Peer, to_tag: str, now: float, out: list[Action]) -> None:
         call = self._dialogs.get((req.call_id, to_tag, req.from_tag or ""))
         if call is None or call.state is CallState.ENDED:
+            if not self._take_token(source.host, now):  # guessed dialogs cost tokens like new requests
+                out.append(Count("refused", "rate_limited"))
+                return
             self._send_response(req, source, 481, now, out)
             return
         if not call.dialog.accepts_remote_cseq(req.cseq.number, req.method):
@@ -614,13 +619,14 @@ class SipUas:
             method, via_host=self._local_host(call), via_port=port, transport=transport,
             contact=self._contact(call), headers=headers,
         )
+        fallback = None
         if peer.transport == call.source.transport and not call.dialog.route_set and peer.reliable:
-            peer = call.source  # TCP: reuse the caller's connection
+            peer, fallback = call.source, peer  # TCP: the caller's connection, else a new one to its Contact
         request.headers.add("User-Agent", self.config.server)
         data = request.to_bytes()
         tx = NonInviteClientTransaction(peer, data, method, now, t1=self.config.t1)
         self._client_tx[(branch, method)] = _Client(tx, call.id)
-        out.append(Send(data, peer))
+        out.append(Send(data, peer, fallback))
         out.append(Count("request_sent", method))
         return branch
 
