@@ -71,9 +71,10 @@ class SpeechFiles:
     seconds: float
 
 
-def speech_files(directory: Path, texts: list[str], *, gap_s: float = 0.0, tail_s: float = 1.0, voice: dict[str, object] | None = None) -> SpeechFiles:
-    """`texts` spoken one after another (with `gap_s` of silence between), then `tail_s` of silence."""
-    pcm = b""
+def speech_files(directory: Path, texts: list[str], *, gap_s: float = 0.0, tail_s: float = 1.0, lead_s: float = 0.0,
+                 voice: dict[str, object] | None = None) -> SpeechFiles:
+    """`lead_s` of silence, `texts` spoken one after another (`gap_s` of silence between), then `tail_s` of silence."""
+    pcm = b"\x00\x00" * int(8000 * lead_s)
     for i, text in enumerate(texts):
         if i:
             pcm += b"\x00\x00" * int(8000 * gap_s)
@@ -95,6 +96,21 @@ def read_wav_pcm16(path: Path) -> tuple[bytes, int]:
     with wave.open(str(path), "rb") as w:
         assert w.getsampwidth() == 2 and w.getnchannels() == 1, (w.getsampwidth(), w.getnchannels())
         return w.readframes(w.getnframes()), w.getframerate()
+
+
+def active_windows(pcm: bytes, rate: int = 8000, threshold: float = 500.0) -> int:
+    """How many 20 ms windows of PCM16 carry speech-level energy."""
+    import array
+    import math
+
+    samples = array.array("h", pcm[: len(pcm) - len(pcm) % 2])
+    n = rate // 50
+    count = 0
+    for i in range(0, len(samples) - n + 1, n):
+        window = samples[i : i + n]
+        if math.sqrt(sum(x * x for x in window) / n) > threshold:
+            count += 1
+    return count
 
 
 @dataclass
@@ -168,12 +184,14 @@ def sipp_counts(screen: str) -> dict[str, int]:
     return out
 
 
-async def pjsua2_call(target: str, wav: Path, rec: Path, *, digits: str = "", talk_s: float = 7.0, codec: str = "PCMU", timeout: float = 60) -> tuple[Run, dict[str, object]]:
+async def pjsua2_call(target: str, wav: Path, rec: Path, *, digits: str = "", talk_s: float = 7.0, codec: str = "PCMU",
+                      linger_s: float = 0.5, timeout: float = 60) -> tuple[Run, dict[str, object]]:
     """Place a call with pjsua2 (in a child process: PJSIP owns its threads and may abort)."""
     args = [
         str(PY311), str(PEERS / "pjsua2_caller.py"), "--to", target, "--wav", str(wav), "--rec", str(rec),
         "--sip-port", str(free_udp_port()), "--rtp-port", str(free_udp_port(even=True, pair=True)),
         "--codec", codec, "--talk", str(talk_s), "--digits", digits, "--max-seconds", str(timeout - 10),
+        "--linger", str(linger_s),
     ]
     result = await run(args, rec.parent, timeout)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]

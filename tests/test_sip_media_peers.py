@@ -10,9 +10,7 @@ engine are in test_sip_calls.py.
 
 from __future__ import annotations
 
-import array
 import asyncio
-import math
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +22,7 @@ from sip_peers import (
     IS_ROOT,
     SIPP_PCAPS,
     Baresip,
+    active_windows,
     have,
     have_pjsua2,
     pjsua2_call,
@@ -131,18 +130,6 @@ async def sip_endpoint(admission: Admission, **kw: Any) -> AsyncIterator[tuple[S
         yield ep, summaries
     finally:
         await ep.stop()
-
-
-def active_windows(pcm: bytes, rate: int = 8000, threshold: float = 500.0) -> int:
-    """How many 20 ms windows of PCM16 carry speech-level energy."""
-    samples = array.array("h", pcm[: len(pcm) - len(pcm) % 2])
-    n = rate // 50
-    count = 0
-    for i in range(0, len(samples) - n + 1, n):
-        window = samples[i : i + n]
-        if math.sqrt(sum(x * x for x in window) / n) > threshold:
-            count += 1
-    return count
 
 
 # -- sipp

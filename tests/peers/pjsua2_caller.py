@@ -25,7 +25,8 @@ class Call(pj.Call):
 
     def onCallState(self, prm):
         ci = self.getInfo()
-        print(f"call state: {ci.stateText} ({ci.lastStatusCode} {ci.lastReason})", file=sys.stderr, flush=True)
+        print(f"{time.time():.2f} call state: {ci.stateText} ({ci.lastStatusCode} {ci.lastReason})",
+              file=sys.stderr, flush=True)
         if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             self.disconnected = True
             self.code = ci.lastStatusCode
@@ -51,6 +52,8 @@ def main() -> int:
     ap.add_argument("--talk", type=float, default=7.0, help="seconds of call before the digits")
     ap.add_argument("--digits", default="")
     ap.add_argument("--max-seconds", type=float, default=40)
+    ap.add_argument("--answer-timeout", type=float, default=20, help="seconds to wait for the answer")
+    ap.add_argument("--linger", type=float, default=0.5, help="seconds to stay after the digits (the agent may hang up)")
     a = ap.parse_args()
 
     ep = pj.Endpoint()
@@ -101,17 +104,18 @@ def converse(ep, call, a) -> dict:
         while time.monotonic() < min(until, t0 + a.max_seconds) and not call.disconnected and not stop():
             ep.libHandleEvents(20)
 
-    pump(t0 + 5, lambda: call.media_ready)
+    pump(t0 + a.answer_timeout, lambda: call.media_ready)
     if call.media_ready:
         pump(time.monotonic() + a.talk)
         for d in a.digits:
             if call.disconnected:
                 break
             call.dialDtmf(d)  # RFC 4733
-            print("sent DTMF", d, file=sys.stderr, flush=True)
+            print(f"{time.time():.2f} sent DTMF {d}", file=sys.stderr, flush=True)
             pump(time.monotonic() + 0.4)
-        pump(time.monotonic() + 0.5)
+        pump(time.monotonic() + a.linger)
     remote_bye = call.disconnected
+    print(f"{time.time():.2f} done talking (remote BYE: {remote_bye})", file=sys.stderr, flush=True)
     if not call.disconnected:
         call.hangup(pj.CallOpParam(True))
         pump(time.monotonic() + 2)

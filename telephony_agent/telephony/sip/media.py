@@ -500,6 +500,8 @@ class SipLeg:
         self._task: asyncio.Task[None] | None = None
         self.dropped_audio = 0
         self.bridge_errors = 0
+        self._hangup_sent = False
+        self._caller_gone = False  # BYE/CANCEL from the caller, or the media timed out (BYE sent)
         self.state = _LegState.RUNNING
         rtp.on_audio = self._on_audio
         rtp.on_dtmf = self.deliver_dtmf
@@ -526,11 +528,12 @@ class SipLeg:
         self.rtp.clear()
 
     async def hangup(self) -> None:
-        if self.state is _LegState.CLOSED:
-            return
-        if self.state is _LegState.ENDED:  # the caller or the media timeout ended the dialog already
+        """BYE (once), then close. Closing the media first (the endpoint may do that as soon as the
+        bridge reports the call over) does not cancel the BYE; a caller who hung up gets none."""
+        if self._caller_gone or self._hangup_sent:
             await self.close()
             return
+        self._hangup_sent = True
         try:
             await self.control.hangup()
         finally:
@@ -562,6 +565,7 @@ class SipLeg:
 
     def deliver_hangup(self) -> None:
         """The caller hung up (BYE, CANCEL) or the dialog ended: tell the bridge once."""
+        self._caller_gone = True
         if self.state is not _LegState.RUNNING:
             return
         self.state = _LegState.ENDED
