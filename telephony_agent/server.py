@@ -16,12 +16,12 @@ from telephony_agent.realtime import RealtimeConfig, RealtimeModel, TurnDetectio
 from telephony_agent.settings import Provider, Settings
 from telephony_agent.state import STATE, AppState
 from telephony_agent.telephony.bridge import BridgeOptions
-from telephony_agent.telephony.sip import endpoint as sip_endpoint
 from telephony_agent.telephony.calls import (
     CallManager,
     CallRecorderLike,
     RecorderFactory,
 )
+from telephony_agent.telephony.sip import endpoint as sip_endpoint
 from telephony_agent.telephony.twilio import routes as twilio_routes
 from telephony_agent.telephony.twilio.routes import (
     MEDIA_PATH,
