@@ -20,6 +20,7 @@ from telephony_agent.state import STATE, AppState
 from telephony_agent.realtime import RealtimeConfig, RealtimeModel, TurnDetection
 from telephony_agent.settings import Provider, Settings
 from telephony_agent.telephony.bridge import BridgeOptions, CallBridge
+from telephony_agent.telephony.browser import routes as softphone
 from telephony_agent.telephony.twilio.media_socket import WS_MAX_MSG_SIZE, MediaSocketHooks, TwilioMediaSocket
 from telephony_agent.telephony.twilio.rest import TwilioRest
 from telephony_agent.telephony.twilio.signature import (
@@ -81,6 +82,7 @@ def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_get(MEDIA_PATH, media_socket)
     ops.install(app)
+    softphone.install(app)  # GET /softphone: the browser softphone (local mode or AGENT_SOFTPHONE_TOKEN)
     app.cleanup_ctx.append(_lifecycle)
     return app
 

@@ -1,0 +1,144 @@
+// The speaker side of the phone line, on the audio thread: a jitter buffer of 8 kHz audio,
+// resampled up to the context rate, with Twilio's mark semantics. A mark is reported when the
+// audio queued before it has been rendered; `clear` drops the queue and reports every pending
+// mark at once. The page adds the output latency before echoing (see softphone.js).
+import { LINE_RATE, MULAW_DECODE, Resampler } from "./dsp.js";
+
+const WAITING = 0; // nothing to play, or filling the jitter buffer
+const PLAYING = 1;
+const STATUS_EVERY = 0.1; // seconds of audio time between status reports
+const REC_CHUNK = 4000; // recorded 8 kHz samples per message (0.5 s)
+
+class PlayoutProcessor extends AudioWorkletProcessor {
+  constructor(options) {
+    super();
+    const opts = (options && options.processorOptions) || {};
+    const prebufferMs = opts.prebufferMs ?? 60;
+    this.prebuffer = Math.round((prebufferMs * LINE_RATE) / 1000);
+    this.maxWait = prebufferMs / 1000; // a segment shorter than the prebuffer starts anyway
+    this.maxQueue = LINE_RATE * (opts.maxQueueSeconds ?? 30);
+    this.resampler = new Resampler(LINE_RATE, sampleRate);
+    this.state = WAITING;
+    this.chunks = [];
+    this.head = 0;
+    this.queued = 0; // samples waiting to play
+    this.enqueued = 0; // audio samples ever queued (marks are positions in this count)
+    this.consumed = 0; // audio samples ever played
+    this.marks = [];
+    this.firstArrival = null;
+    this.overflow = 0;
+    this.lastStatus = 0;
+    this.recording = false;
+    this.startFrame = null;
+    this.rec = new Int16Array(REC_CHUNK);
+    this.recN = 0;
+    this.alive = true;
+    this.supply = () => this.next();
+    this.port.onmessage = (event) => this.onMessage(event.data);
+  }
+
+  onMessage(msg) {
+    if (msg.type === "media") this.enqueue(msg.ulaw);
+    else if (msg.type === "mark") this.marks.push({ name: msg.name, at: this.enqueued });
+    else if (msg.type === "clear") this.clear();
+    else if (msg.type === "start") this.recording = true;
+    else if (msg.type === "stop") {
+      this.flushRecording();
+      this.alive = false;
+    }
+  }
+
+  enqueue(ulaw) {
+    if (this.queued + ulaw.length > this.maxQueue) {
+      this.overflow += ulaw.length; // a peer ignoring pacing: drop rather than grow without bound
+      return;
+    }
+    const samples = new Float32Array(ulaw.length);
+    for (let i = 0; i < ulaw.length; i++) samples[i] = MULAW_DECODE[ulaw[i]] / 32768;
+    this.chunks.push(samples);
+    this.queued += samples.length;
+    this.enqueued += samples.length;
+    if (this.state === WAITING && this.firstArrival === null) this.firstArrival = currentTime;
+  }
+
+  clear() {
+    const dropped = this.queued;
+    this.chunks = [];
+    this.head = 0;
+    this.queued = 0;
+    this.enqueued = this.consumed;
+    this.resampler.reset(); // no ringing tail of the dropped audio
+    const names = this.marks.map((m) => m.name);
+    this.marks = [];
+    const wasPlaying = this.state === PLAYING;
+    this.state = WAITING;
+    this.firstArrival = null;
+    this.port.postMessage({ type: "cleared", names, droppedMs: dropped / 8, wasPlaying, time: currentTime });
+  }
+
+  next() {
+    let value = 0;
+    if (this.state === PLAYING && this.queued > 0) {
+      const chunk = this.chunks[0];
+      value = chunk[this.head++];
+      this.queued--;
+      this.consumed++;
+      if (this.head === chunk.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
+    }
+    if (this.recording) {
+      let s = Math.round(value * 32768);
+      if (s > 32767) s = 32767;
+      else if (s < -32768) s = -32768;
+      this.rec[this.recN++] = s;
+      if (this.recN === REC_CHUNK) this.flushRecording();
+    }
+    return value;
+  }
+
+  flushRecording() {
+    if (this.recN === 0) return;
+    const samples = this.rec.slice(0, this.recN);
+    this.port.postMessage({ type: "rec", samples, startFrame: this.startFrame }, [samples.buffer]);
+    this.recN = 0;
+  }
+
+  process(inputs, outputs) {
+    if (!this.alive) return false;
+    const out = outputs[0][0];
+    if (this.recording && this.startFrame === null) this.startFrame = currentFrame;
+    if (this.state === WAITING && this.queued > 0) {
+      if (this.queued >= this.prebuffer || currentTime - this.firstArrival >= this.maxWait) {
+        this.state = PLAYING;
+        this.port.postMessage({ type: "playing", time: currentTime, queuedMs: this.queued / 8 });
+      }
+    }
+    this.resampler.pull(out, out.length, this.supply);
+    for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
+    if (this.state === PLAYING && this.queued === 0) {
+      this.state = WAITING;
+      this.firstArrival = null;
+      this.port.postMessage({ type: "drained", time: currentTime });
+    }
+    if (this.marks.length && this.marks[0].at <= this.consumed) {
+      const names = [];
+      while (this.marks.length && this.marks[0].at <= this.consumed) names.push(this.marks.shift().name);
+      this.port.postMessage({ type: "played", names, time: currentTime });
+    }
+    if (currentTime - this.lastStatus >= STATUS_EVERY) {
+      this.lastStatus = currentTime;
+      this.port.postMessage({
+        type: "status",
+        queuedMs: this.queued / 8,
+        playedMs: this.consumed / 8,
+        overflowMs: this.overflow / 8,
+        time: currentTime,
+      });
+    }
+    return true;
+  }
+}
+
+registerProcessor("softphone-playout", PlayoutProcessor);
