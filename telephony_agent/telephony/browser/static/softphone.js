@@ -111,6 +111,7 @@ class Softphone {
       marksReceived: 0,
       marksEchoed: 0,
       marksEchoedOnClear: 0,
+      maxMarksPending: 0, // marks waiting for their audio to play out, at most
       clears: 0,
       clearedMs: 0,
       underruns: 0,
@@ -424,6 +425,8 @@ class Softphone {
       this.playout.port.postMessage({ type: "media", ulaw }, [ulaw.buffer]);
     } else if (msg.event === "mark" && msg.mark && typeof msg.mark.name === "string") {
       this.stats.marksReceived += 1;
+      const pending = this.stats.marksReceived - this.stats.marksEchoed;
+      this.stats.maxMarksPending = Math.max(this.stats.maxMarksPending, pending);
       this.playout.port.postMessage({ type: "mark", name: msg.mark.name });
     } else if (msg.event === "clear") {
       this.stats.clears += 1;
