@@ -19,26 +19,27 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one call = one core
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import binascii  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import asyncio
+import binascii
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-import numpy as np  # noqa: E402
-import orjson  # noqa: E402
+import numpy as np
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "codecs")]
 
-from telephony_agent.telephony.twilio.stream import Media, MediaStreamProtocol  # noqa: E402
-from telephony_codecs import pcm16_to_ulaw  # noqa: E402
-from telephony_codecs.transcode import Transcoder  # noqa: E402
+from telephony_codecs import pcm16_to_ulaw
+from telephony_codecs.transcode import Transcoder
+
+from telephony_agent.telephony.twilio.stream import Media, MediaStreamProtocol
 
 SECONDS = 30
 RATES = (48000, 44100)
@@ -114,12 +115,12 @@ def server_costs(rate: int, seconds: int, reps: int) -> dict[str, float]:
     rng = np.random.default_rng(1)
     t = np.arange(rate * seconds) / rate
     pcm = (0.3 * np.sin(2 * np.pi * 440 * t) + 0.05 * rng.standard_normal(t.size)) * 32767
-    pcm16 = np.clip(pcm, -32768, 32767).astype("<i2").tobytes()
+    pcm16 = pcm.clip(-32768, 32767).astype("<i2").tobytes()
     per = rate // 50 * 2
     pcm_frames = inbound(pcm16, per)
     t8 = np.arange(8000 * seconds) / 8000
     pcm8 = (0.3 * np.sin(2 * np.pi * 440 * t8) + 0.05 * rng.standard_normal(t8.size)) * 32767
-    ulaw = pcm16_to_ulaw(np.clip(pcm8, -32768, 32767).astype("<i2").tobytes())
+    ulaw = pcm16_to_ulaw(pcm8.clip(-32768, 32767).astype("<i2").tobytes())
     ulaw_frames = inbound(ulaw, 160)
     start = orjson.dumps({"event": "start", "start": {
         "streamSid": "MZ" + "0" * 32, "callSid": "CA" + "0" * 32, "accountSid": "AC" + "0" * 32}}).decode()
@@ -152,7 +153,7 @@ def server_costs(rate: int, seconds: int, reps: int) -> dict[str, float]:
             "mulaw_bytes": float(sum(map(len, ulaw_frames))), "pcm_bytes": float(sum(map(len, pcm_frames)))}
 
 
-async def page_costs(seconds: int, reps: int) -> dict[int, dict[str, float]]:
+async def page_costs(seconds: int, reps: int) -> dict[Any, Any]:
     """Run the page's own code in headless Chromium, served by the real app in local mode."""
     from aiohttp import web
     from selenium import webdriver
@@ -161,7 +162,8 @@ async def page_costs(seconds: int, reps: int) -> dict[int, dict[str, float]]:
     from telephony_agent.server import create_app
     from telephony_agent.settings import Settings
 
-    app = create_app(Settings(_env_file=None, twilio_validate=False, provider="local", host="127.0.0.1"))
+    values: dict[str, Any] = {"_env_file": None, "twilio_validate": False, "provider": "local", "host": "127.0.0.1"}
+    app = create_app(Settings(**values))
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -179,7 +181,7 @@ async def page_costs(seconds: int, reps: int) -> dict[int, dict[str, float]]:
     try:
         driver.set_script_timeout(300)
         await asyncio.to_thread(driver.get, f"http://127.0.0.1:{port}/softphone")
-        out = {}
+        out: dict[Any, Any] = {}
         for rate in RATES:
             result = await asyncio.to_thread(driver.execute_async_script, PAGE_BENCH, rate, seconds, reps)
             if "error" in result:
@@ -218,8 +220,10 @@ def main() -> None:
         playout.append(f"{100 * p['playout_ms'] / 1000 * per_s:.2f} % at {rate} Hz")
     table = "\n".join(
         [
-            f"Chromium {page['version']}, Python {platform.python_version()}, {platform.machine()}; "
-            f"{args.seconds} s of audio, best of {args.reps}. CPU as % of one core per call.",
+            (
+                f"Chromium {page['version']}, Python {platform.python_version()}, {platform.machine()}; "
+                f"{args.seconds} s of audio, best of {args.reps}. CPU as % of one core per call."
+            ),
             "",
             "| context rate | in the page | page CPU | on the server | server CPU | on the wire |",
             "|---|---|---|---|---|---|",

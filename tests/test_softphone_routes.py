@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from telephony_agent.realtime.providers.local import LocalRealtimeModel
 from telephony_agent.settings import Settings
-from telephony_agent.softphone import Softphone
+from telephony_agent.testing.twilio_caller import TwilioCaller
 
 TOKEN = "softphone-test-token-0123456789"
 STATIC = ("softphone.js", "dsp.js", "capture-worklet.js", "playout-worklet.js", "softphone.css")
@@ -83,7 +83,8 @@ async def test_admission_as_the_webhook() -> None:
         status, body = await place(http, agent.base_url)  # the first call's reservation holds the slot
         assert (status, body) == (503, {"error": "refused", "reason": "at_capacity"})
         assert agent.state.metrics.calls_refused.labels("at_capacity")._value.get() == 1
-        agent.state.pending.clear()
+        for sid in agent.state.pending:
+            agent.state.manager.release(sid)
         agent.state.draining = True
         status, body = await place(http, agent.base_url)
         assert (status, body["reason"]) == (503, "draining")
@@ -120,7 +121,7 @@ async def test_the_minted_stream_token_opens_the_media_socket(tamper: str | None
         sid = body["callSid"]
         if tamper == "token":
             params["token"] = params["token"][:-2] + ("AA" if not params["token"].endswith("AA") else "BB")
-        async with Softphone(agent.base_url, PUBLIC_URL, "unused", session=http) as phone:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, "unused", session=http) as phone:
             if tamper == "call":
                 phone.call_sid = "CA" + "1" * 32  # a token minted for another call
             else:
@@ -137,8 +138,12 @@ async def test_the_minted_stream_token_opens_the_media_socket(tamper: str | None
 
 
 def test_softphone_token_setting() -> None:
-    assert Settings(_env_file=None, softphone_token="").softphone_token is None
-    assert Settings(_env_file=None, softphone_token=TOKEN).softphone_token is not None
+    def make(token: str) -> Settings:
+        values: dict[str, Any] = {"_env_file": None, "softphone_token": token}
+        return Settings(**values)
+
+    assert make("").softphone_token is None
+    assert make(TOKEN).softphone_token is not None
     with pytest.raises(ValidationError, match="at least 16 characters"):
-        Settings(_env_file=None, softphone_token="short")
-    assert Settings(_env_file=None, softphone_token=TOKEN).masked()["AGENT_SOFTPHONE_TOKEN"] == "********"
+        make("short")
+    assert make(TOKEN).masked()["AGENT_SOFTPHONE_TOKEN"] == "********"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHROMIUM", "CHROMEDRIVER", "BrowserPage", "missing", "start_chromium"]
+__all__ = ["CHROMEDRIVER", "CHROMIUM", "BrowserPage", "missing", "start_chromium"]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from telephony_agent.settings import Settings
 from telephony_agent.state import STATE
+from telephony_agent.telephony.twilio.routes import MEDIA_PATH, TOKEN_PARAM, TWILIO
 from telephony_agent.telephony.twilio.signature import make_stream_token
 
 __all__ = ["CALL_PATH", "PAGE_PATH", "STATIC_PATH", "Access", "SoftphoneRoutes", "access_mode", "install"]
@@ -43,6 +44,7 @@ STATIC_PATH = "/softphone/static/{name}"
 # The account SID the page puts in `start`: the stream needs one, and a browser has none.
 ACCOUNT_SID = "AC" + "0" * 32
 CALLER_ID = "softphone"
+TRANSPORT = "softphone"  # admission's label for refusals; the stream itself is a Twilio one
 
 # Files the page may load, with their types: nothing else under static/ is served.
 _STATIC_TYPES = {
@@ -193,33 +195,24 @@ def _json(body: dict[str, object], status: int, headers: dict[str, str] | None =
 
 
 # --- The one place that talks to admission and to the Twilio adapter --------------------------------
-# Today: AppState's refusal()/pending and token key, and the media path from server.py. When the
-# CallManager lands: `manager.reserve(call_sid)` here, and the Twilio routes' token key.
-
-MEDIA_PATH = "/twilio/media"
-TOKEN_PARAM = "token"
 
 
 def _reserve(app: web.Application, call_sid: str) -> str | None:
-    """Admit a call exactly as the voice webhook does; the reservation counts toward the limit."""
-    state = app[STATE]
-    reason = state.refusal()
-    if reason is not None:
-        state.metrics.calls_refused.labels(reason).inc()
-        return reason
-    state.pending[call_sid] = time.monotonic()
-    return None
+    """Admit a call exactly as the voice webhook does: the reservation counts toward the call limit
+    until the page's stream starts (or the stream token's lifetime passes). Refusals are counted
+    by the manager."""
+    return app[STATE].manager.reserve(call_sid, TRANSPORT)
 
 
 def _stream_token(app: web.Application, call_sid: str) -> str:
-    state = app[STATE]
-    return make_stream_token(call_sid, state.token_secret, time.time(), state.settings.stream_token_ttl_seconds)
+    """The token the voice webhook would put in the TwiML, with the Twilio routes' key."""
+    ttl = app[STATE].settings.stream_token_ttl_seconds
+    return make_stream_token(call_sid, app[TWILIO].token_secret, time.time(), ttl)
 
 
 def _media_accepts_tokens(app: web.Application) -> bool:
     """With signature checks on, the media socket needs TWILIO_AUTH_TOKEN before it looks at tokens."""
-    state = app[STATE]
-    return not state.settings.twilio_validate or bool(state.auth_token)
+    return not app[STATE].settings.twilio_validate or bool(app[TWILIO].auth_token)
 
 
 def _count_refused(app: web.Application) -> None:
@@ -227,7 +220,9 @@ def _count_refused(app: web.Application) -> None:
 
 
 def install(app: web.Application) -> None:
-    """Add the softphone's routes (they answer 404 unless local mode or a softphone token is set)."""
+    """Add the softphone's routes (they answer 404 unless local mode or a softphone token is set).
+
+    Install after the Twilio routes: calls placed here are streamed through them."""
     routes = SoftphoneRoutes(app[STATE].settings, _static_files())
     app.router.add_get(PAGE_PATH, routes.page)
     app.router.add_get(PAGE_PATH + "/", routes.page_slash)
