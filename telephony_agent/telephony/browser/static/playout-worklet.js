@@ -1,7 +1,9 @@
 // The speaker side of the phone line, on the audio thread: a jitter buffer of 8 kHz audio,
-// resampled up to the context rate, with Twilio's mark semantics. A mark is reported when the
-// audio queued before it has been rendered; `clear` drops the queue and reports every pending
-// mark at once. The page adds the output latency before echoing (see softphone.js).
+// resampled up to the context rate, with Twilio's mark semantics. A mark is reported once the
+// audio queued before it has been rendered and the output latency (which the page sends: the
+// time from here to the speaker) has passed on the audio clock, i.e. once that audio has been
+// heard; one with nothing queued before it comes back as soon as the last audio has been heard. `clear` drops the queue and reports every pending mark
+// at once. Timing lives here, not in main-thread timers, which a browser may throttle.
 import { LINE_RATE, MULAW_DECODE, Resampler } from "./dsp.js";
 
 const WAITING = 0; // nothing to play, or filling the jitter buffer
@@ -24,7 +26,11 @@ class PlayoutProcessor extends AudioWorkletProcessor {
     this.queued = 0; // samples waiting to play
     this.enqueued = 0; // audio samples ever queued (marks are positions in this count)
     this.consumed = 0; // audio samples ever played
-    this.marks = [];
+    this.marks = []; // {name, at}: waiting for the audio before them
+    this.played = []; // {name, due}: rendered, waiting out the output latency (in ticks)
+    this.ticks = 0; // 8 kHz samples rendered, silence included: the player's clock
+    this.latency = 0; // output latency in ticks
+    this.lastAudioTick = -Infinity; // when the last real sample was rendered
     this.firstArrival = null;
     this.overflow = 0;
     this.lastStatus = 0;
@@ -41,6 +47,7 @@ class PlayoutProcessor extends AudioWorkletProcessor {
     if (msg.type === "media") this.enqueue(msg.ulaw);
     else if (msg.type === "mark") this.marks.push({ name: msg.name, at: this.enqueued });
     else if (msg.type === "clear") this.clear();
+    else if (msg.type === "latency") this.latency = Math.max(0, Math.round(msg.seconds * LINE_RATE));
     else if (msg.type === "start") this.recording = true;
     else if (msg.type === "stop") {
       this.flushRecording();
@@ -68,8 +75,9 @@ class PlayoutProcessor extends AudioWorkletProcessor {
     this.queued = 0;
     this.enqueued = this.consumed;
     this.resampler.reset(); // no ringing tail of the dropped audio
-    const names = this.marks.map((m) => m.name);
+    const names = [...this.played.map((m) => m.name), ...this.marks.map((m) => m.name)];
     this.marks = [];
+    this.played = [];
     const wasPlaying = this.state === PLAYING;
     this.state = WAITING;
     this.firstArrival = null;
@@ -77,12 +85,14 @@ class PlayoutProcessor extends AudioWorkletProcessor {
   }
 
   next() {
+    this.ticks++;
     let value = 0;
     if (this.state === PLAYING && this.queued > 0) {
       const chunk = this.chunks[0];
       value = chunk[this.head++];
       this.queued--;
       this.consumed++;
+      this.lastAudioTick = this.ticks;
       if (this.head === chunk.length) {
         this.chunks.shift();
         this.head = 0;
@@ -96,6 +106,15 @@ class PlayoutProcessor extends AudioWorkletProcessor {
       if (this.recN === REC_CHUNK) this.flushRecording();
     }
     return value;
+  }
+
+  /** Marks whose audio has been rendered start waiting out the output latency. */
+  takeMarks() {
+    while (this.marks.length && this.marks[0].at <= this.consumed) {
+      // Due when the last audio before it has left the speaker: now, if that was long ago.
+      const due = Math.max(this.ticks, this.lastAudioTick + this.latency);
+      this.played.push({ name: this.marks.shift().name, due });
+    }
   }
 
   flushRecording() {
@@ -115,6 +134,7 @@ class PlayoutProcessor extends AudioWorkletProcessor {
         this.port.postMessage({ type: "playing", time: currentTime, queuedMs: this.queued / 8 });
       }
     }
+    this.takeMarks(); // before rendering: marks whose audio had all played, or had none
     this.resampler.pull(out, out.length, this.supply);
     for (let c = 1; c < outputs[0].length; c++) outputs[0][c].set(out);
     if (this.state === PLAYING && this.queued === 0) {
@@ -122,9 +142,10 @@ class PlayoutProcessor extends AudioWorkletProcessor {
       this.firstArrival = null;
       this.port.postMessage({ type: "drained", time: currentTime });
     }
-    if (this.marks.length && this.marks[0].at <= this.consumed) {
+    this.takeMarks();
+    if (this.played.length && this.played[0].due <= this.ticks) {
       const names = [];
-      while (this.marks.length && this.marks[0].at <= this.consumed) names.push(this.marks.shift().name);
+      while (this.played.length && this.played[0].due <= this.ticks) names.push(this.played.shift().name);
       this.port.postMessage({ type: "played", names, time: currentTime });
     }
     if (currentTime - this.lastStatus >= STATUS_EVERY) {

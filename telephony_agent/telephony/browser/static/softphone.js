@@ -86,7 +86,6 @@ class Softphone {
     this.t0 = null; // audio-clock time the stream started
     this.hangingUp = false;
     this.error = null;
-    this.pendingEchoes = []; // {name, timer}: played, waiting out the output latency
     this.callerRec = [];
     this.callerSamples = 0;
     this.agentRec = [];
@@ -259,11 +258,12 @@ class Softphone {
   }
 
   async startAudio() {
+    // The context first, while the click still counts as a user gesture (autoplay policy).
+    const ctx = new AudioContext({ latencyHint: "interactive" });
+    this.ctx = ctx;
     this.media = await navigator.mediaDevices.getUserMedia({
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
-    const ctx = new AudioContext({ latencyHint: "interactive" });
-    this.ctx = ctx;
     await ctx.audioWorklet.addModule("softphone/static/capture-worklet.js");
     await ctx.audioWorklet.addModule("softphone/static/playout-worklet.js");
     if (ctx.state !== "running") await ctx.resume();
@@ -320,6 +320,8 @@ class Softphone {
         streamSid: this.streamSid,
       });
       this.t0 = this.ctx.currentTime;
+      // Known once the context runs: the player holds marks back by it.
+      this.playout.port.postMessage({ type: "latency", seconds: this.outputLatency() });
       this.capture.port.postMessage({ type: "start" });
       this.playout.port.postMessage({ type: "start" });
       this.setState(State.IN_CALL, "In call");
@@ -382,7 +384,6 @@ class Softphone {
 
   async finish(state, text) {
     this.setState(state, text);
-    this.flushEchoes(false);
     if (this.playout) this.playout.port.postMessage({ type: "stop" }); // flushes its last recording
     if (this.capture) this.capture.port.postMessage({ type: "stop" });
     await new Promise((resolve) => setTimeout(resolve, 150)); // the last recording message arrives
@@ -438,15 +439,6 @@ class Softphone {
     this.stats.marksEchoed += 1;
     this.turnMarks += 1;
     this.send({ event: "mark", sequenceNumber: this.nextSeq(), streamSid: this.streamSid, mark: { name } });
-  }
-
-  /** Echo marks whose audio is still in the output latency; `now` when a clear overtakes them. */
-  flushEchoes(send = true) {
-    for (const pending of this.pendingEchoes) {
-      clearTimeout(pending.timer);
-      if (send) this.echo(pending.name);
-    }
-    this.pendingEchoes = [];
   }
 
   outputLatency() {
@@ -505,17 +497,8 @@ class Softphone {
     if (this.t0 === null) return;
     const at = msg.time - this.t0;
     if (msg.type === "played") {
-      const delay = this.outputLatency() * 1000;
-      for (const name of msg.names) {
-        const pending = { name, timer: null };
-        pending.timer = setTimeout(() => {
-          this.pendingEchoes.splice(this.pendingEchoes.indexOf(pending), 1);
-          this.echo(name);
-        }, delay);
-        this.pendingEchoes.push(pending);
-      }
+      for (const name of msg.names) this.echo(name);
     } else if (msg.type === "cleared") {
-      this.flushEchoes();
       for (const name of msg.names) this.echo(name);
       this.stats.marksEchoedOnClear += msg.names.length;
       this.stats.clearedMs += msg.droppedMs;
