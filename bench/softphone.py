@@ -42,6 +42,7 @@ from telephony_codecs.transcode import Transcoder
 from telephony_agent.telephony.twilio.stream import Media, MediaStreamProtocol
 
 SECONDS = 30
+LIVE_SECONDS = 10.0
 RATES = (48000, 44100)
 
 PAGE_BENCH = """
@@ -173,7 +174,9 @@ async def page_costs(seconds: int, reps: int) -> dict[Any, Any]:
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     profile = tempfile.mkdtemp(prefix="bench-softphone-")
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}"):
+                 "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 "--autoplay-policy=no-user-gesture-required"):
         options.add_argument(flag)
     driver = await asyncio.to_thread(
         webdriver.Chrome, options=options, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
@@ -188,11 +191,60 @@ async def page_costs(seconds: int, reps: int) -> dict[Any, Any]:
                 raise RuntimeError(result["error"])
             out[rate] = result
         out["version"] = driver.capabilities.get("browserVersion", "?")  # type: ignore[index]
+        out["live"] = await live_call_cpu(driver, LIVE_SECONDS)
         return out
     finally:
         await asyncio.to_thread(driver.quit)
         await runner.cleanup()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of `root`'s descendants (the browser's processes), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    total, todo = 0.0, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+async def live_call_cpu(driver: Any, seconds: float) -> dict[str, float]:
+    """The whole browser (every Chromium process) with the page open, then during a call."""
+    root = driver.service.process.pid
+
+    async def measure() -> float:
+        start = _tree_cpu_seconds(root)
+        await asyncio.sleep(seconds)
+        return (_tree_cpu_seconds(root) - start) / seconds
+
+    idle = await measure()
+    await asyncio.to_thread(driver.execute_script, "document.getElementById('call').click()")
+    for _ in range(100):
+        state = await asyncio.to_thread(driver.execute_script, "return window.softphone.state")
+        if state == "in_call":
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise RuntimeError(f"the call did not connect: {state}")
+    await asyncio.sleep(2)
+    in_call = await measure()
+    await asyncio.to_thread(driver.execute_script, "window.softphone.hangup()")
+    await asyncio.sleep(1)
+    return {"idle": idle, "in_call": in_call}
 
 
 def main() -> None:
@@ -230,6 +282,12 @@ def main() -> None:
             *rows,
             "",
             "The page's playout (8 kHz up to the context rate, the same either way): " + ", ".join(playout) + ".",
+            "",
+            (
+                f"The whole browser (every Chromium process, headless) during a live call to the local engine: "
+                f"{100 * page['live']['in_call']:.1f} % of a core; with the page open and no call: "
+                f"{100 * page['live']['idle']:.1f} %."
+            ),
         ]
     )
     print(table)

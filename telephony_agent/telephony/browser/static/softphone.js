@@ -191,13 +191,17 @@ class Softphone {
 
   showStats() {
     const s = this.stats;
-    $("stat-first-audio").textContent = s.firstAudioMs === null ? "–" : `${s.firstAudioMs} ms`;
     const last = s.answerLatencyMs[s.answerLatencyMs.length - 1];
-    $("stat-answer").textContent = last === undefined ? "–" : `${last} ms`;
-    $("stat-marks").textContent = `${s.marksEchoed} of ${s.marksReceived}`;
-    $("stat-clears").textContent = `${s.clears}`;
-    $("stat-buffer").textContent = `${Math.round(s.queuedMs)} ms queued, ${(s.playedMs / 1000).toFixed(1)} s played`;
-    $("stat-underruns").textContent = `${s.underruns}`;
+    const show = (id, text) => {
+      const el = $(id);
+      if (el.textContent !== text) el.textContent = text; // same text: no layout
+    };
+    show("stat-first-audio", s.firstAudioMs === null ? "–" : `${s.firstAudioMs} ms`);
+    show("stat-answer", last === undefined ? "–" : `${last} ms`);
+    show("stat-marks", `${s.marksEchoed} of ${s.marksReceived}`);
+    show("stat-clears", `${s.clears}`);
+    show("stat-buffer", `${Math.round(s.queuedMs / 20) * 20} ms queued, ${(s.playedMs / 1000).toFixed(1)} s played`);
+    show("stat-underruns", `${s.underruns}`);
   }
 
   /** Everything a test or a curious developer may want, as plain JSON. */
@@ -396,8 +400,8 @@ class Softphone {
     clearInterval(this.meterTimer);
     if (this.media) for (const track of this.media.getTracks()) track.stop();
     if (this.ctx && this.ctx.state !== "closed") this.ctx.close();
-    $("mic-level").style.width = "0";
-    $("agent-level").style.width = "0";
+    this.setLevel("mic-level", -120);
+    this.setLevel("agent-level", -120);
   }
 
   // --- the media socket ----------------------------------------------------------------------------
@@ -567,15 +571,23 @@ class Softphone {
     if (!this.micAnalyser || !this.agentAnalyser) return;
     const mic = level(this.micAnalyser);
     const agent = level(this.agentAnalyser);
-    const width = (value) => `${Math.max(0, Math.min(100, ((value + 60) / 60) * 100))}%`;
-    $("mic-level").style.width = width(mic);
-    $("agent-level").style.width = width(agent);
+    this.setLevel("mic-level", mic);
+    this.setLevel("agent-level", agent);
     if (this.state !== State.IN_CALL) return;
     const s = this.stats;
     s.micPeakDb = Math.max(s.micPeakDb, Math.round(mic));
     s.outputPeakDb = Math.max(s.outputPeakDb, Math.round(agent));
     if (mic > AUDIBLE_DB) s.micAudibleMs += METER_MS;
     if (agent > AUDIBLE_DB) s.outputAudibleMs += METER_MS;
+  }
+
+  /** A meter shows -60..0 dBFS, in 2 % steps: unchanged steps cost no style work at all. */
+  setLevel(id, level) {
+    const step = Math.round(Math.max(0, Math.min(1, (level + 60) / 60)) * 50) / 50;
+    const el = $(id);
+    if (el.dataset.step === String(step)) return;
+    el.dataset.step = String(step);
+    el.style.transform = `scaleX(${step})`;
   }
 
   record(channel, data) {
