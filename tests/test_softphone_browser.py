@@ -27,7 +27,7 @@ from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 from telephony_agent.realtime.providers.local import LocalRealtimeModel
 from telephony_agent.settings import Settings
-from telephony_agent.telephony.bridge import CallBridge
+from telephony_agent.telephony.bridge import CallBridge, CallOutcome
 from telephony_agent.testing.speech import speech_pcm16
 
 _WHY = missing()
@@ -77,7 +77,8 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def settings(**overrides: Any) -> Settings:
     # The machine's load is not under test: a busy event loop must not refuse these calls.
-    return test_settings(max_loop_lag_ms=5000, **overrides)
+    # No account SID: a softphone call has no Twilio call to hang up over REST (and tests stay offline).
+    return test_settings(max_loop_lag_ms=5000, **{"twilio_account_sid": None, **overrides})
 
 
 async def warm_model() -> LocalRealtimeModel:
@@ -218,11 +219,14 @@ async def test_token_mode_refuses_without_the_token_and_works_with_it(page: Brow
         await page.type("#token", SOFTPHONE_TOKEN)
         await page.click("#call")
         await page.wait(lambda s: s["state"] == "in_call", 15, "the call to connect")
-        await until(lambda: agent.state.calls, 5, "the call on the server")
+        bridge = await until(lambda: next(iter(agent.state.calls.values()), None), 5, "the call on the server")
         await page.wait(lambda s: s["stats"]["outputAudibleMs"] >= 500, 15, "the greeting")
-        await page.click("#hangup")
+        # This time the agent's side hangs up: the page sees its socket close and ends the call.
+        await bridge.end(CallOutcome.AGENT_HANGUP, hangup=True)
+        snap = await page.wait(lambda s: s["state"] == "ended" and s["wavUrl"], 10, "the page to see the call end")
         await agent.wait_no_calls(timeout=10)
-        await page.wait(lambda s: s["state"] == "ended", 10, "the call to end")
+        assert snap["stats"]["closedByServer"], snap
+        assert any("the agent ended the call" in e["text"] for e in snap["timeline"]), snap["timeline"]
 
 
 async def test_codec_in_the_page_matches_the_server(page: BrowserPage) -> None:
@@ -330,9 +334,10 @@ async def test_playout_echoes_marks_as_twilio_does(page: BrowserPage) -> None:
             """
         )
     assert "error" not in events[0], events
-    # Times on the audio clock (seconds), as the player reports them.
-    played = {name: e["time"] for e in events if e["type"] == "played" for name in e["names"]}
-    started = next(e["time"] for e in events if e["type"] == "playing")
+    # Times on the player's own clock (8 kHz samples rendered, in seconds): exact even when a busy
+    # machine makes the audio thread miss a deadline.
+    played = {name: e["tick"] / 8000 for e in events if e["type"] == "played" for name in e["names"]}
+    started = next(e["tick"] / 8000 for e in events if e["type"] == "playing")
     cleared = [e for e in events if e["type"] == "cleared"]
     assert list(played) == ["empty", "a", "b", "after"], events
     assert played["empty"] <= started + 0.01  # nothing before it, nothing playing: straight back
@@ -343,4 +348,4 @@ async def test_playout_echoes_marks_as_twilio_does(page: BrowserPage) -> None:
     assert len(cleared) == 1 and cleared[0]["names"] == ["c", "d"], events
     assert cleared[0]["wasPlaying"] and 1500 < cleared[0]["droppedMs"] < 2700, events
     # After the clear nothing is queued: only what was already in the output is still to be heard.
-    assert 0.09 <= played["after"] - cleared[0]["time"] < 0.13, events
+    assert 0.09 <= played["after"] - cleared[0]["tick"] / 8000 < 0.13, events

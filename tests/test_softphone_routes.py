@@ -19,7 +19,8 @@ STATIC = ("softphone.js", "dsp.js", "capture-worklet.js", "playout-worklet.js", 
 
 
 def settings(**overrides: Any) -> Settings:
-    return test_settings(max_loop_lag_ms=5000, **overrides)
+    # No account SID: a softphone call has no Twilio call to hang up over REST (and tests stay offline).
+    return test_settings(max_loop_lag_ms=5000, **{"twilio_account_sid": None, **overrides})
 
 
 async def place(http: aiohttp.ClientSession, base: str, token: str | None = None, **headers: str) -> tuple[int, dict]:

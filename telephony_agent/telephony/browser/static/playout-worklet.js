@@ -81,7 +81,7 @@ class PlayoutProcessor extends AudioWorkletProcessor {
     const wasPlaying = this.state === PLAYING;
     this.state = WAITING;
     this.firstArrival = null;
-    this.port.postMessage({ type: "cleared", names, droppedMs: dropped / 8, wasPlaying, time: currentTime });
+    this.port.postMessage({ type: "cleared", names, droppedMs: dropped / 8, wasPlaying, time: currentTime, tick: this.ticks });
   }
 
   next() {
@@ -131,7 +131,7 @@ class PlayoutProcessor extends AudioWorkletProcessor {
     if (this.state === WAITING && this.queued > 0) {
       if (this.queued >= this.prebuffer || currentTime - this.firstArrival >= this.maxWait) {
         this.state = PLAYING;
-        this.port.postMessage({ type: "playing", time: currentTime, queuedMs: this.queued / 8 });
+        this.port.postMessage({ type: "playing", time: currentTime, tick: this.ticks, queuedMs: this.queued / 8 });
       }
     }
     this.takeMarks(); // before rendering: marks whose audio had all played, or had none
@@ -146,7 +146,7 @@ class PlayoutProcessor extends AudioWorkletProcessor {
     if (this.played.length && this.played[0].due <= this.ticks) {
       const names = [];
       while (this.played.length && this.played[0].due <= this.ticks) names.push(this.played.shift().name);
-      this.port.postMessage({ type: "played", names, time: currentTime });
+      this.port.postMessage({ type: "played", names, time: currentTime, tick: this.ticks });
     }
     if (currentTime - this.lastStatus >= STATUS_EVERY) {
       this.lastStatus = currentTime;
