@@ -232,6 +232,10 @@ class Softphone {
     $("timeline").replaceChildren();
     $("download").hidden = true;
     this.setState(State.PLACING, "Starting the microphone…");
+    if (!navigator.mediaDevices || !window.AudioWorkletNode) {
+      this.fail("This browser gives pages the microphone only over https:// or on localhost / 127.0.0.1.");
+      return;
+    }
     try {
       await this.startAudio();
     } catch (err) {
