@@ -7,7 +7,7 @@ SYS_PKGS := espeak-ng sox sipp
 SYS_PKGS += chromium chromedriver  # the browser softphone's tests (Debian: chromium, chromium-driver)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test311 test313 bench-codecs bench-load bench-softphone system-deps clean
+.PHONY: help run test test311 test313 bench-codecs bench-load bench-softphone bench-transcript system-deps clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ bench-softphone: $(VENV)/.installed system-deps ## Softphone microphone: mu-law 
 
 bench-load: $(VENV)/.installed ## Load benchmark: concurrent calls through the bridge
 	$(VENV)/bin/python bench/load.py
+
+bench-transcript: $(VENV)/.installed ## Word error rate of `telephony-agent call`'s agent transcript
+	$(VENV)/bin/python bench/transcript_wer.py
 
 clean: ## Remove the virtualenvs and caches
 	rm -rf $(VENV) $(VENV313) .pytest_cache .hypothesis
