@@ -141,6 +141,8 @@ class Softphone {
     for (const key of document.querySelectorAll("#keypad button")) {
       key.addEventListener("click", () => this.dtmf(key.dataset.digit));
     }
+    // Closing or leaving the page hangs up properly (`stop`), as a caller's phone would.
+    window.addEventListener("pagehide", () => this.hangup());
     document.addEventListener("keydown", (event) => {
       if (this.state === State.IN_CALL && /^[0-9*#]$/.test(event.key) && event.target.tagName !== "INPUT") {
         this.dtmf(event.key);
