@@ -203,7 +203,7 @@ async def test_a_call_from_the_browser(page: BrowserPage, shots: Path) -> None:
 async def test_token_mode_refuses_without_the_token_and_works_with_it(page: BrowserPage, shots: Path) -> None:
     model = await warm_model()
     # Signatures checked: not local mode.
-    async with running_agent(settings(softphone_token=SOFTPHONE_TOKEN), model) as agent:
+    async with running_agent(settings(softphone_token=SOFTPHONE_TOKEN, max_calls=1), model) as agent:
         snap = await page.open(agent.base_url + "/softphone")
         assert snap["access"] == "token"
         assert await page.visible("#token-row")
@@ -220,7 +220,15 @@ async def test_token_mode_refuses_without_the_token_and_works_with_it(page: Brow
         refused = agent.state.metrics.webhooks_refused.labels("softphone")._value.get()
         assert refused == 1
 
+        # The right token does not get round the call limit: with the only slot held (as by a
+        # Twilio call whose webhook was answered), the page is told the server is full.
         await page.type("#token", SOFTPHONE_TOKEN)
+        assert agent.state.manager.reserve("CA" + "1" * 32) is None
+        await page.click("#call")
+        snap = await page.wait(lambda s: s["state"] == "refused", 10, "the call limit")
+        assert snap["error"] == "at_capacity" and "call limit" in snap["status"], snap
+        agent.state.manager.release("CA" + "1" * 32)
+
         await page.click("#call")
         await page.wait(lambda s: s["state"] == "in_call", 15, "the call to connect")
         bridge = await until(lambda: next(iter(agent.state.calls.values()), None), 5, "the call on the server")
