@@ -6,7 +6,7 @@ VENV313  := .venv313
 SYS_PKGS := espeak-ng sox sipp baresip kamailio
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test311 test313 bench-codecs bench-load bench-sip system-deps clean
+.PHONY: help run test test311 test313 bench-codecs bench-load bench-sip bench-transcript system-deps clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-load: $(VENV)/.installed ## Load benchmark: concurrent calls through the b
 
 bench-sip: $(VENV)/.installed system-deps ## SIP load benchmark: sipp calls with audio, calls per core, RTP jitter (+ Twilio: ARGS=--twilio)
 	$(VENV)/bin/python bench/sip_load.py $(ARGS)
+
+bench-transcript: $(VENV)/.installed ## Word error rate of `telephony-agent call`'s agent transcript
+	$(VENV)/bin/python bench/transcript_wer.py
 
 clean: ## Remove the virtualenvs and caches
 	rm -rf $(VENV) $(VENV313) .pytest_cache .hypothesis
