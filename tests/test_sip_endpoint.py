@@ -123,6 +123,7 @@ class StandInAdmission:
         self.released: list[str] = []
         self.started: list[StandInBridge] = []
         self.ended: list[StandInBridge] = []
+        self.calls: dict[str, StandInBridge] = {}
 
     def reserve(self, call_id: str, transport: str = "twilio") -> str | None:
         if self.refuse is not None:
@@ -135,9 +136,12 @@ class StandInAdmission:
 
     async def start_call(self, call_id: str, leg: Any, *, transport: str | None = None, log: Any = None,
                          on_admitted: Any = None) -> StandInBridge:
-        await asyncio.sleep(self.start_delay)  # a provider session opening
+        await asyncio.sleep(self.start_delay)  # admission taking a while: the caller hears ringing
         bridge = StandInBridge(call_id, leg, self.transfer_on)
+        self.calls[call_id] = bridge
         self.started.append(bridge)
+        if on_admitted is not None:
+            on_admitted()  # as CallManager: admitted, bridge built, provider not connected yet
         if self.end_after is not None:
             async def later() -> None:
                 await asyncio.sleep(self.end_after or 0)
@@ -147,6 +151,7 @@ class StandInAdmission:
         return bridge
 
     def call_ended(self, bridge: Any) -> None:
+        self.calls.pop(bridge.call_id, None)
         self.ended.append(bridge)
 
     async def wait_ended(self, n: int = 1, timeout: float = 20.0) -> None:

@@ -3,8 +3,8 @@
 It owns the sockets and one timer (armed at `SipUas.get_timer()`), and runs each call:
 
     INVITE (authorised by the core) -> CallManager.reserve (503 + Retry-After when refused)
-    -> 180 Ringing -> RTP socket (`open_rtp`) -> 200 OK with our SDP answer
-    -> CallManager.start_call(leg) (provider session opens only now) -> call runs
+    -> 180 Ringing -> RTP socket (`open_rtp`) -> CallManager.start_call(leg): once admitted,
+    200 OK with our SDP answer and the leg attached; then the provider session opens
     -> caller BYE / our BYE / ACK timeout / RTP silence -> CallManager.call_ended
 
 `SipCall` is the dialog's `SipCallControl` for the media leg: BYE (retransmitted by the core
@@ -38,6 +38,7 @@ from telephony_agent.telephony.sip.transaction import T1, Peer
 from telephony_agent.telephony.sip.uas import (
     CallConfirmed,
     CallEnded,
+    CallState,
     Count,
     EndReason,
     IncomingCall,
@@ -517,28 +518,35 @@ class SipEndpoint:
             await leg.close()
             self._finish(call, "cancelled")
             return
-        # The provider session opens while the caller hears ringing; we answer once it is up, so a
-        # provider failure is a 503 rather than a call that connects to silence. Audio the bridge
-        # queues meanwhile (the greeting) is sent once the leg is attached, after the 200.
-        # Not cancelled on a timer: the manager registers the bridge before starting it, and the
-        # provider connection has its own bounds. A caller who gives up sends CANCEL meanwhile.
+        # Answer as soon as the manager has admitted the call and built its bridge (`on_admitted`,
+        # before the provider session opens), and attach the leg at once: the caller's first words
+        # are buffered by the bridge while the provider connects, as with Twilio, and no provider
+        # latency keeps the phone ringing. Refused calls were never answered: they get 503.
+        def answer_and_attach() -> None:
+            if call.bridge is None:
+                call.bridge = getattr(self.admission, "calls", {}).get(call_id)
+            if not call.ended.is_set() and uas.call_state(call_id) is CallState.OFFERED:
+                answer = build_answer(neg, media_host, rtp.local_port, secrets.randbelow(2**31))
+                self._apply(uas.answer(call_id, answer, self.now()))
+            if call.bridge is not None:
+                leg.attach(call.bridge)
+
         try:
-            bridge = await self.admission.start_call(call_id, leg, transport="sip", log=call.log)
-        except Exception as exc:  # noqa: BLE001 - refused or failed to start: the caller gets 503
-            call.log.warning("call could not start: %s", exc)
+            bridge = await self.admission.start_call(call_id, leg, transport="sip", log=call.log,
+                                                     on_admitted=answer_and_attach)
+        except Exception as exc:  # refused, or failed to start (logged with its traceback)
+            call.log.warning("call could not start: %r", exc, exc_info=type(exc).__name__ != "CallRefused")
             self.admission.release(call_id)
+            if uas.call_state(call_id) is CallState.OFFERED:
+                self._apply(uas.reject(call_id, 503, self.now(), headers=[("Retry-After", str(RETRY_AFTER_S))]))
+            else:
+                await call.hangup()
             await leg.close()
-            self._apply(uas.reject(call_id, 503, self.now(), headers=[("Retry-After", str(RETRY_AFTER_S))]))
             self._finish(call, "failed_to_start")
             return
         call.bridge = bridge
-        if not call.ended.is_set():
-            answer = build_answer(neg, media_host, rtp.local_port, secrets.randbelow(2**31))
-            self._apply(uas.answer(call_id, answer, self.now()))
-        attach = getattr(leg, "attach", None)
-        if attach is not None:
-            attach(bridge)
-        if call.ended.is_set():  # cancelled while the provider session opened
+        answer_and_attach()  # a manager that does not call on_admitted: answer now (attach is idempotent)
+        if call.ended.is_set():  # cancelled or hung up while the call was being set up
             leg.deliver_hangup()
         try:
             await bridge.wait_ended()
