@@ -188,7 +188,8 @@ class RtpSession(asyncio.DatagramProtocol):
             self._receive(data, (addr[0], addr[1]), self._loop.time())
         except Exception:  # a bug here must not end the call or the loop: count and go on
             self.stats.malformed["internal"] = self.stats.malformed.get("internal", 0) + 1
-            self.log.exception("RTP packet handling failed")
+            if self.stats.malformed["internal"] == 1:  # once: packets come 50 times a second
+                self.log.exception("RTP packet handling failed")
 
     def error_received(self, exc: Exception) -> None:  # ICMP port unreachable and the like
         self.log.debug("RTP socket error: %s", exc)
