@@ -82,7 +82,7 @@ async def test_pjsua2_asks_hears_the_answer_then_presses_9_and_the_agent_hangs_u
         watch = BridgeWatch(agent)
         try:
             result, info = await pjsua2_call(f"sip:agent@127.0.0.1:{settings.sip_port}", files.wav8k, rec,
-                                             digits="9", talk_s=files.seconds, linger_s=12, timeout=80)
+                                             digits="9", talk_s=files.seconds, linger_s=20, timeout=90)
         finally:
             watch.stop()
         await agent.wait_no_calls(10)
