@@ -411,7 +411,7 @@ async def test_bad_input_flood_during_a_call_loses_no_audio(tmp_path: Path) -> N
     assert bridge.audio >= n_bytes - 2 * 160, (bridge.audio, n_bytes)
     assert counts.rtp[0]["lost"] == 0
     bad = sum(v for (family, _), v in counts.seen.items() if family in ("bad_input", "refused"))
-    assert bad > 500
+    assert bad > 200  # counted (a loaded machine may drop some of the 3000 datagrams on loopback)
     assert counts.seen.get(("bad_input", "oversized"), 0) == 1
 
 
