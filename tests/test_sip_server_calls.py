@@ -17,6 +17,7 @@ from agent_server import running_agent, test_settings
 from telephony_codecs import pcm16_to_ulaw  # type: ignore[import-untyped]
 from test_sip_endpoint import SCENARIOS, free_rtp_range, free_udp_tcp_port, sipp
 
+from telephony_agent.recording import read_recording
 from telephony_agent.telephony.bridge import CallBridge
 from telephony_agent.testing.speech import speech_pcm16
 
@@ -37,7 +38,9 @@ def caller_file(tmp: Path, text: str, lead_s: float, tail_s: float) -> tuple[Pat
 
 async def test_caller_says_goodbye_and_the_agent_hangs_up_with_bye(tmp_path: Path) -> None:
     port = free_udp_tcp_port()
-    settings = test_settings(provider="local", sip_port=port, sip_host="127.0.0.1", rtp_ports=free_rtp_range())
+    recordings = tmp_path / "recordings"
+    settings = test_settings(provider="local", sip_port=port, sip_host="127.0.0.1", rtp_ports=free_rtp_range(),
+                             recordings_dir=str(recordings))
     audio, seconds = caller_file(tmp_path, "goodbye", lead_s=6.0, tail_s=8.0)
     async with running_agent(settings) as agent:
         rc, logs = await sipp("uac_agent_bye.xml", port, tmp_path / "call", "-m", "1",
@@ -48,6 +51,12 @@ async def test_caller_says_goodbye_and_the_agent_hangs_up_with_bye(tmp_path: Pat
     assert any(line.startswith('agent_sip_calls_total{outcome="agent_hangup"} 1.0') for line in text), text
     assert any(line.startswith('agent_rtp_packets_total{direction="out"}') and float(line.split()[-1]) > 100
                for line in text)
+    # The call was recorded (from admission on): a version-2 recording whose phone leg is SIP.
+    [path] = recordings.glob("*.jsonl")
+    recording = read_recording(path)
+    assert recording.transport == "sip"
+    phone = [e for e in recording.entries if e.leg == "phone"]
+    assert sum(e.dir == "in" for e in phone) > 100 and sum(e.dir == "out" for e in phone) > 100
 
 
 @pytest.mark.parametrize(("allowlisted", "refer_to"), [

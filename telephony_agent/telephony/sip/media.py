@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from telephony_agent.wiretap import IN, LEG_PHONE, OUT, WIRETAP, Wiretap
+
 from ..leg import AudioLaw, LegEvents, PhoneFormat
 from .dtmf import DtmfReceiver
 from .jitter import JitterBuffer
@@ -504,6 +506,7 @@ class SipLeg:
         self._hangup_sent = False
         self._caller_gone = False  # BYE/CANCEL from the caller, or the media timed out (BYE sent)
         self.state = _LegState.RUNNING
+        self._tap: Wiretap | None = None
         rtp.on_audio = self._on_audio
         rtp.on_dtmf = self.deliver_dtmf
         rtp.on_timeout = self._on_media_timeout
@@ -517,12 +520,19 @@ class SipLeg:
         if self._events is not None or self.state is _LegState.CLOSED:
             return
         self._events = events
+        # Attached once the call is admitted (the manager has set this task's recorder, if any):
+        # from here on the leg's audio is recorded, never before.
+        self._tap = WIRETAP.get()
         self._task = asyncio.get_running_loop().create_task(self._deliver(), name="sip-leg-events")
         self.rtp.start_sending()
 
     # -- PhoneLeg
 
     def send_audio(self, frames: list[bytes], tag: str) -> None:
+        tap = self._tap
+        if tap is not None:
+            for frame in frames:
+                tap.record(LEG_PHONE, OUT, frame)
         self.rtp.send(frames)
 
     def send_clear(self) -> None:
@@ -579,6 +589,8 @@ class SipLeg:
             self.dropped_audio += 1
             return
         self._pending_audio += 1
+        if self._tap is not None:
+            self._tap.record(LEG_PHONE, IN, payload)
         self._push(_AUDIO, payload)
 
     def _on_media_timeout(self) -> None:
