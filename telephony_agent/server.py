@@ -16,19 +16,30 @@ from aiohttp import web
 
 from telephony_agent import ops
 from telephony_agent.metrics import Metrics
-from telephony_agent.state import STATE, AppState
 from telephony_agent.realtime import RealtimeConfig, RealtimeModel, TurnDetection
 from telephony_agent.settings import Provider, Settings
+from telephony_agent.state import STATE, AppState
 from telephony_agent.telephony.bridge import BridgeOptions, CallBridge
-from telephony_agent.telephony.twilio.media_socket import WS_MAX_MSG_SIZE, MediaSocketHooks, TwilioMediaSocket
-from telephony_agent.telephony.twilio.rest import TwilioRest
-from telephony_agent.telephony.twilio.signature import (
-    check_stream_token,
-    make_stream_token,
-    validate_request,
-    validate_websocket,
+from telephony_agent.telephony.twilio.media_socket import (
+    WS_MAX_MSG_SIZE,
+    WS_MAX_MSG_SIZE_UNAUTHENTICATED,
+    MediaSocketHooks,
+    TwilioMediaSocket,
 )
+from telephony_agent.telephony.twilio.request_auth import (
+    WebhookRejected,
+    authorize_upgrade,
+    read_signed_form,
+)
+from telephony_agent.telephony.twilio.rest import TwilioRest
 from telephony_agent.telephony.twilio.stream import Start
+from telephony_agent.telephony.twilio.stream_auth import (
+    NONCE_BYTES,
+    TOKEN_PARAM,
+    StreamAuthority,
+    StreamRefusal,
+    per_call_path,
+)
 from telephony_agent.telephony.twilio.twiml import busy_twiml, connect_stream_twiml
 from telephony_agent.wiretap import WIRETAP
 
@@ -36,7 +47,7 @@ log = logging.getLogger(__name__)
 
 VOICE_PATH = "/twilio/voice"
 MEDIA_PATH = "/twilio/media"
-TOKEN_PARAM = "token"
+STREAM_AUTHORITY = web.AppKey("stream_authority", StreamAuthority)
 
 
 def build_model(settings: Settings, http: aiohttp.ClientSession) -> RealtimeModel:
@@ -78,8 +89,10 @@ def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web
         else secrets.token_bytes(32)
     )
     app[STATE] = state
+    app[STREAM_AUTHORITY] = StreamAuthority(state.token_secret, settings.stream_token_ttl_seconds)
     app.router.add_post(VOICE_PATH, voice_webhook)
     app.router.add_get(MEDIA_PATH, media_socket)
+    app.router.add_get(MEDIA_PATH + "/{call}/{token}", media_socket)  # the per-call stream URL
     ops.install(app)
     app.cleanup_ctx.append(_lifecycle)
     return app
@@ -129,16 +142,16 @@ def _public_base(request: web.Request, settings: Settings) -> str:
 async def voice_webhook(request: web.Request) -> web.Response:
     state = request.app[STATE]
     settings = state.settings
-    form = await request.post()
-    params = {k: str(v) for k, v in form.items()}
     base = _public_base(request, settings)
-    if settings.twilio_validate:
-        token = state.auth_token
-        url = base + request.path_qs
-        if not token or not validate_request(url, form, request.headers.get("X-Twilio-Signature"), token):
-            state.metrics.webhooks_refused.labels("voice").inc()
-            log.warning("refused unsigned or badly signed webhook")
-            return web.Response(status=403, text="invalid signature")
+    try:
+        form = await read_signed_form(
+            request, base + request.path_qs, state.auth_token, validate=settings.twilio_validate,
+            max_bytes=settings.webhook_max_bytes, timeout=settings.http_body_timeout_seconds,
+        )
+    except WebhookRejected as exc:
+        state.metrics.webhooks_refused.labels("voice").inc()
+        return exc.response()  # counted, not logged: anyone can send these
+    params = {k: str(v) for k, v in form.items()}
     call_sid = params.get("CallSid", "")
     if not call_sid:
         return web.Response(status=400, text="missing CallSid")
@@ -149,45 +162,46 @@ async def voice_webhook(request: web.Request) -> web.Response:
         return web.Response(text=busy_twiml(), content_type="text/xml")
     state.pending[call_sid] = time.monotonic()
     host = urlsplit(base).netloc
-    ws_url = f"wss://{host}{urlsplit(base).path.rstrip('/')}{MEDIA_PATH}"
-    stream_params = {
-        "callSid": call_sid,
-        "from": params.get("From", ""),
-        "to": params.get("To", ""),
-        TOKEN_PARAM: make_stream_token(call_sid, state.token_secret, time.time(), settings.stream_token_ttl_seconds),
-    }
+    token = request.app[STREAM_AUTHORITY].issue(call_sid, time.time(), secrets.token_bytes(NONCE_BYTES))
+    ws_url = f"wss://{host}{urlsplit(base).path.rstrip('/')}{per_call_path(MEDIA_PATH, call_sid, token)}"
+    stream_params = {"callSid": call_sid, "from": params.get("From", ""), "to": params.get("To", "")}
     return web.Response(text=connect_stream_twiml(ws_url, stream_params), content_type="text/xml")
 
 
 async def media_socket(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     settings = state.settings
-    signed = not settings.twilio_validate
-    if settings.twilio_validate and state.auth_token:
-        signed = validate_websocket(
-            _public_base(request, settings), MEDIA_PATH, request.headers.get("X-Twilio-Signature"), state.auth_token
-        )
-    if settings.twilio_validate and not state.auth_token:
+    authority = request.app[STREAM_AUTHORITY]
+    grant = authorize_upgrade(
+        request, authority, _public_base(request, settings), state.auth_token, time.time(),
+        validate=settings.twilio_validate,
+    )
+    if isinstance(grant, StreamRefusal):
         state.metrics.webhooks_refused.labels("media").inc()
-        return web.Response(status=403, text="server has no TWILIO_AUTH_TOKEN")
-    ws = web.WebSocketResponse(max_msg_size=WS_MAX_MSG_SIZE, heartbeat=None, autoping=True)
+        return web.Response(status=403, text=grant.value)
+    bound_call = grant.call_sid
+    ws = web.WebSocketResponse(
+        max_msg_size=WS_MAX_MSG_SIZE if bound_call else WS_MAX_MSG_SIZE_UNAUTHENTICATED, heartbeat=None, autoping=True
+    )
     await ws.prepare(request)
 
-    def authorize(start: Start) -> bool:
-        if start.call_sid in state.calls:
-            # One stream per call: a second socket (a replayed token, a confused proxy) is refused.
+    def authorize(start: Start) -> str | None:
+        refusal = _authorize_start(state, authority, bound_call, start)
+        if refusal is not None:
             state.metrics.webhooks_refused.labels("media").inc()
-            return False
-        if signed:
-            return True
-        ok = check_stream_token(start.custom_parameters.get(TOKEN_PARAM), start.call_sid, state.token_secret, time.time())
-        if not ok:
-            state.metrics.webhooks_refused.labels("media").inc()
-        return ok
+        return refusal
+
+    recording: list[object] = []
 
     async def make_bridge(start: Start, socket: TwilioMediaSocket) -> CallBridge:
         state.pending.pop(start.call_sid, None)
         assert state.model is not None
+        if settings.recordings_dir:  # only now, authorised: a refused socket leaves no file
+            from telephony_agent.recording import CallRecorder
+
+            recorder = CallRecorder(settings.recordings_dir, metadata={"provider": state.model.provider})
+            recording.append(recorder)
+            WIRETAP.set(recorder)  # this call's task (and what it starts) only
         bridge = CallBridge(
             start.call_sid,
             state.model,
@@ -213,23 +227,39 @@ async def media_socket(request: web.Request) -> web.StreamResponse:
         make_bridge=make_bridge,
         on_bad_input=lambda kind: state.metrics.bad_input.labels(kind).inc(),
         on_call_end=on_call_end,
+        start_timeout=settings.ws_handshake_timeout_seconds,
     )
-    recorder = None
-    if settings.recordings_dir:
-        from telephony_agent.recording import CallRecorder
-
-        provider = state.model.provider if state.model is not None else None
-        recorder = CallRecorder(settings.recordings_dir, metadata={"provider": provider})
-    tap_token = WIRETAP.set(recorder) if recorder is not None else None  # this call's task only
     socket = TwilioMediaSocket(ws, hooks, state.rest)
     try:
         await socket.run()
     finally:
-        if recorder is not None:
-            recorder.finish_bridge(socket.bridge)
-        if tap_token is not None:
-            WIRETAP.reset(tap_token)
+        if socket.bridge is None and bound_call is not None:
+            state.pending.pop(bound_call, None)  # its token is spent: this call cannot stream now
+        for recorder in recording:
+            recorder.finish_bridge(socket.bridge)  # type: ignore[attr-defined]
     return ws
+
+
+def _authorize_start(
+    state: AppState, authority: StreamAuthority, bound_call: str | None, start: Start
+) -> str | None:
+    """None to admit this `start`, else why not. Admission applies to every way in."""
+    settings = state.settings
+    if bound_call is not None:
+        if start.call_sid != bound_call:
+            return StreamRefusal.CALL_MISMATCH.value
+    elif settings.twilio_validate:
+        refusal = authority.redeem(start.custom_parameters.get(TOKEN_PARAM), start.call_sid, time.time())
+        if refusal is not None:
+            return refusal.value
+    if start.call_sid in state.calls:
+        return StreamRefusal.DUPLICATE_STREAM.value  # one stream per call
+    if start.call_sid not in state.pending:  # not reserved by this process's webhook
+        reason = state.refusal()
+        if reason is not None:
+            state.metrics.calls_refused.labels(reason).inc()
+            return reason
+    return None
 
 
 def call_config(settings: Settings) -> RealtimeConfig:

@@ -107,6 +107,18 @@ class Settings(BaseSettings):
     max_loop_lag_ms: float = Field(100.0, gt=0, validation_alias=_env("AGENT_MAX_LOOP_LAG_MS"))
     recordings_dir: str | None = Field(None, validation_alias=_env("AGENT_RECORDINGS_DIR"))
 
+    # Connection limits (docs/security.md): what a client that never authenticates can hold.
+    http_header_timeout_seconds: float = Field(10.0, gt=0, le=300, validation_alias=_env("AGENT_HTTP_HEADER_TIMEOUT_SECONDS"))
+    http_body_timeout_seconds: float = Field(10.0, gt=0, le=300, validation_alias=_env("AGENT_HTTP_BODY_TIMEOUT_SECONDS"))
+    http_keepalive_timeout_seconds: float = Field(
+        15.0, gt=0, le=3600, validation_alias=_env("AGENT_HTTP_KEEPALIVE_TIMEOUT_SECONDS")
+    )
+    ws_handshake_timeout_seconds: float = Field(5.0, gt=0, le=60, validation_alias=_env("AGENT_WS_HANDSHAKE_TIMEOUT_SECONDS"))
+    max_unauthenticated_connections: int = Field(
+        512, ge=1, le=1_000_000, validation_alias=_env("AGENT_MAX_UNAUTHENTICATED_CONNECTIONS")
+    )
+    webhook_max_bytes: int = Field(16_384, ge=1024, le=1_048_576, validation_alias=_env("AGENT_WEBHOOK_MAX_BYTES"))
+
     @field_validator("transfer_allowlist", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
