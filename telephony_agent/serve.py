@@ -35,6 +35,7 @@ import time
 
 from aiohttp import web
 
+from telephony_agent.connections import ConnectionLimits, GuardedRunner, fd_budget, install_accept_error_handler
 from telephony_agent.logs import configure_logging
 from telephony_agent.metrics import MULTIPROC_ENV
 from telephony_agent.settings import Settings
@@ -126,11 +127,9 @@ async def _serve_async(settings: Settings, *, reuse_port: bool = False) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-    await runner.setup()
+    install_accept_error_handler(loop)
+    runner, _ = await start_server(app, settings, reuse_port=reuse_port)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
-        await site.start()
         freeze_startup_heap()
         log.info("listening on %s:%d", settings.host, settings.port, extra={"event": "listening"})
         await stop.wait()
@@ -138,6 +137,38 @@ async def _serve_async(settings: Settings, *, reuse_port: bool = False) -> None:
     finally:
         await runner.cleanup()
     log.info("stopped", extra={"event": "stopped"})
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The HTTP server's limits from the settings, the total bounded by the descriptor limit."""
+    return ConnectionLimits(
+        header_timeout=settings.http_header_timeout_seconds,
+        keepalive_timeout=settings.http_keepalive_timeout_seconds,
+        max_unauthenticated=settings.max_unauthenticated_connections,
+        max_open=fd_budget(settings.max_calls),
+    )
+
+
+async def start_server(
+    app: web.Application, settings: Settings, *, host: str | None = None, port: int | None = None,
+    reuse_port: bool = False, access_log: bool = False,
+) -> tuple[web.AppRunner, int]:
+    """Serve `app` with the connection limits (docs/security.md); returns the runner and bound port."""
+    kwargs: dict[str, object] = {} if access_log else {"access_log": None}
+    runner = GuardedRunner(
+        app, connection_limits(settings), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S, **kwargs
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner, settings.host if host is None else host, settings.port if port is None else port,
+        reuse_port=reuse_port or None,
+    )
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, site.port
 
 
 def _run_worker(settings: Settings, *, reuse_port: bool, worker: int | None = None) -> int:

@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from telephony_agent import ops
+from telephony_agent.connections import trust_connection
 from telephony_agent.metrics import Metrics
 from telephony_agent.realtime import RealtimeConfig, RealtimeModel, TurnDetection
 from telephony_agent.settings import Provider, Settings
@@ -180,6 +181,8 @@ async def media_socket(request: web.Request) -> web.StreamResponse:
         state.metrics.webhooks_refused.labels("media").inc()
         return web.Response(status=403, text=grant.value)
     bound_call = grant.call_sid
+    if bound_call is not None:
+        trust_connection(request)  # its per-call token was just spent: no longer a stranger
     ws = web.WebSocketResponse(
         max_msg_size=WS_MAX_MSG_SIZE if bound_call else WS_MAX_MSG_SIZE_UNAUTHENTICATED, heartbeat=None, autoping=True
     )
@@ -195,6 +198,7 @@ async def media_socket(request: web.Request) -> web.StreamResponse:
 
     async def make_bridge(start: Start, socket: TwilioMediaSocket) -> CallBridge:
         state.pending.pop(start.call_sid, None)
+        trust_connection(request)
         assert state.model is not None
         if settings.recordings_dir:  # only now, authorised: a refused socket leaves no file
             from telephony_agent.recording import CallRecorder
