@@ -26,6 +26,7 @@ from aiohttp import web
 
 from telephony_agent.logs import LogBudget
 from telephony_agent.telephony.bridge import CallBridge
+from telephony_agent.telephony.calls import CallRefused
 from telephony_agent.telephony.twilio.rest import TwilioRest, TwilioRestError
 from telephony_agent.telephony.twilio.stream import (
     BadInput,
@@ -54,15 +55,6 @@ BAD_INPUT_LOG_INTERVAL_S = 10.0
 CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 125 bytes with the code
 
 
-class StreamRefused(Exception):
-    """Raised by `MediaSocketHooks.make_bridge` when admission refuses a call after all."""
-
-    def __init__(self, reason: str, code: int = 1013) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code = code
-
-
 def close_reason(text: str) -> bytes:
     """A WebSocket close reason: UTF-8, cut to what a close frame can carry."""
     return text.encode("utf-8")[:CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")
@@ -74,8 +66,8 @@ class MediaSocketHooks:
     """What the server supplies: authorise a `start`, build the bridge, count bad input.
 
     `authorize` returns None to admit the call, else the refusal reason (the close reason).
-    `make_bridge` may raise `StreamRefused`. Recording starts only once it returned: it sets
-    the call's WIRETAP, which this socket reads then.
+    `make_bridge` may raise `CallRefused` (admission). Recording starts at `on_admitted`, which
+    the call manager calls once the call's WIRETAP is set.
     """
 
     authorize: Callable[[Start], str | None]
@@ -110,6 +102,7 @@ class TwilioMediaSocket:
         self._early: list[str] = []
         self._early_bytes = 0
         self._log_budget = LogBudget(BAD_INPUT_LOG_INTERVAL_S)
+        self._start_text: str | None = None  # recorded only once the call is admitted
 
     # -- CallTransport ----------------------------------------------------------------------
 
@@ -206,6 +199,22 @@ class TwilioMediaSocket:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ws.close(), 2.0)
 
+    def on_admitted(self) -> None:
+        """The call passed authorisation and admission: record from here on, its first frames first.
+
+        Called by the call manager once the call's recorder is its WIRETAP, before any audio flows.
+        What arrived before is recorded now: the few early frames kept, then `start`, token blanked.
+        """
+        self.authorized = True
+        self._tap = tap = WIRETAP.get()
+        if tap is not None:
+            for text in self._early:
+                tap.record("twilio", "in", text)
+            if self._start_text is not None:
+                tap.record("twilio", "in", _redacted(self._start_text))
+        self._early.clear()
+        self._start_text = None
+
     def _bad(self, event: BadInput) -> None:
         """Count every bad frame; log only for an authorised call, at most one line per kind a while."""
         self.hooks.on_bad_input(event.kind.value)
@@ -265,14 +274,15 @@ class TwilioMediaSocket:
                     if bad >= MAX_BAD_BEFORE_START:
                         return await self._refuse(1008, f"{bad} bad frames before start; last: {event.kind.value}")
                 elif isinstance(event, Start):
-                    return await self._on_start(event, msg.data)
+                    self._start_text = msg.data
+                    return await self._on_start(event)
                 elif isinstance(event, Stop):
                     return False
                 elif len(self._early) < EARLY_FRAMES and self._early_bytes + len(msg.data) <= EARLY_BYTES:
                     self._early.append(msg.data)
                     self._early_bytes += len(msg.data)
 
-    async def _on_start(self, start: Start, frame: str) -> bool:
+    async def _on_start(self, start: Start) -> bool:
         from telephony_agent.logs import call_logger
 
         refusal = self.hooks.authorize(start)
@@ -281,16 +291,10 @@ class TwilioMediaSocket:
         self.log = call_logger(__name__, start.call_sid)
         try:
             self.bridge = await self.hooks.make_bridge(start, self)
-        except StreamRefused as exc:
+        except CallRefused as exc:
             self.log.info("call refused at start: %s", exc.reason, extra={"event": "call_refused"})
-            return await self._refuse(exc.code, f"refused: {exc.reason}")
+            return await self._refuse(1013, f"refused: {exc.reason}")
         self.authorized = True
-        self._tap = tap = WIRETAP.get()
-        if tap is not None:
-            for text in self._early:
-                tap.record("twilio", "in", text)
-            tap.record("twilio", "in", _redacted(frame))
-        self._early.clear()
         return True
 
     async def _stream(self) -> None:
