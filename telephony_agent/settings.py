@@ -8,8 +8,16 @@ from __future__ import annotations
 
 import enum
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -147,7 +155,7 @@ class Settings(BaseSettings):
         return upper
 
     @model_validator(mode="after")
-    def _check_provider_keys(self) -> "Settings":
+    def _check_provider_keys(self) -> Settings:
         if self.provider is Provider.OPENAI and self.openai_api_key is None:
             raise ValueError("AGENT_PROVIDER=openai needs OPENAI_API_KEY")
         if self.provider is Provider.GEMINI and self.gemini_api_key is None:
@@ -179,7 +187,7 @@ class Settings(BaseSettings):
         for name, env in self.env_names().items():
             value = getattr(self, name)
             if isinstance(value, SecretStr):
-                out[env] = "********"
+                out[env] = MASK
             elif value is None:
                 out[env] = ""
             elif isinstance(value, bool):
@@ -187,10 +195,37 @@ class Settings(BaseSettings):
             elif isinstance(value, enum.Enum):
                 out[env] = str(value.value)
             elif isinstance(value, list):
-                out[env] = ",".join(value)
+                out[env] = ",".join(mask_url(v) for v in value)
             else:
-                out[env] = str(value)
+                out[env] = mask_url(str(value))
         return out
+
+
+MASK = "********"
+
+
+def mask_url(value: str) -> str:
+    """`value` with any credentials a URL carries masked: user info, query values, fragment.
+
+    Operators put keys in URLs (`wss://host/path?key=...`, `https://user:pass@host`); printing
+    the setting must not print them. A value that is not an absolute URL is returned as is.
+    """
+    if "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return MASK
+    if not parts.scheme or not parts.netloc:
+        return value
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{name}={MASK}" if sep else name for name, sep, _ in (pair.partition("=") for pair in parts.query.split("&"))
+    ) if parts.query else ""
+    fragment = MASK if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -199,8 +234,7 @@ def _describe(error: dict[str, Any]) -> str:
     field = str(loc[0]) if loc else ""
     env = names.get(field, field.upper() or "settings")
     message = error.get("msg", "invalid value")
-    if message.startswith("Value error, "):
-        message = message[len("Value error, ") :]
+    message = message.removeprefix("Value error, ")
     ctx = error.get("ctx") or {}
     if "expected" in ctx:
         message += f" (accepts {ctx['expected']})"

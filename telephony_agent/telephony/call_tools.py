@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from telephony_agent.realtime.tools import ToolResult
@@ -10,7 +11,7 @@ if TYPE_CHECKING:
     from telephony_agent.telephony.bridge import CallBridge
 
 
-def register_call_tools(bridge: "CallBridge") -> None:
+def register_call_tools(bridge: CallBridge) -> None:
     async def end_call(reason: str = "") -> ToolResult:
         """Hang up the call. Say goodbye first: the call ends once the caller has heard it."""
         bridge.log.info("model ended the call (%s)", reason or "no reason given")
@@ -36,12 +37,23 @@ def register_call_tools(bridge: "CallBridge") -> None:
 
 def transfer_targets(allowlist: tuple[str, ...] | list[str]) -> dict[str, str]:
     """`AGENT_TRANSFER_ALLOWLIST` entries: `name=destination` (e.g. `sales=+15551230000`) or a
-    bare destination. Returns name -> destination; names match case-insensitively."""
+    bare destination. Returns name -> destination; names match case-insensitively.
+
+    An entry is `name=...` only when the name is a plain word (letters, digits, `_`, `-`, `.`):
+    `sip:desk@pbx.example.com;transport=tls` is one bare destination, not the name
+    `sip:desk@pbx.example.com;transport` for the destination `tls`.
+    """
     targets: dict[str, str] = {}
     for entry in allowlist:
+        entry = entry.strip()
+        if not entry:
+            continue
         name, sep, destination = entry.partition("=")
-        if sep:
+        if sep and _PLAIN_NAME.fullmatch(name.strip()) and destination.strip():
             targets[name.strip().lower()] = destination.strip()
         else:
-            targets[entry.strip()] = entry.strip()
+            targets[entry] = entry
     return targets
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
