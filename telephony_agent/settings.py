@@ -10,14 +10,7 @@ import enum
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import (
-    AliasChoices,
-    Field,
-    SecretStr,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -155,7 +148,7 @@ class Settings(BaseSettings):
         return upper
 
     @model_validator(mode="after")
-    def _check_provider_keys(self) -> Settings:
+    def _check_provider_keys(self) -> "Settings":
         if self.provider is Provider.OPENAI and self.openai_api_key is None:
             raise ValueError("AGENT_PROVIDER=openai needs OPENAI_API_KEY")
         if self.provider is Provider.GEMINI and self.gemini_api_key is None:
@@ -234,7 +227,8 @@ def _describe(error: dict[str, Any]) -> str:
     field = str(loc[0]) if loc else ""
     env = names.get(field, field.upper() or "settings")
     message = error.get("msg", "invalid value")
-    message = message.removeprefix("Value error, ")
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
     ctx = error.get("ctx") or {}
     if "expected" in ctx:
         message += f" (accepts {ctx['expected']})"

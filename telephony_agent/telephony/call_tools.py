@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from telephony_agent.telephony.bridge import CallBridge
 
 
-def register_call_tools(bridge: CallBridge) -> None:
+def register_call_tools(bridge: "CallBridge") -> None:
     async def end_call(reason: str = "") -> ToolResult:
         """Hang up the call. Say goodbye first: the call ends once the caller has heard it."""
         bridge.log.info("model ended the call (%s)", reason or "no reason given")
