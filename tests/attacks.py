@@ -30,10 +30,9 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,9 +42,9 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from peers.fake_openai import FakeOpenAIServer  # noqa: E402
+from peers.fake_openai import FakeOpenAIServer
 
-from telephony_agent.telephony.twilio.signature import compute_signature  # noqa: E402
+from telephony_agent.telephony.twilio.signature import compute_signature
 
 PUBLIC_URL = "https://agent.test"
 AUTH_TOKEN = "attack-auth-token-0123456789"
@@ -204,7 +203,7 @@ async def good_call(http: aiohttp.ClientSession, t: Target, hold: float = 1.0) -
     before = t.sessions()
     try:
         status, text = await webhook(http, t, sid)
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return False
     stream = stream_of(text) if status == 200 else None
     if stream is None:
@@ -375,7 +374,7 @@ async def idle_connections(t: Target, idle: int = 1000, slow: int = 160, wait: f
 async def _eof_within(reader: asyncio.StreamReader, seconds: float) -> bool:
     try:
         data = await asyncio.wait_for(reader.read(4096), max(0.0, seconds))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     except (ConnectionError, OSError):
         return True
@@ -394,7 +393,7 @@ async def fd_exhaustion(t: Target, conns: int = 1100, seconds: float = 10.0) -> 
             _, w = await asyncio.wait_for(asyncio.open_connection(t.host, t.port), 2.0)
             writers.append(w)
             opened += 1
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
     await asyncio.sleep(1.0)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=8)) as http:
@@ -483,7 +482,7 @@ async def _raw_request(t: Target, data: bytes, close_after: float) -> str:
     try:
         head = await asyncio.wait_for(reader.read(64), close_after)
         status = head.split(b" ")[1].decode() if head.startswith(b"HTTP/") else "closed"
-    except asyncio.TimeoutError:
+    except TimeoutError:
         status = "no answer (client aborted)"
     writer.close()
     return status
@@ -594,7 +593,7 @@ async def served(
                     proc.send_signal(signal.SIGINT)
                     try:
                         await asyncio.wait_for(asyncio.to_thread(proc.wait), 30)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         proc.kill()
                         proc.wait()
 
@@ -610,7 +609,7 @@ async def _wait_up(t: Target, proc: subprocess.Popen[bytes], timeout: float = 60
                 async with http.get(t.base_url + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as r:
                     if r.status == 200:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 pass
             if loop.time() > deadline:
                 raise RuntimeError("server did not come up")
