@@ -426,7 +426,7 @@ async def bad_frame_flood(t: Target, frames: int = 20000) -> dict[str, Any]:
         out["preauth_log_lines"] = t.log_counts()[0] - lines0
 
         sid = call_sid()
-        status, text = await webhook(http, t, sid)
+        _, text = await webhook(http, t, sid)
         stream = stream_of(text)
         assert stream is not None, text
         ws = await open_stream(http, t, stream[0])
@@ -493,7 +493,7 @@ async def injection(t: Target) -> dict[str, Any]:
     in the CallSid of a call refused at capacity (the refusal is logged)."""
     out: dict[str, Any] = {}
     async with aiohttp.ClientSession() as http:
-        status, text = await webhook(http, t, call_sid(), From="+1555\x01\x1b\uffff")
+        _, text = await webhook(http, t, call_sid(), From="+1555\x01\x1b\uffff")
         try:
             ET.fromstring(text)
             out["twiml_valid_xml"] = True
@@ -578,10 +578,10 @@ async def served(
                 if nofile is not None:
                     resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-            with open(log_path, "wb") as log_file:
+            with open(log_path, "wb") as log_file:  # noqa: ASYNC230 - before the server starts
                 proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for below
                     [python, "-m", "telephony_agent", "serve"], cwd=tmp, env=server_env,
-                    stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=limit,
+                    stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=limit,  # noqa: PLW1509 - rlimit for the child only
                 )
             target = Target(f"http://127.0.0.1:{port}", provider=provider, recordings=recordings, pid=proc.pid,
                             log_path=log_path, proc=proc)
