@@ -45,6 +45,7 @@ from telephony_agent.logs import configure_logging
 from telephony_agent.metrics import MULTIPROC_ENV
 from telephony_agent.settings import Settings
 from telephony_agent.state import STATE, AppState
+from telephony_agent.telephony.twilio.stream_auth import SHARED_LEDGER_ENV
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,8 @@ class _Worker:
 def _supervise(settings: Settings) -> int:
     configure_logging(settings.log_format.value, settings.log_level)
     metrics_dir = tempfile.mkdtemp(prefix="telephony-agent-metrics-")
-    env = {**os.environ, MULTIPROC_ENV: metrics_dir}
+    ledger_dir = tempfile.mkdtemp(prefix="telephony-agent-tokens-")  # stream tokens spent on any worker
+    env = {**os.environ, MULTIPROC_ENV: metrics_dir, SHARED_LEDGER_ENV: ledger_dir}
     blob = pickle.dumps(settings)
     stopping = False
     failed = False
@@ -271,6 +273,7 @@ def _supervise(settings: Settings) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(ledger_dir, ignore_errors=True)
     log.info("all workers stopped", extra={"event": "stopped"})
     return 1 if failed else 0
 

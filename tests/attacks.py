@@ -321,7 +321,8 @@ async def token_reuse(t: Target, uses: int = 3) -> dict[str, Any]:
         stream = stream_of(text)
         assert status == 200 and stream is not None, text
         for _ in range(uses):
-            await stream_call(http, t, stream[0], sid, stream[1], hold=0.5)
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+                await stream_call(fresh, t, stream[0], sid, stream[1], hold=0.5)  # a new connection each time
             await settle(t, 0.5)
     await settle(t)
     return {"uses": uses, "provider_sessions": t.sessions() - before}

@@ -148,3 +148,9 @@ async def test_caller_values_cannot_break_twiml_or_forge_log_lines() -> None:
     async with served(TREE, python=sys.executable) as t:
         result = await injection(t)
         assert result == {"twiml_valid_xml": True, "forged_log_lines": 0}
+
+
+async def test_a_token_is_single_use_across_worker_processes() -> None:
+    async with served(TREE, env={"AGENT_WORKERS": "2"}, python=sys.executable) as t:
+        reuse = await token_reuse(t, uses=6)  # new connections: the kernel spreads them over both workers
+        assert reuse["provider_sessions"] == 1, reuse

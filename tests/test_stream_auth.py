@@ -85,3 +85,18 @@ def test_redact_start_blanks_only_the_token() -> None:
     plain = {"event": "start", "start": {"callSid": CALL, "customParameters": {"from": "+1"}}}
     assert redact_start(plain) is plain
     assert redact_start({"event": "start"}) == {"event": "start"}
+
+
+def test_a_token_spent_on_one_worker_is_spent_on_all(tmp_path) -> None:  # noqa: ANN001
+    from telephony_agent.telephony.twilio.routes import SharedTokenClaims
+
+    workers = [StreamAuthority(SECRET, ttl_seconds=30) for _ in range(2)]
+    for w in workers:
+        w.shared_claim = SharedTokenClaims(tmp_path).claim  # each worker its own object, one directory
+    import time
+
+    now = time.time()  # the shared ledger sweeps by the wall clock
+    token = workers[0].issue(CALL, now=now, nonce=nonce(3))
+    assert workers[0].redeem(token, CALL, now=now) is None
+    assert workers[1].redeem(token, CALL, now=now) is StreamRefusal.TOKEN_REUSED  # its own ledger never saw it
+    assert len(list(tmp_path.iterdir())) == 1

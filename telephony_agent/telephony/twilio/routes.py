@@ -12,13 +12,16 @@ bare `/twilio/media` still takes a token as the `token` custom parameter, never 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -43,6 +46,7 @@ from telephony_agent.telephony.twilio.rest import TwilioRest
 from telephony_agent.telephony.twilio.stream import Start
 from telephony_agent.telephony.twilio.stream_auth import (
     NONCE_BYTES,
+    SHARED_LEDGER_ENV,
     TOKEN_PARAM,
     StreamAuthority,
     StreamRefusal,
@@ -80,6 +84,9 @@ class TwilioRoutes:
             else secrets.token_bytes(32)
         )
         self.authority = StreamAuthority(self.token_secret, self.settings.stream_token_ttl_seconds)
+        ledger_dir = os.environ.get(SHARED_LEDGER_ENV)
+        if ledger_dir:  # several workers: a token spent on one is spent on all
+            self.authority.shared_claim = SharedTokenClaims(Path(ledger_dir)).claim
 
     @property
     def auth_token(self) -> str | None:
@@ -193,6 +200,43 @@ class TwilioRoutes:
         assert self.authority is not None
         refusal = self.authority.redeem(start.custom_parameters.get(TOKEN_PARAM), start.call_sid, time.time())
         return None if refusal is None else refusal.value
+
+
+class SharedTokenClaims:
+    """Used stream-token ids shared by the worker processes of one server: a file per id, created
+    with O_EXCL (atomic across processes), its mtime the token's expiry; expired ones are swept."""
+
+    SWEEP_INTERVAL_S = 10.0
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._next_sweep = 0.0
+
+    def claim(self, token_id: str, expiry: int) -> bool:
+        now = time.time()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.SWEEP_INTERVAL_S
+            self._sweep(now)
+        path = self.directory / token_id  # base64url: a safe file name
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            log.error("shared stream-token ledger unavailable (%s); refusing the stream", exc)
+            return False
+        os.close(fd)
+        os.utime(path, (expiry, expiry))
+        return True
+
+    def _sweep(self, now: float) -> None:
+        try:
+            for entry in os.scandir(self.directory):
+                if entry.stat().st_mtime < now:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+        except OSError:
+            pass
 
 
 TWILIO = web.AppKey("twilio", TwilioRoutes)

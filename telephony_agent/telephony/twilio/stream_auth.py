@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import heapq
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
@@ -27,6 +28,7 @@ from telephony_agent.telephony.twilio.signature import (
 
 __all__ = [
     "NONCE_BYTES",
+    "SHARED_LEDGER_ENV",
     "TOKEN_PARAM",
     "StreamAuthority",
     "StreamRefusal",
@@ -39,6 +41,8 @@ __all__ = [
 TOKEN_PARAM = "token"
 """The `<Parameter>` name that carries a token on the bare media path (older TwiML)."""
 NONCE_BYTES = 12
+SHARED_LEDGER_ENV = "AGENT_INTERNAL_TOKEN_LEDGER_DIR"
+"""Set by `serve`'s supervisor: a directory its workers share for spent token ids."""
 DEFAULT_MAX_USED = 65_536
 _SEGMENT = re.compile(r"[A-Za-z0-9._~%-]{1,200}")
 
@@ -96,6 +100,8 @@ class StreamAuthority:
     secret: bytes
     ttl_seconds: int
     used: UsedTokens = field(default_factory=UsedTokens)
+    shared_claim: Callable[[str, int], bool] | None = None
+    """With several worker processes: claims a token id across all of them (True: first claim)."""
 
     def issue(self, call_sid: str, now: float, nonce: bytes) -> str:
         """A fresh token for `call_sid` (from its signed webhook); `nonce`: NONCE_BYTES random bytes."""
@@ -108,7 +114,10 @@ class StreamAuthority:
         claim = check_stream_token(token, call_sid, self.secret, now)
         if claim is None:
             return StreamRefusal.INVALID_TOKEN
-        return self.used.consume(claim.token_id, claim.expiry, now)
+        refusal = self.used.consume(claim.token_id, claim.expiry, now)
+        if refusal is None and self.shared_claim is not None and not self.shared_claim(claim.token_id, claim.expiry):
+            return StreamRefusal.TOKEN_REUSED
+        return refusal
 
 
 def per_call_path(media_path: str, call_sid: str, token: str) -> str:
