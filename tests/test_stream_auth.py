@@ -87,7 +87,7 @@ def test_redact_start_blanks_only_the_token() -> None:
     assert redact_start({"event": "start"}) == {"event": "start"}
 
 
-def test_a_token_spent_on_one_worker_is_spent_on_all(tmp_path) -> None:  # noqa: ANN001
+def test_a_token_spent_on_one_worker_is_spent_on_all(tmp_path) -> None:
     from telephony_agent.telephony.twilio.routes import SharedTokenClaims
 
     workers = [StreamAuthority(SECRET, ttl_seconds=30) for _ in range(2)]
