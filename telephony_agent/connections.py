@@ -54,12 +54,14 @@ class ConnectionLimits:
     header_timeout: float = 10.0
     keepalive_timeout: float = 15.0
     max_unauthenticated: int = 512
-    max_open: int = 1 << 30
-    """All connections, trusted or not (the file-descriptor budget)."""
+    fd_limit: int = 1 << 30
+    """The process's descriptor limit: a new connection is refused (or the idlest evicted) when
+    the open connections, the descriptors their calls hold besides and a reserve would reach it."""
 
 
 def fd_budget(max_calls: int, *, raise_soft_limit: bool = True) -> int:
-    """How many client connections fit in this process's descriptor limit (raised to the hard limit)."""
+    """This process's descriptor limit, first raised to the hard limit. Warns when `max_calls`
+    calls would not fit in it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if raise_soft_limit and soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
         target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
@@ -70,8 +72,13 @@ def fd_budget(max_calls: int, *, raise_soft_limit: bool = True) -> int:
             pass
     if soft == resource.RLIM_INFINITY:
         return 1 << 30
-    # A call's connection is one of its FDS_PER_CALL descriptors.
-    return max(16, soft - FD_RESERVE - max_calls * (FDS_PER_CALL - 1))
+    needed = FD_RESERVE + max_calls * FDS_PER_CALL
+    if needed > soft:
+        log.warning(
+            "the descriptor limit (%d) fits about %d calls, fewer than AGENT_MAX_CALLS=%d; raise `ulimit -n`",
+            soft, (soft - FD_RESERVE) // FDS_PER_CALL, max_calls,
+        )
+    return soft
 
 
 def trust_connection(request: web.Request) -> None:
@@ -158,9 +165,14 @@ class GuardedServer(web.Server):
     def unauthenticated(self) -> int:
         return len(self._live) - len(self._trusted)
 
+    @property
+    def descriptors(self) -> int:
+        """Descriptors in use, as budgeted: every connection, what each call holds besides, a reserve."""
+        return len(self._live) + (FDS_PER_CALL - 1) * len(self._trusted) + FD_RESERVE
+
     def __call__(self) -> asyncio.BaseProtocol:  # type: ignore[override]
         limits = self.limits
-        over_total = len(self._live) >= limits.max_open
+        over_total = self.descriptors >= limits.fd_limit
         if (over_total or self.unauthenticated >= limits.max_unauthenticated) and not self._evict_idlest():
             self.refused += 1
             self._log_refusal("over_total" if over_total else "over_unauthenticated")
@@ -188,9 +200,9 @@ class GuardedServer(web.Server):
         if dropped is None:
             return
         log.warning(
-            "refusing new connections: %d open without an authorised call (limit %d), %d in all (limit %d); "
-            "%d more refused since the last line",
-            self.unauthenticated, self.limits.max_unauthenticated, len(self._live), self.limits.max_open, dropped,
+            "refusing new connections: %d open without an authorised call (limit %d), about %d descriptors "
+            "in use (limit %d); %d more refused since the last line",
+            self.unauthenticated, self.limits.max_unauthenticated, self.descriptors, self.limits.fd_limit, dropped,
             extra={"event": "connections_refused"},
         )
 

@@ -143,7 +143,7 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         header_timeout=settings.http_header_timeout_seconds,
         keepalive_timeout=settings.http_keepalive_timeout_seconds,
         max_unauthenticated=settings.max_unauthenticated_connections,
-        max_open=fd_budget(settings.max_calls),
+        fd_limit=fd_budget(settings.max_calls),
     )
 
 

@@ -345,18 +345,19 @@ async def idle_connections(t: Target, idle: int = 1000, slow: int = 160, wait: f
             failed += 1
             return
         writers.append(writer)
+        closed = False
         try:
             if trickle:
                 writer.write(b"GET /healthz HTTP/1.1\r\nHost: agent.test\r\nX-Slow: ")
-                while loop.time() - t0 < wait:
-                    if await _eof_within(reader, 1.0):
-                        break
-                    writer.write(b"a")
+                while loop.time() - t0 < wait and not closed:
+                    closed = await _eof_within(reader, 1.0)
+                    if not closed:
+                        writer.write(b"a")
             else:
-                await _eof_within(reader, wait - (loop.time() - t0))
-            if reader.at_eof():
-                closed_at.append(loop.time() - t0)
+                closed = await _eof_within(reader, wait - (loop.time() - t0))
         except (ConnectionError, OSError):
+            closed = True
+        if closed:
             closed_at.append(loop.time() - t0)
 
     tasks = [asyncio.create_task(hold(False)) for _ in range(idle)]
