@@ -112,3 +112,16 @@ def test_log_budget_one_line_per_interval_per_kind() -> None:
     assert budget.allow("oversized", 1.0) == 0  # kinds are independent
     assert budget.allow("bad_json", 10.0) == 3  # and the line says how many were not logged
     assert budget.allow("bad_json", 10.1) is None
+
+
+def test_config_command_prints_no_url_credentials(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                   tmp_path) -> None:
+    from telephony_agent.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("AGENT_OPENAI_URL", "wss://proxy.example/v1/realtime?api-key=sk-live-SECRET")
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "tok-SECRET")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "SECRET" not in out
+    assert "AGENT_OPENAI_URL=wss://proxy.example/v1/realtime?api-key=********" in out
