@@ -12,6 +12,14 @@ directory, peak RSS growth, provider sessions opened, connections still held, lo
 tracebacks, HTTP statuses. `fd_exhaustion` gets its own server with a 1,024-descriptor limit.
 `drain_bypass` sends the server SIGTERM and runs last. `tests/test_security_attacks.py` runs
 these against this tree and asserts the fixed figures.
+
+Against a server already running (on loopback, with its auth token and public URL):
+
+    python tests/attacks.py --url http://127.0.0.1:8080 --public-url https://agent.example \
+        --auth-token ... [--pid PID] [--recordings-dir DIR] [--log FILE] --only token_reuse
+
+measures what it can from outside: provider sessions are then read from `/metrics`
+(`agent_calls_started_total`); RSS, files and log lines only with --pid, --recordings-dir, --log.
 """
 
 from __future__ import annotations
@@ -73,7 +81,10 @@ class Target:
         return urlsplit(self.base_url).port or 80
 
     def sessions(self) -> int:
-        return self.provider.connection_attempts if self.provider is not None else -1
+        """Provider sessions opened so far: the fake provider's count, else the server's own."""
+        if self.provider is not None:
+            return self.provider.connection_attempts
+        return int(_calls_started(self.base_url))
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
@@ -100,6 +111,15 @@ class Target:
         except OSError:
             pass
         return -1.0
+
+
+def _calls_started(base_url: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(base_url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("agent_calls_started_total"))
 
 
 # -- what Twilio does ---------------------------------------------------------------------------------
@@ -618,6 +638,16 @@ async def _wait_up(t: Target, proc: subprocess.Popen[bytes], timeout: float = 60
             await asyncio.sleep(0.2)
 
 
+async def run_against(t: Target, only: list[str] | None) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in only or [n for n in ATTACKS if n != "drain_bypass" or t.pid is not None]:
+        fn = fd_exhaustion if name == "fd_exhaustion" else ATTACKS[name]
+        results[name] = await fn(t)
+        print(f"{name}: {json.dumps(results[name])}", flush=True)
+        await asyncio.sleep(6.0 if name == "injection" else 1.0)
+    return results
+
+
 async def run(tree: Path, only: list[str] | None, python: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
     names = only or [*ATTACKS, "fd_exhaustion"]
@@ -641,9 +671,20 @@ def main() -> int:
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs the server")
     parser.add_argument("--only", default="", help="comma-separated attack names: " + ",".join([*ATTACKS, "fd_exhaustion"]))
     parser.add_argument("--json", action="store_true", help="print all results as one JSON object at the end")
+    parser.add_argument("--url", help="attack this running server instead of starting one")
+    parser.add_argument("--public-url", default=PUBLIC_URL, help="with --url: its AGENT_PUBLIC_URL")
+    parser.add_argument("--auth-token", default=AUTH_TOKEN, help="with --url: its TWILIO_AUTH_TOKEN")
+    parser.add_argument("--pid", type=int, help="with --url: its pid (RSS; drain_bypass sends it SIGTERM)")
+    parser.add_argument("--recordings-dir", type=Path, help="with --url: its AGENT_RECORDINGS_DIR")
+    parser.add_argument("--log", type=Path, help="with --url: the file its log goes to")
     args = parser.parse_args()
     only = [n for n in re.split(r"[,\s]+", args.only) if n] or None
-    results = asyncio.run(run(args.tree.resolve(), only, args.python))
+    if args.url:
+        target = Target(args.url.rstrip("/"), args.public_url.rstrip("/"), args.auth_token, pid=args.pid,
+                        recordings=args.recordings_dir, log_path=args.log)
+        results = asyncio.run(run_against(target, only))
+    else:
+        results = asyncio.run(run(args.tree.resolve(), only, args.python))
     if args.json:
         print(json.dumps(results, indent=2))
     return 0
