@@ -154,3 +154,27 @@ async def test_a_token_is_single_use_across_worker_processes() -> None:
     async with served(TREE, env={"AGENT_WORKERS": "2"}, python=sys.executable) as t:
         reuse = await token_reuse(t, uses=6)  # new connections: the kernel spreads them over both workers
         assert reuse["provider_sessions"] == 1, reuse
+
+
+async def test_unauthenticated_cap_refuses_with_503_and_authorised_calls_do_not_count() -> None:
+    env = {"AGENT_MAX_UNAUTHENTICATED_CONNECTIONS": "4", "AGENT_WS_HANDSHAKE_TIMEOUT_SECONDS": "4"}
+    async with served(TREE, env=env, python=sys.executable) as t, aiohttp.ClientSession() as http:
+        calls = [asyncio.create_task(good_call(http, t, hold=8.0)) for _ in range(2)]
+        await asyncio.sleep(2.5)
+        assert t.sessions() == 2  # two authorised calls: they no longer count as strangers
+        strangers = []
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as other:
+            for _ in range(4):  # bare sockets that never send start: requests in progress, not idle
+                ws = await other.ws_connect(f"ws://{t.host}:{t.port}/twilio/media")
+                strangers.append(ws)
+            reader, writer = await asyncio.open_connection(t.host, t.port)
+            head = await asyncio.wait_for(reader.read(64), 5)
+            writer.close()
+            assert head.startswith(b"HTTP/1.1 503"), head  # none idle to evict: the newcomer is refused
+            for ws in strangers:  # the handshake timeout frees them
+                msg = await ws.receive(timeout=8)
+                assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+                assert "no start within 4s" in str(msg.extra)
+        assert all(await asyncio.gather(*calls))
+        assert await good_call(http, t)
+        assert t.log_text().count("refusing new connections") == 1
