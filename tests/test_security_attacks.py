@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -35,6 +36,14 @@ from attacks import (
 pytestmark = pytest.mark.timeout(180)
 
 TREE = Path(__file__).resolve().parent.parent
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 8.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
 
 
 async def metrics(t: Target) -> dict[str, float]:
@@ -92,9 +101,8 @@ async def test_replayed_signature_and_reused_token_open_no_provider_session() ->
 
 async def test_call_limit_holds_against_every_way_in() -> None:
     async with served(TREE, python=sys.executable) as t, aiohttp.ClientSession() as http:
-        held = [asyncio.create_task(good_call(http, t, hold=5.0)) for _ in range(3)]  # AGENT_MAX_CALLS=3
-        await asyncio.sleep(2.0)
-        assert t.sessions() == 3
+        held = [asyncio.create_task(good_call(http, t, hold=8.0)) for _ in range(3)]  # AGENT_MAX_CALLS=3
+        await until(lambda: t.sessions() == 3)
         _, text = await webhook(http, t, call_sid())
         assert "Reject" in text  # the webhook is busy
         assert not await stream_call(http, t, bare_url(t), call_sid(), {}, hold=0.5)  # a replayed signature
@@ -159,9 +167,8 @@ async def test_a_token_is_single_use_across_worker_processes() -> None:
 async def test_unauthenticated_cap_refuses_with_503_and_authorised_calls_do_not_count() -> None:
     env = {"AGENT_MAX_UNAUTHENTICATED_CONNECTIONS": "4", "AGENT_WS_HANDSHAKE_TIMEOUT_SECONDS": "4"}
     async with served(TREE, env=env, python=sys.executable) as t, aiohttp.ClientSession() as http:
-        calls = [asyncio.create_task(good_call(http, t, hold=8.0)) for _ in range(2)]
-        await asyncio.sleep(2.5)
-        assert t.sessions() == 2  # two authorised calls: they no longer count as strangers
+        calls = [asyncio.create_task(good_call(http, t, hold=10.0)) for _ in range(2)]
+        await until(lambda: t.sessions() == 2)  # two authorised calls: they no longer count as strangers
         strangers = []
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as other:
             for _ in range(4):  # bare sockets that never send start: requests in progress, not idle
