@@ -125,3 +125,24 @@ def test_config_command_prints_no_url_credentials(monkeypatch: pytest.MonkeyPatc
     out = capsys.readouterr().out
     assert "SECRET" not in out
     assert "AGENT_OPENAI_URL=wss://proxy.example/v1/realtime?api-key=********" in out
+
+
+def test_accept_errors_out_of_descriptors_log_one_line_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+    import errno
+
+    from telephony_agent.connections import install_accept_error_handler
+
+    loop = asyncio.new_event_loop()
+    try:
+        install_accept_error_handler(loop, interval=10.0)
+        with caplog.at_level(logging.INFO):
+            for _ in range(1000):  # what asyncio's accept loop reports, once per failed accept()
+                loop.call_exception_handler({"message": "socket.accept() out of system resource",
+                                             "exception": OSError(errno.EMFILE, "Too many open files")})
+            loop.call_exception_handler({"message": "something else"})
+        accept_lines = [r for r in caplog.records if "cannot accept connections" in r.getMessage()]
+        assert len(accept_lines) == 1 and accept_lines[0].exc_info is None  # one line, no traceback
+        assert any("something else" in r.getMessage() for r in caplog.records)  # others still reported
+    finally:
+        loop.close()
