@@ -20,7 +20,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -28,6 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from telephony_agent.connections import trust_connection
+from telephony_agent.logs import LogBudget
 from telephony_agent.settings import Settings
 from telephony_agent.telephony.bridge import CallBridge
 from telephony_agent.telephony.calls import CallManager, CallRefused
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 VOICE_PATH = "/twilio/voice"
 MEDIA_PATH = "/twilio/media"
 TRANSPORT = "twilio"
+REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -74,6 +76,7 @@ class TwilioRoutes:
     rest: TwilioRest | None = None
     token_secret: bytes = b""
     authority: StreamAuthority | None = None
+    _refusals: LogBudget = field(default_factory=lambda: LogBudget(REFUSAL_LOG_INTERVAL_S))
 
     def __post_init__(self) -> None:
         token = self.auth_token
@@ -117,7 +120,8 @@ class TwilioRoutes:
             )
         except WebhookRejected as exc:
             self.count_refused("voice")
-            return exc.response()  # counted, not logged: anyone can send these
+            self._log_refusal("webhook", exc.kind, exc.text)  # anyone can send these: rate-limited
+            return exc.response()
         params = {k: str(v) for k, v in form.items()}
         call_sid = params.get("CallSid", "")
         if not call_sid:
@@ -146,6 +150,7 @@ class TwilioRoutes:
         )
         if isinstance(grant, StreamRefusal):
             self.count_refused("media")
+            self._log_refusal("media stream", grant.name.lower(), grant.value)
             return web.Response(status=403, text=grant.value)
         bound_call = grant.call_sid
         if bound_call is not None:
@@ -188,6 +193,13 @@ class TwilioRoutes:
             if socket.bridge is None and bound_call is not None:
                 manager.release(bound_call)  # its token is spent: this call cannot stream now
         return ws
+
+    def _log_refusal(self, what: str, kind: str, text: str) -> None:
+        """One line per kind a minute: a wrong AGENT_PUBLIC_URL or token shows up in the log, a flood does not."""
+        dropped = self._refusals.allow(f"{what}:{kind}", time.monotonic())
+        if dropped is not None:
+            log.warning("refused %s: %s (%d more like it not logged)", what, text, dropped,
+                        extra={"event": "request_refused", "kind": kind})
 
     def _authorize_start(self, bound_call: str | None, start: Start) -> str | None:
         """None to admit this `start` to `CallManager.start_call` (which applies admission), else why not."""
