@@ -40,6 +40,8 @@ class RealtimeRunner:
         self.resume_attempts = resume_attempts
         self.resume_backoff = resume_backoff
         self._log = logger or log
+        if logger is not None:
+            session.use_logger(logger)  # the provider's fault lines carry the call id too
         self._limit = asyncio.Semaphore(max_concurrency)
         self._batch: dict[str, asyncio.Task[ToolResponse | None]] = {}
         self._batch_respond: dict[str, bool] = {}

@@ -3,7 +3,7 @@
 `MediaStreamProtocol.receive_text` turns one WebSocket text frame into typed events; the
 `*_message` builders make the frames we send. No sockets, no clock: recorded traffic can be
 fed straight in. Bad input becomes a `BadInput` event and a counter, never an exception, so
-one bad frame cannot end its call.
+one bad frame cannot end its call. Wire facts: docs/protocols.md, "Twilio".
 
 Strict where it matters for safety (frame size, field types, lengths) and lenient where
 Twilio-compatible senders differ: stream and call ids of any reasonable shape (Twilio's
