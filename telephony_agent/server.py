@@ -16,6 +16,7 @@ from telephony_agent.realtime import RealtimeConfig, RealtimeModel, TurnDetectio
 from telephony_agent.settings import Provider, Settings
 from telephony_agent.state import STATE, AppState
 from telephony_agent.telephony.bridge import BridgeOptions
+from telephony_agent.telephony.browser import routes as softphone
 from telephony_agent.telephony.calls import (
     CallManager,
     CallRecorderLike,
@@ -88,6 +89,7 @@ def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web
         ),
     )
     ops.install(app)
+    softphone.install(app)  # GET /softphone: the browser softphone (local mode or AGENT_SOFTPHONE_TOKEN)
     app.cleanup_ctx.append(_lifecycle)
     return app
 

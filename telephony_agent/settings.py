@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     twilio_validate: bool = Field(True, validation_alias=_env("AGENT_TWILIO_VALIDATE"))
     twilio_api_url: str = Field("https://api.twilio.com", validation_alias=_env("AGENT_TWILIO_API_URL"))
 
+    # Browser softphone (GET /softphone).
+    softphone_token: SecretStr | None = Field(None, validation_alias=_env("AGENT_SOFTPHONE_TOKEN"))
+
     # Operations.
     drain_seconds: float = Field(30.0, ge=0, validation_alias=_env("AGENT_DRAIN_SECONDS"))
     max_loop_lag_ms: float = Field(100.0, gt=0, validation_alias=_env("AGENT_MAX_LOOP_LAG_MS"))
@@ -140,6 +143,17 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an absolute http(s) URL such as https://agent.example.com")
         return value.rstrip("/")
+
+    @field_validator("softphone_token", mode="before")
+    @classmethod
+    def _check_softphone_token(cls, value: Any) -> Any:
+        """Empty means unset; a short token would be guessable by anyone who can reach the page."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or raw == "":
+            return None
+        if isinstance(raw, str) and len(raw) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 24`)")
+        return value
 
     @field_validator("log_level")
     @classmethod
