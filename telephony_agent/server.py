@@ -22,6 +22,7 @@ from telephony_agent.telephony.calls import (
     CallRecorderLike,
     RecorderFactory,
 )
+from telephony_agent.telephony.sip import endpoint as sip_endpoint
 from telephony_agent.telephony.twilio import routes as twilio_routes
 from telephony_agent.telephony.twilio.routes import (
     MEDIA_PATH,
@@ -91,6 +92,7 @@ def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web
     ops.install(app)
     softphone.install(app)  # GET /softphone: the browser softphone (local mode or AGENT_SOFTPHONE_TOKEN)
     app.cleanup_ctx.append(_lifecycle)
+    sip_endpoint.install(app, settings, manager, metrics)  # SIP trunk when AGENT_SIP_PORT is set
     return app
 
 
