@@ -165,7 +165,7 @@ class TwilioMediaSocket:
         tap = self._tap
         for text in messages:
             if tap is not None:
-                tap.record("twilio", "out", text)
+                tap.record("phone", "out", text)
             write(text.encode(), aiohttp.WSMsgType.TEXT, 0)
         return True
 
@@ -196,7 +196,7 @@ class TwilioMediaSocket:
                     text = self._outbox.popleft()
                     tap = self._tap
                     if tap is not None:
-                        tap.record("twilio", "out", text)
+                        tap.record("phone", "out", text)
                     await ws.send_str(text)
                 if self._closed:
                     return
@@ -226,9 +226,9 @@ class TwilioMediaSocket:
         self._tap = tap = WIRETAP.get()
         if tap is not None:
             for text in self._early:
-                tap.record("twilio", "in", text)
+                tap.record("phone", "in", text)
             if self._start_text is not None:
-                tap.record("twilio", "in", _redacted(self._start_text))
+                tap.record("phone", "in", _redacted(self._start_text))
         self._early.clear()
         self._start_text = None
 
@@ -338,7 +338,7 @@ class TwilioMediaSocket:
     def _parse(self, msg: aiohttp.WSMessage) -> list | None:
         """Events in a frame, or None when the socket has closed. Recorded only once authorised."""
         if self._tap is not None and msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-            self._tap.record("twilio", "in", msg.data)
+            self._tap.record("phone", "in", msg.data)
         if msg.type is aiohttp.WSMsgType.TEXT:
             return self.protocol.receive_text(msg.data)
         if msg.type is aiohttp.WSMsgType.BINARY:
