@@ -35,10 +35,17 @@ import time
 
 from aiohttp import web
 
+from telephony_agent.connections import (
+    ConnectionLimits,
+    GuardedRunner,
+    fd_budget,
+    install_accept_error_handler,
+)
 from telephony_agent.logs import configure_logging
 from telephony_agent.metrics import MULTIPROC_ENV
 from telephony_agent.settings import Settings
 from telephony_agent.state import STATE, AppState
+from telephony_agent.telephony.twilio.stream_auth import SHARED_LEDGER_ENV
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +125,9 @@ async def _serve_async(settings: Settings, *, reuse_port: bool = False) -> None:
         loop.add_signal_handler(sig, on_signal, sig)
 
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-    await runner.setup()
+    install_accept_error_handler(loop)
+    runner, _ = await start_server(app, settings, reuse_port=reuse_port)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
-        await site.start()
         freeze_startup_heap()
         log.info("listening on %s:%d", settings.host, settings.port, extra={"event": "listening"})
         await stop.wait()
@@ -130,6 +135,38 @@ async def _serve_async(settings: Settings, *, reuse_port: bool = False) -> None:
     finally:
         await runner.cleanup()
     log.info("stopped", extra={"event": "stopped"})
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The HTTP server's limits from the settings, the total bounded by the descriptor limit."""
+    return ConnectionLimits(
+        header_timeout=settings.http_header_timeout_seconds,
+        keepalive_timeout=settings.http_keepalive_timeout_seconds,
+        max_unauthenticated=settings.max_unauthenticated_connections,
+        fd_limit=fd_budget(settings.max_calls),
+    )
+
+
+async def start_server(
+    app: web.Application, settings: Settings, *, host: str | None = None, port: int | None = None,
+    reuse_port: bool = False, access_log: bool = False,
+) -> tuple[web.AppRunner, int]:
+    """Serve `app` with the connection limits (docs/security.md); returns the runner and bound port."""
+    kwargs: dict[str, object] = {} if access_log else {"access_log": None}
+    runner = GuardedRunner(
+        app, connection_limits(settings), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S, **kwargs
+    )
+    await runner.setup()
+    site = web.TCPSite(
+        runner, settings.host if host is None else host, settings.port if port is None else port,
+        reuse_port=reuse_port or None,
+    )
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, site.port
 
 
 def _run_worker(settings: Settings, *, reuse_port: bool, worker: int | None = None) -> int:
@@ -178,7 +215,8 @@ class _Worker:
 def _supervise(settings: Settings) -> int:
     configure_logging(settings.log_format.value, settings.log_level)
     metrics_dir = tempfile.mkdtemp(prefix="telephony-agent-metrics-")
-    env = {**os.environ, MULTIPROC_ENV: metrics_dir}
+    ledger_dir = tempfile.mkdtemp(prefix="telephony-agent-tokens-")  # stream tokens spent on any worker
+    env = {**os.environ, MULTIPROC_ENV: metrics_dir, SHARED_LEDGER_ENV: ledger_dir}
     blob = pickle.dumps(settings)
     stopping = False
     failed = False
@@ -235,6 +273,7 @@ def _supervise(settings: Settings) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(ledger_dir, ignore_errors=True)
     log.info("all workers stopped", extra={"event": "stopped"})
     return 1 if failed else 0
 

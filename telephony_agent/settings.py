@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -114,6 +115,18 @@ class Settings(BaseSettings):
         3.0, gt=0, le=60, validation_alias=_env("AGENT_OVERLOAD_WINDOW_SECONDS")
     )
     recordings_dir: str | None = Field(None, validation_alias=_env("AGENT_RECORDINGS_DIR"))
+
+    # Connection limits (docs/security.md): what a client that never authenticates can hold.
+    http_header_timeout_seconds: float = Field(10.0, gt=0, le=300, validation_alias=_env("AGENT_HTTP_HEADER_TIMEOUT_SECONDS"))
+    http_body_timeout_seconds: float = Field(10.0, gt=0, le=300, validation_alias=_env("AGENT_HTTP_BODY_TIMEOUT_SECONDS"))
+    http_keepalive_timeout_seconds: float = Field(
+        15.0, gt=0, le=3600, validation_alias=_env("AGENT_HTTP_KEEPALIVE_TIMEOUT_SECONDS")
+    )
+    ws_handshake_timeout_seconds: float = Field(5.0, gt=0, le=60, validation_alias=_env("AGENT_WS_HANDSHAKE_TIMEOUT_SECONDS"))
+    max_unauthenticated_connections: int = Field(
+        512, ge=1, le=1_000_000, validation_alias=_env("AGENT_MAX_UNAUTHENTICATED_CONNECTIONS")
+    )
+    webhook_max_bytes: int = Field(16_384, ge=1024, le=1_048_576, validation_alias=_env("AGENT_WEBHOOK_MAX_BYTES"))
 
     # SIP signalling (on when AGENT_SIP_PORT is set).
     sip_port: int | None = Field(None, ge=1, le=65535, validation_alias=_env("AGENT_SIP_PORT"))
@@ -267,7 +280,7 @@ class Settings(BaseSettings):
         for name, env in self.env_names().items():
             value = getattr(self, name)
             if isinstance(value, SecretStr):
-                out[env] = "********"
+                out[env] = MASK
             elif value is None:
                 out[env] = ""
             elif isinstance(value, bool):
@@ -275,10 +288,37 @@ class Settings(BaseSettings):
             elif isinstance(value, enum.Enum):
                 out[env] = str(value.value)
             elif isinstance(value, list):
-                out[env] = ",".join(value)
+                out[env] = ",".join(mask_url(v) for v in value)
             else:
-                out[env] = str(value)
+                out[env] = mask_url(str(value))
         return out
+
+
+MASK = "********"
+
+
+def mask_url(value: str) -> str:
+    """`value` with any credentials a URL carries masked: user info, query values, fragment.
+
+    Operators put keys in URLs (`wss://host/path?key=...`, `https://user:pass@host`); printing
+    the setting must not print them. A value that is not an absolute URL is returned as is.
+    """
+    if "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return MASK
+    if not parts.scheme or not parts.netloc:
+        return value
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = MASK + "@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(
+        f"{name}={MASK}" if sep else name for name, sep, _ in (pair.partition("=") for pair in parts.query.split("&"))
+    ) if parts.query else ""
+    fragment = MASK if parts.fragment else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from peers.fake_twilio_rest import FakeTwilioRest
 
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
 from telephony_agent.testing.speech import speech_pcm16, speech_ulaw
-from telephony_agent.testing.twilio_caller import TwilioCaller
+from telephony_agent.testing.twilio_caller import HandshakeRejected, TwilioCaller
 
 API_KEY = "sk-test-key"
 
@@ -196,14 +196,19 @@ async def test_unsigned_requests_are_refused_before_any_provider_session(openai_
             assert await call.place(signature="omit") == 403
         async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             assert await call.place(signature="corrupt") == 403
+        bare = "wss://agent.test/twilio/media"  # not the per-call URL our TwiML gave
         async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
-            await call.connect(signature="omit", omit_parameters=True)
+            await call.connect(stream_url=bare, signature="omit", omit_parameters=True)
             assert await call.wait_closed(timeout=5) == 1008
         async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
-            await call.connect(signature="corrupt", custom_parameters={"token": "1.forged"})
+            await call.connect(stream_url=bare, omit_parameters=True)  # signed, but a signature alone is no credential
             assert await call.wait_closed(timeout=5) == 1008
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            with pytest.raises(HandshakeRejected):  # the per-call URL, but a forged signature
+                await call.connect(signature="corrupt")
         assert openai_server.connection_attempts == 0
 
 
@@ -297,8 +302,9 @@ async def test_a_second_stream_for_the_same_call_is_refused(openai_server: FakeO
             ) as replayed:  # the same call sid and token, a second socket
                 replayed.twiml, replayed.stream_url = call.twiml, call.stream_url
                 replayed.stream_parameters = dict(call.stream_parameters)
-                await replayed.connect()
-                assert await replayed.wait_closed(timeout=5) == 1008
+                with pytest.raises(HandshakeRejected):  # its per-call URL was spent by the first socket
+                    await replayed.connect()
+                assert replayed.handshake_status == 403
             assert openai_server.connection_attempts == 1
             assert not call.closed
 

@@ -121,27 +121,36 @@ def test_websocket_rejections() -> None:
 SECRET = b"s" * 32
 
 
+NONCE = b"n" * 12
+
+
 def test_stream_token_roundtrip_and_expiry() -> None:
-    tok = make_stream_token("CA" + "a" * 32, SECRET, now=1000.0, ttl=60)
-    assert check_stream_token(tok, "CA" + "a" * 32, SECRET, now=1000.0)
+    tok = make_stream_token("CA" + "a" * 32, SECRET, now=1000.0, ttl=60, nonce=NONCE)
+    claim = check_stream_token(tok, "CA" + "a" * 32, SECRET, now=1000.0)
+    assert claim is not None and claim.expiry == 1060 and claim.token_id == tok.split(".")[1]
     assert check_stream_token(tok, "CA" + "a" * 32, SECRET, now=1059.9)
     assert not check_stream_token(tok, "CA" + "a" * 32, SECRET, now=1060.0)
     assert not check_stream_token(tok, "CA" + "b" * 32, SECRET, now=1000.0)
     assert not check_stream_token(tok, "CA" + "a" * 32, b"other", now=1000.0)
+    other = make_stream_token("CA" + "a" * 32, SECRET, now=1000.0, ttl=60, nonce=b"m" * 12)
+    assert check_stream_token(other, "CA" + "a" * 32, SECRET, now=1000.0).token_id != claim.token_id
 
 
 def test_stream_token_tamper_and_garbage() -> None:
     sid = "CA" + "a" * 32
-    tok = make_stream_token(sid, SECRET, now=1000.0, ttl=60)
-    expiry, mac = tok.split(".")
-    assert not check_stream_token(f"{int(expiry) + 1000}.{mac}", sid, SECRET, now=1000.0)
+    tok = make_stream_token(sid, SECRET, now=1000.0, ttl=60, nonce=NONCE)
+    expiry, token_id, mac = tok.split(".")
+    assert not check_stream_token(f"{int(expiry) + 1000}.{token_id}.{mac}", sid, SECRET, now=1000.0)
+    assert not check_stream_token(f"{expiry}.{token_id}x.{mac}", sid, SECRET, now=1000.0)  # another id, same MAC
     flipped = mac[:-2] + ("A" if mac[-2] != "A" else "B") + mac[-1]
-    assert not check_stream_token(f"{expiry}.{flipped}", sid, SECRET, now=1000.0)
-    for bad in ["", ".", "abc", "123.", ".abc", "12a.xyz", "1e9.abc", "-5.abc", "१२३.abc", "x" * 500, None, 123, b"1.2"]:
-        assert check_stream_token(bad, sid, SECRET, now=1000.0) is False
-    assert check_stream_token(tok, None, SECRET, now=1000.0) is False
+    assert not check_stream_token(f"{expiry}.{token_id}.{flipped}", sid, SECRET, now=1000.0)
+    assert not check_stream_token(f"{expiry}.{mac}", sid, SECRET, now=1000.0)  # the old two-part shape
+    for bad in ["", ".", "..", "abc", "123.", ".abc", "12a.x.yz", "1e9.a.bc", "-5.a.bc", "१२३.a.bc", "1.a b.c",
+                "x" * 500, None, 123, b"1.2.3"]:
+        assert check_stream_token(bad, sid, SECRET, now=1000.0) is None
+    assert check_stream_token(tok, None, SECRET, now=1000.0) is None
 
 
 @given(st.text(max_size=80))
 def test_stream_token_never_raises(garbage: str) -> None:
-    assert check_stream_token(garbage, "CA1", SECRET, now=0.0) in (True, False)
+    assert check_stream_token(garbage, "CA1", SECRET, now=0.0) is None

@@ -110,6 +110,37 @@ def test_sequence_gap_counted_but_delivered() -> None:
     assert p.sequence_gaps == 1
 
 
+def test_twilio_compatible_sender_uuid_ids_no_account_no_counters() -> None:
+    """A sender built on a framework's Twilio example: UUID ids, no accountSid, bare media frames."""
+    import uuid
+
+    stream, call = str(uuid.uuid4()), str(uuid.uuid4())
+    p = MediaStreamProtocol()
+    start = {"event": "start", "streamSid": stream, "start": {"streamSid": stream, "callSid": call,
+                                                               "customParameters": {}}}
+    (ev,) = feed(p, start)
+    assert ev == Start(stream, call, None, {}, MediaFormat(), ("inbound",), None)
+    frames = [{"event": "media", "streamSid": stream, "media": {"payload": base64.b64encode(b"\xff" * n).decode()}}
+              for n in (160, 160, 80, 160)]
+    got = feed(p, *frames)
+    assert [(m.chunk, m.timestamp_ms) for m in got] == [(1, 0), (2, 20), (3, 40), (4, 50)]
+    assert p.bad_input_total == 0
+
+
+def test_stream_sid_only_at_top_level_is_accepted() -> None:
+    p = MediaStreamProtocol()
+    (ev,) = feed(p, {"event": "start", "streamSid": SID, "start": {"callSid": CALL}})
+    assert isinstance(ev, Start) and ev.stream_sid == SID and ev.account_sid is None
+
+
+def test_bad_input_names_its_event() -> None:
+    p = MediaStreamProtocol()
+    (ev,) = feed(p, {"event": "start", "start": {"streamSid": "MZ<>", "callSid": CALL}})
+    assert isinstance(ev, BadInput) and ev.event == "start" and ev.kind is BadInputKind.BAD_FIELD
+    (ev,) = feed(p, "{")
+    assert isinstance(ev, BadInput) and ev.event == ""
+
+
 def test_media_int_counters_accepted() -> None:
     p = started()
     m = media(2, 1)
@@ -134,7 +165,7 @@ BAD_CASES: list[tuple[str, object, BadInputKind]] = [
     ("media no object", {"event": "media", "streamSid": SID}, BadInputKind.MISSING_FIELD),
     ("media no payload", {"event": "media", "streamSid": SID, "media": {"chunk": "1", "timestamp": "0"}}, BadInputKind.MISSING_FIELD),
     ("media payload not str", {"event": "media", "streamSid": SID, "media": {"chunk": "1", "timestamp": "0", "payload": 5}}, BadInputKind.MISSING_FIELD),
-    ("media no chunk", {"event": "media", "streamSid": SID, "media": {"timestamp": "0", "payload": "/w=="}}, BadInputKind.MISSING_FIELD),
+    ("media chunk wrong type", {"event": "media", "streamSid": SID, "media": {"chunk": [1], "payload": "/w=="}}, BadInputKind.BAD_FIELD),
     ("media bad chunk", {"event": "media", "streamSid": SID, "media": {"chunk": "x", "timestamp": "0", "payload": "/w=="}}, BadInputKind.BAD_FIELD),
     ("media negative ts", {"event": "media", "streamSid": SID, "media": {"chunk": "1", "timestamp": "-20", "payload": "/w=="}}, BadInputKind.BAD_FIELD),
     ("bad base64", {"event": "media", "streamSid": SID, "media": {"chunk": "1", "timestamp": "0", "payload": "!!!!"}}, BadInputKind.BAD_BASE64),
@@ -168,7 +199,12 @@ BAD_START = [
     ("no start object", {"event": "start"}, BadInputKind.MISSING_FIELD),
     ("no callSid", {"event": "start", "start": {"accountSid": ACC, "streamSid": SID}}, BadInputKind.MISSING_FIELD),
     ("bad sid", {"event": "start", "start": {"accountSid": ACC, "streamSid": "MZ\"<>", "callSid": CALL}}, BadInputKind.BAD_FIELD),
-    ("long sid", {"event": "start", "start": {"accountSid": ACC, "streamSid": "M" * 65, "callSid": CALL}}, BadInputKind.BAD_FIELD),
+    ("long sid", {"event": "start", "start": {"accountSid": ACC, "streamSid": "M" * 129, "callSid": CALL}}, BadInputKind.BAD_FIELD),
+    ("sid with space", {"event": "start", "start": {"streamSid": "MZ 1", "callSid": CALL}}, BadInputKind.BAD_FIELD),
+    ("sid not a string", {"event": "start", "start": {"streamSid": 7, "callSid": CALL}}, BadInputKind.BAD_FIELD),
+    ("accountSid not a string", {"event": "start", "start": {"accountSid": 1, "streamSid": SID, "callSid": CALL}}, BadInputKind.BAD_FIELD),
+    ("too many parameters", {"event": "start", "start": {"streamSid": SID, "callSid": CALL,
+                                                         "customParameters": {str(i): "x" for i in range(65)}}}, BadInputKind.BAD_FIELD),
     ("top sid differs", {**START, "streamSid": "MZ" + "2" * 32}, BadInputKind.WRONG_STREAM_SID),
     ("params not dict", {"event": "start", "start": {**START["start"], "customParameters": ["a"]}}, BadInputKind.BAD_FIELD),
     ("param value int", {"event": "start", "start": {**START["start"], "customParameters": {"a": 1}}}, BadInputKind.BAD_FIELD),

@@ -8,6 +8,7 @@ the bridge, so there is no import cycle between the two.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -61,12 +62,23 @@ def register_call_tools(
 
 def transfer_targets(allowlist: tuple[str, ...] | list[str]) -> dict[str, str]:
     """`AGENT_TRANSFER_ALLOWLIST` entries: `name=destination` (e.g. `sales=+15551230000`) or a
-    bare destination. Returns name -> destination; names match case-insensitively."""
+    bare destination. Returns name -> destination; names match case-insensitively.
+
+    An entry is `name=...` only when the name is a plain word (letters, digits, `_`, `-`, `.`):
+    `sip:desk@pbx.example.com;transport=tls` is one bare destination, not the name
+    `sip:desk@pbx.example.com;transport` for the destination `tls`.
+    """
     targets: dict[str, str] = {}
     for entry in allowlist:
+        entry = entry.strip()
+        if not entry:
+            continue
         name, sep, destination = entry.partition("=")
-        if sep:
+        if sep and _PLAIN_NAME.fullmatch(name.strip()) and destination.strip():
             targets[name.strip().lower()] = destination.strip()
         else:
-            targets[entry.strip()] = entry.strip()
+            targets[entry] = entry
     return targets
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")

@@ -31,7 +31,7 @@ from aiohttp import web
 from telephony_agent.settings import Settings
 from telephony_agent.state import STATE
 from telephony_agent.telephony.twilio.routes import MEDIA_PATH, TOKEN_PARAM, TWILIO
-from telephony_agent.telephony.twilio.signature import make_stream_token
+from telephony_agent.telephony.twilio.stream_auth import NONCE_BYTES
 
 __all__ = ["CALL_PATH", "PAGE_PATH", "STATIC_PATH", "Access", "SoftphoneRoutes", "access_mode", "install"]
 
@@ -205,9 +205,10 @@ def _reserve(app: web.Application, call_sid: str) -> str | None:
 
 
 def _stream_token(app: web.Application, call_sid: str) -> str:
-    """The token the voice webhook would put in the TwiML, with the Twilio routes' key."""
-    ttl = app[STATE].settings.stream_token_ttl_seconds
-    return make_stream_token(call_sid, app[TWILIO].token_secret, time.time(), ttl)
+    """A stream token as the voice webhook issues them (bound to the call, single-use, expiring)."""
+    authority = app[TWILIO].authority
+    assert authority is not None
+    return authority.issue(call_sid, time.time(), secrets.token_bytes(NONCE_BYTES))
 
 
 def _media_accepts_tokens(app: web.Application) -> bool:

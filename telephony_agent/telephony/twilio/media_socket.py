@@ -4,6 +4,11 @@ Everything Twilio-specific about a live call lives here: the sans-I/O `MediaStre
 parses frames; this class is the call's `PhoneLeg` (mu-law 20 ms frames, each chunk followed by
 a mark named by its tag; `clear`; hang-up and transfer through the REST API) and feeds the
 bridge's `LegEvents` (media -> `on_caller_audio`, mark echo -> `on_played`, `stop` -> `on_hangup`).
+
+Before `start` is authorised the socket is a stranger's: nothing is recorded or logged (bad
+frames only move counters), at most `EARLY_FRAMES` small frames are kept (to record once the
+call is authorised), a flood of bad frames or no `start` within the start timeout closes it,
+and every refusal's close reason says what was wrong.
 """
 
 from __future__ import annotations
@@ -11,17 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
+import orjson
 from aiohttp import web
 
+from telephony_agent.logs import LogBudget
 from telephony_agent.telephony.bridge import CallBridge
 from telephony_agent.telephony.calls import CallRefused
 from telephony_agent.telephony.leg import PCMU_20MS, PhoneFormat
-from telephony_agent.wiretap import WIRETAP
 from telephony_agent.telephony.twilio.rest import TwilioRest, TwilioRestError
 from telephony_agent.telephony.twilio.stream import (
     BadInput,
@@ -35,22 +42,41 @@ from telephony_agent.telephony.twilio.stream import (
     mark_message,
     media_message,
 )
+from telephony_agent.telephony.twilio.stream_auth import redact_start
+from telephony_agent.wiretap import WIRETAP, Wiretap
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 5.0
 WS_MAX_MSG_SIZE = 4 * 1024 * 1024  # above the protocol's 64 KiB so oversize is counted, not fatal
+WS_MAX_MSG_SIZE_UNAUTHENTICATED = 256 * 1024  # a socket nobody vouched for yet: larger is fatal
+EARLY_FRAMES = 4  # frames before `start` kept for the recording (Twilio sends one: `connected`)
+EARLY_BYTES = 4096
+MAX_BAD_BEFORE_START = 32  # a stranger sending this much junk is closed
+BAD_INPUT_LOG_INTERVAL_S = 10.0
+CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 125 bytes with the code
+
+
+def close_reason(text: str) -> bytes:
+    """A WebSocket close reason: UTF-8, cut to what a close frame can carry."""
+    return text.encode("utf-8")[:CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")
 WRITE_NOW_LIMIT = 64 * 1024  # past this much unsent, writes go through the writer task, which waits for drain
 
 
 @dataclass
 class MediaSocketHooks:
-    """What the server supplies: authorise a `start`, build the bridge, count bad input."""
+    """What the server supplies: authorise a `start`, build the bridge, count bad input.
 
-    authorize: Callable[[Start], bool]
-    make_bridge: Callable[[Start, "TwilioMediaSocket"], Awaitable[CallBridge]]
+    `authorize` returns None to admit the call, else the refusal reason (the close reason).
+    `make_bridge` may raise `CallRefused` (admission). Recording starts at `on_admitted`, which
+    the call manager calls once the call's WIRETAP is set.
+    """
+
+    authorize: Callable[[Start], str | None]
+    make_bridge: Callable[[Start, TwilioMediaSocket], Awaitable[CallBridge]]
     on_bad_input: Callable[[str], None]
     on_call_end: Callable[[CallBridge], None]
+    start_timeout: float = START_TIMEOUT_S
 
 
 class TwilioMediaSocket:
@@ -72,8 +98,13 @@ class TwilioMediaSocket:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
-        self._tap = WIRETAP.get()
-        self._start_text: str | bytes | None = None  # recorded only once the call is admitted
+        self._tap: Wiretap | None = None  # the call's WIRETAP, read once the call is authorised
+        self.authorized = False
+        self.close_reason: str | None = None
+        self._early: list[str] = []
+        self._early_bytes = 0
+        self._log_budget = LogBudget(BAD_INPUT_LOG_INTERVAL_S)
+        self._start_text: str | None = None  # recorded only once the call is admitted
 
     # -- PhoneLeg ---------------------------------------------------------------------------
 
@@ -144,7 +175,7 @@ class TwilioMediaSocket:
             try:
                 if not await self.rest.hangup(call_sid):
                     self.log.info("hang-up: the call had already ended")
-            except (TwilioRestError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, TwilioRestError, aiohttp.ClientError) as exc:
                 self.log.warning("REST hang-up failed (%s); closing the stream ends the call", exc)
         # With nothing after <Connect> in our TwiML, closing the socket ends the call too.
         await self.close()
@@ -186,15 +217,37 @@ class TwilioMediaSocket:
             await asyncio.wait_for(self.ws.close(), 2.0)
 
     def on_admitted(self) -> None:
-        """The call passed authorisation and admission: record from here on, start message first."""
-        self._tap = WIRETAP.get()
-        if self._tap is not None and self._start_text is not None:
-            self._tap.record("phone", "in", self._start_text)
+        """The call passed authorisation and admission: record from here on, its first frames first.
+
+        Called by the call manager once the call's recorder is its WIRETAP, before any audio flows.
+        What arrived before is recorded now: the few early frames kept, then `start`, token blanked.
+        """
+        self.authorized = True
+        self._tap = tap = WIRETAP.get()
+        if tap is not None:
+            for text in self._early:
+                tap.record("phone", "in", text)
+            if self._start_text is not None:
+                tap.record("phone", "in", _redacted(self._start_text))
+        self._early.clear()
         self._start_text = None
 
     def _bad(self, event: BadInput) -> None:
+        """Count every bad frame; log only for an authorised call, at most one line per kind a while."""
         self.hooks.on_bad_input(event.kind.value)
-        self.log.warning("bad input from Twilio (%s): %s", event.kind.value, event.detail)
+        if not self.authorized:
+            return
+        dropped = self._log_budget.allow(event.kind.value, time.monotonic())
+        if dropped is None:
+            return
+        more = f" ({dropped} more of this kind not logged)" if dropped else ""
+        self.log.warning("bad input from Twilio (%s): %s%s", event.kind.value, event.detail, more)
+
+    async def _refuse(self, code: int, reason: str) -> bool:
+        self.close_reason = reason
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(code=code, message=close_reason(reason)), 2.0)
+        return False
 
     async def run(self) -> None:
         """Serve the socket until the stream stops, the caller hangs up or the bridge ends the call."""
@@ -213,17 +266,18 @@ class TwilioMediaSocket:
                 self._writer.cancel()
 
     async def _await_start(self) -> bool:
+        """Until an authorised `start`: nothing logged, recorded or kept beyond a few small frames."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT_S
+        timeout = self.hooks.start_timeout
+        deadline = loop.time() + timeout
+        bad = 0
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                self.log.warning("no start within %.0fs; closing", START_TIMEOUT_S)
-                await self.ws.close(code=1008, message=b"no start")
-                return False
+                return await self._refuse(1008, f"no start within {timeout:g}s")
             try:
                 msg = await self.ws.receive(timeout=remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             events = self._parse(msg)
             if events is None:
@@ -231,26 +285,33 @@ class TwilioMediaSocket:
             for event in events:
                 if isinstance(event, BadInput):
                     self._bad(event)
+                    if event.event == "start":
+                        return await self._refuse(1008, f"bad start: {event.detail}")
+                    bad += 1
+                    if bad >= MAX_BAD_BEFORE_START:
+                        return await self._refuse(1008, f"{bad} bad frames before start; last: {event.kind.value}")
                 elif isinstance(event, Start):
                     self._start_text = msg.data
                     return await self._on_start(event)
                 elif isinstance(event, Stop):
                     return False
+                elif len(self._early) < EARLY_FRAMES and self._early_bytes + len(msg.data) <= EARLY_BYTES:
+                    self._early.append(msg.data)
+                    self._early_bytes += len(msg.data)
 
     async def _on_start(self, start: Start) -> bool:
         from telephony_agent.logs import call_logger
 
+        refusal = self.hooks.authorize(start)
+        if refusal is not None:
+            return await self._refuse(1008, f"refused: {refusal}")
         self.log = call_logger(__name__, start.call_sid)
-        if not self.hooks.authorize(start):
-            self.log.warning("media stream refused: no valid signature or stream token")
-            await self.ws.close(code=1008, message=b"unauthorized")
-            return False
         try:
             self.bridge = await self.hooks.make_bridge(start, self)
         except CallRefused as exc:
-            self.log.warning("media stream refused: %s", exc.reason)
-            await self.ws.close(code=1013, message=f"refused: {exc.reason}".encode())
-            return False
+            self.log.info("call refused at start: %s", exc.reason, extra={"event": "call_refused"})
+            return await self._refuse(1013, f"refused: {exc.reason}")
+        self.authorized = True
         return True
 
     async def _stream(self) -> None:
@@ -275,13 +336,25 @@ class TwilioMediaSocket:
                     self._bad(event)
 
     def _parse(self, msg: aiohttp.WSMessage) -> list | None:
-        """Events in a frame, or None when the socket has closed."""
+        """Events in a frame, or None when the socket has closed. Recorded only once authorised."""
         if self._tap is not None and msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
             self._tap.record("phone", "in", msg.data)
         if msg.type is aiohttp.WSMsgType.TEXT:
             return self.protocol.receive_text(msg.data)
         if msg.type is aiohttp.WSMsgType.BINARY:
             return self.protocol.receive_bytes(msg.data)
-        if msg.type is aiohttp.WSMsgType.ERROR:
+        if msg.type is aiohttp.WSMsgType.ERROR and self.authorized:
             self.log.warning("media socket error: %s", msg.data)
         return None
+
+
+def _redacted(frame: str) -> str:
+    """The `start` frame as recordings keep it: any stream token blanked."""
+    try:
+        parsed = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return frame
+    if not isinstance(parsed, dict):
+        return frame
+    redacted = redact_start(parsed)
+    return frame if redacted is parsed else orjson.dumps(redacted).decode("utf-8")

@@ -3,38 +3,56 @@
 Twilio-specific here: signature checks, stream tokens, TwiML, the REST client for hang-up and
 transfer. Everything else a call needs (admission, registry, recording, metrics, drain) is the
 `CallManager`'s, shared with every other transport.
+
+Authorisation (docs/security.md): the signed webhook reserves the call and answers with a
+per-call stream URL, `/twilio/media/<call sid>/<token>`, whose token is bound to the call sid,
+expires in `AGENT_STREAM_TOKEN_TTL_SECONDS` and is spent on first use (`stream_auth.py`). The
+bare `/twilio/media` still takes a token as the `token` custom parameter, never a signature alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 
+from telephony_agent.connections import trust_connection
+from telephony_agent.logs import LogBudget
 from telephony_agent.settings import Settings
 from telephony_agent.telephony.bridge import CallBridge
 from telephony_agent.telephony.calls import CallManager, CallRefused
 from telephony_agent.telephony.twilio.media_socket import (
     WS_MAX_MSG_SIZE,
+    WS_MAX_MSG_SIZE_UNAUTHENTICATED,
     MediaSocketHooks,
     TwilioMediaSocket,
 )
-from telephony_agent.telephony.twilio.rest import TwilioRest
-from telephony_agent.telephony.twilio.signature import (
-    check_stream_token,
-    make_stream_token,
-    validate_request,
-    validate_websocket,
+from telephony_agent.telephony.twilio.request_auth import (
+    WebhookRejected,
+    authorize_upgrade,
+    read_signed_form,
 )
+from telephony_agent.telephony.twilio.rest import TwilioRest
 from telephony_agent.telephony.twilio.stream import Start
+from telephony_agent.telephony.twilio.stream_auth import (
+    NONCE_BYTES,
+    SHARED_LEDGER_ENV,
+    TOKEN_PARAM,
+    StreamAuthority,
+    StreamRefusal,
+    per_call_path,
+)
 from telephony_agent.telephony.twilio.twiml import busy_twiml, connect_stream_twiml
 
 __all__ = ["MEDIA_PATH", "TOKEN_PARAM", "TWILIO", "VOICE_PATH", "TwilioRoutes", "install"]
@@ -43,8 +61,8 @@ log = logging.getLogger(__name__)
 
 VOICE_PATH = "/twilio/voice"
 MEDIA_PATH = "/twilio/media"
-TOKEN_PARAM = "token"
 TRANSPORT = "twilio"
+REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 @dataclass
@@ -57,6 +75,8 @@ class TwilioRoutes:
     count_bad_input: Callable[[str], None]  # a bad Media Stream frame, by kind
     rest: TwilioRest | None = None
     token_secret: bytes = b""
+    authority: StreamAuthority | None = None
+    _refusals: LogBudget = field(default_factory=lambda: LogBudget(REFUSAL_LOG_INTERVAL_S))
 
     def __post_init__(self) -> None:
         token = self.auth_token
@@ -66,6 +86,10 @@ class TwilioRoutes:
             if token
             else secrets.token_bytes(32)
         )
+        self.authority = StreamAuthority(self.token_secret, self.settings.stream_token_ttl_seconds)
+        ledger_dir = os.environ.get(SHARED_LEDGER_ENV)
+        if ledger_dir:  # several workers: a token spent on one is spent on all
+            self.authority.shared_claim = SharedTokenClaims(Path(ledger_dir)).claim
 
     @property
     def auth_token(self) -> str | None:
@@ -88,16 +112,17 @@ class TwilioRoutes:
 
     async def voice_webhook(self, request: web.Request) -> web.Response:
         settings = self.settings
-        form = await request.post()
-        params = {k: str(v) for k, v in form.items()}
         base = self.public_base(request)
-        if settings.twilio_validate:
-            token = self.auth_token
-            url = base + request.path_qs
-            if not token or not validate_request(url, form, request.headers.get("X-Twilio-Signature"), token):
-                self.count_refused("voice")
-                log.warning("refused unsigned or badly signed webhook")
-                return web.Response(status=403, text="invalid signature")
+        try:
+            form = await read_signed_form(
+                request, base + request.path_qs, self.auth_token, validate=settings.twilio_validate,
+                max_bytes=settings.webhook_max_bytes, timeout=settings.http_body_timeout_seconds,
+            )
+        except WebhookRejected as exc:
+            self.count_refused("voice")
+            self._log_refusal("webhook", exc.kind, exc.text)  # anyone can send these: rate-limited
+            return exc.response()
+        params = {k: str(v) for k, v in form.items()}
         call_sid = params.get("CallSid", "")
         if not call_sid:
             return web.Response(status=400, text="missing CallSid")
@@ -105,46 +130,43 @@ class TwilioRoutes:
         if reason is not None:
             log.warning("refusing call %s: %s", call_sid, reason, extra={"call_id": call_sid})
             return web.Response(text=busy_twiml(), content_type="text/xml")
+        assert self.authority is not None
+        token = self.authority.issue(call_sid, time.time(), secrets.token_bytes(NONCE_BYTES))
         host = urlsplit(base).netloc
-        ws_url = f"wss://{host}{urlsplit(base).path.rstrip('/')}{MEDIA_PATH}"
-        stream_params = {
-            "callSid": call_sid,
-            "from": params.get("From", ""),
-            "to": params.get("To", ""),
-            TOKEN_PARAM: make_stream_token(
-                call_sid, self.token_secret, time.time(), settings.stream_token_ttl_seconds
-            ),
-        }
+        ws_url = f"wss://{host}{urlsplit(base).path.rstrip('/')}{per_call_path(MEDIA_PATH, call_sid, token)}"
+        stream_params = {"callSid": call_sid, "from": params.get("From", ""), "to": params.get("To", "")}
         return web.Response(text=connect_stream_twiml(ws_url, stream_params), content_type="text/xml")
 
-    # -- GET /twilio/media --------------------------------------------------------------------------
+    # -- GET /twilio/media[/<call sid>/<token>] -------------------------------------------------------
 
     async def media_socket(self, request: web.Request) -> web.StreamResponse:
         settings = self.settings
         manager = self.manager
-        signed = not settings.twilio_validate
-        if settings.twilio_validate and self.auth_token:
-            signed = validate_websocket(
-                self.public_base(request), MEDIA_PATH, request.headers.get("X-Twilio-Signature"), self.auth_token
-            )
-        if settings.twilio_validate and not self.auth_token:
+        authority = self.authority
+        assert authority is not None
+        grant = authorize_upgrade(
+            request, authority, self.public_base(request), self.auth_token, time.time(),
+            validate=settings.twilio_validate,
+        )
+        if isinstance(grant, StreamRefusal):
             self.count_refused("media")
-            return web.Response(status=403, text="server has no TWILIO_AUTH_TOKEN")
-        ws = web.WebSocketResponse(max_msg_size=WS_MAX_MSG_SIZE, heartbeat=None, autoping=True)
+            self._log_refusal("media stream", grant.name.lower(), grant.value)
+            return web.Response(status=403, text=grant.value)
+        bound_call = grant.call_sid
+        if bound_call is not None:
+            trust_connection(request)  # its per-call token was just spent: no longer a stranger
+        ws = web.WebSocketResponse(
+            max_msg_size=WS_MAX_MSG_SIZE if bound_call else WS_MAX_MSG_SIZE_UNAUTHENTICATED,
+            heartbeat=None,
+            autoping=True,
+        )
         await ws.prepare(request)
 
-        def authorize(start: Start) -> bool:
-            if manager.is_live(start.call_sid):
-                # One stream per call: a second socket (a replayed token, a confused proxy) is refused.
+        def authorize(start: Start) -> str | None:
+            refusal = self._authorize_start(bound_call, start)
+            if refusal is not None:
                 self.count_refused("media")
-                return False
-            if signed:
-                return True
-            token = start.custom_parameters.get(TOKEN_PARAM)
-            ok = check_stream_token(token, start.call_sid, self.token_secret, time.time())
-            if not ok:
-                self.count_refused("media")
-            return ok
+            return refusal
 
         async def make_bridge(start: Start, socket: TwilioMediaSocket) -> CallBridge:
             try:
@@ -153,7 +175,7 @@ class TwilioRoutes:
                     # Placed by another way in (the browser softphone) and streamed like Twilio:
                     # there is no call at Twilio to hang up or transfer through its REST API.
                     socket.rest = None
-                return await manager.start_call(
+                bridge = await manager.start_call(
                     start.call_sid,
                     socket,
                     transport=reserved_by or TRANSPORT,
@@ -163,16 +185,79 @@ class TwilioRoutes:
             except CallRefused:
                 self.count_refused("media")
                 raise
+            trust_connection(request)
+            return bridge
 
         hooks = MediaSocketHooks(
             authorize=authorize,
             make_bridge=make_bridge,
             on_bad_input=self.count_bad_input,
             on_call_end=manager.call_ended,
+            start_timeout=settings.ws_handshake_timeout_seconds,
         )
         socket = TwilioMediaSocket(ws, hooks, self.rest)
-        await socket.run()
+        try:
+            await socket.run()
+        finally:
+            if socket.bridge is None and bound_call is not None:
+                manager.release(bound_call)  # its token is spent: this call cannot stream now
         return ws
+
+    def _log_refusal(self, what: str, kind: str, text: str) -> None:
+        """One line per kind a minute: a wrong AGENT_PUBLIC_URL or token shows up in the log, a flood does not."""
+        dropped = self._refusals.allow(f"{what}:{kind}", time.monotonic())
+        if dropped is not None:
+            log.warning("refused %s: %s (%d more like it not logged)", what, text, dropped,
+                        extra={"event": "request_refused", "kind": kind})
+
+    def _authorize_start(self, bound_call: str | None, start: Start) -> str | None:
+        """None to admit this `start` to `CallManager.start_call` (which applies admission), else why not."""
+        if self.manager.is_live(start.call_sid):
+            return StreamRefusal.DUPLICATE_STREAM.value  # one stream per call
+        if bound_call is not None:
+            return None if start.call_sid == bound_call else StreamRefusal.CALL_MISMATCH.value
+        if not self.settings.twilio_validate:
+            return None  # local development: admission still applies in start_call
+        assert self.authority is not None
+        refusal = self.authority.redeem(start.custom_parameters.get(TOKEN_PARAM), start.call_sid, time.time())
+        return None if refusal is None else refusal.value
+
+
+class SharedTokenClaims:
+    """Used stream-token ids shared by the worker processes of one server: a file per id, created
+    with O_EXCL (atomic across processes), its mtime the token's expiry; expired ones are swept."""
+
+    SWEEP_INTERVAL_S = 10.0
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._next_sweep = 0.0
+
+    def claim(self, token_id: str, expiry: int) -> bool:
+        now = time.time()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self.SWEEP_INTERVAL_S
+            self._sweep(now)
+        path = self.directory / token_id  # base64url: a safe file name
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            log.error("shared stream-token ledger unavailable (%s); refusing the stream", exc)
+            return False
+        os.close(fd)
+        os.utime(path, (expiry, expiry))
+        return True
+
+    def _sweep(self, now: float) -> None:
+        try:
+            for entry in os.scandir(self.directory):
+                if entry.stat().st_mtime < now:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+        except OSError:
+            pass
 
 
 TWILIO = web.AppKey("twilio", TwilioRoutes)
@@ -182,3 +267,4 @@ def install(app: web.Application, routes: TwilioRoutes) -> None:
     app[TWILIO] = routes
     app.router.add_post(VOICE_PATH, routes.voice_webhook)
     app.router.add_get(MEDIA_PATH, routes.media_socket)
+    app.router.add_get(MEDIA_PATH + "/{call}/{token}", routes.media_socket)  # the per-call stream URL

@@ -10,19 +10,22 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Union
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 __all__ = [
     "SIGNATURE_HEADER",
-    "compute_signature",
-    "validate_request",
-    "validate_body",
-    "validate_websocket",
-    "make_stream_token",
+    "StreamToken",
     "check_stream_token",
+    "compute_signature",
+    "make_stream_token",
     "url_variants",
+    "validate_body",
+    "validate_request",
+    "validate_websocket",
 ]
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
@@ -39,9 +42,7 @@ def _values(params: Any, name: str) -> list[str]:
     else:
         getlist = getattr(params, "getlist", None)
         vals = getlist(name) if getlist is not None else params[name]
-    if isinstance(vals, (str, bytes)):
-        vals = [vals]
-    elif not isinstance(vals, Iterable):
+    if isinstance(vals, (str, bytes)) or not isinstance(vals, Iterable):
         vals = [vals]
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in vals]
 
@@ -137,6 +138,9 @@ def validate_websocket(public_base_url: str, path: str, signature: str | None, a
 
 # --- per-call stream token -------------------------------------------------------------------
 
+_B64U = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _b64u(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -145,31 +149,49 @@ def _unb64u(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _token_mac(call_sid: str, expiry: int, secret: bytes) -> bytes:
-    return hmac.new(secret, f"{call_sid}\n{expiry}".encode("utf-8"), hashlib.sha256).digest()
+def _token_mac(call_sid: str, expiry: int, token_id: str, secret: bytes) -> bytes:
+    return hmac.new(secret, f"{call_sid}\n{expiry}\n{token_id}".encode(), hashlib.sha256).digest()
 
 
-def make_stream_token(call_sid: str, secret: bytes, now: float, ttl: int) -> str:
-    """A token binding a stream to the call whose webhook we answered, valid for `ttl` seconds.
+@dataclass(frozen=True, slots=True)
+class StreamToken:
+    """A verified stream token: its id (what makes it single-use) and when it expires."""
 
-    Format: `<expiry unix seconds>.<base64url HMAC-SHA256(call_sid, expiry)>`. It travels as a
-    `<Parameter>` so the WebSocket handler can tie the stream to a signed webhook.
+    token_id: str
+    expiry: int
+
+
+def make_stream_token(call_sid: str, secret: bytes, now: float, ttl: int, nonce: bytes) -> str:
+    """A token binding one stream to the call whose webhook we answered, valid for `ttl` seconds.
+
+    Format: `<expiry unix seconds>.<id>.<base64url HMAC-SHA256(call_sid, expiry, id)>`, where the
+    id is the caller's random `nonce` (base64url). The id lets a `UsedTokens` ledger refuse a
+    second use; the MAC ties the token to the call, so it cannot open any other call.
     """
     expiry = int(now) + int(ttl)
-    return f"{expiry}.{_b64u(_token_mac(call_sid, expiry, secret))}"
+    token_id = _b64u(nonce)
+    return f"{expiry}.{token_id}.{_b64u(_token_mac(call_sid, expiry, token_id, secret))}"
 
 
-def check_stream_token(token: Any, call_sid: Any, secret: bytes, now: float) -> bool:
-    """True if `token` was made for `call_sid` with `secret` and has not expired. Never raises."""
+def check_stream_token(token: Any, call_sid: Any, secret: bytes, now: float) -> StreamToken | None:
+    """The token, if it was made for `call_sid` with `secret` and has not expired; else None.
+
+    Never raises. Does not check single use: that is the ledger's job (`UsedTokens`).
+    """
     try:
         if not isinstance(token, str) or not isinstance(call_sid, str) or len(token) > 200:
-            return False
-        expiry_text, sep, mac_text = token.partition(".")
-        if not sep or not expiry_text.isdigit() or not expiry_text.isascii() or len(expiry_text) > 12:
-            return False
+            return None
+        parts = token.split(".")
+        if len(parts) != 3:
+            return None
+        expiry_text, token_id, mac_text = parts
+        if not expiry_text.isdigit() or not expiry_text.isascii() or len(expiry_text) > 12:
+            return None
+        if not token_id or len(token_id) > 64 or not _B64U.fullmatch(token_id) or not _B64U.fullmatch(mac_text):
+            return None
         expiry = int(expiry_text)
         given = _unb64u(mac_text)
-        good = hmac.compare_digest(given, _token_mac(call_sid, expiry, secret))
-        return good and now < expiry
+        good = hmac.compare_digest(given, _token_mac(call_sid, expiry, token_id, secret))
+        return StreamToken(token_id, expiry) if good and now < expiry else None
     except (ValueError, binascii.Error, TypeError, UnicodeError):
-        return False
+        return None

@@ -5,6 +5,11 @@
 fed straight in. Bad input becomes a `BadInput` event and a counter, never an exception, so
 one bad frame cannot end its call. Wire facts: docs/protocols.md, "Twilio".
 
+Strict where it matters for safety (frame size, field types, lengths) and lenient where
+Twilio-compatible senders differ: stream and call ids of any reasonable shape (Twilio's
+`MZ...`/`CA...`, UUIDs), no `accountSid`, media frames without `chunk`/`timestamp` (derived
+from arrival order: chunk n, timestamp = the audio received before it).
+
 Hot path: ~50 media frames/s per call for hundreds of calls. Parsing is one `orjson.loads`
 plus strict base64 decoding; building a media frame is string formatting (base64 has no
 characters JSON would escape).
@@ -15,6 +20,7 @@ from __future__ import annotations
 import binascii
 import collections
 import enum
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Union
@@ -23,36 +29,38 @@ import orjson
 
 __all__ = [
     "MAX_MESSAGE_SIZE",
-    "BadInputKind",
-    "MediaFormat",
-    "Connected",
-    "Start",
-    "Media",
-    "Dtmf",
-    "MarkEcho",
-    "Stop",
     "BadInput",
+    "BadInputKind",
+    "Connected",
+    "Dtmf",
     "Event",
-    "StreamState",
+    "MarkEcho",
+    "Media",
+    "MediaFormat",
     "MediaStreamProtocol",
+    "Start",
+    "Stop",
     "StreamParser",
-    "media_message",
-    "media_messages",
-    "mark_message",
+    "StreamState",
     "clear_message",
     "connected_message",
-    "start_message",
-    "inbound_media_message",
     "dtmf_message",
+    "inbound_media_message",
     "mark_echo_message",
+    "mark_message",
+    "media_message",
+    "media_messages",
+    "start_message",
     "stop_message",
 ]
 
 MAX_MESSAGE_SIZE = 64 * 1024
 """Largest text frame accepted (bytes). A 20 ms media frame is ~330 bytes."""
 
-_MAX_SID = 64
+_MAX_SID = 128
+_SID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
 _MAX_NAME = 256
+_MAX_PARAMETERS = 64
 _DTMF_DIGITS = frozenset("0123456789*#ABCDabcd")
 
 
@@ -88,7 +96,8 @@ class Connected:
 class Start:
     stream_sid: str
     call_sid: str
-    account_sid: str
+    account_sid: str | None
+    """None when the sender did not say (Twilio always does; some compatible senders don't)."""
     custom_parameters: dict[str, str]
     media_format: MediaFormat
     tracks: tuple[str, ...]
@@ -128,6 +137,8 @@ class Stop:
 class BadInput:
     kind: BadInputKind
     detail: str
+    event: str = ""
+    """The frame's `event` when it had a known one ("start", "media", ...)."""
 
 
 Event = Union[Connected, Start, Media, Dtmf, MarkEcho, Stop, BadInput]
@@ -151,7 +162,8 @@ def _int_field(value: Any) -> int | None:
 
 
 def _sid(value: Any) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= _MAX_SID and value.isascii() and value.isalnum()
+    """A stream/call/account id: Twilio's `MZ`+32 hex, a UUID, ... (printable, no spaces, bounded)."""
+    return isinstance(value, str) and 0 < len(value) <= _MAX_SID and _SID_RE.fullmatch(value) is not None
 
 
 _a2b = binascii.a2b_base64
@@ -176,6 +188,8 @@ class MediaStreamProtocol:
     last_sequence: int | None = None
     last_chunk: int | None = None
     media_count: int = 0
+    media_ms: int = 0
+    """Caller audio received so far (ms): the timestamp of a media frame that carries none."""
     sequence_gaps: int = 0
     bad_input: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -198,11 +212,15 @@ class MediaStreamProtocol:
             return [self._bad(BadInputKind.NOT_OBJECT, f"JSON {type(msg).__name__}, not an object")]
         event = msg.get("event")
         if event == "media":
-            return [self._media(msg)]
-        handler = _HANDLERS.get(event) if isinstance(event, str) else None
-        if handler is None:
-            return [self._bad(BadInputKind.UNKNOWN_EVENT, f"unknown event {str(event)[:40]!r}")]
-        return [handler(self, msg)]
+            result = self._media(msg)
+        else:
+            handler = _HANDLERS.get(event) if isinstance(event, str) else None
+            if handler is None:
+                return [self._bad(BadInputKind.UNKNOWN_EVENT, f"unknown event {str(event)[:40]!r}")]
+            result = handler(self, msg)
+        if type(result) is BadInput:
+            result = BadInput(result.kind, result.detail, event)  # type: ignore[arg-type]
+        return [result]
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -248,11 +266,10 @@ class MediaStreamProtocol:
         payload = media.get("payload")
         if type(payload) is not str:
             return self._bad(BadInputKind.MISSING_FIELD, "media: payload")
-        chunk = _int_field(media.get("chunk"))
-        timestamp = _int_field(media.get("timestamp"))
+        raw_chunk, raw_timestamp = media.get("chunk"), media.get("timestamp")
+        chunk = _int_field(raw_chunk) if raw_chunk is not None else (self.last_chunk or 0) + 1
+        timestamp = _int_field(raw_timestamp) if raw_timestamp is not None else self.media_ms
         if chunk is None or timestamp is None:
-            if "chunk" not in media or "timestamp" not in media:
-                return self._bad(BadInputKind.MISSING_FIELD, "media: chunk/timestamp")
             return self._bad(BadInputKind.BAD_FIELD, "media: chunk/timestamp not integers")
         try:
             audio = _a2b(payload, strict_mode=True)
@@ -264,6 +281,7 @@ class MediaStreamProtocol:
         if bad is not None:
             return bad
         self.media_count += 1
+        self.media_ms += len(audio) // 8  # mu-law at 8 kHz: 8 bytes a millisecond
         self.last_chunk = chunk
         track = media.get("track")
         return Media(audio, chunk, timestamp, seq, track if type(track) is str else "inbound")
@@ -283,9 +301,14 @@ class MediaStreamProtocol:
         start = msg.get("start")
         if type(start) is not dict:
             return self._bad(BadInputKind.MISSING_FIELD, "start: start object")
-        sids = {}
+        sids: dict[str, str | None] = {}
         for key in ("streamSid", "callSid", "accountSid"):
             value = start.get(key)
+            if key == "streamSid" and value is None:
+                value = msg.get("streamSid")  # some senders put it only at the top level
+            if value is None and key == "accountSid":
+                sids[key] = None
+                continue
             if value is None:
                 return self._bad(BadInputKind.MISSING_FIELD, f"start: {key}")
             if not _sid(value):
@@ -297,7 +320,7 @@ class MediaStreamProtocol:
         params = start.get("customParameters", {})
         if params is None:
             params = {}
-        if type(params) is not dict or not all(
+        if type(params) is not dict or len(params) > _MAX_PARAMETERS or not all(
             isinstance(k, str) and isinstance(v, str) and len(k) <= _MAX_NAME for k, v in params.items()
         ):
             return self._bad(BadInputKind.BAD_FIELD, "start: customParameters must map strings to strings")
@@ -316,7 +339,9 @@ class MediaStreamProtocol:
         seq, bad = self._sequence(msg)
         if bad is not None:
             return bad
-        event = Start(sids["streamSid"], sids["callSid"], sids["accountSid"], dict(params), media_format, tuple(tracks), seq)
+        stream_sid, call_sid = sids["streamSid"], sids["callSid"]
+        assert stream_sid is not None and call_sid is not None
+        event = Start(stream_sid, call_sid, sids["accountSid"], dict(params), media_format, tuple(tracks), seq)
         self.state = StreamState.STREAMING
         self.stream_sid, self.call_sid, self.account_sid = event.stream_sid, event.call_sid, event.account_sid
         self.start = event

@@ -1,17 +1,28 @@
 """TwiML documents the bridge returns to Twilio, built with the official `twilio` package.
 
-The package handles XML escaping; we add the checks Twilio itself would make late (at call
-time, as errors 31920/31922), so a misconfigured URL fails at build time instead.
+The package escapes markup (`<`, `&`, quotes) but passes through characters XML 1.0 forbids
+(most control characters, U+FFFE/U+FFFF, lone surrogates): a caller's From with one of those
+would make the document unparseable. Every text and attribute value goes through `xml_safe`,
+which drops them. We add the checks Twilio itself would make late (at call time, as errors
+31920/31922), so a misconfigured URL fails at build time instead.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from twilio.twiml.voice_response import Connect, Dial, VoiceResponse
 
-__all__ = ["connect_stream_twiml", "busy_twiml", "dial_twiml", "hangup_twiml", "say_hangup_twiml"]
+__all__ = ["busy_twiml", "connect_stream_twiml", "dial_twiml", "hangup_twiml", "say_hangup_twiml", "xml_safe"]
+
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """`text` without the characters XML 1.0 cannot carry at all (escaping cannot help those)."""
+    return _NOT_XML.sub("", text)
 
 
 def _xml(response: VoiceResponse, declaration: bool) -> str:
@@ -44,7 +55,7 @@ def connect_stream_twiml(
     for name, value in (parameters or {}).items():
         if not isinstance(name, str) or not isinstance(value, str):
             raise ValueError("stream parameter names and values must be strings")
-        stream.parameter(name=name, value=value)
+        stream.parameter(name=xml_safe(name), value=xml_safe(value))
     response.append(connect)
     return _xml(response, declaration)
 
@@ -64,10 +75,10 @@ def dial_twiml(target: str, *, declaration: bool = False) -> str:
     response = VoiceResponse()
     if target.lower().startswith(("sip:", "sips:")):
         dial = Dial()
-        dial.sip(target)
+        dial.sip(xml_safe(target))
         response.append(dial)
     else:
-        response.dial(target)
+        response.dial(xml_safe(target))
     return _xml(response, declaration)
 
 
@@ -81,6 +92,6 @@ def hangup_twiml(*, declaration: bool = True) -> str:
 def say_hangup_twiml(text: str, *, declaration: bool = True) -> str:
     """A short spoken message and hang-up, for when no provider session can be opened."""
     response = VoiceResponse()
-    response.say(text)
+    response.say(xml_safe(text))
     response.hangup()
     return _xml(response, declaration)
