@@ -1,0 +1,300 @@
+"""Turn-taking decisions on real speech (eSpeak NG) and sox-made noise, on a virtual clock.
+
+A small harness plays the agent's answer frame by frame the way the bridge would (pausing,
+resuming and stopping as the detector decides), mixes what the caller leg carries (caller sounds,
+optional agent echo, line noise) through mu-law, and feeds both sides to `TurnDetector`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from noises import NAMES, noise_pcm16
+from speech import speech_pcm16
+from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
+
+from telephony_agent.telephony.turns import (
+    DeadAirAction,
+    DeadAirGuard,
+    TurnAction,
+    TurnDecision,
+    TurnDetector,
+    TurnSettings,
+    near_silent,
+)
+
+AGENT_TEXT = (
+    "Thanks for calling. Our opening hours are nine to five on weekdays, and ten to two on Saturdays. "
+    "We are closed on Sundays and public holidays. Is there anything else I can help you with today?"
+)
+INTERRUPTION = "wait, stop, I have a different question"
+
+
+def _law(x: np.ndarray) -> np.ndarray:
+    pcm = np.clip(x, -32768, 32767).astype("<i2").tobytes()
+    return np.frombuffer(ulaw_to_pcm16(pcm16_to_ulaw(pcm)), "<i2").astype(np.float64)
+
+
+def _pcm(text: str, **kwargs: object) -> np.ndarray:
+    return np.frombuffer(speech_pcm16(text, **kwargs), "<i2").astype(np.float64)  # type: ignore[arg-type]
+
+
+def _onset(x: np.ndarray, at: float) -> float:
+    """Where a sound placed at `at` really starts: its first 10 ms above -40 dBFS."""
+    frames = x[: len(x) // 80 * 80].reshape(-1, 80)
+    loud = np.nonzero(np.mean(frames**2, axis=1) > (32768 * 0.01) ** 2)[0]
+    return at + (int(loud[0]) * 0.01 if loud.size else 0.0)
+
+
+@dataclass
+class Run:
+    decisions: list[TurnDecision] = field(default_factory=list)
+    played: list[int] = field(default_factory=list)  # agent sample positions, in the order played
+
+    def actions(self) -> list[TurnAction]:
+        return [d.action for d in self.decisions if d.action in (TurnAction.PAUSE, TurnAction.RESUME, TurnAction.BARGE_IN)]
+
+    def first(self, action: TurnAction) -> TurnDecision | None:
+        return next((d for d in self.decisions if d.action is action), None)
+
+
+def simulate(
+    caller: list[tuple[float, np.ndarray]],
+    *,
+    seconds: float = 7.0,
+    echo_db: float | None = None,
+    echo_ms: int = 150,
+    settings: TurnSettings | None = None,
+    schedule_lead_s: float = 0.0,
+    provider_speech_at: float | None = None,
+) -> Run:
+    """Play the agent's answer; the caller leg carries `caller` sounds (at their offsets), the
+    agent's echo when `echo_db` is set, and line noise at -65 dBFS."""
+    agent = _law(_pcm(AGENT_TEXT, voice="en-us+f3"))
+    detector = TurnDetector(settings or TurnSettings())
+    n = int(seconds * 8000)
+    track = np.random.default_rng(7).normal(0, 32768 * 10 ** (-65 / 20), n)
+    for offset, sound in caller:
+        k = int(offset * 8000)
+        track[k : k + sound.size] += sound[: max(0, n - k)]
+    echo = np.zeros(n + 8000)
+    gain = 0.0 if echo_db is None else 10 ** (echo_db / 20)
+    delay = echo_ms * 8
+    pos, playing, stopped = 0, True, False
+    run = Run()
+    scheduled = 0.0  # the bridge schedules agent audio `schedule_lead_s` ahead of playing it
+    for i in range(n // 160):
+        now = (i + 1) * 0.02
+        if playing and not stopped and pos < agent.size:
+            chunk = agent[pos : pos + 160]
+            run.played.append(pos)
+            pos += 160
+            detector.agent_audio(chunk.astype("<i2").tobytes(), i * 0.02 + scheduled)
+            echo[i * 160 + delay : i * 160 + delay + chunk.size] += _law(chunk * gain) if gain else 0.0
+        frame = _law(track[i * 160 : (i + 1) * 160] + echo[i * 160 : (i + 1) * 160])
+        decisions = detector.caller_audio(frame.astype("<i2").tobytes(), now)
+        if provider_speech_at is not None and abs(now - provider_speech_at) < 0.01:
+            decisions += detector.provider_speech(now)
+        deadline = detector.get_timer()
+        if deadline is not None and now >= deadline:
+            decisions += detector.handle_timer(now)
+        for d in decisions:
+            run.decisions.append(d)
+            if d.action is TurnAction.PAUSE:
+                playing = False
+                detector.agent_stopped(now)
+            elif d.action is TurnAction.RESUME:
+                playing = True
+            elif d.action is TurnAction.BARGE_IN:
+                stopped = True
+                detector.agent_stopped(now)
+        scheduled = schedule_lead_s * (0.8 + 0.4 * ((i * 7919) % 11) / 10)  # jittery schedule
+    return run
+
+
+def _continuous(run: Run) -> bool:
+    """The agent's audio was heard in order with nothing skipped or repeated."""
+    return run.played == list(range(0, 160 * len(run.played), 160))
+
+
+@pytest.mark.parametrize("vad", ["silero", "energy"])
+def test_a_real_interruption_pauses_at_once_and_barges_in(vad: str) -> None:
+    speech = _pcm(INTERRUPTION)
+    run = simulate([(3.0, speech)], settings=TurnSettings(vad=vad))
+    onset = _onset(speech, 3.0)
+    pause, barge = run.first(TurnAction.PAUSE), run.first(TurnAction.BARGE_IN)
+    assert pause is not None and barge is not None, run.decisions
+    if vad == "silero":
+        assert pause.at - onset <= 0.3  # outbound audio stopped within 300 ms of speech onset
+        assert run.actions() == [TurnAction.PAUSE, TurnAction.BARGE_IN]
+    assert barge.at - onset < 2.5
+    assert barge.source == "local"
+
+
+@pytest.mark.parametrize("vad", ["silero", "energy"])
+@pytest.mark.parametrize("noise", NAMES)
+def test_noise_over_agent_speech_leaves_the_agent_talking(noise: str, vad: str) -> None:
+    run = simulate([(3.0, np.frombuffer(noise_pcm16(noise), "<i2").astype(np.float64))], settings=TurnSettings(vad=vad))
+    assert TurnAction.BARGE_IN not in run.actions(), run.decisions
+    assert run.actions().count(TurnAction.PAUSE) == run.actions().count(TurnAction.RESUME)
+    assert _continuous(run)
+    if vad == "silero":
+        assert run.actions() == []  # Silero does not even pause for these
+
+
+@pytest.mark.parametrize("word", ["mhm", "yeah", "okay", "uh-huh", "right"])
+def test_backchannels_do_not_end_the_agents_turn(word: str) -> None:
+    run = simulate([(3.0, _pcm(word))])
+    assert TurnAction.BARGE_IN not in run.actions(), run.decisions
+    assert run.actions() == [TurnAction.PAUSE, TurnAction.RESUME]
+    assert _continuous(run)
+    resume = run.first(TurnAction.RESUME)
+    assert resume is not None and resume.reason == "backchannel"
+
+
+def test_backchannels_interrupt_when_turned_off() -> None:
+    run = simulate([(3.0, _pcm("okay"))], settings=TurnSettings(backchannel_ms=0))
+    assert TurnAction.BARGE_IN in run.actions()
+
+
+@pytest.mark.parametrize(("echo_db", "echo_ms"), [(-6, 100), (-10, 150), (-20, 300)])
+def test_agent_echo_is_not_an_interruption(echo_db: float, echo_ms: int) -> None:
+    run = simulate([], echo_db=echo_db, echo_ms=echo_ms)
+    assert run.actions() == []
+
+
+@pytest.mark.parametrize("schedule_lead_s", [0.0, 0.2])
+def test_caller_speech_over_the_echo_barges_in(schedule_lead_s: float) -> None:
+    speech = _pcm(INTERRUPTION)
+    quiet = simulate([], echo_db=-10, echo_ms=150, schedule_lead_s=schedule_lead_s)
+    assert quiet.actions() == []
+    run = simulate([(3.0, speech)], echo_db=-10, echo_ms=150, schedule_lead_s=schedule_lead_s)
+    pause = run.first(TurnAction.PAUSE)
+    assert pause is not None and pause.at - _onset(speech, 3.0) <= 0.3
+    assert TurnAction.BARGE_IN in run.actions()
+
+
+def test_a_provider_signal_alone_pauses_then_resumes() -> None:
+    run = simulate([], provider_speech_at=3.0)
+    assert run.actions() == [TurnAction.PAUSE, TurnAction.RESUME]
+    pause, resume = run.first(TurnAction.PAUSE), run.first(TurnAction.RESUME)
+    assert pause is not None and resume is not None and pause.source == "provider"
+    assert resume.at - pause.at <= 0.5
+    assert _continuous(run)
+
+
+def test_provider_and_local_speech_together_barge_in_as_both() -> None:
+    speech = _pcm(INTERRUPTION)
+    run = simulate([(3.0, speech)], provider_speech_at=3.3)
+    barge = run.first(TurnAction.BARGE_IN)
+    assert barge is not None and barge.source == "both"
+
+
+def test_without_a_local_detector_the_provider_signal_barges_in() -> None:
+    run = simulate([], provider_speech_at=3.0, settings=TurnSettings(vad="off"))
+    assert run.actions() == [TurnAction.BARGE_IN]
+    assert run.decisions[0].source == "provider"
+
+
+def test_a_pause_never_outlasts_max_pause_without_caller_audio() -> None:
+    detector = TurnDetector(TurnSettings())
+    detector.caller_audio(b"\x00\x00" * 160, 0.02)
+    detector.agent_audio(b"\x10\x10" * 8000, 0.02)
+    assert [d.action for d in detector.provider_speech(0.5)] == [TurnAction.PAUSE]
+    deadline = detector.get_timer()
+    assert deadline is not None and 0.5 < deadline <= 0.5 + 1.5
+    assert detector.handle_timer(deadline - 0.01) == []
+    assert [d.action for d in detector.handle_timer(deadline)] == [TurnAction.RESUME]
+    assert detector.get_timer() is None
+
+
+def test_caller_turn_end_is_reported_when_the_agent_is_silent() -> None:
+    detector = TurnDetector(TurnSettings())
+    speech = _law(_pcm("what are your opening hours"))
+    x = np.concatenate([np.zeros(4000), speech, np.zeros(12000)])
+    decisions: list[TurnDecision] = []
+    for i in range(x.size // 160):
+        decisions += detector.caller_audio(x[i * 160 : (i + 1) * 160].astype("<i2").tobytes(), (i + 1) * 0.02)
+    kinds = [d.action for d in decisions]
+    assert kinds == [TurnAction.CALLER_STARTED, TurnAction.CALLER_ENDED]
+    end = decisions[1]
+    speech_end = (4000 + speech.size) / 8000
+    assert detector.last_speech_end is not None and abs(detector.last_speech_end - speech_end) < 0.6
+    assert end.at - detector.last_speech_end >= 0.6
+
+
+def test_16khz_caller_audio() -> None:
+    detector = TurnDetector(TurnSettings(), sample_rate=16000)
+    speech = _pcm(INTERRUPTION, rate=16000)
+    agent = _pcm(AGENT_TEXT, rate=16000, voice="en-us+f3")
+    x = np.concatenate([np.zeros(32000), speech, np.zeros(8000)])
+    actions = []
+    for i in range(x.size // 320):
+        if i * 320 < agent.size:
+            detector.agent_audio(agent[i * 320 : (i + 1) * 320].astype("<i2").tobytes(), i * 0.02)
+        actions += [d.action for d in detector.caller_audio(x[i * 320 : (i + 1) * 320].astype("<i2").tobytes(), (i + 1) * 0.02)]
+    assert actions[:2] == [TurnAction.PAUSE, TurnAction.BARGE_IN]
+
+
+# -- dead air -----------------------------------------------------------------------------------
+
+LOUD = (np.sin(np.arange(2400) / 3) * 8000).astype("<i2").tobytes()
+SILENT = bytes(4800)
+
+
+def test_near_silent() -> None:
+    assert near_silent(SILENT)
+    assert near_silent((np.ones(2400) * 20).astype("<i2").tobytes())
+    assert not near_silent(LOUD)
+
+
+def test_no_answer_is_retried_once_then_apologised_for() -> None:
+    guard = DeadAirGuard(response_timeout=4.0)
+    guard.caller_turn_ended(10.0)
+    assert guard.get_timer() == 14.0
+    assert guard.handle_timer(13.9) == []
+    assert [d.action for d in guard.handle_timer(14.0)] == [DeadAirAction.RETRY]
+    assert guard.get_timer() == 18.0
+    decisions = guard.handle_timer(18.0)
+    assert [(d.action, d.reason) for d in decisions] == [(DeadAirAction.APOLOGISE, "response_timeout")]
+    assert guard.get_timer() is None
+    assert guard.dead_air_seconds == pytest.approx(7.0)
+
+
+def test_an_answer_in_time_settles_it() -> None:
+    guard = DeadAirGuard(response_timeout=4.0)
+    guard.caller_turn_ended(10.0)
+    assert guard.agent_audio(LOUD, 11.5) == []
+    assert guard.get_timer() is None and not guard.waiting
+    assert guard.dead_air_seconds == pytest.approx(0.5)
+
+
+def test_a_failed_response_is_retried_then_apologised_for() -> None:
+    guard = DeadAirGuard()
+    guard.caller_turn_ended(0.0)
+    assert [d.action for d in guard.response_failed(0.5, "failed")] == [DeadAirAction.RETRY]
+    assert [d.action for d in guard.response_failed(1.0, "failed")] == [DeadAirAction.APOLOGISE]
+
+
+def test_near_silent_output_is_no_answer() -> None:
+    guard = DeadAirGuard(near_silent_after=1.5)
+    guard.caller_turn_ended(0.0)
+    for k in range(10):
+        assert guard.agent_audio(SILENT, 0.5 + 0.1 * k) == []
+    assert guard.get_timer() == pytest.approx(2.0)
+    assert [(d.action, d.reason) for d in guard.handle_timer(2.0)] == [(DeadAirAction.RETRY, "near_silent")]
+
+
+def test_a_slow_tool_gets_one_filler_and_holds_the_timeout() -> None:
+    guard = DeadAirGuard(response_timeout=4.0, filler_after=2.0)
+    guard.caller_turn_ended(0.0)
+    guard.tool_started("a", 0.5)
+    guard.tool_started("b", 0.6)
+    assert guard.get_timer() == 2.5
+    assert [d.action for d in guard.handle_timer(2.5)] == [DeadAirAction.FILLER]
+    assert guard.get_timer() is None  # no timeout while the tools run
+    guard.tool_finished("a", 6.0)
+    guard.tool_finished("b", 7.0)
+    assert guard.get_timer() == 11.0
