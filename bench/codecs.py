@@ -30,10 +30,10 @@ import scipy  # noqa: E402
 import soxr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "codecs"))
 
-from speech import speech_pcm16  # noqa: E402
+from telephony_agent.testing.speech import speech_pcm16  # noqa: E402
 
 from telephony_codecs import StreamResampler, Transcoder, pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
 

@@ -42,7 +42,7 @@ def _call(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
     import time
 
-    from telephony_agent.softphone import run_call, text_to_ulaw, wav_to_ulaw
+    from telephony_agent.call_command import run_call, text_to_ulaw, wav_to_ulaw
 
     utterances = [(text, text_to_ulaw(text)) for text in args.say]
     utterances += [(path, wav_to_ulaw(path)) for path in args.wav]

@@ -2,14 +2,16 @@
 
 - `GET /healthz`: the process is alive and its loop answers (liveness).
 - `GET /readyz`: 200 when a new call would be accepted now; 503 with the reason otherwise
-  (`draining`, `at_capacity`, `overloaded`, `no_provider`). The webhook refuses calls for the
-  same reasons (`AppState.refusal`), so a probe and a call never disagree.
+  (`draining`, `at_capacity`, `overloaded`, `no_provider`). Every transport admits calls through
+  the same `CallManager.refusal`, so a probe and a call never disagree.
 - `GET /metrics`: Prometheus text format.
 
 The lag watcher wakes every `LAG_INTERVAL_S`; how late it wakes is the loop's lag. Admission
-control compares the largest lag seen in the last `LAG_WINDOW_S` (a decaying max), so one
-slow tick refuses calls for a second, not only for the instant it was measured, and a busy
-loop that happens to wake the watcher on time once is not mistaken for an idle one.
+reacts to sustained overload, not to one spike (`Overload`): the loop counts as overloaded when,
+over the last `AGENT_OVERLOAD_WINDOW_SECONDS`, it was late by more than `AGENT_MAX_LOOP_LAG_MS`
+for at least half of the time, and stops counting as overloaded only once the same figure is
+under half the limit (hysteresis, so admission doesn't flap). A 350 ms stall while other
+processes start on the host no longer refuses the calls arriving at that moment.
 """
 
 from __future__ import annotations
@@ -55,10 +57,52 @@ class LagWindow:
         return samples[0][1]
 
 
+class Overload:
+    """Sustained event-loop lag, with hysteresis. Sans-I/O: fed (now, lag) samples.
+
+    Each sample stands for the time the watcher slept plus how late it woke. The figure compared
+    with the limit is the time-weighted median lag over the window: the lag the loop had for at
+    least half of the last `window_s` seconds. One stall that is short against the window barely
+    moves it; a loop that is late most of the time reaches it whatever its sampling rate.
+    """
+
+    def __init__(self, limit_ms: float, window_s: float = 3.0, interval_s: float = LAG_INTERVAL_S) -> None:
+        self.limit_ms = limit_ms
+        self.window_s = window_s
+        self.interval_s = interval_s
+        self.overloaded = False
+        self.figure_ms = 0.0
+        self._samples: deque[tuple[float, float]] = deque()  # (time, lag ms)
+
+    def add(self, now: float, lag_ms: float) -> bool:
+        """Add a sample; returns whether the loop counts as overloaded now."""
+        samples = self._samples
+        samples.append((now, lag_ms))
+        while samples and samples[0][0] < now - self.window_s:
+            samples.popleft()
+        self.figure_ms = self._weighted_median()
+        if self.overloaded:
+            self.overloaded = self.figure_ms >= self.limit_ms / 2
+        else:
+            self.overloaded = self.figure_ms >= self.limit_ms
+        return self.overloaded
+
+    def _weighted_median(self) -> float:
+        weighted = sorted((lag, self.interval_s + lag / 1000) for _, lag in self._samples)
+        half = sum(w for _, w in weighted) / 2
+        seen = 0.0
+        for lag, weight in weighted:
+            seen += weight
+            if seen >= half:
+                return lag
+        return 0.0
+
+
 async def watch_loop_lag(state: AppState) -> None:
     """Measure how late the loop wakes us, and keep live per-call metrics flowing."""
     loop = asyncio.get_running_loop()
     window = LagWindow()
+    overload = Overload(state.settings.max_loop_lag_ms, state.settings.overload_window_seconds)
     state.metrics.max_calls.set(state.settings.max_calls)
     next_flush = loop.time()
     while True:
@@ -66,6 +110,7 @@ async def watch_loop_lag(state: AppState) -> None:
         await asyncio.sleep(LAG_INTERVAL_S)
         now = loop.time()
         lag_ms = max(0.0, (now - start - LAG_INTERVAL_S) * 1000)
+        state.overloaded = overload.add(now, lag_ms)
         state.loop_lag_ms = window.add(now, lag_ms)
         state.metrics.loop_lag.observe(lag_ms)
         state.metrics.loop_lag_max.set(state.loop_lag_ms)
@@ -78,27 +123,45 @@ def flush_calls(state: AppState) -> None:
     """Add live calls' new frames, barge-ins, latencies and errors to the counters."""
     try:
         state.metrics.observe_calls(state.calls.values())
-    except Exception:  # noqa: BLE001 - metrics must never break calls
+    except Exception:
         log.exception("metrics flush failed")
 
 
-def record_call_start(state: AppState, call: Any) -> None:
-    """A call's media stream started and its bridge is registered in `state.calls`."""
+class MetricsObserver:
+    """The `CallObserver` of the server: counters, gauges and the per-call log lines."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    def call_refused(self, reason: str, transport: str) -> None:
+        self.state.metrics.calls_refused.labels(reason).inc()
+
+    def call_started(self, bridge: Any, transport: str) -> None:
+        record_call_start(self.state, bridge, transport)
+
+    def call_ended(self, bridge: Any, transport: str) -> None:
+        record_call_end(self.state, bridge, transport)
+
+
+def record_call_start(state: AppState, call: Any, transport: str = "twilio") -> None:
+    """A call's media started and its bridge is registered with the call manager."""
     m = state.metrics
     m.active_calls.set(len(state.calls))
     m.calls_started.labels(call.model.provider).inc()
-    call.log.info("call started", extra={"event": "call_started", "provider": call.model.provider})
+    call.log.info(
+        "call started", extra={"event": "call_started", "provider": call.model.provider, "transport": transport}
+    )
 
 
-def record_call_end(state: AppState, call: Any) -> None:
-    """A call ended and was removed from `state.calls`: final counters and a one-line summary."""
+def record_call_end(state: AppState, call: Any, transport: str = "twilio") -> None:
+    """A call ended and left the call manager's registry: final counters and a one-line summary."""
     m = state.metrics
     m.active_calls.set(len(state.calls))
     outcome = call.outcome.value if call.outcome else "unknown"
     m.calls_ended.labels(outcome).inc()
     try:
         m.observe_call(call, final=True)
-    except Exception:  # noqa: BLE001
+    except Exception:
         log.exception("metrics for an ended call failed")
     s = call.stats
     call.log.info(
@@ -108,6 +171,7 @@ def record_call_end(state: AppState, call: Any) -> None:
             "event": "call_summary",
             "outcome": outcome,
             "provider": call.model.provider,
+            "transport": transport,
             "frames_in": s.frames_in,
             "frames_out": s.frames_out,
             "barge_ins": s.barge_ins,
@@ -125,14 +189,13 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     reason = state.refusal()
-    if state.model is None:
-        reason = "no_provider"
     body = {
         "ready": reason is None,
         "reason": reason,
         "active_calls": len(state.calls),
         "max_calls": state.settings.max_calls,
         "loop_lag_ms": round(state.loop_lag_ms, 1),
+        "overloaded": state.overloaded,
     }
     return web.json_response(body, status=200 if reason is None else 503)
 

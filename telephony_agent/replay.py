@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from telephony_agent.recording.analysis import CallSummary, Tolerances, compare, summarize
 from telephony_agent.recording.format import IN, LEG_TWILIO, Recording, read_recording
-from telephony_agent.softphone import FRAME_BYTES, SILENCE, Softphone
+from telephony_agent.testing.twilio_caller import FRAME_BYTES, SILENCE, TwilioCaller
 
 T = TypeVar("T")
 
@@ -218,7 +218,7 @@ def _raw_text(e: Any) -> str | bytes:
 
 
 async def drive_call(
-    phone: Softphone, script: CallerScript, *, speed: float = 1.0, tail_s: float = 15.0
+    phone: TwilioCaller, script: CallerScript, *, speed: float = 1.0, tail_s: float = 15.0
 ) -> None:
     """Place the call and play the caller's side of `script`. Ends when the script's caller
     hangs up, or (when the recorded agent ended the call) when the agent ends it now; after
@@ -263,7 +263,7 @@ class ReplayResult:
     expected: CallSummary
     actual: CallSummary
     differences: list[str]
-    phone: Softphone
+    phone: TwilioCaller
     new_recording: Recording | None
     call_seconds: float
     wall_seconds: float
@@ -287,7 +287,7 @@ async def replay(
     speed: float = 1.0,
     server_recordings: Path | None = None,
     tolerances: Tolerances = Tolerances(),
-    on_phone: Callable[[Softphone], Awaitable[None] | None] | None = None,
+    on_phone: Callable[[TwilioCaller], Awaitable[None] | None] | None = None,
     on_event: Callable[[str, float, dict[str, Any]], None] | None = None,
     tail_s: float = 15.0,
     before_compare: Callable[[], Awaitable[None]] | None = None,
@@ -305,7 +305,7 @@ async def replay(
     wall0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="replay-") as tmp:
         recorder = CallRecorder(tmp, recorded_by="softphone", wav=False)
-        phone = Softphone(base_url, public_url, auth_token, continuous=False, tap=recorder, on_event=on_event)
+        phone = TwilioCaller(base_url, public_url, auth_token, continuous=False, tap=recorder, on_event=on_event)
         if script.call_sid:
             phone.call_sid = script.call_sid
         if script.from_:

@@ -72,20 +72,12 @@ async def drain(state: AppState, drain_seconds: float) -> None:
     if not state.calls:
         log.info("drain: no calls left", extra={"event": "drain_complete"})
         return
-    remaining = list(state.calls.values())
     log.info(
         "drain: deadline reached; ending %d calls politely",
-        len(remaining),
+        len(state.calls),
         extra={"event": "drain_deadline"},
     )
-    for bridge in remaining:
-        try:
-            await bridge.shutdown()
-        except Exception:  # noqa: BLE001 - one call's failure must not keep the others up
-            bridge.log.exception("polite shutdown failed")
-    deadline = loop.time() + GOODBYE_TIMEOUT_S
-    while state.calls and loop.time() < deadline:
-        await asyncio.sleep(0.05)
+    await state.manager.shutdown_calls(wait_seconds=GOODBYE_TIMEOUT_S)
     if state.calls:
         log.warning(
             "drain: %d calls did not end within %.0fs; closing them",

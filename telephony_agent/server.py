@@ -1,42 +1,37 @@
-"""The aiohttp application: Twilio webhook and media socket, health, readiness and metrics."""
+"""App assembly: one `CallManager`, the transports' routes over it, and the operations endpoints."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
-import secrets
-import time
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
 from telephony_agent import ops
 from telephony_agent.metrics import Metrics
-from telephony_agent.state import STATE, AppState
 from telephony_agent.realtime import RealtimeConfig, RealtimeModel, TurnDetection
 from telephony_agent.settings import Provider, Settings
-from telephony_agent.telephony.bridge import BridgeOptions, CallBridge
-from telephony_agent.telephony.twilio.media_socket import WS_MAX_MSG_SIZE, MediaSocketHooks, TwilioMediaSocket
-from telephony_agent.telephony.twilio.rest import TwilioRest
-from telephony_agent.telephony.twilio.signature import (
-    check_stream_token,
-    make_stream_token,
-    validate_request,
-    validate_websocket,
+from telephony_agent.state import STATE, AppState
+from telephony_agent.telephony.bridge import BridgeOptions
+from telephony_agent.telephony.calls import (
+    CallManager,
+    CallRecorderLike,
+    RecorderFactory,
 )
-from telephony_agent.telephony.twilio.stream import Start
-from telephony_agent.telephony.twilio.twiml import busy_twiml, connect_stream_twiml
-from telephony_agent.wiretap import WIRETAP
+from telephony_agent.telephony.twilio import routes as twilio_routes
+from telephony_agent.telephony.twilio.routes import (
+    MEDIA_PATH,
+    TOKEN_PARAM,
+    VOICE_PATH,
+    TwilioRoutes,
+)
+
+__all__ = ["MEDIA_PATH", "TOKEN_PARAM", "VOICE_PATH", "bridge_options", "build_model", "call_config", "create_app"]
 
 log = logging.getLogger(__name__)
-
-VOICE_PATH = "/twilio/voice"
-MEDIA_PATH = "/twilio/media"
-TOKEN_PARAM = "token"
 
 
 def build_model(settings: Settings, http: aiohttp.ClientSession) -> RealtimeModel:
@@ -68,24 +63,51 @@ def build_model(settings: Settings, http: aiohttp.ClientSession) -> RealtimeMode
 
 
 def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web.Application:
+    """The server: Twilio's routes and the operations endpoints over one `CallManager`."""
     app = web.Application(client_max_size=64 * 1024)
-    state = AppState(settings=settings, metrics=Metrics(), model=model)
-    token = state.auth_token
-    # Tokens must verify on any worker or pod, so derive the key from the shared auth token.
-    state.token_secret = (
-        hmac.new(token.encode(), b"telephony-agent stream token", hashlib.sha256).digest()
-        if token
-        else secrets.token_bytes(32)
+    metrics = Metrics()
+    manager = CallManager(
+        max_calls=settings.max_calls,
+        call_config=lambda: call_config(settings),
+        bridge_options=lambda m: bridge_options(settings, m),
+        reservation_ttl=settings.stream_token_ttl_seconds,
+        model=model,
     )
+    manager.recorder_factory = _recorder_factory(settings, manager)
+    state = AppState(settings=settings, metrics=metrics, manager=manager)
+    manager.observer = ops.MetricsObserver(state)
+    manager.overloaded = lambda: state.overloaded
     app[STATE] = state
-    app.router.add_post(VOICE_PATH, voice_webhook)
-    app.router.add_get(MEDIA_PATH, media_socket)
+    twilio_routes.install(
+        app,
+        TwilioRoutes(
+            settings,
+            manager,
+            count_refused=lambda endpoint: metrics.webhooks_refused.labels(endpoint).inc(),
+            count_bad_input=lambda kind: metrics.bad_input.labels(kind).inc(),
+        ),
+    )
     ops.install(app)
     app.cleanup_ctx.append(_lifecycle)
     return app
 
 
-async def _lifecycle(app: web.Application) -> object:
+def _recorder_factory(settings: Settings, manager: CallManager) -> RecorderFactory | None:
+    """With AGENT_RECORDINGS_DIR set, each admitted call gets a recorder (never before admission)."""
+    directory = settings.recordings_dir
+    if not directory:
+        return None
+
+    def make(call_id: str, transport: str) -> CallRecorderLike:
+        from telephony_agent.recording import CallRecorder
+
+        provider = manager.model.provider if manager.model is not None else None
+        return CallRecorder(directory, metadata={"provider": provider, "transport": transport})
+
+    return make
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state = app[STATE]
     settings = state.settings
     # Every call holds one provider WebSocket from this session for its whole length: aiohttp's
@@ -93,143 +115,21 @@ async def _lifecycle(app: web.Application) -> object:
     state.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, limit_per_host=0))
     if state.model is None:
         state.model = build_model(settings, state.http)
-    if settings.twilio_account_sid and state.auth_token:
-        state.rest = TwilioRest(settings.twilio_account_sid, state.auth_token, settings.twilio_api_url, state.http)
+    model = state.model
+    app[twilio_routes.TWILIO].connect_rest(state.http)
     if not settings.twilio_validate:
         log.warning("AGENT_TWILIO_VALIDATE=false: Twilio signatures are NOT checked (local development only)")
-    elif not state.auth_token:
+    elif not settings.twilio_auth_token:
         log.error("TWILIO_AUTH_TOKEN is not set: every Twilio request will be refused")
-    log.info(
-        "serving provider=%s model=%s max_calls=%d",
-        state.model.provider,
-        state.model.model_id,
-        settings.max_calls,
-    )
+    log.info("serving provider=%s model=%s max_calls=%d", model.provider, model.model_id, settings.max_calls)
     lag_task = asyncio.create_task(ops.watch_loop_lag(state), name="loop-lag")
     yield
     lag_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await lag_task
-    for bridge in list(state.calls.values()):
-        await bridge.shutdown()
-    deadline = time.monotonic() + 10
-    while state.calls and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    await state.model.aclose()
+    await state.manager.shutdown_calls(wait_seconds=10)
+    await model.aclose()
     await state.http.close()
-
-
-def _public_base(request: web.Request, settings: Settings) -> str:
-    """The https base URL Twilio used; configured, or (development) rebuilt from the request."""
-    if settings.public_url:
-        return settings.public_url
-    return f"https://{request.host}"
-
-
-async def voice_webhook(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    settings = state.settings
-    form = await request.post()
-    params = {k: str(v) for k, v in form.items()}
-    base = _public_base(request, settings)
-    if settings.twilio_validate:
-        token = state.auth_token
-        url = base + request.path_qs
-        if not token or not validate_request(url, form, request.headers.get("X-Twilio-Signature"), token):
-            state.metrics.webhooks_refused.labels("voice").inc()
-            log.warning("refused unsigned or badly signed webhook")
-            return web.Response(status=403, text="invalid signature")
-    call_sid = params.get("CallSid", "")
-    if not call_sid:
-        return web.Response(status=400, text="missing CallSid")
-    reason = state.refusal()
-    if reason is not None:
-        state.metrics.calls_refused.labels(reason).inc()
-        log.warning("refusing call %s: %s", call_sid, reason, extra={"call_id": call_sid})
-        return web.Response(text=busy_twiml(), content_type="text/xml")
-    state.pending[call_sid] = time.monotonic()
-    host = urlsplit(base).netloc
-    ws_url = f"wss://{host}{urlsplit(base).path.rstrip('/')}{MEDIA_PATH}"
-    stream_params = {
-        "callSid": call_sid,
-        "from": params.get("From", ""),
-        "to": params.get("To", ""),
-        TOKEN_PARAM: make_stream_token(call_sid, state.token_secret, time.time(), settings.stream_token_ttl_seconds),
-    }
-    return web.Response(text=connect_stream_twiml(ws_url, stream_params), content_type="text/xml")
-
-
-async def media_socket(request: web.Request) -> web.StreamResponse:
-    state = request.app[STATE]
-    settings = state.settings
-    signed = not settings.twilio_validate
-    if settings.twilio_validate and state.auth_token:
-        signed = validate_websocket(
-            _public_base(request, settings), MEDIA_PATH, request.headers.get("X-Twilio-Signature"), state.auth_token
-        )
-    if settings.twilio_validate and not state.auth_token:
-        state.metrics.webhooks_refused.labels("media").inc()
-        return web.Response(status=403, text="server has no TWILIO_AUTH_TOKEN")
-    ws = web.WebSocketResponse(max_msg_size=WS_MAX_MSG_SIZE, heartbeat=None, autoping=True)
-    await ws.prepare(request)
-
-    def authorize(start: Start) -> bool:
-        if start.call_sid in state.calls:
-            # One stream per call: a second socket (a replayed token, a confused proxy) is refused.
-            state.metrics.webhooks_refused.labels("media").inc()
-            return False
-        if signed:
-            return True
-        ok = check_stream_token(start.custom_parameters.get(TOKEN_PARAM), start.call_sid, state.token_secret, time.time())
-        if not ok:
-            state.metrics.webhooks_refused.labels("media").inc()
-        return ok
-
-    async def make_bridge(start: Start, socket: TwilioMediaSocket) -> CallBridge:
-        state.pending.pop(start.call_sid, None)
-        assert state.model is not None
-        bridge = CallBridge(
-            start.call_sid,
-            state.model,
-            call_config(settings),
-            socket,
-            bridge_options(settings, state.model),
-            clock=asyncio.get_running_loop().time,  # the loop's clock: a replay may run it virtually
-            logger=socket.log,
-        )
-        state.calls[start.call_sid] = bridge
-        ops.record_call_start(state, bridge)
-        for hook in state.call_hooks:
-            hook(bridge)
-        await bridge.start()
-        return bridge
-
-    def on_call_end(bridge: CallBridge) -> None:
-        state.calls.pop(bridge.call_id, None)
-        ops.record_call_end(state, bridge)  # final per-call deltas; live ones flush from ops
-
-    hooks = MediaSocketHooks(
-        authorize=authorize,
-        make_bridge=make_bridge,
-        on_bad_input=lambda kind: state.metrics.bad_input.labels(kind).inc(),
-        on_call_end=on_call_end,
-    )
-    recorder = None
-    if settings.recordings_dir:
-        from telephony_agent.recording import CallRecorder
-
-        provider = state.model.provider if state.model is not None else None
-        recorder = CallRecorder(settings.recordings_dir, metadata={"provider": provider})
-    tap_token = WIRETAP.set(recorder) if recorder is not None else None  # this call's task only
-    socket = TwilioMediaSocket(ws, hooks, state.rest)
-    try:
-        await socket.run()
-    finally:
-        if recorder is not None:
-            recorder.finish_bridge(socket.bridge)
-        if tap_token is not None:
-            WIRETAP.reset(tap_token)
-    return ws
 
 
 def call_config(settings: Settings) -> RealtimeConfig:

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     # Operations.
     drain_seconds: float = Field(30.0, ge=0, validation_alias=_env("AGENT_DRAIN_SECONDS"))
     max_loop_lag_ms: float = Field(100.0, gt=0, validation_alias=_env("AGENT_MAX_LOOP_LAG_MS"))
+    overload_window_seconds: float = Field(
+        3.0, gt=0, le=60, validation_alias=_env("AGENT_OVERLOAD_WINDOW_SECONDS")
+    )
     recordings_dir: str | None = Field(None, validation_alias=_env("AGENT_RECORDINGS_DIR"))
 
     @field_validator("transfer_allowlist", mode="before")

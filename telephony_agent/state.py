@@ -1,10 +1,9 @@
-"""Per-process server state shared by the request handlers."""
+"""Per-process server state shared by the request handlers. No transport lives here."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -13,45 +12,54 @@ from telephony_agent.metrics import Metrics
 from telephony_agent.realtime import RealtimeModel
 from telephony_agent.settings import Settings
 from telephony_agent.telephony.bridge import CallBridge
-from telephony_agent.telephony.twilio.rest import TwilioRest
+from telephony_agent.telephony.calls import CallManager
 
 
 @dataclass
 class AppState:
     settings: Settings
     metrics: Metrics
-    model: RealtimeModel | None = None
+    manager: CallManager
     http: aiohttp.ClientSession | None = None
-    rest: TwilioRest | None = None
-    calls: dict[str, CallBridge] = field(default_factory=dict)
-    pending: dict[str, float] = field(default_factory=dict)  # call sid -> webhook time, until start
-    draining: bool = False
-    loop_lag_ms: float = 0.0
-    token_secret: bytes = b""
-    # Called with each new CallBridge before it starts: register tools, DTMF hooks, ... per call.
-    call_hooks: list[Callable[[CallBridge], None]] = field(default_factory=list)
+    loop_lag_ms: float = 0.0  # the admission window's lag figure (see ops.LagWindow)
+    overloaded: bool = False  # sustained loop lag, with hysteresis (see ops.Overload)
 
     @property
-    def auth_token(self) -> str | None:
-        token = self.settings.twilio_auth_token
-        return token.get_secret_value() if token is not None else None
+    def model(self) -> RealtimeModel | None:
+        return self.manager.model
+
+    @model.setter
+    def model(self, model: RealtimeModel | None) -> None:
+        self.manager.model = model
+
+    # Shorthands for the manager's registry, used by handlers, the drain and tests.
+    @property
+    def calls(self) -> dict[str, CallBridge]:
+        return self.manager.calls
+
+    @property
+    def pending(self) -> dict[str, float]:
+        return self.manager.pending
+
+    @property
+    def call_hooks(self) -> list[Callable[[CallBridge], None]]:
+        """Called with each new CallBridge before it starts: register tools, DTMF hooks, ... per call."""
+        return self.manager.hooks
+
+    @property
+    def draining(self) -> bool:
+        return self.manager.draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self.manager.draining = value
 
     def load(self) -> int:
-        now = time.monotonic()
-        ttl = self.settings.stream_token_ttl_seconds
-        for sid in [s for s, t in self.pending.items() if now - t > ttl]:
-            del self.pending[sid]
-        return len(self.calls) + len(self.pending)
+        return self.manager.load()
 
     def refusal(self) -> str | None:
         """Why a new call would be refused now, or None."""
-        if self.draining:
-            return "draining"
-        if self.load() >= self.settings.max_calls:
-            return "at_capacity"
-        if self.loop_lag_ms > self.settings.max_loop_lag_ms:
-            return "overloaded"
-        return None
+        return self.manager.refusal()
 
 
 STATE = web.AppKey("state", AppState)

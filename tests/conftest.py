@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-# Test peers and helpers import as top-level modules (`peers.fake_twilio`, `speech`).
+# Test peers and helpers import as top-level modules (`peers.fake_openai`, `agent_server`).
 sys.path.insert(0, str(Path(__file__).parent))
 
 from peers import conformance  # noqa: E402

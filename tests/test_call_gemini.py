@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
 from peers.fake_gemini import FakeGemini, Reply
-from peers.fake_twilio import FakeTwilioCall
 from peers.fake_twilio_rest import FakeTwilioRest
-from speech import speech_pcm16, speech_ulaw
+from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 from telephony_agent.realtime.providers.gemini import GeminiLiveModel
-from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
+from telephony_agent.testing.speech import speech_pcm16, speech_ulaw
+from telephony_agent.testing.twilio_caller import TwilioCaller
 
 API_KEY = "test-key"
 
@@ -43,7 +43,7 @@ async def test_question_gets_an_answer_through_both_resamplers(gemini: FakeGemin
     answer_24k = speech_pcm16("We are open from nine to five.", 24000)
     gemini.replies.append(Reply(audio=answer_24k, transcript="We are open from nine to five."))
     async with running_agent(test_settings(), model_for(gemini)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             question = speech_pcm16("What are your opening hours?", 8000)
@@ -65,7 +65,7 @@ async def test_question_gets_an_answer_through_both_resamplers(gemini: FakeGemin
 async def test_barge_in_on_interrupted_clears_twilio(gemini: FakeGemini) -> None:
     gemini.replies.append(Reply(audio=speech_pcm16("Let me tell you all about our opening hours and more. " * 3, 24000)))
     async with running_agent(test_settings(), model_for(gemini)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.speak(speech_ulaw("What are your opening hours?"))
@@ -84,7 +84,7 @@ async def test_go_away_resumes_without_the_caller_noticing(gemini: FakeGemini) -
     gemini.replies.append(Reply(audio=speech_pcm16("Hello there.", 24000)))
     gemini.replies.append(Reply(audio=speech_pcm16("Still here.", 24000)))
     async with running_agent(test_settings(), model_for(gemini)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.speak(speech_ulaw("Hello?"))
@@ -105,7 +105,7 @@ async def test_end_call_tool_hangs_up(gemini: FakeGemini) -> None:
     async with FakeTwilioRest(ACCOUNT_SID, AUTH_TOKEN) as rest:
         settings = test_settings(twilio_api_url=rest.base_url)
         async with running_agent(settings, model_for(gemini)) as agent:
-            async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
                 rest.register_call(call)
                 await call.place()
                 await call.connect()
@@ -123,7 +123,7 @@ async def test_greeting_is_heard(gemini: FakeGemini) -> None:
     gemini.replies.append(Reply(audio=greeting, transcript="Hello, thanks for calling."))
     settings = test_settings(greeting="Hello, thanks for calling.")
     async with running_agent(settings, model_for(gemini)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, timeout=10)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
-from peers.fake_twilio import FakeTwilioCall
-from peers.fake_twilio_rest import FakeTwilioRest
 from local_helpers import CALLER_VOICE
-from speech import speech_ulaw
+from peers.fake_twilio_rest import FakeTwilioRest
 
 from telephony_agent.realtime.providers.local import LocalRealtimeModel
+from telephony_agent.testing.speech import speech_ulaw
+from telephony_agent.testing.twilio_caller import TwilioCaller
 
 # The greeting has a pause between its sentences: only a longer silence means it is over.
 GREETING_GAP_MS = 900
@@ -22,7 +22,7 @@ def ulaw_speech(text: str) -> bytes:
 async def test_greeting_then_a_question_answered() -> None:
     settings = test_settings()  # the local engine speaks its script's greeting first
     async with running_agent(settings, LocalRealtimeModel()) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.wait_silence_after_audio(silence_ms=GREETING_GAP_MS, min_heard_ms=1500, timeout=15)
@@ -43,7 +43,7 @@ async def test_transfer_intent_dials_sales() -> None:
             twilio_api_url=rest.base_url, transfer_allowlist=["sales=+15551230000", "support=+15551230001"]
         )
         async with running_agent(settings, LocalRealtimeModel()) as agent:
-            async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
                 rest.register_call(call)
                 await call.place()
                 await call.connect()
@@ -63,7 +63,7 @@ async def test_dtmf_menu_choice_transfers_to_support() -> None:
     async with FakeTwilioRest(ACCOUNT_SID, AUTH_TOKEN) as rest:
         settings = test_settings(twilio_api_url=rest.base_url, transfer_allowlist=["support=+15551230001"])
         async with running_agent(settings, LocalRealtimeModel()) as agent:
-            async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
                 rest.register_call(call)
                 await call.place()
                 await call.connect()
@@ -77,7 +77,7 @@ async def test_dtmf_menu_choice_transfers_to_support() -> None:
 @pytest.mark.parametrize("question", ["What is your address?"])
 async def test_barge_in_stops_the_engine_and_the_next_question_is_answered(question: str) -> None:
     async with running_agent(test_settings(), LocalRealtimeModel()) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.speak(ulaw_speech("What are your opening hours?"))

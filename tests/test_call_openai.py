@@ -7,11 +7,11 @@ import asyncio
 import pytest
 from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
 from peers.fake_openai import FakeOpenAIServer
-from peers.fake_twilio import FakeTwilioCall
 from peers.fake_twilio_rest import FakeTwilioRest
-from speech import speech_pcm16, speech_ulaw
 
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
+from telephony_agent.testing.speech import speech_pcm16, speech_ulaw
+from telephony_agent.testing.twilio_caller import TwilioCaller
 
 API_KEY = "sk-test-key"
 
@@ -36,7 +36,7 @@ async def test_greeting_is_heard(openai_server: FakeOpenAIServer) -> None:
     openai_server.queue_reply("Hello, thanks for calling Acme.", speech_pcm16("Hello, thanks for calling Acme.", 8000))
     settings = test_settings(greeting="Hello, thanks for calling Acme.")
     async with running_agent(settings, model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, timeout=10)
@@ -51,7 +51,7 @@ async def test_question_gets_an_answer(openai_server: FakeOpenAIServer, audio: s
     answer = speech_pcm16("We are open from nine to five.", 8000)
     openai_server.queue_reply("We are open from nine to five.", answer)
     async with running_agent(test_settings(), model_for(openai_server, audio)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.speak(speech_ulaw("What are your opening hours?"))
@@ -70,7 +70,7 @@ async def test_barge_in_clears_and_truncates_at_what_was_heard(openai_server: Fa
     )
     openai_server.queue_reply("long answer", long_answer)
     async with running_agent(test_settings(), model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.speak(speech_ulaw("What are your opening hours?"))
@@ -89,7 +89,7 @@ async def test_barge_in_clears_and_truncates_at_what_was_heard(openai_server: Fa
 
 async def test_dtmf_reaches_the_model(openai_server: FakeOpenAIServer) -> None:
     async with running_agent(test_settings(), model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
@@ -115,7 +115,7 @@ async def test_end_call_hangs_up_after_the_goodbye_is_heard(
     openai_server.queue_reply("Thanks for calling, goodbye!", goodbye, then_calls=[("end_call", {"reason": "done"})])
     settings = test_settings(twilio_api_url=twilio_rest.base_url)
     async with running_agent(settings, model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             twilio_rest.register_call(call)
             await call.place()
             await call.connect()
@@ -137,7 +137,7 @@ async def test_transfer_dials_the_allowed_target(openai_server: FakeOpenAIServer
     )
     settings = test_settings(twilio_api_url=twilio_rest.base_url, transfer_allowlist=["sales=+15551230000"])
     async with running_agent(settings, model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             twilio_rest.register_call(call)
             await call.place()
             await call.connect()
@@ -154,7 +154,7 @@ async def test_caller_hangup_mid_response_leaves_nothing_running(openai_server: 
     openai_server.queue_reply("long", speech_pcm16("This is a long answer that the caller will not wait for. " * 3, 8000))
     before = set(asyncio.all_tasks())
     async with running_agent(test_settings(), model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.speak(speech_ulaw("Tell me everything."))
@@ -172,7 +172,7 @@ async def test_caller_hangup_mid_response_leaves_nothing_running(openai_server: 
 async def test_bad_frames_are_survived_and_counted(openai_server: FakeOpenAIServer) -> None:
     openai_server.queue_reply("We are open from nine to five.", speech_pcm16("We are open from nine to five.", 8000))
     async with running_agent(test_settings(), model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.send_raw(b"\x00\x01binary")
@@ -192,15 +192,15 @@ async def test_bad_frames_are_survived_and_counted(openai_server: FakeOpenAIServ
 
 async def test_unsigned_requests_are_refused_before_any_provider_session(openai_server: FakeOpenAIServer) -> None:
     async with running_agent(test_settings(), model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             assert await call.place(signature="omit") == 403
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             assert await call.place(signature="corrupt") == 403
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect(signature="omit", omit_parameters=True)
             assert await call.wait_closed(timeout=5) == 1008
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect(signature="corrupt", custom_parameters={"token": "1.forged"})
             assert await call.wait_closed(timeout=5) == 1008
@@ -209,7 +209,7 @@ async def test_unsigned_requests_are_refused_before_any_provider_session(openai_
 
 async def test_stream_token_alone_admits_the_call(openai_server: FakeOpenAIServer) -> None:
     async with running_agent(test_settings(), model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect(signature="omit")  # the <Parameter> token from our TwiML still admits it
             await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
@@ -220,7 +220,7 @@ async def test_provider_unreachable_caller_hears_apology(twilio_rest: FakeTwilio
     model = OpenAIRealtimeModel(API_KEY, url="ws://127.0.0.1:9/v1/realtime", reconnect_attempts=1)
     settings = test_settings(twilio_api_url=twilio_rest.base_url)
     async with running_agent(settings, model) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             twilio_rest.register_call(call)
             await call.place()
             await call.connect()
@@ -238,7 +238,7 @@ async def test_silent_caller_is_ended_politely_after_the_idle_timeout(
     openai_server.queue_reply("Hello?", speech_pcm16("Hello, how can I help?", 8000))
     settings = test_settings(greeting="Hello", idle_timeout_seconds=1.0, twilio_api_url=twilio_rest.base_url)
     async with running_agent(settings, model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             twilio_rest.register_call(call)
             await call.place()
             await call.connect()
@@ -256,7 +256,7 @@ async def test_overlong_call_is_ended_politely(openai_server: FakeOpenAIServer) 
 
     settings = test_settings(max_call_seconds=1.0)
     async with running_agent(settings, model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.wait_closed(timeout=20)
@@ -271,7 +271,7 @@ async def test_caller_audio_while_the_provider_connects_is_not_lost(openai_serve
     openai_server.session_created_delay = 0.8
     openai_server.queue_reply("We are open from nine to five.", speech_pcm16("We are open from nine to five.", 8000))
     async with running_agent(test_settings(), model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             question = speech_ulaw("What are your opening hours?")
@@ -286,11 +286,11 @@ async def test_caller_audio_while_the_provider_connects_is_not_lost(openai_serve
 
 async def test_a_second_stream_for_the_same_call_is_refused(openai_server: FakeOpenAIServer) -> None:
     async with running_agent(test_settings(), model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
-            async with FakeTwilioCall(
+            async with TwilioCaller(
                 agent.base_url, PUBLIC_URL, AUTH_TOKEN, call_sid=call.call_sid
             ) as replayed:  # the same call sid and token, a second socket
                 replayed.twiml, replayed.stream_url = call.twiml, call.stream_url
@@ -304,7 +304,7 @@ async def test_a_second_stream_for_the_same_call_is_refused(openai_server: FakeO
 async def test_input_transcription_setting_reaches_the_session(openai_server: FakeOpenAIServer) -> None:
     settings = test_settings(input_transcription="gpt-4o-mini-transcribe")
     async with running_agent(settings, model_for(openai_server)) as agent:
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await openai_server.wait_for(lambda: any(m["type"] == "session.update" for m in openai_server.received))
@@ -329,7 +329,7 @@ async def test_call_hooks_add_tools_and_dtmf_handlers(openai_server: FakeOpenAIS
     openai_server.queue_function_calls([("lookup_order", {"order_id": "A-17"})])
     async with running_agent(test_settings(), model_for(openai_server)) as agent:
         agent.state.call_hooks.append(extend)
-        async with FakeTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect()
             await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")

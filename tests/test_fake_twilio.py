@@ -10,10 +10,9 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import WSMsgType, web
-
-from peers.fake_twilio import FakeTwilioCall, HandshakeRejected, pcm16_to_ulaw
 from peers.fake_twilio_rest import FakeTwilioRest
-from speech import speech_pcm16
+from telephony_codecs import pcm16_to_ulaw
+
 from telephony_agent.telephony.twilio.rest import TwilioRest
 from telephony_agent.telephony.twilio.signature import SIGNATURE_HEADER, validate_request, validate_websocket
 from telephony_agent.telephony.twilio.stream import (
@@ -28,6 +27,8 @@ from telephony_agent.telephony.twilio.stream import (
     media_message,
 )
 from telephony_agent.telephony.twilio.twiml import busy_twiml, connect_stream_twiml
+from telephony_agent.testing.speech import speech_pcm16
+from telephony_agent.testing.twilio_caller import HandshakeRejected, TwilioCaller
 
 PUBLIC = "https://agent.test"
 TOKEN = "tok-" + "9" * 28
@@ -106,7 +107,7 @@ def tone(ms: int, byte: int = 0x55) -> bytes:
 
 
 async def test_place_connect_and_microphone_frames() -> None:
-    async with TinyAgent() as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+    async with TinyAgent() as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
         assert await call.place() == 200
         assert call.stream_url == "wss://agent.test/twilio/media"
         assert call.stream_parameters == {"call": call.call_sid, "x": "a&b"}
@@ -131,16 +132,16 @@ async def test_place_connect_and_microphone_frames() -> None:
 
 
 async def test_busy_rejection_and_bad_signatures() -> None:
-    async with TinyAgent(busy=True) as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+    async with TinyAgent(busy=True) as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
         assert await call.place() == 200
         assert call.rejected and call.reject_reason == "busy" and call.stream_url is None
     async with TinyAgent() as agent:
         for mode in ("omit", "corrupt"):
-            async with FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+            async with TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
                 assert await call.place(signature=mode) == 403
-        async with FakeTwilioCall(agent.base_url, PUBLIC, "other-token") as call:
+        async with TwilioCaller(agent.base_url, PUBLIC, "other-token") as call:
             assert await call.place() == 403
-        async with FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
             assert await call.place() == 200
             for mode in ("omit", "corrupt"):
                 with pytest.raises(HandshakeRejected) as info:
@@ -162,7 +163,7 @@ async def test_playout_marks_echo_in_real_time() -> None:
         await ws.send_str(proto.media(sent[400 * 8 :]))  # one big 200 ms message
         await ws.send_str(proto.mark("b"))
 
-    async with TinyAgent(script) as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+    async with TinyAgent(script) as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
         await call.place_and_connect()
         b = await call.wait_mark("b", timeout=3)
         a = next(m for m in call.marks if m.name == "a")
@@ -196,7 +197,7 @@ async def test_clear_echoes_pending_marks_at_once() -> None:
         agent.clear_sent_at = loop.time()  # type: ignore[attr-defined]
         await ws.send_str(proto.clear())
 
-    async with TinyAgent(script) as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+    async with TinyAgent(script) as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
         await call.place_and_connect()
         await call.wait_clear(timeout=3)
         m2 = await call.wait_mark("m2", timeout=1)
@@ -222,7 +223,7 @@ async def test_mark_on_idle_queue_echoes_right_away_and_audio_after_idle() -> No
         await ws.send_str(proto.media(tone(100)))
         await ws.send_str(proto.mark("after"))
 
-    async with TinyAgent(script) as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+    async with TinyAgent(script) as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
         await call.place_and_connect()
         idle = await call.wait_mark("idle", timeout=2)
         assert idle.echoed_at is not None and idle.echoed_at - idle.played_at < 0.02
@@ -244,7 +245,7 @@ async def test_protocol_violations_recorded() -> None:
         await ws.send_str(clear_message(proto.stream_sid or ""))
         await ws.send_str(mark_message(proto.stream_sid or "", "ok"))
 
-    async with TinyAgent(script) as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+    async with TinyAgent(script) as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
         await call.place_and_connect()
         await call.wait_mark("ok", timeout=2)
         assert [v.code for v in call.violations] == [31950, 31924, 31924, 31924, 31924, 31924]
@@ -257,7 +258,7 @@ async def test_server_close_detected_and_tasks_stop() -> None:
         await asyncio.sleep(0.1)
         await ws.close(code=4000, message=b"bye")
 
-    async with TinyAgent(script) as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+    async with TinyAgent(script) as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
         await call.place_and_connect()
         assert await call.wait_closed(timeout=2) == 4000
         assert call.closed_by_server and not call.is_open
@@ -268,7 +269,7 @@ async def test_server_close_detected_and_tasks_stop() -> None:
 
 
 async def test_hangup_sends_stop_then_closes() -> None:
-    async with TinyAgent() as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+    async with TinyAgent() as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
         await call.place_and_connect()
         await call.send_dtmf("5")
         await call.send_dtmf("#")
@@ -284,7 +285,7 @@ async def test_hangup_sends_stop_then_closes() -> None:
 
 async def test_speech_goes_out_in_the_stream() -> None:
     ulaw = pcm16_to_ulaw(speech_pcm16("hello", 8000))
-    async with TinyAgent() as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+    async with TinyAgent() as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
         await call.place_and_connect()
         await asyncio.sleep(0.1)
         utt = await call.speak(ulaw)
@@ -302,7 +303,7 @@ async def test_speech_goes_out_in_the_stream() -> None:
 
 
 async def test_non_continuous_send_audio_and_raw_bad_input() -> None:
-    async with TinyAgent() as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN, continuous=False) as call:
+    async with TinyAgent() as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN, continuous=False) as call:
         await call.place_and_connect()
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -317,7 +318,7 @@ async def test_non_continuous_send_audio_and_raw_bad_input() -> None:
 
 
 async def test_rest_hangup_ends_linked_stream() -> None:
-    async with TinyAgent() as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+    async with TinyAgent() as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
         await call.place_and_connect()
         async with FakeTwilioRest(call.account_sid, TOKEN) as api:
             api.register_call(call)
@@ -330,7 +331,7 @@ async def test_rest_hangup_ends_linked_stream() -> None:
 
 
 async def test_wait_timeout_message() -> None:
-    async with TinyAgent() as agent, FakeTwilioCall(agent.base_url, PUBLIC, TOKEN) as call:
+    async with TinyAgent() as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
         await call.place_and_connect()
         with pytest.raises(TimeoutError, match="heard=0ms"):
             await call.wait_heard(100, timeout=0.1)

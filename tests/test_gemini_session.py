@@ -7,9 +7,8 @@ import time
 
 import aiohttp
 import pytest
-
 from peers.fake_gemini import FakeGemini, Reply
-from speech import speech_pcm16
+
 from telephony_agent.realtime.errors import (
     RealtimeAuthError,
     RealtimeConfigError,
@@ -41,6 +40,7 @@ from telephony_agent.realtime.types import (
     TurnDetection,
     TurnDetectionType,
 )
+from telephony_agent.testing.speech import speech_pcm16
 
 KEY = "test-key"
 CHUNK = 640  # 20 ms at 16 kHz

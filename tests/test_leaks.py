@@ -15,12 +15,12 @@ import tracemalloc
 import aiohttp
 from agent_server import AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
 from peers.fake_openai import FakeOpenAIServer
-from peers.fake_twilio import FakeTwilioCall
 
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
 from telephony_agent.telephony.bridge import CallBridge
 from telephony_agent.telephony.playout import Playout
 from telephony_agent.telephony.twilio.media_socket import TwilioMediaSocket
+from telephony_agent.testing.twilio_caller import TwilioCaller
 
 API_KEY = "sk-test-key"
 WARM_CALLS = 5
@@ -32,7 +32,7 @@ def _alive(kind: type) -> int:
 
 
 async def _short_call(base_url: str) -> None:
-    async with FakeTwilioCall(base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+    async with TwilioCaller(base_url, PUBLIC_URL, AUTH_TOKEN) as call:
         await call.place()
         await call.connect()
         await asyncio.sleep(0.05)

@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
-
 from peers.fake_openai import FakeOpenAIServer
-from speech import speech_pcm16
+
 from telephony_agent.realtime import events as ev
 from telephony_agent.realtime.errors import (
     RealtimeAuthError,
@@ -32,6 +31,7 @@ from telephony_agent.realtime.types import (
     TurnDetection,
     TurnDetectionType,
 )
+from telephony_agent.testing.speech import speech_pcm16
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)

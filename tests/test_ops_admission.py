@@ -8,9 +8,9 @@ import time
 
 import aiohttp
 import pytest
-
 from agent_server import running_agent, test_settings
-from telephony_agent.ops import LAG_WINDOW_S, LagWindow
+
+from telephony_agent.ops import LagWindow, Overload
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -37,28 +37,64 @@ def test_lag_window_is_a_decaying_max() -> None:
     assert w.add(9.0, 0) == 0
 
 
-async def test_blocked_loop_refuses_calls_then_recovers() -> None:
-    settings = test_settings(twilio_validate=False, max_loop_lag_ms=100.0)
+def test_overload_needs_sustained_lag_and_has_hysteresis() -> None:
+    o = Overload(limit_ms=100, window_s=3.0, interval_s=0.05)
+    t = 0.0
+    for _ in range(40):  # 2 s of an idle loop
+        t += 0.05
+        assert not o.add(t, 1.0)
+    t += 0.4
+    assert not o.add(t, 350.0), "one 350 ms stall (another process starting) refuses nothing"
+    for _ in range(30):  # a loop late by 120 ms on every tick: sustained overload
+        t += 0.17
+        o.add(t, 120.0)
+    assert o.overloaded
+    for _ in range(8):  # back to 70 ms: still above half the limit, so still overloaded
+        t += 0.12
+        o.add(t, 70.0)
+    assert o.overloaded, "hysteresis: recovery needs the figure under half the limit"
+    for _ in range(80):
+        t += 0.05
+        o.add(t, 2.0)
+    assert not o.overloaded
+
+
+async def test_one_stall_refuses_nothing() -> None:
+    """Issue 16.6: 60 callers arriving while other processes started lost 44 calls to one spike."""
+    settings = test_settings(twilio_validate=False, max_loop_lag_ms=100.0, overload_window_seconds=1.0)
     async with running_agent(settings) as agent, aiohttp.ClientSession() as http:
-        await asyncio.sleep(0.2)  # the watcher is ticking
-        async with http.get(agent.base_url + "/readyz") as r:
-            assert r.status == 200
-        time.sleep(0.35)  # noqa: ASYNC251 - the point: the loop is blocked
+        await asyncio.sleep(1.1)  # the watcher has a full window of on-time ticks
+        time.sleep(0.35)  # noqa: ASYNC251 - the point: the loop is blocked once
         await asyncio.sleep(0.15)  # the watcher wakes late and records it
         assert agent.state.loop_lag_ms > 100
+        assert agent.state.refusal() is None
+        async with http.post(agent.base_url + "/twilio/voice", data=form("CA" + "1" * 32)) as r:
+            assert "<Connect>" in await r.text()
+
+
+async def test_sustained_lag_refuses_calls_then_recovers() -> None:
+    settings = test_settings(twilio_validate=False, max_loop_lag_ms=100.0, overload_window_seconds=1.0)
+    async with running_agent(settings) as agent, aiohttp.ClientSession() as http:
+        await asyncio.sleep(0.2)
+        async with http.get(agent.base_url + "/readyz") as r:
+            assert r.status == 200
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 1.5
+        while loop.time() < end:  # a loop that is late all the time, not once
+            time.sleep(0.2)  # noqa: ASYNC251 - the point: the loop is blocked
+            await asyncio.sleep(0)
+            await asyncio.sleep(0.01)
         assert agent.state.refusal() == "overloaded"
         async with http.get(agent.base_url + "/readyz") as r:
             assert r.status == 503
             assert (await r.json())["reason"] == "overloaded"
         async with http.post(agent.base_url + "/twilio/voice", data=form("CA" + "1" * 32)) as r:
             assert 'reason="busy"' in await r.text()
-        await asyncio.sleep(0.3)
-        assert agent.state.refusal() == "overloaded", "a spike keeps refusing for the window, not one tick"
         async with http.get(agent.base_url + "/metrics") as r:
             text = await r.text()
         assert refused(text, "overloaded") == 1
         assert "agent_event_loop_lag_max_ms" in text
-        deadline = time.monotonic() + LAG_WINDOW_S + 2
+        deadline = time.monotonic() + 10
         while agent.state.refusal() is not None:
             assert time.monotonic() < deadline, f"still refusing: {agent.state.loop_lag_ms} ms"
             await asyncio.sleep(0.05)

@@ -7,9 +7,8 @@ import contextlib
 
 import aiohttp
 import pytest
-
 from peers.fake_gemini import FakeGemini, Reply
-from speech import speech_pcm16
+
 from telephony_agent.realtime.events import (
     AudioDelta,
     FunctionCallDone,
@@ -21,6 +20,7 @@ from telephony_agent.realtime.providers.gemini import GeminiLiveModel
 from telephony_agent.realtime.runner import RealtimeRunner
 from telephony_agent.realtime.tools import ToolRegistry
 from telephony_agent.realtime.types import PCM16_16K, AudioChunk, ContextMutationKind, RealtimeConfig
+from telephony_agent.testing.speech import speech_pcm16
 
 KEY = "test-key"
 CHUNK = 640

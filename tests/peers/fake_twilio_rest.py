@@ -54,7 +54,7 @@ class FakeTwilioRest:
     delay: float = 0.0
     """Seconds to wait before answering (for client timeout tests)."""
     calls: dict[str, Any] = field(default_factory=dict)
-    """Registered FakeTwilioCalls: a hang-up or redirect over REST ends their stream."""
+    """Registered TwilioCallers: a hang-up or redirect over REST ends their stream."""
     _failures: list[_Failure] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _runner: web.AppRunner | None = None
@@ -67,7 +67,7 @@ class FakeTwilioRest:
         return f"http://127.0.0.1:{self._port}"
 
     def register_call(self, call: Any) -> None:
-        """Link a FakeTwilioCall: `Status=completed`, `Twiml` or `Url` updates make it send `stop`
+        """Link a TwilioCaller: `Status=completed`, `Twiml` or `Url` updates make it send `stop`
         and close its socket, as Twilio does."""
         self.calls[call.call_sid] = call
 

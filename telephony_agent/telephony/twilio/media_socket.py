@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from telephony_agent.telephony.bridge import CallBridge
+from telephony_agent.telephony.calls import CallRefused
 from telephony_agent.wiretap import WIRETAP
 from telephony_agent.telephony.twilio.rest import TwilioRest, TwilioRestError
 from telephony_agent.telephony.twilio.stream import (
@@ -70,6 +71,7 @@ class TwilioMediaSocket:
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
         self._tap = WIRETAP.get()
+        self._start_text: str | bytes | None = None  # recorded only once the call is admitted
 
     # -- CallTransport ----------------------------------------------------------------------
 
@@ -166,6 +168,13 @@ class TwilioMediaSocket:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ws.close(), 2.0)
 
+    def on_admitted(self) -> None:
+        """The call passed authorisation and admission: record from here on, start message first."""
+        self._tap = WIRETAP.get()
+        if self._tap is not None and self._start_text is not None:
+            self._tap.record("twilio", "in", self._start_text)
+        self._start_text = None
+
     def _bad(self, event: BadInput) -> None:
         self.hooks.on_bad_input(event.kind.value)
         self.log.warning("bad input from Twilio (%s): %s", event.kind.value, event.detail)
@@ -206,6 +215,7 @@ class TwilioMediaSocket:
                 if isinstance(event, BadInput):
                     self._bad(event)
                 elif isinstance(event, Start):
+                    self._start_text = msg.data
                     return await self._on_start(event)
                 elif isinstance(event, Stop):
                     return False
@@ -218,7 +228,12 @@ class TwilioMediaSocket:
             self.log.warning("media stream refused: no valid signature or stream token")
             await self.ws.close(code=1008, message=b"unauthorized")
             return False
-        self.bridge = await self.hooks.make_bridge(start, self)
+        try:
+            self.bridge = await self.hooks.make_bridge(start, self)
+        except CallRefused as exc:
+            self.log.warning("media stream refused: %s", exc.reason)
+            await self.ws.close(code=1013, message=f"refused: {exc.reason}".encode())
+            return False
         return True
 
     async def _stream(self) -> None:

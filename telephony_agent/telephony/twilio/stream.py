@@ -40,6 +40,12 @@ __all__ = [
     "media_messages",
     "mark_message",
     "clear_message",
+    "connected_message",
+    "start_message",
+    "inbound_media_message",
+    "dtmf_message",
+    "mark_echo_message",
+    "stop_message",
 ]
 
 MAX_MESSAGE_SIZE = 64 * 1024
@@ -426,3 +432,73 @@ def mark_message(stream_sid: str, name: str) -> str:
 def clear_message(stream_sid: str) -> str:
     """Drop audio buffered at Twilio; pending marks come back at once."""
     return '{"event":"clear","streamSid":' + _json_str(stream_sid) + "}"
+
+
+# --- caller-side builders: the frames Twilio sends us (the caller simulator, tests, tools) -----
+
+
+def connected_message() -> str:
+    """The first frame of every stream."""
+    return '{"event":"connected","protocol":"Call","version":"1.0.0"}'
+
+
+def start_message(
+    stream_sid: str,
+    call_sid: str,
+    account_sid: str,
+    custom_parameters: dict[str, str],
+    *,
+    sequence: int = 1,
+    media_format: MediaFormat = MediaFormat(),
+) -> str:
+    """`start`: the stream's SIDs, the TwiML `<Parameter>`s and the (mu-law 8 kHz) format."""
+    return orjson.dumps({
+        "event": "start",
+        "sequenceNumber": str(sequence),
+        "start": {
+            "accountSid": account_sid,
+            "streamSid": stream_sid,
+            "callSid": call_sid,
+            "tracks": ["inbound"],
+            "customParameters": custom_parameters,
+            "mediaFormat": {
+                "encoding": media_format.encoding,
+                "sampleRate": media_format.sample_rate,
+                "channels": media_format.channels,
+            },
+        },
+        "streamSid": stream_sid,
+    }).decode("utf-8")
+
+
+def inbound_media_message(stream_sid: str, ulaw: bytes, *, sequence: int, chunk: int, timestamp_ms: int) -> str:
+    """Caller audio as Twilio frames it: counters are decimal strings, `timestamp` in ms."""
+    payload = _b2a(ulaw, newline=False).decode("ascii")
+    return (
+        '{"event":"media","sequenceNumber":"' + str(sequence) + '","streamSid":' + _json_str(stream_sid)
+        + ',"media":{"track":"inbound","chunk":"' + str(chunk) + '","timestamp":"' + str(timestamp_ms)
+        + '","payload":"' + payload + '"}}'
+    )
+
+
+def dtmf_message(stream_sid: str, digit: str, *, sequence: int) -> str:
+    """A key the caller pressed."""
+    return orjson.dumps({
+        "event": "dtmf", "streamSid": stream_sid, "sequenceNumber": str(sequence),
+        "dtmf": {"track": "inbound_track", "digit": digit},
+    }).decode("utf-8")
+
+
+def mark_echo_message(stream_sid: str, name: str, *, sequence: int) -> str:
+    """Twilio's echo of a mark once the audio before it has played (or was cleared)."""
+    return orjson.dumps({
+        "event": "mark", "sequenceNumber": str(sequence), "streamSid": stream_sid, "mark": {"name": name},
+    }).decode("utf-8")
+
+
+def stop_message(stream_sid: str, account_sid: str, call_sid: str, *, sequence: int) -> str:
+    """The caller hung up (or the call was redirected): the last frame of the stream."""
+    return orjson.dumps({
+        "event": "stop", "sequenceNumber": str(sequence), "streamSid": stream_sid,
+        "stop": {"accountSid": account_sid, "callSid": call_sid},
+    }).decode("utf-8")

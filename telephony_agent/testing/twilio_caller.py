@@ -1,8 +1,7 @@
-"""The softphone: places a call at the agent the way Twilio does and plays the caller's side.
+"""A simulated Twilio caller: places a call at the agent the way Twilio does and plays the caller's side.
 
-It is the engine of `telephony-agent call` and `telephony-agent replay`, and the fake Twilio of
-the tests (`tests/peers/fake_twilio.py` re-exports it). It speaks the real wire protocol
-(protocols.md A.9):
+It drives `telephony-agent call`, `telephony-agent replay` and the tests' calls. It speaks the real wire protocol (docs/protocols.md, "Twilio"), with every frame built
+by `telephony.twilio.stream`'s caller-side builders:
 
 * `place()` POSTs the signed incoming-call webhook and parses the TwiML that comes back;
 * `connect()` opens the signed WebSocket and sends `connected` then `start`;
@@ -16,7 +15,7 @@ the tests (`tests/peers/fake_twilio.py` re-exports it). It speaks the real wire 
 
 All waits are bounded; `close()` (or `async with`) cancels every task.
 
-    async with Softphone(base_url, "https://agent.test", token) as call:
+    async with TwilioCaller(base_url, "https://agent.test", token) as call:
         await call.place()
         await call.connect()
         await call.speak(ulaw_of_hello)
@@ -29,36 +28,50 @@ from __future__ import annotations
 import asyncio
 import binascii
 import collections
+import logging
 import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
+from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
-from telephony_agent.telephony.twilio.signature import SIGNATURE_HEADER, compute_signature
+from telephony_agent.telephony.twilio.signature import (
+    SIGNATURE_HEADER,
+    compute_signature,
+)
+from telephony_agent.telephony.twilio.stream import (
+    connected_message,
+    dtmf_message,
+    inbound_media_message,
+    mark_echo_message,
+    start_message,
+    stop_message,
+)
 from telephony_agent.wiretap import Wiretap
 
 __all__ = [
-    "Softphone",
-    "FakeTwilioCall",
-    "FakeTwilioError",
+    "BYTES_PER_SECOND",
+    "FRAME_BYTES",
+    "FRAME_SECONDS",
+    "SILENCE",
     "HandshakeRejected",
     "HeardChunk",
     "MarkRecord",
     "Received",
+    "TwilioCaller",
+    "TwilioCallerError",
     "Utterance",
     "Violation",
     "random_sid",
-    "ulaw_to_pcm16",
-    "pcm16_to_ulaw",
-    "SILENCE",
 ]
 
 T = TypeVar("T")
+_log = logging.getLogger(__name__)
 
 FRAME_BYTES = 160  # 20 ms of mu-law 8 kHz
 FRAME_SECONDS = 0.02
@@ -69,11 +82,6 @@ PLAYOUT_TICK = 0.01
 SignatureMode = Literal["valid", "omit", "corrupt"]
 
 
-# --- codecs ----------------------------------------------------------------------------------------
-
-from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
-
-
 def random_sid(prefix: str) -> str:
     """A Twilio-style SID: two letters and 32 hex characters."""
     return prefix + secrets.token_hex(16)
@@ -81,11 +89,11 @@ def random_sid(prefix: str) -> str:
 
 # --- records ---------------------------------------------------------------------------------------
 
-class FakeTwilioError(Exception):
-    """The fake was used wrongly, or the agent answered with something unusable (bad TwiML)."""
+class TwilioCallerError(Exception):
+    """The caller was used wrongly, or the agent answered with something unusable (bad TwiML)."""
 
 
-class HandshakeRejected(FakeTwilioError):
+class HandshakeRejected(TwilioCallerError):
     """The agent refused the WebSocket upgrade (status != 101)."""
 
     def __init__(self, status: int) -> None:
@@ -151,10 +159,10 @@ class _Entry:
     heard: HeardChunk | None = None
 
 
-# --- the fake call ---------------------------------------------------------------------------------
+# --- the call ------------------------------------------------------------------------------------
 
 @dataclass(eq=False)
-class Softphone:
+class TwilioCaller:
     base_url: str
     """Where the agent listens locally, e.g. http://127.0.0.1:8080."""
     public_url: str
@@ -236,7 +244,7 @@ class Softphone:
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Softphone:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -269,12 +277,12 @@ class Softphone:
         self._tasks = [t for t in self._tasks if not t.done() and t is not current]
 
     def _spawn(self, coro: Any, name: str) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=f"fake-twilio-{name}-{self.call_sid[-6:]}"))
+        self._tasks.append(asyncio.create_task(coro, name=f"twilio-caller-{name}-{self.call_sid[-6:]}"))
 
     # ---- webhook --------------------------------------------------------------------------------
 
     def webhook_params(self) -> dict[str, str]:
-        """The incoming-call webhook form Twilio posts (A.8)."""
+        """The incoming-call webhook form Twilio posts."""
         return {
             "CallSid": self.call_sid,
             "AccountSid": self.account_sid,
@@ -334,9 +342,9 @@ class Softphone:
         try:
             root = ET.fromstring(text)
         except ET.ParseError as exc:
-            raise FakeTwilioError(f"webhook returned invalid XML: {exc}: {text[:200]!r}") from None
+            raise TwilioCallerError(f"webhook returned invalid XML: {exc}: {text[:200]!r}") from None
         if root.tag != "Response":
-            raise FakeTwilioError(f"TwiML root is <{root.tag}>, not <Response>")
+            raise TwilioCallerError(f"TwiML root is <{root.tag}>, not <Response>")
         now = self._loop.time()
         seen_connect = False
         for verb in root:
@@ -351,7 +359,7 @@ class Softphone:
                 seen_connect = True
                 stream = verb.find("Stream")
                 if stream is None or not stream.get("url"):
-                    raise FakeTwilioError("<Connect> without <Stream url>")
+                    raise TwilioCallerError("<Connect> without <Stream url>")
                 self.stream_url = stream.get("url")
                 self.stream_status_callback = stream.get("statusCallback")
                 self.stream_parameters = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
@@ -380,7 +388,7 @@ class Softphone:
         """
         url = stream_url or self.stream_url
         if url is None:
-            raise FakeTwilioError("no stream URL: place() the call first (or pass stream_url)")
+            raise TwilioCallerError("no stream URL: place() the call first (or pass stream_url)")
         if custom_parameters is None:
             custom_parameters = {} if omit_parameters else dict(self.stream_parameters)
         path = urlsplit(url).path or "/"
@@ -405,27 +413,17 @@ class Softphone:
         self.connected_at = self._loop.time()
         self._spawn(self._reader(), "reader")
         self._spawn(self._playout_loop(), "playout")
-        await self._send_text(orjson.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}).decode())
+        await self._send_text(connected_message())
         if send_start:
             await self.send_start(custom_parameters)
 
     async def send_start(self, custom_parameters: dict[str, str] | None = None) -> None:
         """Send `start` (sequence 1) and, in continuous mode, start the microphone."""
+        params = custom_parameters if custom_parameters is not None else self.stream_parameters
         async with self._send_lock:
-            msg = {
-                "event": "start",
-                "sequenceNumber": self._next_seq(),
-                "start": {
-                    "accountSid": self.account_sid,
-                    "streamSid": self.stream_sid,
-                    "callSid": self.call_sid,
-                    "tracks": ["inbound"],
-                    "customParameters": dict(custom_parameters if custom_parameters is not None else self.stream_parameters),
-                    "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
-                },
-                "streamSid": self.stream_sid,
-            }
-            await self._raw_send(orjson.dumps(msg).decode())
+            msg = start_message(self.stream_sid, self.call_sid, self.account_sid, dict(params),
+                                sequence=self._next_seq())
+            await self._raw_send(msg)
         if self.continuous:
             self._spawn(self._mic_loop(), "mic")
 
@@ -433,14 +431,14 @@ class Softphone:
         """`place()` then `connect()`; fails if the call was rejected or the webhook failed."""
         status = await self.place()
         if status != 200 or self.rejected or self.stream_url is None:
-            raise FakeTwilioError(f"call not connected: HTTP {status}, rejected={self.rejected}, twiml={self.twiml!r}")
+            raise TwilioCallerError(f"call not connected: HTTP {status}, rejected={self.rejected}, twiml={self.twiml!r}")
         await self.connect(**connect_kwargs)
 
     # ---- sending ----------------------------------------------------------------------------------
 
-    def _next_seq(self) -> str:
+    def _next_seq(self) -> int:
         self._seq += 1
-        return str(self._seq)
+        return self._seq
 
     @property
     def is_open(self) -> bool:
@@ -477,12 +475,8 @@ class Softphone:
     async def _send_media_frame(self, frame: bytes) -> bool:
         async with self._send_lock:
             self._chunk += 1
-            payload = binascii.b2a_base64(frame, newline=False).decode("ascii")
-            text = (
-                '{"event":"media","sequenceNumber":"' + self._next_seq() + '","streamSid":"' + self.stream_sid
-                + '","media":{"track":"inbound","chunk":"' + str(self._chunk) + '","timestamp":"'
-                + str(self._timestamp) + '","payload":"' + payload + '"}}'
-            )
+            text = inbound_media_message(self.stream_sid, frame, sequence=self._next_seq(), chunk=self._chunk,
+                                         timestamp_ms=self._timestamp)
             self._timestamp += len(frame) * 1000 // BYTES_PER_SECOND
             ok = await self._raw_send(text)
         if ok:
@@ -500,7 +494,7 @@ class Softphone:
     def say(self, ulaw: bytes) -> Utterance:
         """Queue speech on the microphone (continuous mode); returns its Utterance record."""
         if not self.continuous:
-            raise FakeTwilioError("say() needs continuous=True; use send_audio()")
+            raise TwilioCallerError("say() needs continuous=True; use send_audio()")
         utt = Utterance(self._speech_queued, self._speech_queued + len(ulaw), self._loop.time(),
                         done=self._loop.create_future())
         self._speech += ulaw
@@ -545,20 +539,17 @@ class Softphone:
         await self.send_audio(SILENCE * int(seconds * BYTES_PER_SECOND))
 
     def _mic_running(self) -> bool:
-        return any(t.get_name().startswith("fake-twilio-mic") and not t.done() for t in self._tasks)
+        return any(t.get_name().startswith("twilio-caller-mic") and not t.done() for t in self._tasks)
 
     async def send_dtmf(self, digit: str) -> None:
         async with self._send_lock:
-            msg = {"event": "dtmf", "streamSid": self.stream_sid, "sequenceNumber": self._next_seq(),
-                   "dtmf": {"track": "inbound_track", "digit": digit}}
-            if not await self._raw_send(orjson.dumps(msg).decode()):
+            if not await self._raw_send(dtmf_message(self.stream_sid, digit, sequence=self._next_seq())):
                 raise ConnectionResetError("media stream socket is closed")
 
     async def send_stop(self) -> bool:
         async with self._send_lock:
-            msg = {"event": "stop", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-                   "stop": {"accountSid": self.account_sid, "callSid": self.call_sid}}
-            return await self._raw_send(orjson.dumps(msg).decode())
+            msg = stop_message(self.stream_sid, self.account_sid, self.call_sid, sequence=self._next_seq())
+            return await self._raw_send(msg)
 
     async def hangup(self) -> None:
         """The caller hangs up: `stop`, then close the socket; all tasks end."""
@@ -575,7 +566,7 @@ class Softphone:
             return False
         try:
             await asyncio.wait_for(self._ws.close(), 2.0)
-        except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError):
+        except (TimeoutError, aiohttp.ClientError, ConnectionError):
             pass
         return True
 
@@ -701,7 +692,7 @@ class Softphone:
             try:
                 callback(kind, when, details)
             except Exception:  # noqa: BLE001 - a display callback must not break the call
-                pass
+                _log.exception("on_event callback failed for %s", kind)
 
     def _violation(self, detail: str, now: float) -> None:
         self.violations.append(Violation(31924, detail, now))
@@ -826,9 +817,7 @@ class Softphone:
         async with self._send_lock:
             while self._pending_echoes:
                 record = self._pending_echoes.pop(0)
-                msg = {"event": "mark", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid,
-                       "mark": {"name": record.name}}
-                await self._raw_send(orjson.dumps(msg).decode())
+                await self._raw_send(mark_echo_message(self.stream_sid, record.name, sequence=self._next_seq()))
                 record.echoed_at = self._loop.time()
 
     async def _playout_loop(self) -> None:
@@ -908,10 +897,10 @@ class Softphone:
     async def _wait_future(self, fut: asyncio.Future[Any], timeout: float, what: str) -> Any:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"fake Twilio: timed out after {timeout}s waiting for {what} ({self._describe()})") from None
+        except TimeoutError:
+            raise TimeoutError(f"Twilio caller: timed out after {timeout}s waiting for {what} ({self._describe()})") from None
 
-    async def wait_for(self, predicate: Callable[[], T], timeout: float | None = None, what: str = "condition") -> T:
+    async def wait_for(self, predicate: Callable[[], T | None], timeout: float | None = None, what: str = "condition") -> T:
         """Wait until `predicate()` is truthy (re-checked on every change and every 20 ms)."""
         limit = self.timeout if timeout is None else timeout
         deadline = self._loop.time() + limit
@@ -921,12 +910,12 @@ class Softphone:
                 return result
             remaining = deadline - self._loop.time()
             if remaining <= 0:
-                raise TimeoutError(f"fake Twilio: timed out after {limit}s waiting for {what} ({self._describe()})")
+                raise TimeoutError(f"Twilio caller: timed out after {limit}s waiting for {what} ({self._describe()})")
             fut: asyncio.Future[None] = self._loop.create_future()
             self._waiters.append(fut)
             try:
                 await asyncio.wait_for(fut, min(remaining, 0.02))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def wait_heard(self, ms: float, timeout: float | None = None) -> float:
@@ -974,209 +963,3 @@ class Softphone:
     async def wait_playout_idle(self, timeout: float | None = None) -> None:
         """Until everything the agent sent has played."""
         await self.wait_for(lambda: not self._queue, timeout, "playout idle")
-
-
-FakeTwilioCall = Softphone
-"""The name the tests know it by."""
-
-
-# --- `telephony-agent call` ----------------------------------------------------------------------
-
-
-def text_to_ulaw(text: str, voice: str | None = None) -> bytes:
-    """Speech for `text` from the local engine's synthesiser (eSpeak NG), as mu-law 8 kHz."""
-    from telephony_codecs import Transcoder
-
-    from telephony_agent.realtime.providers.local import tts
-
-    pcm = tts.synthesize(text, voice or "en-us+f3")
-    tx = Transcoder.pcm_to_ulaw8k(tts.sample_rate())
-    return tx.process(pcm) + tx.flush()
-
-
-def wav_to_ulaw(path: str) -> bytes:
-    """A PCM16 WAV file (any rate, mono or stereo) as mu-law 8 kHz."""
-    import wave
-
-    import numpy as np
-    from telephony_codecs import Transcoder
-
-    with wave.open(path, "rb") as w:
-        if w.getsampwidth() != 2:
-            raise ValueError(f"{path}: only 16-bit PCM WAV files are supported")
-        frames = np.frombuffer(w.readframes(w.getnframes()), "<i2")
-        channels, rate = w.getnchannels(), w.getframerate()
-    mono = frames.reshape(-1, channels).mean(axis=1).astype("<i2").tobytes()
-    if rate == 8000:
-        return pcm16_to_ulaw(mono)
-    tx = Transcoder.pcm_to_ulaw8k(rate)
-    return tx.process(mono) + tx.flush()
-
-
-@dataclass
-class CallReport:
-    heard_ms: float
-    turns: list[tuple[float, float, bool]]  # (start s, heard ms, cut by a clear)
-    first_audio_s: float | None
-    barge_ins: int
-    ended_by: str
-    duration_s: float
-    files: dict[str, str]
-
-
-async def run_call(
-    base_url: str,
-    public_url: str,
-    auth_token: str,
-    utterances: list[tuple[str, bytes]],
-    out_dir: str,
-    *,
-    barge_in_at: float | None = None,
-    barge_in_audio: tuple[str, bytes] | None = None,
-    max_seconds: float = 90.0,
-    reply_timeout: float = 20.0,
-    transcribe: bool = True,
-    print_fn: Callable[[str], None] = print,
-) -> CallReport:
-    """Dial the agent, say each utterance after the agent's turn, print a timeline, write files."""
-    from pathlib import Path
-
-    from telephony_agent.recording.recorder import CallRecorder
-    from telephony_agent.recording.wav import write_mono
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
-    turns: list[list[Any]] = []  # [start, heard_ms_at_start, heard_ms, cleared]
-    transcript: list[tuple[float, str, str]] = []
-
-    def stamp(when: float) -> str:
-        return f"{when - t0:8.3f}s"
-
-    def on_event(kind: str, when: float, details: dict[str, Any]) -> None:
-        if kind == "audio_start":
-            if turns and not turns[-1][3] and when - turns[-1][4] < 0.35:
-                return  # a short underrun inside one turn
-            turns.append([when, phone.heard_ms, phone.heard_ms, False, when])
-            extra = f" (time to first agent audio {1000 * (when - t0):.0f} ms)" if len(turns) == 1 else ""
-            print_fn(f"{stamp(when)}  agent turn {len(turns)} starts{extra}")
-        elif kind == "audio_end" and turns:
-            turns[-1][2] = details.get("heard_ms", phone.heard_ms)
-            turns[-1][4] = when
-            if details.get("cleared"):
-                turns[-1][3] = True
-        elif kind == "clear":
-            heard = (phone.heard_ms - turns[-1][1]) if turns else 0.0
-            print_fn(f"{stamp(when)}  barge-in: agent cleared after {heard:.0f} ms of its turn "
-                     f"({details.get('dropped_ms', 0):.0f} ms dropped)")
-        elif kind == "closed":
-            who = "agent" if details.get("by_server") else "caller"
-            print_fn(f"{stamp(when)}  call ended by the {who} (close code {details.get('code')})")
-
-    recorder = CallRecorder(out, recorded_by="softphone", name="call")
-    phone = Softphone(base_url, public_url, auth_token, tap=recorder, on_event=on_event, timeout=reply_timeout)
-    barge_task: asyncio.Task[None] | None = None
-
-    async def wait_turn() -> None:
-        since = loop.time()
-        try:
-            await phone.wait_for(lambda: phone.closed or len(phone.heard_after(since)) > 0, reply_timeout, "agent")
-            await phone.wait_for(
-                lambda: phone.closed or (not phone.playing and phone.last_audio_end is not None
-                                         and loop.time() - phone.last_audio_end > 0.8),
-                reply_timeout + max_seconds, "agent turn end",
-            )
-        except TimeoutError:
-            print_fn(f"{stamp(loop.time())}  (no answer from the agent within {reply_timeout:.0f}s)")
-
-    async def barge() -> None:
-        assert barge_in_at is not None and barge_in_audio is not None
-        await asyncio.sleep(max(0.0, t0 + barge_in_at - loop.time()))
-        if not phone.closed:
-            print_fn(f"{stamp(loop.time())}  caller barges in: {barge_in_audio[0]!r}")
-            transcript.append((loop.time() - t0, "caller", barge_in_audio[0]))
-            phone.say(barge_in_audio[1])
-
-    try:
-        async with phone:
-            await phone.place_and_connect()
-            t0 = loop.time()
-            print_fn(f"{stamp(t0)}  connected: call {phone.call_sid}")
-            if barge_in_at is not None and barge_in_audio is not None:
-                barge_task = asyncio.create_task(barge())
-            await asyncio.wait_for(_converse(phone, utterances, wait_turn, stamp, print_fn, transcript, loop, t0),
-                                   max_seconds)
-            if barge_task is not None and not barge_task.done():
-                await barge_task
-                await wait_turn()
-            if not phone.closed:
-                await phone.hangup()
-    except asyncio.TimeoutError:
-        print_fn(f"{stamp(loop.time())}  call reached --max-seconds; hanging up")
-    finally:
-        if barge_task is not None:
-            barge_task.cancel()
-        recorder.finish()
-    for turn in turns:
-        turn[2] = max(turn[2], turn[1])
-    files = {"agent_wav": str(write_mono(out / "agent.wav", phone.heard_pcm16()))}
-    if recorder.wav_path is not None:
-        files["call_wav"] = str(recorder.wav_path)
-    if recorder.jsonl_path is not None:
-        files["recording"] = str(recorder.jsonl_path)
-    for n, turn in enumerate(turns, 1):
-        start_offset = int(turn[1] * 8)
-        audio = bytes(phone.heard_ulaw[start_offset : int(turn[2] * 8)])
-        text = _transcribe(audio) if transcribe else None
-        transcript.append((turn[0] - t0, "agent", text or f"({len(audio) / 8:.0f} ms of audio)"))
-    transcript.sort(key=lambda x: x[0])
-    path = out / "transcript.txt"
-    path.write_text("".join(f"[{t:7.2f}s] {who}: {text}\n" for t, who, text in transcript))
-    files["transcript"] = str(path)
-    report = CallReport(
-        heard_ms=phone.heard_ms,
-        turns=[(round(t[0] - t0, 3), round(t[2] - t[1], 1), bool(t[3])) for t in turns],
-        first_audio_s=(turns[0][0] - t0) if turns else None,
-        barge_ins=phone.clears,
-        ended_by="agent" if phone.closed_by_server else "caller",
-        duration_s=(phone.closed_at or loop.time()) - t0,
-        files=files,
-    )
-    print_fn("summary:")
-    print_fn(f"  duration {report.duration_s:.1f}s, ended by the {report.ended_by}")
-    first = "-" if report.first_audio_s is None else f"{1000 * report.first_audio_s:.0f} ms"
-    print_fn(f"  time to first agent audio {first}; agent turns {len(turns)}; heard {report.heard_ms:.0f} ms; "
-             f"barge-ins {report.barge_ins}")
-    for i, (start, ms, cleared) in enumerate(report.turns, 1):
-        print_fn(f"  turn {i}: at {start:.2f}s, {ms:.0f} ms heard{' (cut by barge-in)' if cleared else ''}")
-    if phone.violations:
-        print_fn(f"  protocol violations: {len(phone.violations)} (first: {phone.violations[0].detail})")
-    for name, value in files.items():
-        print_fn(f"  {name}: {value}")
-    return report
-
-
-async def _converse(phone: Softphone, utterances: list[tuple[str, bytes]], wait_turn: Any, stamp: Any,
-                    print_fn: Any, transcript: list[tuple[float, str, str]], loop: Any, t0: float) -> None:
-    await wait_turn()  # the greeting, if the agent has one
-    for text, audio in utterances:
-        if phone.closed:
-            return
-        started = loop.time()
-        print_fn(f"{stamp(started)}  caller says: {text!r} ({len(audio) / 8000:.1f}s)")
-        transcript.append((started - t0, "caller", text))
-        await phone.speak(audio)
-        await wait_turn()
-
-
-def _transcribe(ulaw: bytes) -> str | None:
-    """The agent's words, by the local engine's recogniser (general model); None if unavailable."""
-    if len(ulaw) < 1600:
-        return None
-    try:
-        from telephony_agent.realtime.providers.local.asr import Recognizer
-
-        return Recognizer().recognise(ulaw_to_pcm16(ulaw), 8000).text or None
-    except Exception:  # noqa: BLE001 - a transcript is a nicety
-        return None
