@@ -1,19 +1,12 @@
-"""Turn-taking decisions on real speech (eSpeak NG) and sox-made noise, on a virtual clock.
-
-A small harness plays the agent's answer frame by frame the way the bridge would (pausing,
-resuming and stopping as the detector decides), mixes what the caller leg carries (caller sounds,
-optional agent echo, line noise) through mu-law, and feeds both sides to `TurnDetector`.
-"""
+"""Turn-taking decisions on real speech (eSpeak NG) and sox-made noise, on a virtual clock
+(`telephony_agent.testing.turn_sim`: the agent talks, the caller leg carries sounds and echo)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pytest
-from noises import NAMES, noise_pcm16
-from speech import speech_pcm16
-from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 from telephony_agent.telephony.turns import (
     DeadAirAction,
@@ -24,99 +17,21 @@ from telephony_agent.telephony.turns import (
     TurnSettings,
     near_silent,
 )
+from telephony_agent.testing import turn_sim
+from telephony_agent.testing.noise import NAMES, noise_pcm16
+from telephony_agent.testing.speech import speech_pcm16
+from telephony_agent.testing.turn_sim import AGENT_TEXT, Run, law
+from telephony_agent.testing.turn_sim import onset as _onset
 
-AGENT_TEXT = (
-    "Thanks for calling. Our opening hours are nine to five on weekdays, and ten to two on Saturdays. "
-    "We are closed on Sundays and public holidays. Is there anything else I can help you with today?"
-)
 INTERRUPTION = "wait, stop, I have a different question"
-
-
-def _law(x: np.ndarray) -> np.ndarray:
-    pcm = np.clip(x, -32768, 32767).astype("<i2").tobytes()
-    return np.frombuffer(ulaw_to_pcm16(pcm16_to_ulaw(pcm)), "<i2").astype(np.float64)
 
 
 def _pcm(text: str, **kwargs: object) -> np.ndarray:
     return np.frombuffer(speech_pcm16(text, **kwargs), "<i2").astype(np.float64)  # type: ignore[arg-type]
 
 
-def _onset(x: np.ndarray, at: float) -> float:
-    """Where a sound placed at `at` really starts: its first 10 ms above -40 dBFS."""
-    frames = x[: len(x) // 80 * 80].reshape(-1, 80)
-    loud = np.nonzero(np.mean(frames**2, axis=1) > (32768 * 0.01) ** 2)[0]
-    return at + (int(loud[0]) * 0.01 if loud.size else 0.0)
-
-
-@dataclass
-class Run:
-    decisions: list[TurnDecision] = field(default_factory=list)
-    played: list[int] = field(default_factory=list)  # agent sample positions, in the order played
-
-    def actions(self) -> list[TurnAction]:
-        return [d.action for d in self.decisions if d.action in (TurnAction.PAUSE, TurnAction.RESUME, TurnAction.BARGE_IN)]
-
-    def first(self, action: TurnAction) -> TurnDecision | None:
-        return next((d for d in self.decisions if d.action is action), None)
-
-
-def simulate(
-    caller: list[tuple[float, np.ndarray]],
-    *,
-    seconds: float = 7.0,
-    echo_db: float | None = None,
-    echo_ms: int = 150,
-    settings: TurnSettings | None = None,
-    schedule_lead_s: float = 0.0,
-    provider_speech_at: float | None = None,
-) -> Run:
-    """Play the agent's answer; the caller leg carries `caller` sounds (at their offsets), the
-    agent's echo when `echo_db` is set, and line noise at -65 dBFS."""
-    agent = _law(_pcm(AGENT_TEXT, voice="en-us+f3"))
-    detector = TurnDetector(settings or TurnSettings())
-    n = int(seconds * 8000)
-    track = np.random.default_rng(7).normal(0, 32768 * 10 ** (-65 / 20), n)
-    for offset, sound in caller:
-        k = int(offset * 8000)
-        track[k : k + sound.size] += sound[: max(0, n - k)]
-    echo = np.zeros(n + 8000)
-    gain = 0.0 if echo_db is None else 10 ** (echo_db / 20)
-    delay = echo_ms * 8
-    pos, playing, stopped = 0, True, False
-    run = Run()
-    scheduled = 0.0  # the bridge schedules agent audio `schedule_lead_s` ahead of playing it
-    for i in range(n // 160):
-        now = (i + 1) * 0.02
-        if playing and not stopped and pos < agent.size:
-            chunk = agent[pos : pos + 160]
-            run.played.append(pos)
-            pos += 160
-            detector.agent_audio(chunk.astype("<i2").tobytes(), i * 0.02 + scheduled)
-            echo[i * 160 + delay : i * 160 + delay + chunk.size] += _law(chunk * gain) if gain else 0.0
-        frame = _law(track[i * 160 : (i + 1) * 160] + echo[i * 160 : (i + 1) * 160])
-        decisions = detector.caller_audio(frame.astype("<i2").tobytes(), now)
-        if provider_speech_at is not None and abs(now - provider_speech_at) < 0.01:
-            decisions += detector.provider_speech(now)
-        deadline = detector.get_timer()
-        if deadline is not None and now >= deadline:
-            decisions += detector.handle_timer(now)
-        for d in decisions:
-            run.decisions.append(d)
-            if d.action is TurnAction.PAUSE:
-                playing = False
-                detector.agent_stopped(now)
-            elif d.action is TurnAction.RESUME:
-                playing = True
-            elif d.action is TurnAction.BARGE_IN:
-                stopped = True
-                detector.agent_stopped(now)
-        scheduled = schedule_lead_s * (0.8 + 0.4 * ((i * 7919) % 11) / 10)  # jittery schedule
-    return run
-
-
-def _continuous(run: Run) -> bool:
-    """The agent's audio was heard in order with nothing skipped or repeated."""
-    return run.played == list(range(0, 160 * len(run.played), 160))
+def simulate(caller: list[tuple[float, np.ndarray]], **kwargs: Any) -> Run:
+    return turn_sim.simulate(law(_pcm(AGENT_TEXT, voice="en-us+f3")), caller, **kwargs)
 
 
 @pytest.mark.parametrize("vad", ["silero", "energy"])
@@ -139,7 +54,7 @@ def test_noise_over_agent_speech_leaves_the_agent_talking(noise: str, vad: str) 
     run = simulate([(3.0, np.frombuffer(noise_pcm16(noise), "<i2").astype(np.float64))], settings=TurnSettings(vad=vad))
     assert TurnAction.BARGE_IN not in run.actions(), run.decisions
     assert run.actions().count(TurnAction.PAUSE) == run.actions().count(TurnAction.RESUME)
-    assert _continuous(run)
+    assert run.continuous()
     if vad == "silero":
         assert run.actions() == []  # Silero does not even pause for these
 
@@ -149,7 +64,7 @@ def test_backchannels_do_not_end_the_agents_turn(word: str) -> None:
     run = simulate([(3.0, _pcm(word))])
     assert TurnAction.BARGE_IN not in run.actions(), run.decisions
     assert run.actions() == [TurnAction.PAUSE, TurnAction.RESUME]
-    assert _continuous(run)
+    assert run.continuous()
     resume = run.first(TurnAction.RESUME)
     assert resume is not None and resume.reason == "backchannel"
 
@@ -182,7 +97,7 @@ def test_a_provider_signal_alone_pauses_then_resumes() -> None:
     pause, resume = run.first(TurnAction.PAUSE), run.first(TurnAction.RESUME)
     assert pause is not None and resume is not None and pause.source == "provider"
     assert resume.at - pause.at <= 0.5
-    assert _continuous(run)
+    assert run.continuous()
 
 
 def test_provider_and_local_speech_together_barge_in_as_both() -> None:
@@ -212,7 +127,7 @@ def test_a_pause_never_outlasts_max_pause_without_caller_audio() -> None:
 
 def test_caller_turn_end_is_reported_when_the_agent_is_silent() -> None:
     detector = TurnDetector(TurnSettings())
-    speech = _law(_pcm("what are your opening hours"))
+    speech = law(_pcm("what are your opening hours"))
     x = np.concatenate([np.zeros(4000), speech, np.zeros(12000)])
     decisions: list[TurnDecision] = []
     for i in range(x.size // 160):

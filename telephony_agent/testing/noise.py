@@ -1,4 +1,5 @@
-"""Non-speech caller sounds for turn-taking tests, made with sox (`-D`: reproducible), cached.
+"""Non-speech caller sounds, made with sox (`-D`: reproducible) and cached: the noise set of the
+turn-taking tests and `bench/turns.py`.
 
 Each is PCM16 mono at 8 kHz: things a phone line carries that must not interrupt the agent.
 """
@@ -12,6 +13,8 @@ import subprocess
 import tempfile
 import wave
 from pathlib import Path
+
+__all__ = ["NAMES", "RECIPES", "noise_pcm16"]
 
 _CACHE = Path(os.environ.get("TEST_SPEECH_CACHE", Path(tempfile.gettempdir()) / "telephony-agent-speech"))
 
