@@ -512,7 +512,14 @@ class TurnDetector:
         # the residual noise floor follows quiet blocks fast and loud ones slowly
         self._noise += (0.2 if energy < self._noise else 0.002) * (energy - self._noise)
         prob = 0.0
-        if level_ok and self.scorer is not None:
+        if (
+            level_ok
+            and self._in_speech
+            and self._voiced_ms >= s.min_interruption_ms
+            and self.state in (TurnState.LISTENING, TurnState.CALLER_TURN)
+        ):
+            prob = 1.0  # a confirmed caller turn, agent silent: only its end matters, and energy tells it
+        elif level_ok and self.scorer is not None:
             if self._quiet_blocks > 20:
                 self.scorer.reset()
             prob = self.scorer.score(residual)
