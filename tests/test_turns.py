@@ -213,3 +213,30 @@ def test_a_slow_tool_gets_one_filler_and_holds_the_timeout() -> None:
     guard.tool_finished("a", 6.0)
     guard.tool_finished("b", 7.0)
     assert guard.get_timer() == 11.0
+
+
+def test_turn_stats_reach_the_metrics() -> None:
+    from types import SimpleNamespace
+
+    from telephony_agent.metrics import Metrics
+    from telephony_agent.telephony.turns import TurnStats
+
+    metrics = Metrics()
+    stats = SimpleNamespace(frames_in=0, frames_out=0, barge_ins=0, provider_errors=0, reconnects=0,
+                            clear_latency_ms=[], first_audio_ms=None)
+    turns = TurnStats()
+    call = SimpleNamespace(call_id="CA1", stats=stats, model=SimpleNamespace(provider="gemini"), turn_stats=turns)
+    turns.count(turns.barge_ins, "local")
+    turns.false_interruptions = 2
+    turns.count(turns.response_problems, "response_timeout")
+    turns.dead_air_seconds = 1.5
+    metrics.observe_call(call)
+    turns.count(turns.barge_ins, "local")
+    turns.tool_round_caps = 1
+    metrics.observe_call(call, final=True)
+    text = metrics.render().decode()
+    assert 'agent_turn_barge_ins_total{source="local"} 2.0' in text
+    assert "agent_false_interruptions_resumed_total 2.0" in text
+    assert 'agent_response_problems_total{kind="response_timeout"} 1.0' in text
+    assert "agent_dead_air_seconds_total 1.5" in text
+    assert "agent_tool_round_caps_total 1.0" in text

@@ -32,7 +32,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -51,6 +51,7 @@ __all__ = [
     "TurnDetector",
     "TurnSettings",
     "TurnState",
+    "TurnStats",
     "make_scorer",
     "near_silent",
 ]
@@ -602,6 +603,25 @@ class TurnDetector:
     def last_speech_end(self) -> float | None:
         """When the caller last made voiced sound (None: never)."""
         return self._last_voice_end
+
+
+@dataclass
+class TurnStats:
+    """One call's turn-taking and dead-air counts (exported by `Metrics.observe_call`)."""
+
+    barge_ins: dict[str, int] = field(default_factory=dict)  # by source: local | provider | both
+    pauses: int = 0
+    false_interruptions: int = 0  # pauses resumed: noise, backchannel, echo the provider heard
+    response_problems: dict[str, int] = field(default_factory=dict)  # response_timeout | response_failed | near_silent
+    retries: int = 0
+    apologies: int = 0
+    fillers: int = 0
+    tool_round_caps: int = 0
+    dead_air_seconds: float = 0.0
+    reaction_ms: list[float] = field(default_factory=list)  # caller onset -> pause (clear sent)
+
+    def count(self, table: dict[str, int], key: str) -> None:
+        table[key] = table.get(key, 0) + 1
 
 
 # -- dead air -----------------------------------------------------------------------------------
