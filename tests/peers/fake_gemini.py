@@ -488,7 +488,7 @@ class FakeGemini:
         if isinstance(text, str) and text:
             conn.texts.append(text)
             conn.conversation.history.append(f"user: {text}")
-            if not conn.replying:
+            if not conn.replying and not conn.speaking:  # said while the caller talks: part of their turn
                 self._start_reply(conn)
 
     # -- VAD and turns --------------------------------------------------------------------
