@@ -89,8 +89,13 @@ class Overload:
 
     def _weighted_median(self) -> float:
         weighted = sorted((lag, self.interval_s + lag / 1000) for _, lag in self._samples)
-        half = sum(w for _, w in weighted) / 2
-        seen = 0.0
+        total = sum(w for _, w in weighted)
+        # Time not covered by samples (the first window after start-up) counts as on time: a
+        # stall while the process starts is still one stall, not half of a short history.
+        seen = max(0.0, self.window_s - total)
+        half = max(total, self.window_s) / 2
+        if seen >= half:
+            return 0.0
         for lag, weight in weighted:
             seen += weight
             if seen >= half:

@@ -212,7 +212,9 @@ async def test_stream_token_alone_admits_the_call(openai_server: FakeOpenAIServe
         async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
             await call.place()
             await call.connect(signature="omit")  # the <Parameter> token from our TwiML still admits it
-            await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
+            await call.wait_for(lambda: agent.state.calls, timeout=10, what="bridge")
+            # The bridge is registered before its provider session opens: wait for the connection.
+            await call.wait_for(lambda: openai_server.connection_attempts, timeout=10, what="provider session")
             assert openai_server.connection_attempts == 1
 
 

@@ -231,10 +231,10 @@ async def test_drain_waits_for_the_active_call_then_exits_0(tmp_path: Path) -> N
             await wait_for(lambda: _active(server, http, 1), 10, "the call to start")
             # Per-call counters are live: frames show up while the call is still going.
             await leg.media(25)
-            await wait_for(lambda: _metric_at_least(server, http, "agent_frames_in_total", 25), 5, "live frames_in")
+            await wait_for(lambda: _metric_at_least(server, http, "agent_frames_in_total", 25), 20, "live frames_in")
 
             server.proc.send_signal(signal.SIGTERM)
-            await wait_for(lambda: _not_ready(server, http, "draining"), 5, "/readyz to say draining")
+            await wait_for(lambda: _not_ready(server, http, "draining"), 15, "/readyz to say draining")
             assert "Reject" in await webhook(server, http, "CA" + "12" * 16)
             assert await metric_value(server, http, 'agent_calls_refused_total{reason="draining"}') == 1
             assert await metric_value(server, http, "agent_draining") == 1

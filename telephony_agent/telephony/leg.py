@@ -18,7 +18,9 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["AudioLaw", "LegEvents", "PhoneFormat", "PhoneLeg", "PCMA_20MS", "PCMU_20MS"]
+from telephony_agent.realtime.types import AudioEncoding, AudioFormat
+
+__all__ = ["PCMA_20MS", "PCMU_20MS", "AudioLaw", "LegEvents", "PhoneFormat", "PhoneLeg"]
 
 
 class AudioLaw(str, enum.Enum):
@@ -31,6 +33,19 @@ class AudioLaw(str, enum.Enum):
     def silence(self) -> bytes:
         """One byte of digital silence in this law (what a short last frame is padded with)."""
         return b"\xff" if self is AudioLaw.PCMU else b"\xd5"
+
+    @property
+    def encoding(self) -> AudioEncoding:
+        """This law as a realtime-session audio encoding."""
+        return AudioEncoding.G711_ULAW if self is AudioLaw.PCMU else AudioEncoding.G711_ALAW
+
+    @classmethod
+    def of(cls, encoding: AudioEncoding) -> AudioLaw | None:
+        """The law of a G.711 encoding; None for anything else (PCM16)."""
+        for law in cls:
+            if law.encoding is encoding:
+                return law
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +63,11 @@ class PhoneFormat:
 
     def duration_ms(self, n_bytes: int) -> float:
         return n_bytes * 1000 / self.sample_rate
+
+    @property
+    def audio_format(self) -> AudioFormat:
+        """The same audio as a realtime-session `AudioFormat` (what passthrough to a provider sends)."""
+        return AudioFormat(self.law.encoding, self.sample_rate)
 
 
 PCMU_20MS = PhoneFormat(AudioLaw.PCMU)

@@ -1,0 +1,624 @@
+"""`CallBridge` alone: a simulated phone leg and a scripted realtime session on a virtual clock.
+
+No sockets and no event-loop timers: the bridge reads the test's clock, and the harness advances
+it from one event to the next (the leg finishing a chunk, caller audio every packet, the bridge's
+own `get_timer()` deadline), calling `handle_timer(now)` the way the asyncio shell would.
+
+The simulated leg plays what it is sent back to back at real time and records what the caller
+heard; it echoes playout confirmations (like Twilio marks), or not (like a simulator with echoes
+off), or is a leg that confirms nothing at all (like RTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from telephony_codecs import (
+    StreamResampler,
+    alaw_to_pcm16,
+    pcm16_to_alaw,
+    pcm16_to_ulaw,
+    ulaw_to_pcm16,
+)
+
+from telephony_agent.realtime import (
+    PCM16_16K,
+    PCM16_24K,
+    PCMU_8K,
+    AudioChunk,
+    AudioDelta,
+    AudioDone,
+    AudioFormat,
+    ClientEvent,
+    ContextMutationOutcome,
+    FunctionCallDone,
+    RealtimeConfig,
+    RealtimeConnectionError,
+    RealtimeModel,
+    ResponseDone,
+    SpeechStarted,
+    ToolResponse,
+)
+from telephony_agent.realtime.session import QueuedSession
+from telephony_agent.telephony.assets import prompt_audio
+from telephony_agent.telephony.bridge import (
+    BridgeOptions,
+    CallBridge,
+    CallOutcome,
+    CallPhase,
+)
+from telephony_agent.telephony.leg import PCMA_20MS, PCMU_20MS, AudioLaw, PhoneFormat
+from telephony_agent.testing.speech import speech_pcm16
+
+PCMA_8K = AudioFormat.alaw8k()
+
+
+class VirtualClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- the phone leg ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Scheduled:
+    tag: str
+    audio: bytes
+    start: float
+    end: float
+
+
+class SimLeg:
+    """A `PhoneLeg` that plays at real time. `echoes`: confirm each chunk once played (Twilio
+    marks); `confirms=False`: a leg that never confirms (RTP)."""
+
+    def __init__(self, clock: VirtualClock, fmt: PhoneFormat = PCMU_20MS, *, confirms: bool = True,
+                 echoes: bool = True) -> None:
+        self.clock = clock
+        self._format = fmt
+        self._confirms = confirms
+        self.echoes = echoes and confirms
+        self.queue: deque[_Scheduled] = deque()
+        self.busy_until: float | None = None
+        self.heard = bytearray()
+        self.heard_spans: list[tuple[float, float]] = []
+        self.pending_echoes: list[str] = []
+        self.clears: list[float] = []
+        self.hangups: list[float] = []
+        self.closes: list[float] = []
+        self.transfers: list[str] = []
+        self.frames_sent = 0
+
+    @property
+    def format(self) -> PhoneFormat:
+        return self._format
+
+    @property
+    def transport(self) -> str:
+        return "sim"
+
+    @property
+    def confirms_playout(self) -> bool:
+        return self._confirms
+
+    def send_audio(self, frames: list[bytes], tag: str) -> None:
+        assert frames and all(len(f) == self._format.frame_bytes for f in frames)
+        self.frames_sent += len(frames)
+        now = self.clock()
+        audio = b"".join(frames)
+        busy = self.busy_until
+        start = now if busy is None or busy < now else busy
+        end = start + self._format.duration_ms(len(audio)) / 1000
+        self.busy_until = end
+        self.queue.append(_Scheduled(tag, audio, start, end))
+
+    def send_clear(self) -> None:
+        now = self.clock()
+        self.clears.append(now)
+        self.play_until(now)
+        if self.queue and self.queue[0].start < now:  # the chunk playing now is cut off mid-way
+            head = self.queue[0]
+            played = int((now - head.start) * self._format.sample_rate)
+            self._hear(head.audio[:played], head.start, now)
+        if self.echoes:  # like Twilio: every pending mark is echoed at once
+            self.pending_echoes.extend(c.tag for c in self.queue)
+        self.queue.clear()
+        self.busy_until = None
+
+    def _hear(self, audio: bytes, start: float, end: float) -> None:
+        self.heard += audio
+        self.heard_spans.append((start, end))
+
+    def next_time(self) -> float | None:
+        return self.queue[0].end if self.queue else None
+
+    def play_until(self, now: float) -> list[str]:
+        done = []
+        while self.queue and self.queue[0].end <= now + 1e-9:
+            chunk = self.queue.popleft()
+            self._hear(chunk.audio, chunk.start, chunk.end)
+            done.append(chunk.tag)
+        return done
+
+    @property
+    def heard_ms(self) -> float:
+        return self._format.duration_ms(len(self.heard))
+
+    async def hangup(self) -> None:
+        self.hangups.append(self.clock())
+
+    async def transfer(self, target: str) -> None:
+        self.transfers.append(target)
+
+    async def close(self) -> None:
+        self.closes.append(self.clock())
+
+
+# -- the realtime session -------------------------------------------------------------------------
+
+
+class ScriptedSession(QueuedSession):
+    """A session whose server events the test pushes; records what the bridge sends."""
+
+    def __init__(self, config: RealtimeConfig, input_format: AudioFormat, output_format: AudioFormat) -> None:
+        super().__init__()
+        self.config = config
+        self._in = input_format
+        self._out = output_format
+        self.audio = bytearray()
+        self.audio_formats: set[AudioFormat] = set()
+        self.interrupts: list[int | None] = []
+        self.texts: list[str] = []
+        self.tool_outputs: list[ToolResponse] = []
+        self.responses = 0
+        self.closed = False
+
+    @property
+    def session_id(self) -> str:
+        return "sess-1"
+
+    @property
+    def is_connected(self) -> bool:
+        return not self.closed
+
+    @property
+    def input_format(self) -> AudioFormat:
+        return self._in
+
+    @property
+    def output_format(self) -> AudioFormat:
+        return self._out
+
+    def push(self, *events: object) -> None:
+        for event in events:
+            self._emit(event)  # type: ignore[arg-type]
+
+    def say(self, item_id: str, pcm_or_g711: bytes, *, chunk_ms: int = 100, done: bool = True) -> None:
+        """Agent audio for one item, generated faster than real time (all at once), in deltas."""
+        step = int(self._out.bytes_per_ms * chunk_ms)
+        for i in range(0, len(pcm_or_g711), step):
+            self._emit(AudioDelta(item_id, pcm_or_g711[i : i + step], self._out))
+        if done:
+            self._emit(AudioDone(item_id))
+            self._emit(ResponseDone(f"resp-{item_id}"))
+
+    async def send_audio(self, chunk: AudioChunk) -> None:
+        self.audio_formats.add(chunk.format)
+        self.audio += chunk.data
+
+    async def send_text(self, text: str) -> None:
+        self.texts.append(text)
+
+    async def send_tool_output(self, response: ToolResponse) -> None:
+        self.tool_outputs.append(response)
+
+    async def commit_audio(self) -> None:
+        pass
+
+    async def clear_audio(self) -> None:
+        pass
+
+    async def create_response(self) -> None:
+        self.responses += 1
+
+    async def interrupt(self, *, audio_end_ms: int | None = None) -> None:
+        self.interrupts.append(audio_end_ms)
+
+    async def send_event(self, event: ClientEvent) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.closed = True
+        self._finish("closed by client")
+
+    async def mutate_context(self, config: RealtimeConfig) -> ContextMutationOutcome:
+        return ContextMutationOutcome.applied()
+
+
+class ScriptedModel(RealtimeModel):
+    def __init__(self, inputs: tuple[AudioFormat, ...], outputs: tuple[AudioFormat, ...], *,
+                 fail: bool = False) -> None:
+        self._inputs = inputs
+        self._outputs = outputs
+        self.fail = fail
+        self.sessions: list[ScriptedSession] = []
+
+    @property
+    def provider(self) -> str:
+        return "scripted"
+
+    @property
+    def model_id(self) -> str:
+        return "scripted-1"
+
+    @property
+    def input_formats(self) -> tuple[AudioFormat, ...]:
+        return self._inputs
+
+    @property
+    def output_formats(self) -> tuple[AudioFormat, ...]:
+        return self._outputs
+
+    async def connect(self, config: RealtimeConfig) -> ScriptedSession:
+        if self.fail:
+            raise RealtimeConnectionError("no route to the provider")
+        in_fmt = config.input_format if config.input_format in self._inputs else self._inputs[0]
+        out_fmt = config.output_format if config.output_format in self._outputs else self._outputs[0]
+        session = ScriptedSession(config, in_fmt, out_fmt)
+        self.sessions.append(session)
+        return session
+
+
+#: Like OpenAI with G.711 passthrough; like Gemini (PCM16 in and out at different rates).
+def g711_model() -> ScriptedModel:
+    return ScriptedModel((PCMU_8K, PCMA_8K, PCM16_24K), (PCMU_8K, PCMA_8K, PCM16_24K))
+
+
+def pcm_model() -> ScriptedModel:
+    return ScriptedModel((PCM16_16K,), (PCM16_24K,))
+
+
+# -- the harness ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Call:
+    clock: VirtualClock
+    leg: SimLeg
+    model: ScriptedModel
+    bridge: CallBridge
+    caller_audio: bool = True  # the leg sends a packet of caller audio every ptime
+    caller_payload: bytes = b""
+    _next_packet: float = 0.0
+    log: list[str] = field(default_factory=list)
+
+    @property
+    def session(self) -> ScriptedSession:
+        return self.model.sessions[-1]
+
+    async def settle(self) -> None:
+        for _ in range(30):
+            await asyncio.sleep(0)
+
+    async def run(self, seconds: float) -> None:
+        """Advance the virtual clock by `seconds`, event by event."""
+        end = self.clock.now + seconds
+        ptime = self.leg.format.ptime_ms / 1000
+        for _ in range(1_000_000):
+            await self.settle()
+            candidates = [end]
+            leg_t = self.leg.next_time()
+            if leg_t is not None:
+                candidates.append(leg_t)
+            timer = self.bridge.get_timer()
+            if timer is not None:
+                candidates.append(timer)
+            if self.caller_audio and not self.bridge.ended:
+                candidates.append(self._next_packet)
+            now = max(self.clock.now, min(candidates))
+            self.clock.now = now
+            played = self.leg.play_until(now)
+            if self.leg.echoes:
+                for tag in [*self.leg.pending_echoes, *played]:
+                    self.bridge.on_played(tag)
+                self.leg.pending_echoes.clear()
+            if self.caller_audio and not self.bridge.ended and now >= self._next_packet:
+                payload = self.caller_payload[: self.leg.format.frame_bytes]
+                self.caller_payload = self.caller_payload[self.leg.format.frame_bytes :]
+                if len(payload) < self.leg.format.frame_bytes:
+                    payload += self.leg.format.law.silence * (self.leg.format.frame_bytes - len(payload))
+                await self.bridge.on_caller_audio(payload)
+                self._next_packet = now + ptime
+            timer = self.bridge.get_timer()
+            if timer is not None and timer <= now:
+                self.bridge.handle_timer(now)
+            if now >= end:
+                await self.settle()
+                return
+        raise AssertionError("virtual time did not advance")
+
+
+async def make_call(
+    *,
+    fmt: PhoneFormat = PCMU_20MS,
+    confirms: bool = True,
+    echoes: bool = True,
+    model: ScriptedModel | None = None,
+    **options: object,
+) -> Call:
+    clock = VirtualClock()
+    leg = SimLeg(clock, fmt, confirms=confirms, echoes=echoes)
+    model = model or pcm_model()
+    opts = BridgeOptions(**{"leg_timeout_seconds": 10.0, "idle_timeout_seconds": 60.0, **options})  # type: ignore[arg-type]
+    bridge = CallBridge("CA-test", model, RealtimeConfig(instructions="Be brief."), leg, opts, clock=clock,
+                        run_timer=False)
+    call = Call(clock, leg, model, bridge, _next_packet=clock.now)
+    await bridge.start()
+    await call.settle()
+    return call
+
+
+def speech_ulaw(text: str) -> bytes:
+    return pcm16_to_ulaw(speech_pcm16(text, 8000))
+
+
+def gaps(spans: list[tuple[float, float]], over: float = 0.001) -> list[tuple[float, float]]:
+    """(end of what played before, length) of each silence in playback longer than `over`."""
+    return [(a[1], b[0] - a[1]) for a, b in itertools.pairwise(spans) if b[0] - a[1] > over]
+
+
+def snr_db(ref: bytes, got: bytes) -> float:
+    a = np.frombuffer(ref, "<i2").astype(float)
+    b = np.frombuffer(got, "<i2").astype(float)[: len(a)]
+    return float(10 * np.log10(np.sum(a**2) / max(np.sum((a - b) ** 2), 1.0)))
+
+
+# -- tests ---------------------------------------------------------------------------------------
+
+
+async def test_agent_audio_is_heard_in_full_at_real_time() -> None:
+    call = await make_call()
+    answer = speech_pcm16("We are open from nine to five.", 24000)
+    call.session.say("item-1", answer)
+    t0 = call.clock.now
+    await call.run(6.0)
+    expected_ms = len(answer) / 48
+    # The last frame is padded with silence and the resampler's tail (its delay) is flushed.
+    assert expected_ms <= call.leg.heard_ms <= expected_ms + 30
+    first, last = call.leg.heard_spans[0], call.leg.heard_spans[-1]
+    assert first[0] == pytest.approx(t0) and last[1] - first[0] == pytest.approx(call.leg.heard_ms / 1000, abs=0.001)
+    assert call.bridge.playout.played_ms("item-1", call.clock.now) == pytest.approx(call.leg.heard_ms, abs=1)
+    # What the caller heard is the provider's audio, resampled to 8 kHz and mu-law encoded.
+    r = StreamResampler(24000, 8000)
+    reference = r.process(answer) + r.flush()
+    assert snr_db(reference, ulaw_to_pcm16(bytes(call.leg.heard))) > 30
+    assert call.bridge.phase is CallPhase.LIVE
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+
+
+async def test_never_more_than_the_lead_is_outstanding_at_the_leg() -> None:
+    call = await make_call(playout_lead_ms=200)
+    call.session.say("item-1", speech_pcm16("Please hold while I check that for you.", 24000))
+    worst = 0.0
+    for _ in range(100):
+        await call.run(0.05)
+        if call.leg.busy_until is not None:
+            worst = max(worst, call.leg.busy_until - call.clock.now)
+    assert 0.15 <= worst <= 0.2 + 1e-6
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+
+
+@pytest.mark.parametrize(("confirms", "echoes"), [(True, True), (True, False), (False, False)])
+async def test_barge_in_clears_and_truncates_at_the_played_position(confirms: bool, echoes: bool) -> None:
+    call = await make_call(confirms=confirms, echoes=echoes)
+    call.session.say("item-1", speech_pcm16(
+        "Our opening hours are nine to five on weekdays and ten to four on Saturdays.", 24000))
+    await call.run(2.5)  # past a fallback, if there is one
+    call.session.push(SpeechStarted(audio_start_ms=0))
+    await call.run(0.5)
+    assert len(call.leg.clears) == 1
+    heard_before_clear = call.leg.format.duration_ms(len(call.leg.heard))
+    assert call.session.interrupts and call.session.interrupts[0] is not None
+    # The truncate point is what this caller really heard, to within one 40 ms chunk.
+    assert call.session.interrupts[0] == pytest.approx(heard_before_clear, abs=40)
+    assert heard_before_clear > 1000
+    assert call.bridge.stats.barge_ins == 1 and call.bridge.stats.truncates[0][0] == "item-1"
+    # Nothing of the interrupted item is sent after the clear.
+    call.session.push(AudioDelta("item-1", b"\x00" * 4800, PCM16_24K))
+    sent = call.leg.frames_sent
+    await call.run(1.0)
+    assert call.leg.frames_sent == sent
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+
+
+async def test_end_call_hangs_up_only_after_the_goodbye_is_heard() -> None:
+    call = await make_call()
+    goodbye = speech_pcm16("Thanks for calling, goodbye.", 24000)
+    goodbye_ms = len(goodbye) / 48
+    t0 = call.clock.now
+    call.session.say("bye", goodbye, done=False)
+    call.session.push(FunctionCallDone("call-1", "end_call", '{"reason": "caller is done"}'), AudioDone("bye"),
+                      ResponseDone("resp-bye"))
+    await call.run(0.5)
+    assert not call.leg.hangups and call.bridge.phase is CallPhase.FINISHING
+    # A new answer started after end_call is not spoken.
+    call.session.say("after", speech_pcm16("One more thing.", 24000))
+    await call.run(goodbye_ms / 1000 + 1.0)
+    assert call.bridge.outcome is CallOutcome.AGENT_HANGUP
+    assert len(call.leg.hangups) == 1
+    assert call.leg.hangups[0] >= t0 + goodbye_ms / 1000 - 0.001
+    assert call.leg.heard_ms == pytest.approx(goodbye_ms, abs=20)
+    assert call.session.closed
+    assert call.session.tool_outputs and call.session.tool_outputs[0].name == "end_call"
+
+
+async def test_goodbye_is_bounded_when_playout_never_finishes() -> None:
+    # A leg that stops playing (and echoing) entirely, but keeps sending caller audio.
+    call = await make_call(goodbye_wait_seconds=3.0, playout_fallback_seconds=100.0)
+    call.leg.echoes = False
+    call.session.say("bye", speech_pcm16("Goodbye.", 24000))
+    await call.run(0.2)
+    await call.bridge.hangup_after_playout()
+    t0 = call.clock.now
+    await call.run(5.0)
+    assert call.bridge.outcome is CallOutcome.AGENT_HANGUP
+    assert call.leg.hangups[0] == pytest.approx(t0 + 3.0, abs=0.05)
+
+
+async def test_idle_caller_hears_the_idle_prompt_then_the_call_ends() -> None:
+    call = await make_call(idle_timeout_seconds=5.0)
+    t0 = call.clock.now
+    await call.run(4.9)
+    assert call.bridge.phase is CallPhase.LIVE and not call.leg.heard
+    await call.run(10.0)
+    assert call.bridge.outcome is CallOutcome.IDLE_TIMEOUT
+    prompt = prompt_audio("idle", AudioLaw.PCMU)
+    assert bytes(call.leg.heard[: len(prompt)]) == prompt
+    assert call.leg.heard_spans[0][0] == pytest.approx(t0 + 5.0, abs=0.001)
+    assert call.leg.hangups and call.leg.hangups[0] == pytest.approx(call.leg.heard_spans[-1][1], abs=0.001)
+    assert call.session.closed
+
+
+async def test_agent_speech_postpones_the_idle_timeout() -> None:
+    call = await make_call(idle_timeout_seconds=2.0)
+    call.session.say("long", speech_pcm16("Let me read you the whole list of our branch opening hours, one by one.",
+                                          24000))
+    await call.run(4.0)
+    assert call.bridge.phase is CallPhase.LIVE  # two seconds of silence only start once the agent is done
+    await call.run(20.0)
+    assert call.bridge.outcome is CallOutcome.IDLE_TIMEOUT
+    (agent_end, silence), *_ = gaps(call.leg.heard_spans, over=0.5)
+    assert agent_end > call.leg.heard_spans[0][0] + 4.0
+    assert silence == pytest.approx(2.0, abs=0.001)
+
+
+async def test_a_leg_that_stops_echoing_falls_back_to_real_time_within_a_second() -> None:
+    text = "Here is a longer answer, so that the caller keeps listening for quite a few seconds."
+    ref = await make_call(echoes=True)
+    ref.session.say("a", speech_pcm16(text, 24000))
+    await ref.run(12.0)
+    call = await make_call(echoes=False)
+    call.session.say("a", speech_pcm16(text, 24000))
+    await call.run(12.0)
+    assert ref.leg.heard_ms > 4000
+    assert call.leg.heard == ref.leg.heard  # every byte, not 4 % of it
+    assert call.bridge.pacing.fell_back_at is not None
+    # One gap in playback, about a second, where the leg's silence was noticed; real time otherwise.
+    ((_, gap),) = gaps(call.leg.heard_spans)
+    assert 0.5 < gap <= 1.05
+    span = call.leg.heard_spans[-1][1] - call.leg.heard_spans[0][0]
+    assert span == pytest.approx(call.leg.heard_ms / 1000 + gap, abs=0.001)
+
+
+async def test_a_leg_that_confirms_nothing_is_paced_by_the_clock_without_gaps() -> None:
+    call = await make_call(confirms=False)
+    call.session.say("a", speech_pcm16("Paced by the clock from the first frame.", 24000))
+    await call.run(6.0)
+    assert gaps(call.leg.heard_spans) == [] and call.leg.heard_ms > 1000
+    assert call.bridge.pacing.fell_back_at is None  # nothing to fall back from
+
+
+async def test_a_silent_leg_is_ended_and_its_provider_session_closed() -> None:
+    call = await make_call(leg_timeout_seconds=10.0)
+    call.session.say("a", speech_pcm16("Are you still there?", 24000))
+    await call.run(1.0)
+    call.caller_audio = False
+    call.leg.echoes = False  # no media, no marks: the socket stays open but nothing comes
+    went_silent = call.clock.now
+    await call.run(15.0)
+    assert call.bridge.outcome is CallOutcome.LEG_TIMEOUT
+    assert call.session.closed
+    assert call.leg.hangups and went_silent + 9.0 < call.leg.hangups[0] <= went_silent + 10.1
+    assert call.bridge.get_timer() is None
+
+
+async def test_caller_audio_keeps_a_quiet_call_alive() -> None:
+    call = await make_call(leg_timeout_seconds=2.0, idle_timeout_seconds=60.0)
+    await call.run(20.0)
+    assert call.bridge.phase is CallPhase.LIVE
+
+
+async def test_a_law_leg_with_a_g711_model_is_passthrough_both_ways() -> None:
+    call = await make_call(fmt=PCMA_20MS, model=g711_model())
+    assert call.session.config.input_format == PCMA_8K and call.session.config.output_format == PCMA_8K
+    caller = pcm16_to_alaw(speech_pcm16("I would like to book a table.", 8000))
+    call.caller_payload = caller
+    agent = pcm16_to_alaw(speech_pcm16("Certainly, for how many people?", 8000))
+    call.session.say("a", agent)
+    await call.run(len(caller) / 8000 + 1.0)
+    assert call.session.audio_formats == {PCMA_8K}
+    assert bytes(call.session.audio[: len(caller)]) == caller
+    assert bytes(call.leg.heard[: len(agent)]) == agent
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+
+
+async def test_a_law_leg_with_a_pcm_model_is_decoded_and_encoded_as_a_law() -> None:
+    call = await make_call(fmt=PCMA_20MS, model=pcm_model())
+    assert call.session.input_format == PCM16_16K
+    speech = speech_pcm16("I would like to book a table.", 8000)
+    call.caller_payload = pcm16_to_alaw(speech)
+    agent = speech_pcm16("Certainly, for how many people?", 24000)
+    call.session.say("a", agent)
+    await call.run(len(speech) / 16000 + 1.0)
+    # In: A-law decoded (not read as mu-law) and resampled to 16 kHz.
+    up = StreamResampler(8000, 16000)
+    reference_in = up.process(speech) + up.flush()
+    assert snr_db(reference_in, bytes(call.session.audio)) > 25
+    # Out: the caller's leg gets A-law; read as mu-law it would be noise.
+    down = StreamResampler(24000, 8000)
+    reference_out = down.process(agent) + down.flush()
+    assert snr_db(reference_out, alaw_to_pcm16(bytes(call.leg.heard))) > 25
+    assert snr_db(reference_out, ulaw_to_pcm16(bytes(call.leg.heard))) < 5
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+
+
+async def test_a_law_leg_hears_the_apology_in_a_law_when_the_provider_is_down() -> None:
+    model = g711_model()
+    model.fail = True
+    call = await make_call(fmt=PCMA_20MS, model=model)
+    await call.run(8.0)
+    assert call.bridge.outcome is CallOutcome.PROVIDER_FAILED
+    prompt = prompt_audio("apology", AudioLaw.PCMA)
+    assert bytes(call.leg.heard[: len(prompt)]) == prompt
+    # The same words as the shipped mu-law prompt.
+    assert snr_db(ulaw_to_pcm16(prompt_audio("apology", AudioLaw.PCMU)), alaw_to_pcm16(prompt)) > 25
+    assert call.leg.hangups
+
+
+async def test_30ms_packets() -> None:
+    fmt = PhoneFormat(AudioLaw.PCMA, ptime_ms=30)
+    call = await make_call(fmt=fmt, model=pcm_model())
+    agent = speech_pcm16("Thirty millisecond packets.", 24000)
+    call.session.say("a", agent)
+    await call.run(4.0)
+    assert call.leg.frames_sent and call.leg.heard_ms == pytest.approx(len(agent) / 48, abs=30)
+
+
+async def test_max_duration_plays_the_time_limit_prompt() -> None:
+    call = await make_call(max_call_seconds=3.0)
+    await call.run(2.9)
+    assert call.bridge.phase is CallPhase.LIVE
+    await call.run(10.0)
+    assert call.bridge.outcome is CallOutcome.MAX_DURATION
+    assert bytes(call.leg.heard).startswith(prompt_audio("time_limit", AudioLaw.PCMU)[:1600])
+
+
+async def test_one_timer_holds_the_earliest_deadline() -> None:
+    call = await make_call(idle_timeout_seconds=7.0, leg_timeout_seconds=4.0, max_call_seconds=100.0)
+    call.caller_audio = False
+    due = call.bridge.get_timer()
+    assert due == pytest.approx(call.clock.now + 4.0)  # the leg timeout is the earliest
+    call.bridge.handle_timer(call.clock.now + 1.0)  # early: nothing happens
+    await call.settle()
+    assert call.bridge.phase is CallPhase.LIVE and call.bridge.get_timer() == due
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+    assert call.bridge.get_timer() is None
