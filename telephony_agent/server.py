@@ -146,6 +146,7 @@ def bridge_options(settings: Settings, model: RealtimeModel) -> BridgeOptions:
         playout_lead_ms=settings.playout_lead_ms,
         max_call_seconds=settings.max_call_seconds,
         idle_timeout_seconds=settings.idle_timeout_seconds,
+        leg_timeout_seconds=settings.leg_timeout_seconds,
         tool_timeout_seconds=settings.tool_timeout_seconds,
         greeting=settings.greeting,
         # The local engine's script has its own greeting: it speaks first even with no AGENT_GREETING.

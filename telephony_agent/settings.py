@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     max_call_seconds: float = Field(3600.0, gt=0, validation_alias=_env("AGENT_MAX_CALL_SECONDS"))
     idle_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("AGENT_IDLE_TIMEOUT_SECONDS"))
     playout_lead_ms: int = Field(200, ge=20, le=2000, validation_alias=_env("AGENT_PLAYOUT_LEAD_MS"))
+    # Phone leg liveness: no caller audio and no playout confirmation this long ends the call.
+    leg_timeout_seconds: float = Field(10.0, gt=0, le=3600, validation_alias=_env("AGENT_LEG_TIMEOUT_SECONDS"))
     transfer_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=_env("AGENT_TRANSFER_ALLOWLIST"))
     stream_token_ttl_seconds: int = Field(
         60, ge=5, le=3600, validation_alias=_env("AGENT_STREAM_TOKEN_TTL_SECONDS")

@@ -1,60 +1,72 @@
-"""Playout accounting: pacing by mark echoes, played position, clear semantics (sans-I/O)."""
+"""Playout accounting: lead limit, confirmations, played position, clear semantics (sans-I/O)."""
 
-from telephony_agent.telephony.playout import FRAME_BYTES, Playout
+import pytest
 
-FRAME = b"\x00" * FRAME_BYTES
+from telephony_agent.telephony.playout import Playout
+
+FRAME = b"\x00" * 160
 
 
-def frames(n: int) -> list[bytes]:
-    return [FRAME] * n
+def frames(n: int, size: int = 160) -> list[bytes]:
+    return [b"\x00" * size] * n
 
 
 def test_keeps_at_most_lead_outstanding() -> None:
-    p = Playout(lead_ms=200, frames_per_mark=2)
+    p = Playout(lead_ms=200, chunk_ms=40)
     p.push("a", frames(50))
     sends = p.poll(0.0)
     assert sum(len(s.frames) for s in sends) == 10  # 200 ms
+    assert [s.ms for s in sends] == [40] * 5
     assert p.outstanding_ms == 200 and p.queued_ms == 800
-    assert p.poll(0.0) == []  # nothing more until marks come back
-    p.on_mark(sends[0].mark, 0.04)
+    assert p.poll(0.0) == []  # nothing more until something is confirmed
+    p.on_played(sends[0].tag, 0.04)
     again = p.poll(0.04)
     assert sum(len(s.frames) for s in again) == 2
 
 
-def test_mark_echo_confirms_everything_before_it() -> None:
-    p = Playout(lead_ms=200, frames_per_mark=2)
+def test_confirmation_covers_everything_before_it() -> None:
+    p = Playout(lead_ms=200, chunk_ms=40)
     p.push("a", frames(6))
     sends = p.poll(0.0)
-    assert p.on_mark(sends[1].mark, 0.08)  # echoes are in order; this one implies the first
+    assert p.on_played(sends[1].tag, 0.08)  # confirmations are in order; this one implies the first
     assert p.played_ms("a", 0.08) == 80
+    assert p.outstanding_ms == 40
 
 
 def test_played_ms_interpolates_the_chunk_now_playing() -> None:
-    p = Playout(lead_ms=200, frames_per_mark=2)
+    p = Playout(lead_ms=200, chunk_ms=40)
     p.push("a", frames(10))
     sends = p.poll(0.0)
-    p.on_mark(sends[0].mark, 0.040)
+    p.on_played(sends[0].tag, 0.040)
     assert p.played_ms("a", 0.050) == 50
-    assert p.played_ms("a", 0.200) == 80  # capped at the head chunk: the next mark is late
+    assert p.played_ms("a", 0.200) == 80  # capped at the head chunk: the next confirmation is late
 
 
-def test_clear_echoes_do_not_count_as_played() -> None:
-    p = Playout(lead_ms=200, frames_per_mark=2)
+def test_clear_confirmations_do_not_count_as_played() -> None:
+    p = Playout(lead_ms=200, chunk_ms=40)
     p.push("a", frames(20))
     sends = p.poll(0.0)
-    p.on_mark(sends[0].mark, 0.04)
-    heard = p.played_ms("a", 0.05)
-    assert heard == 50
-    dropped = p.clear()
-    assert dropped == 200  # 10 frames were still local
+    p.on_played(sends[0].tag, 0.04)
+    assert p.played_ms("a", 0.05) == 50
+    assert p.clear() == 200  # 10 frames were still local
     for s in sends[1:]:
-        assert p.on_mark(s.mark, 0.06) is False
+        assert p.on_played(s.tag, 0.06) is False
     assert p.played_ms("a", 0.07) == 40
-    assert p.idle and p.stats.marks_cleared == len(sends) - 1
+    assert p.idle and p.stats.confirmations_cleared == len(sends) - 1
+
+
+def test_forget_cleared_for_legs_that_never_confirm() -> None:
+    p = Playout(lead_ms=200, chunk_ms=40)
+    p.push("a", frames(10))
+    sends = p.poll(0.0)
+    p.clear()
+    p.forget_cleared()
+    assert p.on_played(sends[0].tag, 0.1) is False
+    assert p.stats.unknown_confirmations == 1 and p.stats.confirmations_cleared == 0
 
 
 def test_items_do_not_share_chunks() -> None:
-    p = Playout(lead_ms=200, frames_per_mark=4)
+    p = Playout(lead_ms=200, chunk_ms=80)
     p.push("a", frames(1))
     p.push("b", frames(3))
     sends = p.poll(0.0)
@@ -62,17 +74,25 @@ def test_items_do_not_share_chunks() -> None:
     assert p.current_item == "a"
 
 
-def test_unknown_mark_is_counted_not_fatal() -> None:
+def test_unknown_confirmation_is_counted_not_fatal() -> None:
     p = Playout()
-    assert p.on_mark("nope", 0.0) is False
-    assert p.stats.unknown_marks == 1
+    assert p.on_played("nope", 0.0) is False
+    assert p.stats.unknown_confirmations == 1
 
 
-def test_watchdog_unsticks_a_silent_phone_leg() -> None:
-    p = Playout(lead_ms=40, frames_per_mark=2, watchdog_s=1.0)
-    p.push("a", frames(4))
-    p.poll(0.0)
-    assert not p.watchdog(0.5)
-    assert p.watchdog(1.1)
-    assert p.poll(1.1)  # refilled
-    assert p.stats.watchdog_fired == 1
+@pytest.mark.parametrize("ptime", [10, 20, 30])
+def test_other_packet_times(ptime: int) -> None:
+    """SIP legs negotiate 10-30 ms packets: budget and positions are in ms, not frames."""
+    p = Playout(lead_ms=200, frame_ms=ptime, chunk_ms=40)
+    p.push("a", frames(100, 8 * ptime))
+    sends = p.poll(0.0)
+    assert p.outstanding_ms == 200 // ptime * ptime
+    assert all(s.ms == len(s.frames) * ptime for s in sends)
+    assert max(len(s.frames) for s in sends) == max(1, 40 // ptime)
+    p.on_played(sends[0].tag, sends[0].ms / 1000)
+    assert p.played_ms("a", sends[0].ms / 1000 + 0.005) == sends[0].ms + 5
+
+
+def test_bad_frame_time_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Playout(frame_ms=0)

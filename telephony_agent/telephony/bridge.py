@@ -1,8 +1,16 @@
-"""`CallBridge`: one phone call bridged to one realtime session, independent of the phone transport.
+"""`CallBridge`: one phone call bridged to one realtime session, independent of the phone carrier.
 
-A transport (Twilio Media Streams today, SIP later) hands the bridge caller audio, DTMF and
-mark echoes, and gives it a `CallTransport` to send audio, marks and `clear`, and to hang up or
-transfer. The bridge talks to a `RealtimeSession` and nothing else.
+A transport (Twilio Media Streams, SIP/RTP, ...) hands the bridge a `PhoneLeg` and feeds it the
+leg's events through `LegEvents` (`on_caller_audio`, `on_dtmf`, `on_played`, `on_hangup`). The
+bridge converts audio to and from the leg's `PhoneFormat` (mu-law or A-law, any packet time),
+talks to a `RealtimeSession`, and never learns which carrier it is on.
+
+Timing is sans-I/O: the bridge reads one injected clock and keeps every deadline of the call
+itself (idle, maximum duration, playout pacing and the fallback when a leg stops confirming, the
+bound on a goodbye, a silent leg). `get_timer()` says when the earliest is due and
+`handle_timer(now)` acts on what is due. `CallTimer`, the asyncio shell, arms one event-loop timer
+per call for it; tests drive both by hand on a virtual clock. The bridge stays async only where
+it awaits the session or the leg.
 """
 
 from __future__ import annotations
@@ -14,12 +22,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from telephony_codecs import Framer, Transcoder
 
 from telephony_agent.realtime import (
-    PCMU_8K,
     AudioChunk,
     AudioDelta,
     AudioDone,
@@ -31,38 +37,46 @@ from telephony_agent.realtime import (
     Interrupted,
     OutputTranscriptDone,
     RealtimeConfig,
-    Reconnected,
     RealtimeError,
     RealtimeModel,
     RealtimeRunner,
     RealtimeSession,
+    Reconnected,
     ResponseDone,
     SpeechStarted,
     SpeechStopped,
     ToolRegistry,
 )
-from telephony_agent.telephony.assets import prompt_ulaw
-from telephony_agent.telephony.playout import FRAME_BYTES, Playout
+from telephony_agent.telephony.assets import prompt_audio
+from telephony_agent.telephony.call_tools import register_call_tools
+from telephony_agent.telephony.leg import AudioLaw, PhoneLeg
+from telephony_agent.telephony.pacing import Confirmer, PacingClock
+from telephony_agent.telephony.playout import Playout
+
+__all__ = [
+    "EARLY_AUDIO_MS",
+    "BridgeOptions",
+    "CallBridge",
+    "CallOutcome",
+    "CallPhase",
+    "CallStats",
+    "CallTimer",
+    "DtmfHook",
+    "leg_audio_format",
+]
 
 log = logging.getLogger(__name__)
 
-SILENCE_ULAW = b"\xff"
-EARLY_AUDIO_FRAMES = 150  # 3 s of caller audio kept while the provider session opens
+EARLY_AUDIO_MS = 3000  # caller audio kept while the provider session opens
+_G711 = {AudioLaw.PCMU: AudioEncoding.G711_ULAW, AudioLaw.PCMA: AudioEncoding.G711_ALAW}
+_LAW_OF = {encoding: law for law, encoding in _G711.items()}
+
+Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
-class CallTransport(Protocol):
-    """What the bridge needs from the phone leg. Sends never block; they queue in order."""
-
-    def send_frames(self, frames: list[bytes], mark: str) -> None: ...
-
-    def send_clear(self) -> None: ...
-
-    async def hangup(self) -> None: ...
-
-    async def transfer(self, target: str) -> None: ...
-
-    async def close(self) -> None:
-        """End the media leg without hanging up (the phone side is already gone or moving on)."""
+def leg_audio_format(law: AudioLaw, sample_rate: int = 8000) -> AudioFormat:
+    """The realtime `AudioFormat` of a phone leg's audio."""
+    return AudioFormat(_G711[law], sample_rate)
 
 
 class CallOutcome(str, enum.Enum):
@@ -73,6 +87,17 @@ class CallOutcome(str, enum.Enum):
     MAX_DURATION = "max_duration"
     IDLE_TIMEOUT = "idle_timeout"
     SERVER_SHUTDOWN = "server_shutdown"
+    LEG_TIMEOUT = "leg_timeout"  # the phone leg went silent: no audio, no confirmations
+
+
+class CallPhase(str, enum.Enum):
+    """Where the call is in its life; what the bridge accepts follows from it."""
+
+    CONNECTING = "connecting"  # the provider session is opening: caller audio is buffered
+    LIVE = "live"  # caller and agent talk
+    FINISHING = "finishing"  # a hang-up or transfer waits for the agent's last words to play
+    PROMPTING = "prompting"  # a pre-rendered prompt plays, then the call ends; the provider is not heard
+    ENDED = "ended"
 
 
 @dataclass(frozen=True)
@@ -85,6 +110,8 @@ class BridgeOptions:
     speak_first: bool = False  # ask for a response at once even without a greeting text (scripted engines)
     transfer_allowlist: tuple[str, ...] = ()
     goodbye_wait_seconds: float = 15.0
+    leg_timeout_seconds: float = 10.0  # no caller audio and no playout confirmation this long: end the call
+    playout_fallback_seconds: float = 1.0  # a confirming leg this late is paced by the clock instead
 
 
 @dataclass
@@ -106,50 +133,62 @@ DtmfHook = Callable[[str], Awaitable[None] | None]
 
 
 class CallBridge:
+    """Implements `LegEvents` for one leg; see the module docstring."""
+
     def __init__(
         self,
         call_id: str,
         model: RealtimeModel,
         config: RealtimeConfig,
-        transport: CallTransport,
+        leg: PhoneLeg,
         options: BridgeOptions | None = None,
         *,
         tools: ToolRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
-        logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        logger: Logger | None = None,
+        run_timer: bool = True,
     ) -> None:
         self.call_id = call_id
         self.model = model
         self.options = options or BridgeOptions()
-        self.transport = transport
+        self.leg = leg
+        self.format = leg.format
         self.tools = tools if tools is not None else ToolRegistry()
         self.clock = clock
-        self.log = logger or logging.LoggerAdapter(log, {"call_id": call_id})
+        self.log: Logger = logger or logging.LoggerAdapter(log, {"call_id": call_id})
         self.stats = CallStats()
         self.dtmf_hooks: list[DtmfHook] = []
-        self.playout = Playout(lead_ms=self.options.playout_lead_ms)
+        self.phase = CallPhase.CONNECTING
+        self.playout = Playout(lead_ms=self.options.playout_lead_ms, frame_ms=self.format.ptime_ms)
+        self.pacing = PacingClock(leg.confirms_playout, fallback_s=self.options.playout_fallback_seconds)
         self.session: RealtimeSession | None = None
         self.runner: RealtimeRunner | None = None
         self.outcome: CallOutcome | None = None
-        self._register_builtin_tools()
+        register_call_tools(self.tools, self, self.options.transfer_allowlist, self.log)
         self._config = config  # completed by start(): greeting and tools registered until then
+        self._law = self.format.law
+        self._leg_audio = leg_audio_format(self._law, self.format.sample_rate)
+        self._silence = self._law.silence
         self._started_at = clock()
         self._ended = asyncio.Event()
         self._tasks: set[asyncio.Task[object]] = set()
         self._event_task: asyncio.Task[None] | None = None
-        self._inbound: Transcoder | None = None  # mu-law 8k -> provider input; None: passthrough
-        self._outbound: dict[int, Transcoder] = {}  # provider output rate -> mu-law 8k
-        self._framer = Framer(FRAME_BYTES)
+        self._input_format: AudioFormat = self._leg_audio
+        self._inbound: Transcoder | None = None  # leg audio -> provider input; None: passthrough
+        self._outbound: dict[AudioFormat, Transcoder] = {}  # provider output format -> leg audio
+        self._framer = Framer(self.format.frame_bytes)
         self._out_item: str | None = None
         self._interrupted_items: set[str] = set()
-        self._after_playout: Callable[[], Awaitable[None]] | None = None
-        self._watchdog: asyncio.TimerHandle | None = None
-        self._watchdog_due = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._max_timer: asyncio.TimerHandle | None = None
-        self._closing = False
-        self._input_format: AudioFormat = PCMU_8K
         self._early_audio: list[bytes] = []
+        self._early_bytes = 0
+        self._early_limit = int(self.format.sample_rate * EARLY_AUDIO_MS / 1000)
+        # Deadlines on `clock` (None: not armed) and the action waiting for playout to finish.
+        self._after_playout: Callable[[], Awaitable[None]] | None = None
+        self._goodbye_due: float | None = None
+        self._idle_due: float | None = None
+        self._max_due: float | None = None
+        self._leg_seen = self._started_at  # the leg's last sign of life (audio, DTMF, confirmation)
+        self._timer = CallTimer(self) if run_timer else None
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -161,77 +200,113 @@ class CallBridge:
                 f"\"{self.options.greeting}\""
             ).strip()
         tools = tuple({t.name: t for t in (*config.tools, *self.tools.definitions)}.values())
-        return config.with_changes(instructions=instructions, tools=tools)
-
-    def _register_builtin_tools(self) -> None:
-        from telephony_agent.telephony.call_tools import register_call_tools
-
-        register_call_tools(self)
+        changes: dict[str, object] = {"instructions": instructions, "tools": tools}
+        # A model that prefers G.711 passthrough gets the leg's own law when it takes it, so
+        # nothing is transcoded in either direction (`audio/pcma` for an A-law leg on OpenAI).
+        preferred = self.model.input_formats[:1]
+        if (
+            config.input_format is None
+            and preferred
+            and preferred[0].encoding in _LAW_OF
+            and self._leg_audio in self.model.input_formats
+        ):
+            changes["input_format"] = self._leg_audio
+            if config.output_format is None and self._leg_audio in self.model.output_formats:
+                changes["output_format"] = self._leg_audio
+        return config.with_changes(**changes)
 
     async def start(self) -> None:
         """Open the provider session and start handling its events. A failure is spoken to the caller."""
-        loop = asyncio.get_running_loop()
-        self._max_timer = loop.call_later(self.options.max_call_seconds, self._on_max_duration)
+        if self._timer is not None:
+            self._timer.attach(asyncio.get_running_loop())
+        self._max_due = self._started_at + self.options.max_call_seconds
+        self._timer_changed()
         self._config = self._prepare_config(self._config)
         try:
-            self.session = await self.model.connect(self._config)
+            session = await self.model.connect(self._config)
         except (RealtimeError, OSError) as exc:
             self.stats.provider_errors += 1
             self.log.error("provider %s unreachable: %s", self.model.provider, exc)
             self._fail_politely()
             return
-        self._input_format = self.session.input_format
-        if self._input_format != PCMU_8K:
-            if self._input_format.encoding is not AudioEncoding.PCM16:
-                raise RealtimeError(f"unsupported provider input format {self._input_format}")
-            self._inbound = Transcoder.ulaw8k_to_pcm(self._input_format.sample_rate)
+        if self.phase is not CallPhase.CONNECTING:  # ended or told to end while connecting
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(session.close(), 3.0)
+            return
+        self.session = session
+        try:
+            self._inbound = self._inbound_transcoder(session.input_format)
+        except RealtimeError as exc:
+            self.log.error("%s", exc)
+            self._fail_politely()
+            return
+        self._input_format = session.input_format
+        self.phase = CallPhase.LIVE
         self.runner = RealtimeRunner(
-            self.session, self.tools, tool_timeout=self.options.tool_timeout_seconds, logger=self.log
+            session, self.tools, tool_timeout=self.options.tool_timeout_seconds, logger=self.log
         )
-        early, self._early_audio = self._early_audio, []
+        early, self._early_audio, self._early_bytes = self._early_audio, [], 0
         if early:
-            await self._send_inbound(self.session, b"".join(early))
+            await self._send_inbound(session, b"".join(early))
         self._event_task = asyncio.create_task(self._event_loop(), name=f"call-events-{self.call_id}")
         if self.options.greeting or self.options.speak_first:
-            await self._safe(self.session.create_response())
+            await self._safe(session.create_response())
         self._arm_idle_timer()
 
-    # -- inbound from the phone leg --------------------------------------------------------
+    def _inbound_transcoder(self, fmt: AudioFormat) -> Transcoder | None:
+        if fmt == self._leg_audio:
+            return None
+        if fmt.encoding is AudioEncoding.PCM16:
+            return Transcoder.g711_to_pcm(self._law.value, fmt.sample_rate)
+        if fmt.encoding in _LAW_OF and fmt.sample_rate == self.format.sample_rate:
+            return Transcoder.g711_to_g711(self._law.value, _LAW_OF[fmt.encoding].value)
+        raise RealtimeError(f"unsupported provider input format {fmt}")
 
-    async def on_media(self, ulaw: bytes) -> None:
+    # -- LegEvents: from the phone leg ---------------------------------------------------
+
+    async def on_caller_audio(self, payload: bytes) -> None:
+        """Caller audio in the leg's format."""
+        self._leg_seen = self.clock()
         self.stats.frames_in += 1
+        phase = self.phase
+        if phase is CallPhase.CONNECTING:
+            if self._early_bytes < self._early_limit:  # the caller spoke while the provider was connecting
+                self._early_audio.append(payload)
+                self._early_bytes += len(payload)
+            return
         session = self.session
-        if session is None:
-            if not self._closing and len(self._early_audio) < EARLY_AUDIO_FRAMES:
-                self._early_audio.append(ulaw)  # the caller spoke while the provider was connecting
+        if session is None or phase is CallPhase.PROMPTING or phase is CallPhase.ENDED:
             return
-        if self._closing:
-            return
-        await self._send_inbound(session, ulaw)
+        await self._send_inbound(session, payload)
 
-    async def _send_inbound(self, session: RealtimeSession, ulaw: bytes) -> None:
-        data = ulaw if self._inbound is None else self._inbound.process(ulaw)
+    async def _send_inbound(self, session: RealtimeSession, payload: bytes) -> None:
+        data = payload if self._inbound is None else self._inbound.process(payload)
         try:
             await session.send_audio(AudioChunk(data, self._input_format))
         except RealtimeError as exc:
             self.log.debug("audio not sent: %s", exc)
 
     async def on_dtmf(self, digit: str) -> None:
+        self._leg_seen = self.clock()
         self.stats.dtmf.append(digit)
         self._arm_idle_timer()
         for hook in self.dtmf_hooks:
             result = hook(digit)
             if asyncio.iscoroutine(result):
                 await result
-        if self.session is not None and not self._closing:
+        if self.session is not None and self.phase in (CallPhase.LIVE, CallPhase.FINISHING):
             await self._safe(self.session.send_text(f"The caller pressed {digit}."))
 
-    def on_mark(self, name: str) -> None:
-        self.playout.on_mark(name, self.clock())
-        self._pump()
+    def on_played(self, tag: str) -> None:
+        """The leg confirmed that the chunk sent with `tag` has played (or was cleared)."""
+        now = self.clock()
+        self._leg_seen = now
+        if self.playout.on_played(tag, now):
+            self.pacing.leg_confirmed(tag)
+        self._pump(now)
 
-    async def on_stop(self) -> None:
-        """The caller hung up (or the phone leg ended the stream)."""
+    async def on_hangup(self) -> None:
+        """The caller hung up (or the leg ended the media stream)."""
         await self.end(CallOutcome.CALLER_HANGUP, hangup=False)
 
     # -- provider events -------------------------------------------------------------------
@@ -268,40 +343,46 @@ class CallBridge:
                     self.stats.reconnects += 1
         except asyncio.CancelledError:
             raise
-        except Exception:  # noqa: BLE001 - a bug here must not leave the caller in silence
+        except Exception:
             self.log.exception("call event loop failed")
-        if not self._closing:
+        if self.phase is CallPhase.LIVE or self.phase is CallPhase.FINISHING:
             reason = self.session.disconnect_reason if self.session else None
             self.log.error("provider session ended mid-call: %s", reason)
             self._fail_politely()
 
     def _on_audio(self, event: AudioDelta) -> None:
-        if event.item_id in self._interrupted_items or self._closing:
+        phase = self.phase
+        if event.item_id in self._interrupted_items or phase is CallPhase.PROMPTING or phase is CallPhase.ENDED:
             return
         if event.item_id != self._out_item:
-            if self._after_playout is not None:
+            if phase is CallPhase.FINISHING:
                 return  # the call is ending after what is already queued: nothing new is said
             self._flush_outbound()
             self._out_item = event.item_id
-        self._play(event.item_id, self._to_ulaw(event.data, event.format))
+        self._play(event.item_id, self._to_leg(event.data, event.format))
 
-    def _to_ulaw(self, data: bytes, fmt: AudioFormat) -> bytes:
-        if fmt == PCMU_8K:
+    def _to_leg(self, data: bytes, fmt: AudioFormat) -> bytes:
+        if fmt == self._leg_audio:
             return data
-        if fmt.encoding is not AudioEncoding.PCM16:
-            raise RealtimeError(f"unsupported provider output format {fmt}")
-        transcoder = self._outbound.get(fmt.sample_rate)
+        transcoder = self._outbound.get(fmt)
         if transcoder is None:
-            transcoder = self._outbound[fmt.sample_rate] = Transcoder.pcm_to_ulaw8k(fmt.sample_rate)
+            if fmt.encoding is AudioEncoding.PCM16:
+                transcoder = Transcoder.pcm_to_g711(self._law.value, fmt.sample_rate)
+            elif fmt.encoding in _LAW_OF and fmt.sample_rate == self.format.sample_rate:
+                transcoder = Transcoder.g711_to_g711(_LAW_OF[fmt.encoding].value, self._law.value)
+            else:
+                raise RealtimeError(f"unsupported provider output format {fmt}")
+            self._outbound[fmt] = transcoder
         return transcoder.process(data)
 
-    def _play(self, item_id: str, ulaw: bytes) -> None:
-        frames = self._framer.push(ulaw)
+    def _play(self, item_id: str, audio: bytes) -> None:
+        frames = self._framer.push(audio)
         if frames:
+            now = self.clock()
             if self.stats.first_audio_ms is None:
-                self.stats.first_audio_ms = (self.clock() - self._started_at) * 1000
+                self.stats.first_audio_ms = (now - self._started_at) * 1000
             self.playout.push(item_id, frames)
-            self._pump()
+            self._pump(now)
 
     def _flush_outbound(self) -> None:
         """End of an item: drain resampler tails and pad the last frame with silence."""
@@ -311,61 +392,41 @@ class CallBridge:
         self._outbound.clear()
         if tail:
             self.playout.push(self._out_item, self._framer.push(tail))
-        last = self._framer.flush(pad=SILENCE_ULAW)
+        last = self._framer.flush(pad=self._silence)
         if last:
             self.playout.push(self._out_item, [last])
         self._out_item = None
-        self._pump()
+        self._pump(self.clock())
 
-    def _pump(self) -> None:
-        now = self.clock()
-        for send in self.playout.poll(now):
-            self.stats.frames_out += len(send.frames)
-            self.transport.send_frames(send.frames, send.mark)
-        self._arm_watchdog()
+    def _pump(self, now: float) -> None:
+        """Send what the lead allows; start the next thing once everything has played."""
+        sends = self.playout.poll(now)
+        if sends:
+            leg, pacing, stats = self.leg, self.pacing, self.stats
+            for send in sends:
+                stats.frames_out += len(send.frames)
+                leg.send_audio(send.frames, send.tag)
+                pacing.sent(send.tag, send.ms, now)
         if self.playout.idle:
             self._on_playout_idle()
-
-    def _arm_watchdog(self) -> None:
-        # Hot path (every frame and mark): move a deadline instead of cancelling and
-        # re-creating a timer each time; one timer per call re-checks the deadline when it fires.
-        if self.playout.idle or self._ended.is_set():
-            if self._watchdog is not None:
-                self._watchdog.cancel()
-                self._watchdog = None
-            return
-        loop = asyncio.get_running_loop()
-        self._watchdog_due = loop.time() + self.playout.lead_ms / 1000 + self.playout.watchdog_s
-        if self._watchdog is None:
-            self._watchdog = loop.call_at(self._watchdog_due, self._watchdog_timer)
-
-    def _watchdog_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        if loop.time() < self._watchdog_due:
-            self._watchdog = loop.call_at(self._watchdog_due, self._watchdog_timer)
-            return
-        self._on_watchdog()
-
-    def _on_watchdog(self) -> None:
-        self._watchdog = None
-        if self.playout.watchdog(self.clock()):
-            self.log.warning("phone leg stopped echoing marks; assuming audio played")
-        self._pump()
+        self._timer_changed()
 
     def _on_playout_idle(self) -> None:
-        if self._after_playout is not None and self._out_item is None:
-            action, self._after_playout = self._after_playout, None
-            self._spawn(action())
-        elif not self._closing:
+        if self._after_playout is not None:
+            if self._out_item is None:
+                self._run_after_playout()
+        elif self.phase is CallPhase.LIVE:
             self._arm_idle_timer()
 
     # -- barge-in --------------------------------------------------------------------------
 
     async def _barge_in(self, received: float) -> None:
         item = self.playout.current_item or self._out_item
-        if item is None or self._after_playout is not None:
+        if item is None or self.phase is not CallPhase.LIVE:
             return  # the agent is silent (or saying a final goodbye): nothing to interrupt
-        played = self.playout.played_ms(item, self.clock())
+        now = self.clock()
+        self._confirm_paced(now, pump=False)  # what the clock says has played by now counts as heard
+        played = self.playout.played_ms(item, now)
         if self._out_item is not None:
             self._interrupted_items.add(self._out_item)
         self._interrupted_items.add(item)
@@ -382,29 +443,34 @@ class CallBridge:
 
     def _drop_output(self) -> None:
         """`clear` the phone leg and forget every bit of agent audio not yet heard."""
-        self.transport.send_clear()
+        self.leg.send_clear()
         self.playout.clear()
+        self.pacing.clear()
+        if self.pacing.confirmer is Confirmer.CLOCK:
+            self.playout.forget_cleared()  # nobody will confirm the discarded chunks
         self._framer.clear()
         self._outbound.clear()
         self._out_item = None
 
-    # -- call control (used by the built-in tools) ------------------------------------------
+    # -- call control (CallControl, used by the built-in tools) ---------------------------------
 
     def after_playout(self, action: Callable[[], Awaitable[None]]) -> None:
-        """Run `action` once everything queued so far has been heard (by mark), e.g. hang up."""
+        """Run `action` once everything queued so far has been heard, e.g. hang up; bounded by
+        `goodbye_wait_seconds` in case the leg never plays it out."""
         self._after_playout = action
+        if self.phase is CallPhase.LIVE:
+            self.phase = CallPhase.FINISHING
         if self.playout.idle and self._out_item is None:
-            self._after_playout = None
-            self._spawn(action())
+            self._run_after_playout()
         else:
-            self._spawn(self._bounded_after_playout())
+            self._goodbye_due = self.clock() + self.options.goodbye_wait_seconds
+            self._timer_changed()
 
-    async def _bounded_after_playout(self) -> None:
-        await asyncio.sleep(self.options.goodbye_wait_seconds)
-        if self._after_playout is not None:
-            action, self._after_playout = self._after_playout, None
-            self.log.warning("playout did not finish in %.0fs; acting anyway", self.options.goodbye_wait_seconds)
-            await action()
+    def _run_after_playout(self) -> None:
+        action, self._after_playout = self._after_playout, None
+        self._goodbye_due = None
+        if action is not None:
+            self._spawn(action())
 
     async def hangup_after_playout(self, outcome: CallOutcome = CallOutcome.AGENT_HANGUP) -> None:
         async def hang_up() -> None:
@@ -415,7 +481,7 @@ class CallBridge:
     async def transfer_after_playout(self, target: str) -> None:
         async def transfer() -> None:
             try:
-                await self.transport.transfer(target)
+                await self.leg.transfer(target)
             except Exception as exc:  # noqa: BLE001
                 self.log.error("transfer to %s failed: %s", target, exc)
                 await self.end(CallOutcome.PROVIDER_FAILED, hangup=True)
@@ -425,74 +491,137 @@ class CallBridge:
         self.after_playout(transfer)
 
     def _say_prompt(self, name: str, then: CallOutcome) -> None:
-        """Play a pre-rendered prompt (no provider needed), then hang up."""
-        if self._after_playout is not None:
+        """Play a pre-rendered prompt in the leg's law (no provider needed), then hang up."""
+        if self._after_playout is not None or self.phase is CallPhase.ENDED:
             return
         self._drop_output()
-        frames = self._framer.push(prompt_ulaw(name))
-        last = self._framer.flush(pad=SILENCE_ULAW)
+        frames = self._framer.push(prompt_audio(name, self._law))
+        last = self._framer.flush(pad=self._silence)
         self.playout.push(f"prompt-{name}", frames + ([last] if last else []))
-        self._closing = True
+        self.phase = CallPhase.PROMPTING
+        self._idle_due = None
 
         async def hang_up() -> None:
             await self.end(then, hangup=True)
 
         self.after_playout(hang_up)
-        self._pump()
+        self._pump(self.clock())
 
     def _fail_politely(self) -> None:
-        if not self._ended.is_set():
-            self._say_prompt("apology", CallOutcome.PROVIDER_FAILED)
+        self._say_prompt("apology", CallOutcome.PROVIDER_FAILED)
 
-    def _on_max_duration(self) -> None:
-        self.log.info("call reached AGENT_MAX_CALL_SECONDS=%s", self.options.max_call_seconds)
-        self._say_prompt("time_limit", CallOutcome.MAX_DURATION)
+    async def shutdown(self) -> None:
+        """Server is draining past its deadline: end politely."""
+        self._say_prompt("shutdown", CallOutcome.SERVER_SHUTDOWN)
+
+    # -- deadlines (sans-I/O) --------------------------------------------------------------
 
     def _arm_idle_timer(self) -> None:
-        self._cancel_idle_timer()
-        if not self._closing and not self._ended.is_set():
-            self._idle_timer = asyncio.get_running_loop().call_later(
-                self.options.idle_timeout_seconds, self._on_idle_timeout
-            )
+        if self.phase is CallPhase.LIVE or self.phase is CallPhase.CONNECTING:
+            self._idle_due = self.clock() + self.options.idle_timeout_seconds
+            self._timer_changed()
 
     def _cancel_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._idle_due = None
+
+    def get_timer(self) -> float | None:
+        """When `handle_timer` next has something to do (on `clock`), or None."""
+        if self.phase is CallPhase.ENDED:
+            return None
+        due = self._max_due
+        for other in (self._idle_due, self._goodbye_due, self.pacing.deadline()):
+            if other is not None and (due is None or other < due):
+                due = other
+        if self.options.leg_timeout_seconds > 0 and self.phase is not CallPhase.CONNECTING:
+            leg_due = self._leg_seen + self.options.leg_timeout_seconds
+            if due is None or leg_due < due:
+                due = leg_due
+        return due
+
+    def handle_timer(self, now: float) -> None:
+        """Act on every deadline due by `now`. Actions that await (ending the call) are spawned."""
+        if self.phase is CallPhase.ENDED:
+            return
+        self._confirm_paced(now)
+        timeout = self.options.leg_timeout_seconds
+        if timeout > 0 and self.phase is not CallPhase.CONNECTING and now >= self._leg_seen + timeout:
+            self.log.warning("phone leg silent for %.1fs (no audio, no playout confirmation); ending the call", timeout)
+            if self._mark_ended(CallOutcome.LEG_TIMEOUT):
+                self._spawn(self._close_down(hangup=True, session_first=True))
+            return
+        if self._max_due is not None and now >= self._max_due:
+            self._max_due = None
+            self.log.info("call reached AGENT_MAX_CALL_SECONDS=%s", self.options.max_call_seconds)
+            self._say_prompt("time_limit", CallOutcome.MAX_DURATION)
+        if self._idle_due is not None and now >= self._idle_due:
+            self._idle_due = None
+            self._on_idle_timeout()
+        if self._goodbye_due is not None and now >= self._goodbye_due and self._after_playout is not None:
+            self.log.warning("playout did not finish in %.0fs; acting anyway", self.options.goodbye_wait_seconds)
+            self._run_after_playout()
+        self._timer_changed()
+
+    def _confirm_paced(self, now: float, *, pump: bool = True) -> None:
+        """Chunks the pacing clock says have played by `now` (a leg that confirms nothing, or one
+        that stopped confirming) are confirmed at the times they ended."""
+        deadline = self.pacing.deadline()
+        if deadline is None or deadline > now:
+            return
+        due = self.pacing.due(now)
+        if self.pacing.fell_back_at == now:
+            self.log.warning("phone leg stopped confirming playout; pacing it by the clock from now on")
+        for tag, ended_at in due:
+            self.playout.on_played(tag, ended_at)
+        if pump:
+            self._pump(now)
 
     def _on_idle_timeout(self) -> None:
-        self._idle_timer = None
         if self.playout.idle and self._out_item is None and not (self.runner and self.runner.busy):
             self.log.info("caller silent for %.0fs; ending the call", self.options.idle_timeout_seconds)
             self._say_prompt("idle", CallOutcome.IDLE_TIMEOUT)
         else:
             self._arm_idle_timer()
 
-    async def shutdown(self) -> None:
-        """Server is draining past its deadline: end politely."""
-        self._say_prompt("shutdown", CallOutcome.SERVER_SHUTDOWN)
+    def _timer_changed(self) -> None:
+        if self._timer is not None:
+            self._timer.update()
 
     # -- teardown --------------------------------------------------------------------------
 
     async def end(self, outcome: CallOutcome, *, hangup: bool) -> None:
-        if self._ended.is_set():
-            return
+        """End the call once: the phone leg, then the provider session."""
+        if self._mark_ended(outcome):
+            await self._close_down(hangup=hangup)
+
+    def _mark_ended(self, outcome: CallOutcome) -> bool:
+        """The synchronous half of `end`: False if the call had already ended."""
+        if self.phase is CallPhase.ENDED:
+            return False
         self.outcome = outcome
-        self._closing = True
+        self.phase = CallPhase.ENDED
         self._ended.set()
-        for timer in (self._watchdog, self._idle_timer, self._max_timer):
-            if timer is not None:
-                timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         self.log.info("call ended: %s", outcome.value)
+        return True
+
+    async def _close_down(self, *, hangup: bool, session_first: bool = False) -> None:
+        """Normally the leg goes first (a tool's last result still reaches the session while the
+        carrier hangs up); a dead leg may take its full bound to close, so the provider session,
+        which costs money, is closed before it."""
+        if session_first:
+            await self._teardown()
         try:
-            await asyncio.wait_for(self.transport.hangup() if hangup else self.transport.close(), 10.0)
+            await asyncio.wait_for(self.leg.hangup() if hangup else self.leg.close(), 10.0)
         except Exception as exc:  # noqa: BLE001 - teardown must go on
             self.log.warning("ending the phone leg failed: %s", exc)
-        await self._teardown()
+        if not session_first:
+            await self._teardown()
 
     async def _teardown(self) -> None:
         if self.runner is not None:
-            await self.runner.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.runner.aclose(), 3.0)
         if self.session is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.session.close(), 3.0)
@@ -509,7 +638,7 @@ class CallBridge:
 
     @property
     def ended(self) -> bool:
-        return self._ended.is_set()
+        return self.phase is CallPhase.ENDED
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -523,3 +652,53 @@ class CallBridge:
             await awaitable
         except RealtimeError as exc:
             self.log.warning("provider call failed: %s", exc)
+
+
+class CallTimer:
+    """The asyncio shell's one event-loop timer for a bridge: due at `bridge.get_timer()`.
+
+    The bridge calls `update()` whenever a deadline may have moved. A later deadline leaves the
+    armed timer alone (it fires, finds nothing due, and re-arms), so the per-frame path never
+    cancels and re-creates timers; only an earlier one re-arms.
+    """
+
+    __slots__ = ("_bridge", "_due", "_handle", "_loop")
+
+    def __init__(self, bridge: CallBridge) -> None:
+        self._bridge = bridge
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def update(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        due = self._bridge.get_timer()
+        if due is None:
+            self.cancel()
+            return
+        handle = self._handle
+        if handle is not None:
+            if self._due <= due:
+                return
+            handle.cancel()
+        self._due = due
+        self._handle = loop.call_later(max(0.0, due - self._bridge.clock()), self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        bridge = self._bridge
+        try:
+            bridge.handle_timer(bridge.clock())
+        except Exception:
+            bridge.log.exception("call timer failed")
+        self.update()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

@@ -18,7 +18,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["AudioLaw", "LegEvents", "PhoneFormat", "PhoneLeg", "PCMA_20MS", "PCMU_20MS"]
+__all__ = ["PCMA_20MS", "PCMU_20MS", "AudioLaw", "LegEvents", "PhoneFormat", "PhoneLeg"]
 
 
 class AudioLaw(str, enum.Enum):

@@ -1,10 +1,13 @@
 """Sans-I/O playout accounting: what to send to the phone leg now, and what the caller has heard.
 
-The phone leg (Twilio) buffers outbound audio and echoes a mark once the audio before it has
-played; after a `clear` it echoes every pending mark at once. From those echoes this class knows,
-per model output item, how many milliseconds the caller actually heard, which is what a
-truncate after barge-in needs. It keeps at most `lead_ms` of audio outstanding at the phone leg,
-so a `clear` never has much to throw away and barge-in is heard at once.
+Outbound audio goes to the leg in chunks of a few frames, each sent with a tag. A confirmation
+of a tag means the audio up to and including that chunk has played: Twilio echoes a mark named
+by the tag; a leg that confirms nothing gets its confirmations from the pacing clock
+(`pacing.py`). After a `clear` the leg may confirm every pending tag at once; those are
+remembered as discarded, not played. From the confirmations this class knows, per model output
+item, how many milliseconds the caller actually heard, which is what a truncate after barge-in
+needs. It keeps at most `lead_ms` of audio outstanding at the leg, so a `clear` never has much
+to throw away and barge-in is heard at once.
 
 No clock is read here: every method that needs the time takes `now` (seconds, monotonic).
 """
@@ -14,15 +17,14 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-FRAME_MS = 20
-FRAME_BYTES = 160  # mu-law 8 kHz, 20 ms
+__all__ = ["Playout", "PlayoutStats", "SendFrames"]
 
 
 @dataclass(slots=True)
 class _Chunk:
-    """Frames sent as one unit, followed by one mark."""
+    """Frames sent as one unit, confirmed by one tag."""
 
-    mark: str
+    tag: str
     item_id: str
     ms: int
     sent_at: float
@@ -30,40 +32,44 @@ class _Chunk:
 
 @dataclass(slots=True)
 class SendFrames:
-    """Send these 20 ms frames, then a mark with this name."""
+    """Send these frames to the leg with this tag; they last `ms`."""
 
     frames: list[bytes]
-    mark: str
+    tag: str
     item_id: str
+    ms: int
 
 
 @dataclass(slots=True)
 class PlayoutStats:
     frames_sent: int = 0
-    marks_sent: int = 0
-    marks_played: int = 0
-    marks_cleared: int = 0
-    unknown_marks: int = 0
+    chunks_sent: int = 0
+    chunks_played: int = 0
+    confirmations_cleared: int = 0
+    unknown_confirmations: int = 0
     clears: int = 0
     frames_dropped: int = 0
-    watchdog_fired: int = 0
 
 
 @dataclass
 class Playout:
-    """Outbound queue + mark bookkeeping for one call."""
+    """Outbound queue + confirmation bookkeeping for one call (frames of `frame_ms` each)."""
 
     lead_ms: int = 200
-    frames_per_mark: int = 2
-    watchdog_s: float = 1.0
+    frame_ms: int = 20
+    chunk_ms: int = 40
     stats: PlayoutStats = field(default_factory=PlayoutStats)
 
     def __post_init__(self) -> None:
+        if self.frame_ms <= 0:
+            raise ValueError(f"frame_ms must be positive, got {self.frame_ms}")
+        self.frames_per_chunk = max(1, self.chunk_ms // self.frame_ms)
         self._queue: deque[tuple[str, bytes]] = deque()  # (item_id, frame) not yet sent
-        self._outstanding: deque[_Chunk] = deque()  # sent, mark not yet echoed
-        self._cleared: set[str] = set()  # marks whose echo means "discarded", not "played"
+        self._outstanding: deque[_Chunk] = deque()  # sent, not yet confirmed
+        self._outstanding_ms = 0
+        self._cleared: set[str] = set()  # tags whose confirmation means "discarded", not "played"
         self._played_ms: dict[str, int] = {}
-        self._last_echo_at: float | None = None
+        self._last_played_at: float | None = None
         self._seq = 0
 
     # -- state ------------------------------------------------------------------------------
@@ -71,12 +77,12 @@ class Playout:
     @property
     def queued_ms(self) -> int:
         """Audio held locally, not yet sent."""
-        return len(self._queue) * FRAME_MS
+        return len(self._queue) * self.frame_ms
 
     @property
     def outstanding_ms(self) -> int:
         """Audio sent to the phone leg and not yet confirmed played."""
-        return sum(c.ms for c in self._outstanding)
+        return self._outstanding_ms
 
     @property
     def idle(self) -> bool:
@@ -93,73 +99,86 @@ class Playout:
         return None
 
     def played_ms(self, item_id: str, now: float) -> int:
-        """Milliseconds of `item_id` the caller has heard: confirmed by marks, plus the part of
-        the chunk now playing (it started when the previous mark echoed or when it was sent)."""
+        """Milliseconds of `item_id` the caller has heard: confirmed, plus the part of the chunk
+        now playing (it started when the previous chunk was confirmed or when it was sent)."""
         heard = self._played_ms.get(item_id, 0)
         if self._outstanding and self._outstanding[0].item_id == item_id:
             head = self._outstanding[0]
-            started = head.sent_at if self._last_echo_at is None else max(self._last_echo_at, head.sent_at)
-            heard += int(min(head.ms, max(0.0, (now - started) * 1000)))
+            last = self._last_played_at
+            started = head.sent_at if last is None or last < head.sent_at else last
+            heard += round(min(head.ms, max(0.0, (now - started) * 1000)))
         return heard
 
     # -- input ------------------------------------------------------------------------------
 
     def push(self, item_id: str, frames: list[bytes]) -> None:
+        queue = self._queue
         for frame in frames:
-            self._queue.append((item_id, frame))
+            queue.append((item_id, frame))
 
     def poll(self, now: float) -> list[SendFrames]:
         """Frames to send now so that at most `lead_ms` is outstanding at the phone leg."""
         out: list[SendFrames] = []
-        budget = (self.lead_ms - self.outstanding_ms) // FRAME_MS
-        while self._queue and budget > 0:
-            item_id = self._queue[0][0]
+        queue = self._queue
+        budget = (self.lead_ms - self._outstanding_ms) // self.frame_ms
+        while queue and budget > 0:
+            item_id = queue[0][0]
+            limit = min(budget, self.frames_per_chunk)
             frames: list[bytes] = []
-            while self._queue and len(frames) < min(budget, self.frames_per_mark) and self._queue[0][0] == item_id:
-                frames.append(self._queue.popleft()[1])
+            while queue and len(frames) < limit and queue[0][0] == item_id:
+                frames.append(queue.popleft()[1])
             budget -= len(frames)
             self._seq += 1
-            mark = f"{item_id}:{self._seq}"
-            self._outstanding.append(_Chunk(mark, item_id, len(frames) * FRAME_MS, now))
+            tag = f"{item_id}:{self._seq}"
+            ms = len(frames) * self.frame_ms
+            self._outstanding.append(_Chunk(tag, item_id, ms, now))
+            self._outstanding_ms += ms
             self.stats.frames_sent += len(frames)
-            self.stats.marks_sent += 1
-            out.append(SendFrames(frames, mark, item_id))
+            self.stats.chunks_sent += 1
+            out.append(SendFrames(frames, tag, item_id, ms))
         return out
 
-    def on_mark(self, name: str, now: float) -> bool:
-        """A mark echo arrived. Returns True if it confirmed played audio."""
-        if name in self._cleared:
-            self._cleared.discard(name)
-            self.stats.marks_cleared += 1
+    def on_played(self, tag: str, now: float) -> bool:
+        """The leg (or the pacing clock) confirmed `tag` at `now`. Returns True if that confirmed
+        audio as played; False for a tag discarded by `clear` or one not outstanding."""
+        if tag in self._cleared:
+            self._cleared.discard(tag)
+            self.stats.confirmations_cleared += 1
             return False
-        # Marks echo in order; an echo confirms every chunk up to and including it.
-        if not any(c.mark == name for c in self._outstanding):
-            self.stats.unknown_marks += 1
+        # Confirmations come in order; one confirms every chunk up to and including it.
+        if not any(c.tag == tag for c in self._outstanding):
+            self.stats.unknown_confirmations += 1
             return False
         while self._outstanding:
             chunk = self._outstanding.popleft()
+            self._outstanding_ms -= chunk.ms
             self._played_ms[chunk.item_id] = self._played_ms.get(chunk.item_id, 0) + chunk.ms
-            self.stats.marks_played += 1
-            if chunk.mark == name:
+            self.stats.chunks_played += 1
+            if chunk.tag == tag:
                 break
-        self._last_echo_at = now
+        self._last_played_at = now
         return True
 
     def clear(self) -> int:
         """Barge-in: drop everything not yet played. Returns the ms of audio discarded locally.
 
-        Marks still outstanding will be echoed at once by the phone leg; they are remembered so
-        their echoes are not mistaken for played audio.
+        Chunks still outstanding may be confirmed at once by the leg; they are remembered so
+        those confirmations are not mistaken for played audio.
         """
         dropped = len(self._queue)
         self.stats.frames_dropped += dropped
         self.stats.clears += 1
         self._queue.clear()
         for chunk in self._outstanding:
-            self._cleared.add(chunk.mark)
+            self._cleared.add(chunk.tag)
         self._outstanding.clear()
-        self._last_echo_at = None
-        return dropped * FRAME_MS
+        self._outstanding_ms = 0
+        self._last_played_at = None
+        return dropped * self.frame_ms
+
+    def forget_cleared(self) -> None:
+        """The leg will never confirm the cleared tags (it confirms nothing): stop waiting for them."""
+        self._cleared.clear()
 
     def drop_queued(self, item_id: str) -> int:
         """Drop locally queued frames of one item (its output was cancelled)."""
@@ -167,17 +186,4 @@ class Playout:
         self._queue = deque(entry for entry in self._queue if entry[0] != item_id)
         dropped = before - len(self._queue)
         self.stats.frames_dropped += dropped
-        return dropped * FRAME_MS
-
-    def watchdog(self, now: float) -> bool:
-        """If the phone leg stopped echoing marks, assume the oldest chunk played so playout
-        can't stall forever. Returns True when it had to."""
-        if not self._outstanding:
-            return False
-        head = self._outstanding[0]
-        started = head.sent_at if self._last_echo_at is None else max(self._last_echo_at, head.sent_at)
-        if now - started < head.ms / 1000 + self.watchdog_s:
-            return False
-        self.stats.watchdog_fired += 1
-        self.on_mark(head.mark, now)
-        return True
+        return dropped * self.frame_ms

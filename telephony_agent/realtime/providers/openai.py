@@ -69,7 +69,7 @@ class OpenAIRealtimeModel(RealtimeModel):
     """Sessions on OpenAI's Realtime API (GA interface: no `OpenAI-Beta` header).
 
     `audio` picks the wire format when the config does not name a supported one: "pcmu"
-    (G.711 μ-law 8 kHz, Twilio passthrough) or "pcm" (PCM16 24 kHz).
+    (G.711 8 kHz passthrough: μ-law, or A-law when the config asks for it) or "pcm" (PCM16 24 kHz).
     """
 
     def __init__(
@@ -114,7 +114,9 @@ class OpenAIRealtimeModel(RealtimeModel):
 
     @property
     def input_formats(self) -> tuple[AudioFormat, ...]:
-        return (PCMU_8K, PCM16_24K) if self.audio == "pcmu" else (PCM16_24K, PCMU_8K)
+        # "pcmu" means G.711 passthrough: a caller on an A-law leg asks for `audio/pcma` by naming
+        # it in `RealtimeConfig.input_format` (the bridge does), and nothing is transcoded.
+        return (PCMU_8K, PCMA_8K, PCM16_24K) if self.audio == "pcmu" else (PCM16_24K, PCMU_8K, PCMA_8K)
 
     @property
     def output_formats(self) -> tuple[AudioFormat, ...]:

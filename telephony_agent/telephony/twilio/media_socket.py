@@ -1,8 +1,9 @@
 """The asyncio shell around one Twilio Media Stream WebSocket: protocol in, `CallBridge` out.
 
 Everything Twilio-specific about a live call lives here: the sans-I/O `MediaStreamProtocol`
-parses frames; this class feeds the bridge and implements `CallTransport` (audio, marks,
-`clear`, hang-up and transfer through the REST API).
+parses frames; this class is the call's `PhoneLeg` (mu-law 20 ms frames, each chunk followed by
+a mark named by its tag; `clear`; hang-up and transfer through the REST API) and feeds the
+bridge's `LegEvents` (media -> `on_caller_audio`, mark echo -> `on_played`, `stop` -> `on_hangup`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from telephony_agent.telephony.bridge import CallBridge
 from telephony_agent.telephony.calls import CallRefused
+from telephony_agent.telephony.leg import PCMU_20MS, PhoneFormat
 from telephony_agent.wiretap import WIRETAP
 from telephony_agent.telephony.twilio.rest import TwilioRest, TwilioRestError
 from telephony_agent.telephony.twilio.stream import (
@@ -52,7 +54,7 @@ class MediaSocketHooks:
 
 
 class TwilioMediaSocket:
-    """Implements `CallTransport` over one Media Stream socket."""
+    """Implements `PhoneLeg` over one Media Stream socket."""
 
     def __init__(
         self,
@@ -73,14 +75,29 @@ class TwilioMediaSocket:
         self._tap = WIRETAP.get()
         self._start_text: str | bytes | None = None  # recorded only once the call is admitted
 
-    # -- CallTransport ----------------------------------------------------------------------
+    # -- PhoneLeg ---------------------------------------------------------------------------
 
-    def send_frames(self, frames: list[bytes], mark: str) -> None:
+    @property
+    def format(self) -> PhoneFormat:
+        """Media Streams carry mu-law 8 kHz; we send 20 ms frames."""
+        return PCMU_20MS
+
+    @property
+    def transport(self) -> str:
+        return "twilio"
+
+    @property
+    def confirms_playout(self) -> bool:
+        """Twilio echoes a mark once the audio sent before it has played."""
+        return True
+
+    def send_audio(self, frames: list[bytes], tag: str) -> None:
+        """Media messages for the frames, then a mark named `tag` (echoed once they have played)."""
         sid = self.protocol.stream_sid
         if sid is None or self._closed:
             return
         messages = [media_message(sid, frame) for frame in frames]
-        messages.append(mark_message(sid, mark))
+        messages.append(mark_message(sid, tag))
         self._send(messages)
 
     def send_clear(self) -> None:
@@ -189,7 +206,7 @@ class TwilioMediaSocket:
             bridge = self.bridge
             if bridge is not None:
                 if not bridge.ended:
-                    await bridge.on_stop()
+                    await bridge.on_hangup()
                 self.hooks.on_call_end(bridge)
             await self.close()
             if self._writer is not None and not self._writer.done():
@@ -246,13 +263,13 @@ class TwilioMediaSocket:
                 return
             for event in events:
                 if isinstance(event, Media):
-                    await bridge.on_media(event.payload)
+                    await bridge.on_caller_audio(event.payload)
                 elif isinstance(event, MarkEcho):
-                    bridge.on_mark(event.name)
+                    bridge.on_played(event.name)
                 elif isinstance(event, Dtmf):
                     await bridge.on_dtmf(event.digit)
                 elif isinstance(event, Stop):
-                    await bridge.on_stop()
+                    await bridge.on_hangup()
                     return
                 elif isinstance(event, BadInput):
                     self._bad(event)
