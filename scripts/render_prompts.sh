@@ -14,3 +14,4 @@ render apology "I'm sorry, we're having technical difficulties and can't continu
 render time_limit "We've reached the time limit for this call. Thank you for calling. Goodbye."
 render idle "I haven't heard anything for a while, so I'll end the call now. Goodbye."
 render shutdown "I'm sorry, this line has to close now. Please call back in a moment. Goodbye."
+render filler "One moment, please."

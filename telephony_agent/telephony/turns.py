@@ -655,26 +655,22 @@ class _Wait(str, enum.Enum):
 class DeadAirGuard:
     """Keeps the caller out of dead air; sans-I/O, one per call.
 
-    The bridge reports the caller's turn ending, audible agent audio, responses finishing or
+    The bridge reports the caller's turn ending, agent audio, responses starting, finishing or
     failing, and tool calls; the guard answers with at most one retry per caller turn, then the
-    apology. Near-silent output counts as no answer.
+    apology. Near-silent output counts as no answer; a slow tool gets one filler.
     """
 
-    def __init__(
-        self,
-        response_timeout: float = 4.0,
-        filler_after: float = 2.0,
-        near_silent_after: float = 1.5,
-    ) -> None:
+    def __init__(self, response_timeout: float = 4.0, filler_after: float = 2.0, near_silent_after: float = 1.5) -> None:
         self.response_timeout = response_timeout
         self.filler_after = filler_after
         self.near_silent_after = near_silent_after
         self._wait = _Wait.IDLE
         self._deadline: float | None = None
         self._retried = False
-        self._tools: set[str] = set()  # call ids running
+        self._tools = False  # tool calls running
         self._filler_at: float | None = None  # a filler is due then, if the tools still run
         self._quiet_since: float | None = None  # near-silent output streaming since
+        self._audible = False  # the current response carried audible audio
         self.dead_air_started: float | None = None
         self.dead_air_seconds = 0.0
 
@@ -683,18 +679,27 @@ class DeadAirGuard:
         return self._wait is not _Wait.IDLE
 
     def caller_turn_ended(self, at: float) -> None:
-        """The caller stopped speaking at `at`; an answer is owed from then on."""
+        """The caller stopped speaking at `at`; an answer is owed from then on (the earliest
+        report of the same turn wins: local detector or provider)."""
+        deadline = at + self.response_timeout
+        if self._wait is _Wait.ANSWER and not self._retried and self._deadline is not None:
+            self._deadline = min(self._deadline, deadline)
+            return
         self._wait = _Wait.ANSWER
         self._retried = False
-        self._deadline = at + self.response_timeout
+        self._deadline = None if self._tools else deadline
         self._quiet_since = None
         self.dead_air_started = at
 
     def caller_spoke(self) -> None:
-        """The caller is speaking again: nothing is owed until their turn ends."""
-        self._settle()
+        """The caller is speaking (again): nothing is owed until their turn ends."""
+        self.dead_air_started = None
         self._wait = _Wait.IDLE
         self._deadline = None
+        self._quiet_since = None
+
+    def response_started(self) -> None:
+        self._audible = False
 
     def agent_audio(self, pcm16: bytes, now: float) -> list[DeadAirDecision]:
         """Agent output audio arrived (PCM16, any rate); near-silent audio is not an answer."""
@@ -704,37 +709,41 @@ class DeadAirGuard:
             if self._quiet_since is None:
                 self._quiet_since = now
             return self._check(now)
+        self._audible = True
         self._quiet_since = None
         self._settle(now)
         self._wait = _Wait.IDLE
         self._deadline = None
         return []
 
-    def response_failed(self, now: float, reason: str) -> list[DeadAirDecision]:
-        """A response ended failed / incomplete with nothing audible: retry once, then apologise."""
-        return self._fail(now, "response_failed" if not reason else reason)
+    def response_failed(self, now: float, status: str, reason: str | None) -> list[DeadAirDecision]:
+        """A response ended failed / incomplete: retry once, then apologise. An incomplete one
+        that was heard (cut by a length limit) is left alone."""
+        if status == "incomplete" and self._audible:
+            return []
+        return self._fail(now, "response_failed")
 
-    def response_done(self, now: float, audible: bool) -> list[DeadAirDecision]:
-        """A response completed; `audible`: it carried speech the caller will hear."""
-        if audible or self._wait is _Wait.IDLE or self._tools:
+    def response_done(self, now: float) -> list[DeadAirDecision]:
+        """A response completed; if it only carried near-silence, that was no answer."""
+        if self._audible or self._wait is _Wait.IDLE or self._tools:
             return []
         if self._quiet_since is not None:
             return self._fail(now, "near_silent")
         return []  # e.g. a tool-call-only response: the timer keeps running
 
-    def tool_started(self, call_id: str, now: float) -> None:
-        """A tool call began: the answer waits for it (one filler if it runs past `filler_after`)."""
+    def tool_started(self, now: float) -> None:
+        """Tool calls began: the answer waits for them (one filler if they run past `filler_after`)."""
         if not self._tools:
             self._filler_at = now + self.filler_after
-        self._tools.add(call_id)
+        self._tools = True
         self._deadline = None
 
-    def tool_finished(self, call_id: str, now: float) -> None:
-        self._tools.discard(call_id)
-        if not self._tools:
-            self._filler_at = None
-            if self._wait is not _Wait.IDLE:
-                self._deadline = now + self.response_timeout
+    def tools_finished(self, now: float) -> None:
+        """Every tool call's result went back to the model: the answer is owed again."""
+        self._tools = False
+        self._filler_at = None
+        if self._wait is not _Wait.IDLE:
+            self._deadline = now + self.response_timeout
 
     def get_timer(self) -> float | None:
         times = [self._filler_at] if self._filler_at is not None else []
@@ -769,13 +778,14 @@ class DeadAirGuard:
         self._retried = True
         self._wait = _Wait.ANSWER
         self._deadline = now + self.response_timeout
+        self._quiet_since = None
         if self.dead_air_started is None:
             self.dead_air_started = now
         return [DeadAirDecision(DeadAirAction.RETRY, now, reason)]
 
-    def _settle(self, now: float | None = None) -> None:
+    def _settle(self, now: float) -> None:
         """Account dead air: from when an answer was owed to when audio came (beyond 1 s)."""
-        if self.dead_air_started is not None and now is not None:
+        if self.dead_air_started is not None:
             gap = now - self.dead_air_started
             if gap > 1.0:
                 self.dead_air_seconds += gap - 1.0
