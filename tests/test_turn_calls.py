@@ -5,10 +5,12 @@ provider, over loopback. Real speech (eSpeak NG), sox noise, the caller's own ec
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
-import pytest
 from agent_server import AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
 from peers.fake_gemini import FakeGemini, Reply
 from peers.fake_openai import FakeOpenAIServer, near_silent_pcm
@@ -95,11 +97,16 @@ class EchoingCaller(TwilioCaller):
         return pcm16_to_ulaw(np.clip(mixed, -32768, 32767).astype("<i2").tobytes())
 
 
-async def _call(agent: Any, cls: type[TwilioCaller] = TwilioCaller) -> TwilioCaller:
-    call = cls(agent.base_url, PUBLIC_URL, AUTH_TOKEN)
-    await call.place()
-    await call.connect()
-    return call
+@asynccontextmanager
+async def live_call(
+    model: Any, cls: type[TwilioCaller] = TwilioCaller, hooks: tuple[Any, ...] | list[Any] = ()
+) -> AsyncIterator[tuple[Any, TwilioCaller]]:
+    """The real server on loopback with `model`, and one connected simulated Twilio caller."""
+    async with running_agent(test_settings(), model) as agent, cls(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        agent.state.call_hooks.extend(hooks)
+        await call.place()
+        await call.connect()
+        yield agent, call
 
 
 def _bridge(agent: Any) -> Any:
@@ -116,23 +123,22 @@ async def test_gemini_answer_generated_long_ago_is_cut_when_the_caller_interrupt
     async with FakeGemini(api_key=KEY, reply_speed=12.0) as gemini:
         gemini.replies.append(Reply(audio=answer, transcript=AGENT_TEXT))
         gemini.replies.append(Reply(audio=tone_24k(800), transcript="Of course, go ahead."))
-        async with running_agent(test_settings(), GeminiLiveModel(KEY, url=gemini.url)) as agent:
-            async with await _call(agent) as call:
-                await call.speak(speech_ulaw("What are your opening hours?"))
-                await call.wait_heard(3000, timeout=15)
-                assert gemini.last.conversation.turns == 1  # generation finished long ago
-                stop = speech_ulaw(INTERRUPTION)
-                utt = call.say(stop)
-                clear_at = await call.wait_clear(1, timeout=5)
-                assert utt.started_at is not None
-                reaction = clear_at - (utt.started_at + onset_s(stop))
-                assert reaction <= 0.3, f"clear {reaction * 1000:.0f} ms after speech onset"
-                heard_at_clear = len(call.heard_ulaw)
-                await call.wait_for(lambda: gemini.last.conversation.turns >= 2, 10, "the next answer")
-                await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1, since=clear_at, timeout=10)
-                bridge = _bridge(agent)
-                assert bridge.turn_stats.barge_ins == {"local": 1}
-                after = np.frombuffer(ulaw_to_pcm16(bytes(call.heard_ulaw[heard_at_clear:])), "<i2").astype(float)
+        async with live_call(GeminiLiveModel(KEY, url=gemini.url)) as (agent, call):
+            await call.speak(speech_ulaw("What are your opening hours?"))
+            await call.wait_heard(3000, timeout=15)
+            assert gemini.last.conversation.turns == 1  # generation finished long ago
+            stop = speech_ulaw(INTERRUPTION)
+            utt = call.say(stop)
+            clear_at = await call.wait_clear(1, timeout=5)
+            assert utt.started_at is not None
+            reaction = clear_at - (utt.started_at + onset_s(stop))
+            assert reaction <= 0.3, f"clear {reaction * 1000:.0f} ms after speech onset"
+            heard_at_clear = len(call.heard_ulaw)
+            await call.wait_for(lambda: gemini.last.conversation.turns >= 2, 10, "the next answer")
+            await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1, since=clear_at, timeout=10)
+            bridge = _bridge(agent)
+            assert bridge.turn_stats.barge_ins == {"local": 1}
+            after = np.frombuffer(ulaw_to_pcm16(bytes(call.heard_ulaw[heard_at_clear:])), "<i2").astype(float)
     # Everything heard after the clear is the next answer (a 440 Hz tone), none of the old one.
     frames = after[: after.size // 160 * 160].reshape(-1, 160)
     loud = frames[np.sqrt(np.mean(frames**2, axis=1)) > 300]
@@ -151,20 +157,19 @@ async def test_noise_over_agent_speech_leaves_the_agent_talking() -> None:
     answer = speech_pcm16(AGENT_TEXT, 24000)[: 24000 * 2 * 5]
     async with FakeGemini(api_key=KEY, reply_speed=12.0, input_transcript=None, silence_ms=700) as gemini:
         gemini.replies.append(Reply(audio=answer, transcript=AGENT_TEXT))
-        async with running_agent(test_settings(), GeminiLiveModel(KEY, url=gemini.url)) as agent:
-            async with await _call(agent) as call:
-                await call.speak(speech_ulaw("What are your opening hours?"))
-                await call.wait_heard(800, timeout=15)
-                for name in ("cough", "click", "white_burst"):
-                    call.say(pcm16_to_ulaw(noise_pcm16(name)))
-                    await asyncio.sleep(1.0)
-                await call.wait_heard(5200, timeout=10)  # the answer, then the fake's reply to the noise
-                bridge = _bridge(agent)
-                assert bridge.turn_stats.barge_ins == {}, "a noise cut the agent off"
-                assert bridge.stats.truncates == []
-                # pauses only where the provider's own VAD took a noise for speech, each resumed
-                assert bridge.turn_stats.pauses == bridge.turn_stats.false_interruptions == call.clears
-                heard = bytes(call.heard_ulaw[: 8000 * 5])
+        async with live_call(GeminiLiveModel(KEY, url=gemini.url)) as (agent, call):
+            await call.speak(speech_ulaw("What are your opening hours?"))
+            await call.wait_heard(800, timeout=15)
+            for name in ("cough", "click", "white_burst"):
+                call.say(pcm16_to_ulaw(noise_pcm16(name)))
+                await asyncio.sleep(1.0)
+            await call.wait_heard(5200, timeout=10)  # the answer, then the fake's reply to the noise
+            bridge = _bridge(agent)
+            assert bridge.turn_stats.barge_ins == {}, "a noise cut the agent off"
+            assert bridge.stats.truncates == []
+            # pauses only where the provider's own VAD took a noise for speech, each resumed
+            assert bridge.turn_stats.pauses == bridge.turn_stats.false_interruptions == call.clears
+            heard = bytes(call.heard_ulaw[: 8000 * 5])
     transcoder = Transcoder.pcm_to_g711("pcmu", 24000)
     assert_continuous(heard, transcoder.process(answer) + transcoder.flush(), pauses=max(1, call.clears))
 
@@ -174,17 +179,16 @@ async def test_a_backchannel_pauses_and_the_agent_goes_on_where_it_stopped() -> 
         openai.queue_reply(AGENT_TEXT, speech_pcm16(AGENT_TEXT, 8000)[: 8000 * 2 * 4])
         openai.default_reply = type(openai.default_reply)("Yes?", speech_pcm16("Yes?", 8000))
         model = OpenAIRealtimeModel(KEY, url=openai.url)
-        async with running_agent(test_settings(), model) as agent:
-            async with await _call(agent) as call:
-                await call.speak(speech_ulaw("What are your opening hours?"))
-                await call.wait_heard(1500, timeout=15)
-                await call.speak(speech_ulaw("mhm"))
-                await call.wait_heard(4000 - 40, timeout=10)
-                bridge = _bridge(agent)
-                assert bridge.turn_stats.pauses == 1 and bridge.turn_stats.false_interruptions == 1
-                assert bridge.turn_stats.barge_ins == {}
-                assert openai.truncates == []
-                heard_ulaw = bytes(call.heard_ulaw[: 8000 * 4])
+        async with live_call(model) as (agent, call):
+            await call.speak(speech_ulaw("What are your opening hours?"))
+            await call.wait_heard(1500, timeout=15)
+            await call.speak(speech_ulaw("mhm"))
+            await call.wait_heard(4000 - 40, timeout=10)
+            bridge = _bridge(agent)
+            assert bridge.turn_stats.pauses == 1 and bridge.turn_stats.false_interruptions == 1
+            assert bridge.turn_stats.barge_ins == {}
+            assert openai.truncates == []
+            heard_ulaw = bytes(call.heard_ulaw[: 8000 * 4])
     # The caller heard the whole answer, in order: every sounding frame is the answer's next
     # frame, at most one frame repeated around the pause, nothing skipped.
     ref = pcm16_to_ulaw(speech_pcm16(AGENT_TEXT, 8000)[: 8000 * 2 * 4])
@@ -204,14 +208,14 @@ def assert_continuous(heard: bytes, ref: bytes, pauses: int = 1) -> None:
             continue  # silence matches anywhere
         best, lag = max(
             (float(np.dot(w, r[k - d : k - d + 160]) / (np.linalg.norm(w) * np.linalg.norm(r[k - d : k - d + 160]) + 1e-9)), d)
-            for d in range(0, limit + 1)
+            for d in range(limit + 1)
         )
         if best < 0.9:
             continue  # straddles a cut (the leg's clear stops mid-frame)
         shifts.append(lag)
     assert len(shifts) >= h.size / 160 * 0.4, "the answer was not heard"
     assert shifts[0] <= 8
-    assert all(-8 <= b - a <= 328 for a, b in zip(shifts, shifts[1:])), f"audio skipped or out of order: {shifts}"
+    assert all(-8 <= b - a <= 328 for a, b in pairwise(shifts)), f"audio skipped or out of order: {shifts}"
 
 
 # -- echo -----------------------------------------------------------------------------------------
@@ -222,19 +226,18 @@ async def test_agent_echo_is_not_a_barge_in_but_the_caller_over_it_is() -> None:
     async with FakeGemini(api_key=KEY, reply_speed=12.0, input_transcript=None, vad_threshold=20000) as gemini:
         gemini.replies.append(Reply(audio=answer, transcript=AGENT_TEXT))
         gemini.replies.append(Reply(audio=tone_24k(300)))
-        async with running_agent(test_settings(), GeminiLiveModel(KEY, url=gemini.url)) as agent:
-            async with await _call(agent, EchoingCaller) as call:
-                await call.send_dtmf("1")  # the fake's VAD is deaf here: a key asks for the answer
-                await call.wait_heard(4000, timeout=15)
-                bridge = _bridge(agent)
-                assert call.clears == 0 and bridge.turn_stats.pauses == 0, "the agent's own echo interrupted it"
-                assert bridge.turns.echo.delay is not None
-                stop = speech_ulaw(INTERRUPTION)
-                utt = call.say(stop)
-                clear_at = await call.wait_clear(1, timeout=5)
-                assert utt.started_at is not None
-                assert clear_at - (utt.started_at + onset_s(stop)) <= 0.3
-                await call.wait_for(lambda: bridge.turn_stats.barge_ins, 5, "barge-in")
+        async with live_call(GeminiLiveModel(KEY, url=gemini.url), EchoingCaller) as (agent, call):
+            await call.send_dtmf("1")  # the fake's VAD is deaf here: a key asks for the answer
+            await call.wait_heard(4000, timeout=15)
+            bridge = _bridge(agent)
+            assert call.clears == 0 and bridge.turn_stats.pauses == 0, "the agent's own echo interrupted it"
+            assert bridge.turns.echo.delay is not None
+            stop = speech_ulaw(INTERRUPTION)
+            utt = call.say(stop)
+            clear_at = await call.wait_clear(1, timeout=5)
+            assert utt.started_at is not None
+            assert clear_at - (utt.started_at + onset_s(stop)) <= 0.3
+            await call.wait_for(lambda: bridge.turn_stats.barge_ins, 5, "barge-in")
 
 
 # -- dead air -------------------------------------------------------------------------------------
@@ -244,90 +247,83 @@ async def test_a_failed_response_is_retried_and_the_answer_heard() -> None:
     async with FakeOpenAIServer(api_key=KEY) as openai:
         openai.fail_responses = 1
         openai.queue_reply("We open at nine.", speech_pcm16("We open at nine.", 8000))
-        async with running_agent(test_settings(), OpenAIRealtimeModel(KEY, url=openai.url)) as agent:
-            async with await _call(agent) as call:
-                utt = await call.speak(speech_ulaw("When do you open?"))
-                await call.wait_heard(len(prompt_ulaw("filler")) / 8 + 500, timeout=10)
-                bridge = _bridge(agent)
-                assert bridge.turn_stats.response_problems == {"response_failed": 1}
-                assert bridge.turn_stats.retries == 1 and openai.failed_responses == 1
-                await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1, timeout=10)
-                assert utt.finished_at is not None
-                assert longest_silence(call, utt.finished_at, call.last_audio_end or 0) < 5.0
-                assert not bridge.ended
+        async with live_call(OpenAIRealtimeModel(KEY, url=openai.url)) as (agent, call):
+            utt = await call.speak(speech_ulaw("When do you open?"))
+            await call.wait_heard(len(prompt_ulaw("filler")) / 8 + 500, timeout=10)
+            bridge = _bridge(agent)
+            assert bridge.turn_stats.response_problems == {"response_failed": 1}
+            assert bridge.turn_stats.retries == 1 and openai.failed_responses == 1
+            await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1, timeout=10)
+            assert utt.finished_at is not None
+            assert longest_silence(call, utt.finished_at, call.last_audio_end or 0) < 5.0
+            assert not bridge.ended
 
 
 async def test_a_stalled_provider_gets_a_retry_then_the_apology_and_a_clean_end() -> None:
     async with FakeOpenAIServer(api_key=KEY) as openai:
         openai.stall_responses = 2
-        async with running_agent(test_settings(), OpenAIRealtimeModel(KEY, url=openai.url)) as agent:
-            async with await _call(agent) as call:
-                utt = await call.speak(speech_ulaw("When do you open?"))
-                bridge = _bridge(agent)
-                filler_ms = len(prompt_ulaw("filler")) / 8
-                await call.wait_heard(filler_ms + 500, timeout=15)  # the filler, then the apology starts
-                assert bridge.turn_stats.response_problems == {"response_timeout": 2}
-                assert bridge.turn_stats.retries == 1 and bridge.turn_stats.apologies == 1
-                assert bridge.phase.value == "prompting"  # the apology plays, then the call is hung up
-                assert utt.finished_at is not None
-                # filler, then the apology: the caller never waited 5 s in silence
-                assert longest_silence(call, utt.finished_at, call._loop.time()) < 5.0
-                assert openai.stalled_responses == 2 and openai.cancellations  # the stalled one was cancelled
+        async with live_call(OpenAIRealtimeModel(KEY, url=openai.url)) as (agent, call):
+            utt = await call.speak(speech_ulaw("When do you open?"))
+            bridge = _bridge(agent)
+            filler_ms = len(prompt_ulaw("filler")) / 8
+            await call.wait_heard(filler_ms + 500, timeout=15)  # the filler, then the apology starts
+            assert bridge.turn_stats.response_problems == {"response_timeout": 2}
+            assert bridge.turn_stats.retries == 1 and bridge.turn_stats.apologies == 1
+            assert bridge.phase.value == "prompting"  # the apology plays, then the call is hung up
+            assert utt.finished_at is not None
+            # filler, then the apology: the caller never waited 5 s in silence
+            assert longest_silence(call, utt.finished_at, call._loop.time()) < 5.0
+            assert openai.stalled_responses == 2 and openai.cancellations  # the stalled one was cancelled
 
 
 async def test_near_silent_output_is_no_answer() -> None:
     async with FakeOpenAIServer(api_key=KEY) as openai:
         openai.queue_reply("(silence)", near_silent_pcm(2500))
         openai.queue_reply("We open at nine.", speech_pcm16("We open at nine.", 8000))
-        async with running_agent(test_settings(), OpenAIRealtimeModel(KEY, url=openai.url)) as agent:
-            async with await _call(agent) as call:
-                utt = await call.speak(speech_ulaw("When do you open?"))
-                bridge = _bridge(agent)
-                await call.wait_for(lambda: bridge.turn_stats.retries == 1, 8, "a retry")
-                assert bridge.turn_stats.response_problems == {"near_silent": 1}
-                await call.wait_for(lambda: openai.responses_started >= 2, 5, "the second response")
-                await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, since=utt.finished_at, timeout=10)
-                assert utt.finished_at is not None
-                assert longest_silence(call, utt.finished_at, call.last_audio_end or 0) < 5.0
+        async with live_call(OpenAIRealtimeModel(KEY, url=openai.url)) as (agent, call):
+            utt = await call.speak(speech_ulaw("When do you open?"))
+            bridge = _bridge(agent)
+            await call.wait_for(lambda: bridge.turn_stats.retries == 1, 8, "a retry")
+            assert bridge.turn_stats.response_problems == {"near_silent": 1}
+            await call.wait_for(lambda: openai.responses_started >= 2, 5, "the second response")
+            await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, since=utt.finished_at, timeout=10)
+            assert utt.finished_at is not None
+            assert longest_silence(call, utt.finished_at, call.last_audio_end or 0) < 5.0
 
 
 async def test_a_tool_loop_is_capped_then_apologised_for() -> None:
     async with FakeOpenAIServer(api_key=KEY) as openai:
         openai.tool_loop = "lookup_order"  # a tool the agent does not have: every call fails at once
-        async with running_agent(test_settings(), OpenAIRealtimeModel(KEY, url=openai.url)) as agent:
-            async with await _call(agent) as call:
-                utt = await call.speak(speech_ulaw("Where is my order?"))
-                bridge = _bridge(agent)
-                await call.wait_for(lambda: bridge.turn_stats.apologies, 10, "the apology")
-                await call.wait_heard(500, timeout=5)
-                assert bridge.turn_stats.tool_round_caps >= 2
-                assert bridge.runner.tool_calls == 6  # five rounds run, the sixth refused with the reason
-                assert openai.responses_started <= 9  # bounded: no unbounded billed requests
-                assert bridge.phase.value == "prompting"  # the apology plays, then the call is hung up
-                assert utt.finished_at is not None
-                assert longest_silence(call, utt.finished_at, call._loop.time()) < 5.0
+        async with live_call(OpenAIRealtimeModel(KEY, url=openai.url)) as (agent, call):
+            utt = await call.speak(speech_ulaw("Where is my order?"))
+            bridge = _bridge(agent)
+            await call.wait_for(lambda: bridge.turn_stats.apologies, 10, "the apology")
+            await call.wait_heard(500, timeout=5)
+            assert bridge.turn_stats.tool_round_caps >= 2
+            assert bridge.runner.tool_calls == 6  # five rounds run, the sixth refused with the reason
+            assert openai.responses_started <= 9  # bounded: no unbounded billed requests
+            assert bridge.phase.value == "prompting"  # the apology plays, then the call is hung up
+            assert utt.finished_at is not None
+            assert longest_silence(call, utt.finished_at, call._loop.time()) < 5.0
 
 
 async def test_a_slow_tool_gets_a_filler() -> None:
+    def extend(bridge: Any) -> None:
+        async def check_stock() -> str:
+            """Slow warehouse lookup."""
+            await asyncio.sleep(2.5)
+            return "in stock"
+
+        bridge.tools.register(check_stock)
+
     async with FakeOpenAIServer(api_key=KEY) as openai:
         openai.queue_function_calls([("check_stock", {})])
         openai.queue_reply("It is in stock.", speech_pcm16("It is in stock.", 8000))
-        async with running_agent(test_settings(), OpenAIRealtimeModel(KEY, url=openai.url)) as agent:
-
-            def extend(bridge: Any) -> None:
-                async def check_stock() -> str:
-                    """Slow warehouse lookup."""
-                    await asyncio.sleep(2.5)
-                    return "in stock"
-
-                bridge.tools.register(check_stock)
-
-            agent.state.call_hooks.append(extend)
-            async with await _call(agent) as call:
-                utt = await call.speak(speech_ulaw("Is it in stock?"))
-                bridge = _bridge(agent)
-                await call.wait_for(lambda: bridge.turn_stats.fillers == 1, 5, "a filler")
-                await call.wait_heard(len(prompt_ulaw("filler")) / 8 + 800, timeout=10)
-                assert utt.finished_at is not None
-                assert longest_silence(call, utt.finished_at, call.last_audio_end or 0) < 5.0
-                assert bridge.turn_stats.response_problems == {}
+        async with live_call(OpenAIRealtimeModel(KEY, url=openai.url), hooks=[extend]) as (agent, call):
+            utt = await call.speak(speech_ulaw("Is it in stock?"))
+            bridge = _bridge(agent)
+            await call.wait_for(lambda: bridge.turn_stats.fillers == 1, 5, "a filler")
+            await call.wait_heard(len(prompt_ulaw("filler")) / 8 + 800, timeout=10)
+            assert utt.finished_at is not None
+            assert longest_silence(call, utt.finished_at, call.last_audio_end or 0) < 5.0
+            assert bridge.turn_stats.response_problems == {}
