@@ -66,6 +66,7 @@ from telephony_agent.telephony.turns import (
     TurnSettings,
     TurnState,
     TurnStats,
+    make_scorer,
 )
 
 __all__ = [
@@ -199,6 +200,7 @@ class CallBridge:
                 backchannel_ms=self.options.backchannel_ms,
             ),
             self.format.sample_rate,
+            load=False,  # start() loads the VAD model off the event loop
         )
         self.dead_air = DeadAirGuard(self.options.response_timeout_seconds, self.options.filler_after_seconds)
         self.turn_stats = TurnStats()
@@ -259,9 +261,16 @@ class CallBridge:
         self._max_due = self._started_at + self.options.max_call_seconds
         self._timer_changed()
         self._config = self._prepare_config(self._config)
+        scorer = None
+        if self.options.vad != "off":  # loads while the provider connects
+            scorer = asyncio.ensure_future(asyncio.to_thread(make_scorer, self.options.vad, self.format.sample_rate))
         try:
             session = await self.model.connect(self._config)
+            if scorer is not None:
+                self.turns.attach_scorer(await scorer)
         except (RealtimeError, OSError) as exc:
+            if scorer is not None:
+                scorer.cancel()
             self.stats.provider_errors += 1
             self.log.error("provider %s unreachable: %s", self.model.provider, exc)
             self._fail_politely()

