@@ -213,7 +213,7 @@ async def test_stream_token_alone_admits_the_call(openai_server: FakeOpenAIServe
             await call.place()
             await call.connect(signature="omit")  # the <Parameter> token from our TwiML still admits it
             await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
-            assert openai_server.connection_attempts == 1
+            await openai_server.wait_for(lambda: openai_server.connection_attempts == 1, timeout=5)
 
 
 async def test_provider_unreachable_caller_hears_apology(twilio_rest: FakeTwilioRest) -> None:

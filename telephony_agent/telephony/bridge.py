@@ -261,16 +261,9 @@ class CallBridge:
         self._max_due = self._started_at + self.options.max_call_seconds
         self._timer_changed()
         self._config = self._prepare_config(self._config)
-        scorer = None
-        if self.options.vad != "off":  # loads while the provider connects
-            scorer = asyncio.ensure_future(asyncio.to_thread(make_scorer, self.options.vad, self.format.sample_rate))
         try:
             session = await self.model.connect(self._config)
-            if scorer is not None:
-                self.turns.attach_scorer(await scorer)
         except (RealtimeError, OSError) as exc:
-            if scorer is not None:
-                scorer.cancel()
             self.stats.provider_errors += 1
             self.log.error("provider %s unreachable: %s", self.model.provider, exc)
             self._fail_politely()
@@ -280,6 +273,10 @@ class CallBridge:
                 await asyncio.wait_for(session.close(), 3.0)
             return
         self.session = session
+        if self.options.vad != "off":  # the VAD model loads off the event loop (caller audio is buffered)
+            self.turns.attach_scorer(await asyncio.to_thread(make_scorer, self.options.vad, self.format.sample_rate))
+            if self.phase is not CallPhase.CONNECTING:  # ended meanwhile: end() closes the session
+                return
         try:
             self._inbound = self._inbound_transcoder(session.input_format)
         except RealtimeError as exc:
