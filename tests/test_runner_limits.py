@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-
 from peers.fake_gemini import FakeGemini
 from peers.fake_openai import FakeOpenAIServer
+
 from telephony_agent.realtime import events as ev
 from telephony_agent.realtime.providers.gemini import GeminiLiveModel
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel

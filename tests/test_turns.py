@@ -189,8 +189,19 @@ def test_an_answer_in_time_settles_it() -> None:
 def test_a_failed_response_is_retried_then_apologised_for() -> None:
     guard = DeadAirGuard()
     guard.caller_turn_ended(0.0)
-    assert [d.action for d in guard.response_failed(0.5, "failed")] == [DeadAirAction.RETRY]
-    assert [d.action for d in guard.response_failed(1.0, "failed")] == [DeadAirAction.APOLOGISE]
+    assert [d.action for d in guard.response_failed(0.5, "failed", "server_error")] == [DeadAirAction.RETRY]
+    assert [d.action for d in guard.response_failed(1.0, "failed", "server_error")] == [DeadAirAction.APOLOGISE]
+
+
+def test_an_incomplete_response_that_was_heard_is_left_alone() -> None:
+    guard = DeadAirGuard()
+    guard.caller_turn_ended(0.0)
+    guard.response_started()
+    guard.agent_audio(LOUD, 0.5)
+    assert guard.response_failed(2.0, "incomplete", "max_output_tokens") == []
+    guard.caller_turn_ended(3.0)
+    guard.response_started()
+    assert [d.action for d in guard.response_failed(3.5, "incomplete", "content_filter")] == [DeadAirAction.RETRY]
 
 
 def test_near_silent_output_is_no_answer() -> None:
@@ -205,13 +216,12 @@ def test_near_silent_output_is_no_answer() -> None:
 def test_a_slow_tool_gets_one_filler_and_holds_the_timeout() -> None:
     guard = DeadAirGuard(response_timeout=4.0, filler_after=2.0)
     guard.caller_turn_ended(0.0)
-    guard.tool_started("a", 0.5)
-    guard.tool_started("b", 0.6)
+    guard.tool_started(0.5)
+    guard.tool_started(0.6)
     assert guard.get_timer() == 2.5
     assert [d.action for d in guard.handle_timer(2.5)] == [DeadAirAction.FILLER]
     assert guard.get_timer() is None  # no timeout while the tools run
-    guard.tool_finished("a", 6.0)
-    guard.tool_finished("b", 7.0)
+    guard.tools_finished(7.0)
     assert guard.get_timer() == 11.0
 
 

