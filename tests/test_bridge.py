@@ -358,7 +358,10 @@ async def make_call(
     clock = VirtualClock()
     leg = SimLeg(clock, fmt, confirms=confirms, echoes=echoes)
     model = model or pcm_model()
-    opts = BridgeOptions(**{"leg_timeout_seconds": 10.0, "idle_timeout_seconds": 60.0, **options})  # type: ignore[arg-type]
+    # vad="off": barge-in on the provider's signal alone, as these tests drive it (the bridge's own
+    # caller-speech detector is tested in test_turns.py and test_turn_calls.py)
+    defaults = {"leg_timeout_seconds": 10.0, "idle_timeout_seconds": 60.0, "vad": "off"}
+    opts = BridgeOptions(**{**defaults, **options})  # type: ignore[arg-type]
     bridge = CallBridge("CA-test", model, RealtimeConfig(instructions="Be brief."), leg, opts, clock=clock,
                         run_timer=False)
     call = Call(clock, leg, model, bridge, _next_packet=clock.now)
