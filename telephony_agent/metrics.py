@@ -109,7 +109,7 @@ class Metrics:
         )
         self.response_problems = Counter(
             "agent_response_problems",
-            "Answers that did not come: response_timeout, response_failed, near_silent",
+            "Answers that did not come: response_timeout, response_failed, near_silent, tool_loop",
             ["kind"],
             registry=r,
         )

@@ -192,7 +192,7 @@ class CallBridge:
                 backchannel_ms=self.options.backchannel_ms,
             ),
             self.format.sample_rate,
-            load=False,  # start() loads the VAD model off the event loop
+            load=False,  # start() loads the VAD model once the provider session is open
         )
         self.dead_air = DeadAirGuard(self.options.response_timeout_seconds, self.options.filler_after_seconds)
         self.turn_stats = TurnStats()
@@ -265,10 +265,10 @@ class CallBridge:
                 await asyncio.wait_for(session.close(), 3.0)
             return
         self.session = session
-        if self.options.vad != "off":  # the VAD model loads off the event loop (caller audio is buffered)
-            self.turns.attach_scorer(await asyncio.to_thread(make_scorer, self.options.vad, self.format.sample_rate))
-            if self.phase is not CallPhase.CONNECTING:  # ended meanwhile: end() closes the session
-                return
+        if self.options.vad != "off":
+            # A few ms of model loading, once the provider is there (never for a refused or failed
+            # call), in line: a thread would make a replayed call's timing depend on the machine.
+            self.turns.attach_scorer(make_scorer(self.options.vad, self.format.sample_rate))
         try:
             self._inbound = self._inbound_transcoder(session.input_format)
         except RealtimeError as exc:
@@ -591,7 +591,8 @@ class CallBridge:
 
     def _drop_output(self) -> None:
         """`clear` the phone leg and forget every bit of agent audio not yet heard."""
-        self.leg.send_clear()
+        if not self.playout.paused:  # a pause cleared the leg already, and nothing was sent since
+            self.leg.send_clear()
         self.playout.clear()
         self.pacing.clear()
         if self.pacing.confirmer is Confirmer.CLOCK:

@@ -246,6 +246,13 @@ class EchoGuard:
             out[lo - start : hi - start] = self._ref[lo - self._ref_base : hi - self._ref_base]
         return out
 
+    def audible(self, at: int, back: int | None = None, ahead: int | None = None) -> bool:
+        """Agent audio above -55 dBFS plays around sample `at` (from 300 ms before to 100 ms after)."""
+        back = self.rate * 3 // 10 if back is None else back
+        ahead = self.rate // 10 if ahead is None else ahead
+        ref = self._ref_slice(at - back, at + ahead)
+        return ref.size > 0 and _db(_energy(ref)) > -55.0
+
     # -- the caller ---------------------------------------------------------------------------
 
     def process(self, block: np.ndarray) -> tuple[np.ndarray, float]:
@@ -562,12 +569,14 @@ class TurnDetector:
                 self._provider_onset = False
                 self._onset = self._time_at(start_n)
                 self._voiced_ms = 0
-                if self.state is TurnState.AGENT_SPEAKING:
-                    self._set_state(TurnState.PAUSED)
-                    out.append(TurnDecision(TurnAction.PAUSE, now, self._onset, "local", 0, "caller onset"))
-                elif self.state is TurnState.LISTENING and not self._caller_turn_open:
+                if self.state is TurnState.LISTENING and not self._caller_turn_open:
                     self._caller_turn_open = True
                     out.append(TurnDecision(TurnAction.CALLER_STARTED, now, self._onset))
+            if self.state is TurnState.AGENT_SPEAKING and self.echo.audible(start_n):
+                # Over the agent's speech (not the silence at the end of an answer, nor a pause
+                # between its sentences): stop it now; the onset decides what comes next.
+                self._set_state(TurnState.PAUSED)
+                out.append(TurnDecision(TurnAction.PAUSE, now, self._onset, "local", self._voiced_ms, "caller onset"))
             self._voiced_ms += self.block_ms
             self._gap_ms = 0
             self._last_voice_end = now
@@ -634,7 +643,7 @@ class TurnStats:
     barge_ins: dict[str, int] = field(default_factory=dict)  # by source: local | provider | both
     pauses: int = 0
     false_interruptions: int = 0  # pauses resumed: noise, backchannel, echo the provider heard
-    response_problems: dict[str, int] = field(default_factory=dict)  # response_timeout | response_failed | near_silent
+    response_problems: dict[str, int] = field(default_factory=dict)  # response_timeout | response_failed | near_silent | tool_loop
     retries: int = 0
     apologies: int = 0
     fillers: int = 0
@@ -665,7 +674,7 @@ class DeadAirAction(str, enum.Enum):
 class DeadAirDecision:
     action: DeadAirAction
     at: float
-    reason: str  # response_timeout | response_failed | near_silent | tool_slow
+    reason: str  # response_timeout | response_failed | near_silent | tool_loop | tool_slow
 
 
 class _Wait(str, enum.Enum):
@@ -743,7 +752,7 @@ class DeadAirGuard:
         that was heard (cut by a length limit) is left alone."""
         if status == "incomplete" and self._audible:
             return []
-        return self._fail(now, "response_failed")
+        return self._fail(now, "tool_loop" if reason == "tool_loop" else "response_failed")
 
     def response_done(self, now: float) -> list[DeadAirDecision]:
         """A response completed; if it only carried near-silence, that was no answer."""
