@@ -88,7 +88,9 @@ class EchoingCaller(TwilioCaller):
     def _mix_background(self, frame: bytes) -> bytes:
         now = self._loop.time()
         t = None if self._mic_t0 is None else self._mic_t0 + self._mic_frames * 0.02
-        if t is None or abs(now - t) > 0.06:  # start, or the microphone loop stalled: re-anchor
+        # the microphone loop catches up after a short stall (a burst of frames) and only skips
+        # ahead after one over 0.5 s: re-anchor only then, so the echo stays sample-coherent
+        if t is None or abs(now - t) > 0.45:
             self._mic_t0, self._mic_frames, t = now, 0, now
         self._mic_frames += 1
         t -= 0.02  # when this frame's audio was captured
