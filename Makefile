@@ -6,7 +6,7 @@ VENV313  := .venv313
 SYS_PKGS := espeak-ng sox sipp
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test311 test313 bench-codecs bench-load bench-turns system-deps clean
+.PHONY: help run test test311 test313 bench-codecs bench-load bench-transcript bench-turns system-deps clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ bench-codecs: $(VENV)/.installed ## Codec benchmark: StreamResampler vs soxr vs 
 
 bench-load: $(VENV)/.installed ## Load benchmark: concurrent calls through the bridge
 	$(VENV)/bin/python bench/load.py
+
+bench-transcript: $(VENV)/.installed ## Word error rate of `telephony-agent call`'s agent transcript
+	$(VENV)/bin/python bench/transcript_wer.py
 
 bench-turns: $(VENV)/.installed ## Turn-taking benchmark: barge-in reaction time, false interruptions, VAD CPU
 	$(VENV)/bin/python bench/turns.py --sweep

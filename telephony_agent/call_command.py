@@ -3,6 +3,12 @@
 A `TwilioCaller` places the call; this module scripts the caller's side (say each utterance after
 the agent's turn, optionally barge in), prints a timeline and writes the call's files (recording,
 what the caller heard as WAV, a transcript).
+
+The transcript never guesses silently. The caller's lines are the text it was given. An agent
+turn is written word for word only when it is made of the local engine's known lines, found in
+the audio by `KnownLines` (exact, not recognised); any other turn is written as "not known" with
+its length, unless `approximate=True` asks for the general speech model's guess, which is then
+labelled as one (it is often badly wrong on synthetic voices).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
+from telephony_agent.testing.known_lines import KnownLines
 from telephony_agent.testing.twilio_caller import TwilioCaller
 
 __all__ = ["CallReport", "run_call", "text_to_ulaw", "wav_to_ulaw"]
@@ -72,6 +79,8 @@ async def run_call(
     max_seconds: float = 90.0,
     reply_timeout: float = 20.0,
     transcribe: bool = True,
+    known_lines: KnownLines | None = None,
+    approximate: bool = False,
     print_fn: Callable[[str], None] = print,
 ) -> CallReport:
     """Dial the agent, say each utterance after the agent's turn, print a timeline, write files."""
@@ -161,14 +170,14 @@ async def run_call(
         files["call_wav"] = str(recorder.wav_path)
     if recorder.jsonl_path is not None:
         files["recording"] = str(recorder.jsonl_path)
-    for n, turn in enumerate(turns, 1):
-        start_offset = int(turn[1] * 8)
-        audio = bytes(phone.heard_ulaw[start_offset : int(turn[2] * 8)])
-        text = _transcribe(audio) if transcribe else None
-        transcript.append((turn[0] - t0, "agent", text or f"({len(audio) / 8:.0f} ms of audio)"))
+    if transcribe and known_lines is None:
+        known_lines = KnownLines.from_script()
+    for turn in turns:
+        audio = bytes(phone.heard_ulaw[int(turn[1] * 8) : int(turn[2] * 8)])
+        transcript.append((turn[0] - t0, *_agent_line(audio, known_lines if transcribe else None, approximate)))
     transcript.sort(key=lambda x: x[0])
     path = out / "transcript.txt"
-    path.write_text("".join(f"[{t:7.2f}s] {who}: {text}\n" for t, who, text in transcript))
+    path.write_text(TRANSCRIPT_HEADER + "".join(f"[{t:7.2f}s] {who}: {text}\n" for t, who, text in transcript))
     files["transcript"] = str(path)
     report = CallReport(
         heard_ms=phone.heard_ms,
@@ -206,13 +215,34 @@ async def _converse(phone: TwilioCaller, utterances: list[tuple[str, bytes]], wa
         await wait_turn()
 
 
-def _transcribe(ulaw: bytes) -> str | None:
-    """The agent's words, by the local engine's recogniser (general model); None if unavailable."""
+TRANSCRIPT_HEADER = (
+    "# caller: the text the caller was given. agent: the local engine's exact words where the audio\n"
+    "# is its known lines; otherwise 'not known' (or, with --approximate, a labelled guess).\n"
+)
+
+
+def _agent_line(ulaw: bytes, known: KnownLines | None, approximate: bool) -> tuple[str, str]:
+    """(who, text) for one agent turn: its exact words, a labelled guess, or what is known of it."""
+    what = f"({len(ulaw) / 8:.0f} ms of audio; words not known)"
+    if known is None:
+        return "agent", f"({len(ulaw) / 8:.0f} ms of audio)"
+    text = known.transcribe(ulaw)
+    if text:
+        return "agent", text
+    if approximate:
+        guess = general_model_transcript(ulaw)
+        if guess:
+            return "agent (approximate, general speech model)", guess
+    return "agent", what
+
+
+def general_model_transcript(ulaw: bytes) -> str | None:
+    """PocketSphinx's general English model on agent audio: a guess, often wrong; None if nothing."""
     if len(ulaw) < 1600:
         return None
     try:
         from telephony_agent.realtime.providers.local.asr import Recognizer
 
         return Recognizer().recognise(ulaw_to_pcm16(ulaw), 8000).text or None
-    except Exception:  # noqa: BLE001 - a transcript is a nicety
+    except Exception:  # noqa: BLE001 - a guess is a nicety
         return None

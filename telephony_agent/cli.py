@@ -43,6 +43,7 @@ def _call(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
     from telephony_agent.call_command import run_call, text_to_ulaw, wav_to_ulaw
+    from telephony_agent.testing.known_lines import KnownLines
 
     utterances = [(text, text_to_ulaw(text)) for text in args.say]
     utterances += [(path, wav_to_ulaw(path)) for path in args.wav]
@@ -50,11 +51,13 @@ def _call(settings: Settings, args: argparse.Namespace) -> int:
     out = args.out or time.strftime("call-%Y%m%d-%H%M%S")
     public, token = _twilio_identity(settings, args.url)
     try:
+        known = None if args.no_transcribe else KnownLines.from_script(args.agent_script, args.agent_voice)
         asyncio.run(
             run_call(
                 args.url.rstrip("/"), public, token, utterances, out,
                 barge_in_at=args.barge_in_at, barge_in_audio=barge, max_seconds=args.max_seconds,
                 reply_timeout=args.reply_timeout, transcribe=not args.no_transcribe,
+                known_lines=known, approximate=args.approximate,
                 print_fn=lambda line: print(line, flush=True),
             )
         )
@@ -142,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--max-seconds", type=float, default=90.0, help="hang up after this long")
     call.add_argument("--reply-timeout", type=float, default=20.0, help="how long to wait for each agent turn")
     call.add_argument("--no-transcribe", action="store_true", help="skip recognising the agent's words")
+    call.add_argument("--agent-script", default=None, metavar="PATH",
+                      help="the local engine's script, to write its turns word for word (default: the demo)")
+    call.add_argument("--agent-voice", default=None,
+                      help="the local engine's eSpeak voice if the server sets AGENT_VOICE (default: the script's)")
+    call.add_argument("--approximate", action="store_true",
+                      help="for turns that are not the script's lines, write the general model's guess, labelled")
     rep = sub.add_parser("replay", help="drive a server with a recorded call and report differences")
     rep.add_argument("recording", help="a recording (.jsonl or .jsonl.gz)")
     rep.add_argument("--url", default=None,

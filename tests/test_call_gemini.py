@@ -92,7 +92,9 @@ async def test_go_away_resumes_without_the_caller_noticing(gemini: FakeGemini) -
             await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=500, timeout=15)
             first = call.heard_ms
             await gemini.go_away(time_left=1.0, close_after=1.0)
-            await gemini.wait_for(lambda: len(gemini.connections) >= 2, timeout=5)
+            await gemini.wait_for(
+                lambda: len(gemini.connections) >= 2 and gemini.connections[1].setup is not None, timeout=10
+            )
             assert gemini.connections[1].setup["sessionResumption"].get("handle")
             await call.speak(speech_ulaw("Are you still there?"))
             await call.wait_for(lambda: call.heard_ms > first + 500, timeout=15, what="second answer")

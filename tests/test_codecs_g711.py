@@ -1,4 +1,4 @@
-"""G.711 through telephony_codecs: the protocols.md D vectors, plus an independent reference."""
+"""G.711 through telephony_codecs: the docs/protocols.md G.711 vectors, plus an independent reference."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ def _pcm(*samples: int) -> bytes:
 
 
 def _ref_ulaw(x: np.ndarray) -> np.ndarray:
-    """protocols.md D.1: CPython's 14-bit encoder, vectorised."""
+    """docs/protocols.md, G.711: CPython's 14-bit encoder, vectorised."""
     seg_uend = np.array([0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF])
     v = x.astype(np.int64) >> 2
     mask = np.where(v < 0, 0x7F, 0xFF)
@@ -25,7 +25,7 @@ def _ref_ulaw(x: np.ndarray) -> np.ndarray:
 
 
 def _ref_ulaw_decode(u: np.ndarray) -> np.ndarray:
-    """protocols.md D.2."""
+    """docs/protocols.md, G.711 decoder."""
     u = ~u.astype(np.int64) & 0xFF
     t = (((u & 0x0F) << 3) + 0x84) << ((u & 0x70) >> 4)
     return np.where(u & 0x80, 0x84 - t, t - 0x84)

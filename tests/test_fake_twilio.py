@@ -335,3 +335,36 @@ async def test_wait_timeout_message() -> None:
         await call.place_and_connect()
         with pytest.raises(TimeoutError, match="heard=0ms"):
             await call.wait_heard(100, timeout=0.1)
+
+
+def test_caller_side_builders_parse_back_as_twilio_sends_them() -> None:
+    """The caller simulator's frames (stream.py's caller-side builders) go through our own parser
+    as the events Twilio's would, with Twilio's string counters."""
+    from telephony_agent.telephony.twilio.stream import (
+        Connected,
+        connected_message,
+        dtmf_message,
+        inbound_media_message,
+        mark_echo_message,
+        start_message,
+        stop_message,
+    )
+
+    sid, call, account = "MZ" + "a" * 32, "CA" + "b" * 32, "AC" + "c" * 32
+    proto = MediaStreamProtocol()
+    frames = [
+        connected_message(),
+        start_message(sid, call, account, {"token": "t"}, sequence=1),
+        inbound_media_message(sid, b"\xff" * 160, sequence=2, chunk=1, timestamp_ms=0),
+        dtmf_message(sid, "5", sequence=3),
+        mark_echo_message(sid, "m1", sequence=4),
+        stop_message(sid, account, call, sequence=5),
+    ]
+    events = [e for f in frames for e in proto.receive_text(f)]
+    assert [type(e) for e in events] == [Connected, Start, Media, Dtmf, MarkEcho, Stop]
+    start, media = events[1], events[2]
+    assert isinstance(start, Start) and (start.stream_sid, start.call_sid, start.account_sid) == (sid, call, account)
+    assert start.custom_parameters == {"token": "t"} and start.sequence == 1
+    assert isinstance(media, Media) and media.payload == b"\xff" * 160 and (media.chunk, media.timestamp_ms) == (1, 0)
+    assert proto.bad_input_total == 0 and proto.sequence_gaps == 0
+    assert orjson.loads(frames[2])["media"]["chunk"] == "1"  # counters are strings, as Twilio sends them

@@ -449,3 +449,28 @@ async def test_go_away_mid_turn_waits_for_the_turn_and_its_handle(fake, http, he
         assert fake.last.conversation.turns == 1
     finally:
         await session.close()
+
+
+async def test_resumption_lines_carry_the_call_id_at_warning(fake, http, hello_16k, caplog):
+    """Provider fault lines go through the caller's adapter: the call id is on every one, and a
+    provider that stops serving the call (lost connection, failed attempt) is a WARNING."""
+    from telephony_agent.logs import call_logger
+
+    session = await model_for(fake, http).connect(RealtimeConfig())
+    session.use_logger(call_logger("test.call", "CA" + "7" * 32))
+    caplog.set_level("DEBUG", logger="telephony_agent.realtime")
+    try:
+        await stream(session, hello_16k + SILENCE)
+        await next_of(session, ResponseDone)
+        await next_of(session, ResumptionHandle)
+        fake.fail_setups = 1  # the first resumption attempt fails, the second succeeds
+        await fake.close_connection(1011, "Internal error encountered.")
+        await next_of(session, Reconnected)
+    finally:
+        await session.close()
+    lines = [r for r in caplog.records if r.name == "telephony_agent.realtime.providers.gemini"]
+    messages = [r.getMessage() for r in lines if r.levelname == "WARNING"]
+    assert any("connection lost" in m for m in messages), messages
+    assert any("attempt 1 of 3 failed" in m for m in messages), messages
+    assert any("resumed after" in m for m in messages), messages
+    assert lines and all(getattr(r, "call_id", None) == "CA" + "7" * 32 for r in lines)

@@ -453,3 +453,30 @@ async def test_model_owns_its_http_session(server: FakeOpenAIServer) -> None:
     session = await model.connect(CONFIG)
     await session.close()
     await model.aclose()
+
+
+async def test_reconnect_lines_carry_the_call_id_at_warning(
+    server: FakeOpenAIServer, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runner hands the call's logger to the session: reconnect lines name the call, and a
+    provider that stops serving the call (dropped, refused attempts, failure) is a WARNING or worse."""
+    from telephony_agent.logs import call_logger
+    from telephony_agent.realtime.runner import RealtimeRunner
+    from telephony_agent.realtime.tools import ToolRegistry
+
+    call_id = "CA" + "5" * 32
+    caplog.set_level("DEBUG", logger="telephony_agent.realtime")
+    session = await make_model(server, http, reconnect_attempts=3).connect(CONFIG)
+    RealtimeRunner(session, ToolRegistry(), logger=call_logger("test.call", call_id))
+    try:
+        server.refuse_connections = 1  # the first attempt fails, the second succeeds
+        await server.drop()
+        await collect_until(session, is_(ev.Reconnected))
+    finally:
+        await session.close()
+    lines = [r for r in caplog.records if r.name == "telephony_agent.realtime.providers.openai"]
+    warnings_ = [r.getMessage() for r in lines if r.levelname == "WARNING"]
+    assert any("connection ended (connection lost); reconnecting" in m for m in warnings_), warnings_
+    assert any("attempt 1 of 3 failed" in m for m in warnings_), warnings_
+    assert any("reconnected after" in m for m in warnings_), warnings_
+    assert lines and all(getattr(r, "call_id", None) == call_id for r in lines)

@@ -104,7 +104,7 @@ async def running(tmp_path: Path, **env: str) -> AsyncIterator[tuple[Server, aio
             server.proc.wait(5)
 
 
-async def wait_healthy(server: Server, http: aiohttp.ClientSession, timeout: float = 15.0) -> None:
+async def wait_healthy(server: Server, http: aiohttp.ClientSession, timeout: float = 40.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if server.proc.poll() is not None:

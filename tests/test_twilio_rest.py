@@ -1,4 +1,4 @@
-"""REST client against the fake Calls endpoint (protocols.md A.7)."""
+"""REST client against the fake Calls endpoint (docs/protocols.md, "REST")."""
 
 from __future__ import annotations
 

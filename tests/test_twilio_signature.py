@@ -1,4 +1,4 @@
-"""X-Twilio-Signature (protocols.md A.6) and our per-call stream tokens."""
+"""X-Twilio-Signature (docs/protocols.md, "Request signatures") and our per-call stream tokens."""
 
 from __future__ import annotations
 

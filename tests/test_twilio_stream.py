@@ -1,4 +1,4 @@
-"""Media Streams protocol state machine and message builders (protocols.md A.2-A.4)."""
+"""Media Streams protocol state machine and message builders (docs/protocols.md, "Media Stream messages")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TwiML builders: structure, escaping, and the URL rules Twilio enforces (protocols.md A.1)."""
+"""TwiML builders: structure, escaping, and the URL rules Twilio enforces (docs/protocols.md, "TwiML")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Telephony codecs: G.711 (mu-law and A-law) and a chunk-exact streaming resampler.
 
-Sans-I/O building blocks for the audio path (design.md): decode/encode G.711, resample PCM16
+Sans-I/O building blocks for the audio path (docs/architecture.md, "Audio path"): decode/encode G.711, resample PCM16
 between the phone's 8 kHz and the models' 16/24 kHz with state carried across 20 ms chunks, and
 cut byte streams into fixed frames.
 """

@@ -1,6 +1,6 @@
 """Filter design for StreamResampler: one linear-phase low-pass per rate pair, built once.
 
-Spec (design.md, audio path): passband flat to 0.85 x the lower Nyquist (3.4 kHz for 8 kHz legs)
+Spec (docs/architecture.md, "Audio path"): passband flat to 0.85 x the lower Nyquist (3.4 kHz for 8 kHz legs)
 within 0.1 dB peak to peak, at least 80 dB down from the lower Nyquist up (so nothing aliases when
 downsampling and no image survives when upsampling), and at most 3 ms group delay.
 

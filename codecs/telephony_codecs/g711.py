@@ -2,7 +2,7 @@
 
 `audioop` is deprecated in 3.11-3.12 and gone from the standard library in 3.13, where the
 `audioop-lts` distribution provides the same C code under the same import name. Its G.711 code is
-bit-exact with the reference tables (see protocols.md D), and it is far faster than numpy for
+bit-exact with the reference tables (see docs/protocols.md, "G.711"), and it is far faster than numpy for
 160-byte frames, so we keep it rather than reimplementing the tables.
 """
 
@@ -32,7 +32,7 @@ def ulaw_to_pcm16(data: bytes) -> bytes:
 
 
 def pcm16_to_ulaw(data: bytes) -> bytes:
-    """Encode PCM16 little-endian to mu-law, bit-exact with audioop.lin2ulaw (protocols.md D.1)."""
+    """Encode PCM16 little-endian to mu-law, bit-exact with audioop.lin2ulaw (docs/protocols.md, "G.711")."""
     _check_pcm16(data)
     return audioop.lin2ulaw(audioop.byteswap(data, 2) if _BIG_ENDIAN else data, 2)
 

@@ -1,6 +1,6 @@
 """StreamResampler: chunk-exact polyphase FIR sample-rate conversion for PCM16 streams.
 
-Resampling each 20 ms chunk on its own clicks at every chunk edge (design.md, audio path), so the
+Resampling each 20 ms chunk on its own clicks at every chunk edge (docs/architecture.md, "Audio path"), so the
 filter history and the output phase live in the object and carry across calls: any chunking of
 a stream gives the same bytes as one call with the whole stream (to within 1 LSB of float
 rounding in BLAS).

@@ -72,6 +72,8 @@ class RealtimeRunner:
         self.max_tool_rounds = max_tool_rounds
         self.on_tools_done = on_tools_done  # a batch's results went back (or could not)
         self._log = logger or log
+        if logger is not None:
+            session.use_logger(logger)  # the provider's fault lines carry the call id too
         self._limit = asyncio.Semaphore(max_concurrency)
         self._batch: dict[str, asyncio.Task[ToolResponse | None]] = {}
         self._batch_respond: dict[str, bool] = {}

@@ -6,9 +6,12 @@ import abc
 import asyncio
 import base64
 import binascii
+import copy
+import logging
 from collections.abc import AsyncIterator
+from typing import Any, Union
 
-from telephony_agent.realtime.errors import RealtimeError, RealtimeConfigError
+from telephony_agent.realtime.errors import RealtimeConfigError, RealtimeError
 from telephony_agent.realtime.events import ServerEvent
 from telephony_agent.realtime.types import (
     AudioChunk,
@@ -18,6 +21,24 @@ from telephony_agent.realtime.types import (
     RealtimeConfig,
     ToolResponse,
 )
+
+__all__ = ["QueuedSession", "RealtimeModel", "RealtimeSession", "SessionLogger", "bind_logger"]
+
+SessionLogger = Union[logging.Logger, "logging.LoggerAdapter[Any]"]
+"""A logger, or an adapter that adds the call's context (e.g. `call_id`) to every line."""
+
+
+def bind_logger(own: logging.Logger, context: SessionLogger | None) -> SessionLogger:
+    """`own` (the provider module's logger) with the extra fields of `context`, if it has any.
+
+    Lines keep the provider's logger name (so logging config by module still works) and gain
+    the call id the caller's adapter carries; providers never need to know what a call is.
+    """
+    if not isinstance(context, logging.LoggerAdapter):
+        return own
+    bound = copy.copy(context)
+    bound.logger = own
+    return bound
 
 
 class RealtimeSession(abc.ABC):
@@ -55,6 +76,9 @@ class RealtimeSession(abc.ABC):
     def disconnect_reason(self) -> str | None:
         """Why the session ended, once it has; None while it is open."""
         return None
+
+    def use_logger(self, logger: SessionLogger) -> None:
+        """Log this session's faults (reconnects, stalls) with `logger`'s context, e.g. the call id."""
 
     @abc.abstractmethod
     async def send_audio(self, chunk: AudioChunk) -> None: ...
@@ -123,6 +147,10 @@ class QueuedSession(RealtimeSession, abc.ABC):
         self._queue: asyncio.Queue[ServerEvent | None] = asyncio.Queue()
         self._finished = False
         self._disconnect_reason: str | None = None
+        self._log: SessionLogger = logging.getLogger(type(self).__module__)
+
+    def use_logger(self, logger: SessionLogger) -> None:
+        self._log = bind_logger(logging.getLogger(type(self).__module__), logger)
 
     @property
     def disconnect_reason(self) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import enum
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -20,15 +21,15 @@ class AudioFormat:
     channels: int = 1
 
     @classmethod
-    def pcm16(cls, rate: int) -> "AudioFormat":
+    def pcm16(cls, rate: int) -> AudioFormat:
         return cls(AudioEncoding.PCM16, rate)
 
     @classmethod
-    def ulaw8k(cls) -> "AudioFormat":
+    def ulaw8k(cls) -> AudioFormat:
         return cls(AudioEncoding.G711_ULAW, 8000)
 
     @classmethod
-    def alaw8k(cls) -> "AudioFormat":
+    def alaw8k(cls) -> AudioFormat:
         return cls(AudioEncoding.G711_ALAW, 8000)
 
     @property
@@ -86,9 +87,27 @@ class ToolDefinition:
     parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `extra` laid over it: objects present in both are merged key by key, anything
+    else in `extra` replaces what `base` has. Neither argument is changed; values taken from
+    `extra` are copied, so the result can be edited freely.
+
+    This is how `RealtimeConfig.extras` reach a provider's session payload: a field the config
+    does not model can be set (or overridden) without restating its neighbours.
+    """
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class RealtimeConfig:
-    """What a session is asked to be. `extras` carries provider-specific fields verbatim."""
+    """What a session is asked to be. `extras` carries provider-specific fields verbatim
+    (merged into the provider's session payload with `deep_merge`)."""
 
     model: str | None = None
     instructions: str = ""
@@ -104,7 +123,7 @@ class RealtimeConfig:
     max_output_tokens: int | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
-    def with_changes(self, **changes: Any) -> "RealtimeConfig":
+    def with_changes(self, **changes: Any) -> RealtimeConfig:
         return replace(self, **changes)
 
 
@@ -129,11 +148,11 @@ class ContextMutationOutcome:
     config: RealtimeConfig | None = None
 
     @classmethod
-    def applied(cls) -> "ContextMutationOutcome":
+    def applied(cls) -> ContextMutationOutcome:
         return cls(ContextMutationKind.APPLIED)
 
     @classmethod
-    def requires_resumption(cls, config: RealtimeConfig) -> "ContextMutationOutcome":
+    def requires_resumption(cls, config: RealtimeConfig) -> ContextMutationOutcome:
         return cls(ContextMutationKind.REQUIRES_RESUMPTION, config)
 
     APPLIED = ContextMutationKind.APPLIED

@@ -1,4 +1,4 @@
-"""A fake Gemini Live server (BidiGenerateContent over WebSocket) on 127.0.0.1, per protocols.md C.8.
+"""A fake Gemini Live server (BidiGenerateContent over WebSocket) on 127.0.0.1, per docs/protocols.md, "Gemini Live".
 
 - Auth: `?key=` or `x-goog-api-key`; a wrong key closes with 1008. The first frame must be
   `setup` (else 1007); an unknown model closes with 1008. All server JSON goes out as BINARY

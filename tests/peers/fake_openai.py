@@ -1,4 +1,4 @@
-"""A fake OpenAI Realtime (GA) server on 127.0.0.1 that speaks the wire protocol (protocols.md B).
+"""A fake OpenAI Realtime (GA) server on 127.0.0.1 that speaks the wire protocol (docs/protocols.md, "OpenAI Realtime").
 
 Scripting:
 - `server.replies`: a deque of `Reply(text, pcm16_8k)` used by the next audio responses (the

@@ -37,17 +37,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from telephony_agent.realtime.errors import (
-    RealtimeError,
-    RealtimeTimeoutError,
-    SessionClosedError,
-)
+from telephony_agent.realtime.errors import RealtimeError, SessionClosedError
 from telephony_agent.realtime.events import (
     AudioDelta,
     ErrorEvent,
@@ -78,7 +73,8 @@ from telephony_agent.realtime.providers.gemini_protocol import (
     tool_response_message,
     validate_config,
 )
-from telephony_agent.realtime.session import QueuedSession, RealtimeModel
+from telephony_agent.realtime.reconnect import OutboundBuffer, RetryPolicy, open_connection, receive_before, retry
+from telephony_agent.realtime.session import QueuedSession, RealtimeModel, SessionLogger
 from telephony_agent.realtime.transport import SharedHttpClient, WebSocketTransport, secret_value
 from telephony_agent.realtime.types import (
     AudioChunk,
@@ -93,8 +89,6 @@ log = logging.getLogger(__name__)
 
 #: Close codes after which resuming cannot help: the request itself is refused.
 _FATAL_CLOSE_CODES = frozenset({1002, 1003, CLOSE_INVALID_ARGUMENT, CLOSE_POLICY, 1009, 1010})
-
-
 
 RESPOND_NUDGE = "(The caller is on the line, waiting for you to speak.)"
 """What `create_response` says to Gemini when there is nothing new to answer (e.g. a greeting)."""
@@ -118,6 +112,7 @@ class GeminiLiveModel(RealtimeModel):
         connect_timeout: float = 10.0,
         max_buffered_audio_ms: int = 5000,
         reconnect_attempts: int = 3,
+        reconnect_backoff: float = 0.1,
     ) -> None:
         key = secret_value(api_key)
         if not key:
@@ -131,7 +126,7 @@ class GeminiLiveModel(RealtimeModel):
         self.setup_timeout = setup_timeout
         self.connect_timeout = connect_timeout
         self.max_buffered_audio_ms = max_buffered_audio_ms
-        self.reconnect_attempts = reconnect_attempts
+        self.reconnect = RetryPolicy(reconnect_attempts, reconnect_backoff)
 
     def __repr__(self) -> str:
         return f"GeminiLiveModel(model={self._model!r}, url={self._url!r})"
@@ -152,43 +147,37 @@ class GeminiLiveModel(RealtimeModel):
     def output_formats(self) -> tuple[AudioFormat, ...]:
         return (OUTPUT_FORMAT,)
 
-    async def connect(self, config: RealtimeConfig) -> "GeminiLiveSession":
+    async def connect(self, config: RealtimeConfig) -> GeminiLiveSession:
         validate_config(config)
         session = GeminiLiveSession(self, config)
         await session._start()
         return session
 
-    async def _open(self, config: RealtimeConfig, handle: str | None) -> tuple[WebSocketTransport, dict[str, Any]]:
+    async def _open(
+        self, config: RealtimeConfig, handle: str | None, session_log: SessionLogger = log
+    ) -> tuple[WebSocketTransport, dict[str, Any]]:
         """A connected socket that has completed setup; raises the error its close code stands for."""
-        transport = WebSocketTransport(
-            self._http.get(), self._url, {"x-goog-api-key": self._key}, connect_timeout=self.connect_timeout
-        )
-        await transport.connect()
-        try:
+
+        async def handshake(transport: WebSocketTransport) -> dict[str, Any]:
             transport.send(setup_message(config, self._model, handle))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.setup_timeout
+            deadline = asyncio.get_running_loop().time() + self.setup_timeout
             while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise asyncio.TimeoutError
-                frame = await asyncio.wait_for(transport.receive(), remaining)
+                frame = await receive_before(
+                    transport, deadline, f"Gemini did not complete setup within {self.setup_timeout:g}s"
+                )
                 if frame is None:
                     raise close_error(transport.close_code, transport.close_reason, during_setup=True)
                 try:
                     message = decode_frame(frame)
                 except ValueError as exc:
-                    log.warning("ignoring a bad frame before setupComplete: %s", exc)
+                    session_log.warning("ignoring a bad frame before setupComplete: %s", exc)
                     continue
                 if "setupComplete" in message:
-                    return transport, message
-                log.debug("ignoring %s before setupComplete", list(message))
-        except asyncio.TimeoutError:
-            await transport.close(timeout=0.5)
-            raise RealtimeTimeoutError(f"Gemini did not complete setup within {self.setup_timeout:g}s") from None
-        except BaseException:
-            await transport.close(timeout=0.5)
-            raise
+                    return message
+                session_log.debug("ignoring %s before setupComplete", list(message))
+
+        return await open_connection(self._http.get(), self._url, {"x-goog-api-key": self._key}, handshake,
+                                     connect_timeout=self.connect_timeout, close_timeout=0.5)
 
     async def aclose(self) -> None:
         await self._http.close()
@@ -218,8 +207,7 @@ class GeminiLiveSession(QueuedSession):
         self._closing = False
         self._switch_lock = asyncio.Lock()
         self._switching = False
-        self._buffer: deque[dict[str, Any]] = deque()
-        self._buffered_audio = 0
+        self._buffer = OutboundBuffer(int(model.max_buffered_audio_ms * INPUT_FORMAT.bytes_per_ms))
         self._tasks: set[asyncio.Task[Any]] = set()
         self._goaway_task: asyncio.Task[None] | None = None
         self._consumer_turn: str | None = None
@@ -229,7 +217,6 @@ class GeminiLiveSession(QueuedSession):
         self._answered_tools = False
         self._tool_conn: dict[str, int] = {}
         self.reconnects = 0
-        self.dropped_audio_bytes = 0
 
     # -- properties -----------------------------------------------------------------------
 
@@ -252,6 +239,11 @@ class GeminiLiveSession(QueuedSession):
     @property
     def config(self) -> RealtimeConfig:
         return self._config
+
+    @property
+    def dropped_audio_bytes(self) -> int:
+        """Caller audio dropped because a switch took longer than the buffer holds."""
+        return self._buffer.dropped_audio_bytes
 
     @property
     def resumption_handle(self) -> str | None:
@@ -310,6 +302,7 @@ class GeminiLiveSession(QueuedSession):
         """A fatal error: report it, close everything, end the stream."""
         if self._closing:
             return
+        self._log.error("%s; the session is over", message)
         self._emit(ErrorEvent(message, code=code, fatal=True))
         self._finish(message)
         self._closing = True
@@ -338,7 +331,7 @@ class GeminiLiveSession(QueuedSession):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a reader bug must not leave the session hanging
-            log.exception("Gemini reader failed")
+            self._log.exception("Gemini reader failed")
             if not conn.retired:
                 self._spawn(self._die(f"Gemini reader failed: {type(exc).__name__}: {exc}"), "gemini-die")
             return
@@ -396,10 +389,11 @@ class GeminiLiveSession(QueuedSession):
                 await asyncio.sleep(0.05)
             if conn is not self._conn or self._closing:
                 return
+        self._log.warning("Gemini sent goAway (%.1fs left); resuming on a new connection", time_left)
         try:
             await self._switch("go_away", self._config, expected=conn)
         except RealtimeError as exc:
-            log.warning("resuming after goAway failed: %s", exc)
+            self._log.warning("resuming after goAway failed: %s", exc)
 
     async def _connection_lost(self, conn: _Connection, code: int | None, reason: str) -> None:
         if conn is not self._conn or self._closing:
@@ -416,19 +410,14 @@ class GeminiLiveSession(QueuedSession):
                 code,
             )
             return
+        self._log.warning("Gemini connection lost (%s); resuming", error)
         self._emit(ErrorEvent(str(error), code=code, fatal=False))
-        last: RealtimeError | None = None
-        for attempt in range(self._model.reconnect_attempts):
-            try:
-                await self._switch(f"connection closed ({code}): {reason or 'no reason'}", self._config, expected=conn)
-                return
-            except RealtimeError as exc:
-                last = exc
-                log.warning("resumption attempt %d failed: %s", attempt + 1, exc)
-                await asyncio.sleep(0.1 * (2**attempt))
-            if self._conn is not conn:
-                return
-        await self._die(f"Gemini connection lost and resumption failed: {last}", code)
+        why = f"connection closed ({code}): {reason or 'no reason'}"
+        try:
+            await retry(lambda: self._switch(why, self._config, expected=conn), self._model.reconnect,
+                        log=self._log, what="Gemini resumption")
+        except RealtimeError as exc:
+            await self._die(f"Gemini connection lost and resumption failed: {exc}", code)
 
     async def _switch(self, reason: str, config: RealtimeConfig, expected: _Connection | None = None) -> None:
         """Open a new connection (resuming with the latest handle), switch to it, close the old one."""
@@ -439,8 +428,9 @@ class GeminiLiveSession(QueuedSession):
             if expected is not None and old is not expected:
                 return  # someone else already switched
             self._switching = True
+            started = asyncio.get_running_loop().time()
             try:
-                transport, _ = await self._model._open(config, self._translator.latest_handle)
+                transport, _ = await self._model._open(config, self._translator.latest_handle, self._log)
             except BaseException:
                 self._switching = False
                 if old is not None and old.transport.open and not old.retired:
@@ -459,6 +449,8 @@ class GeminiLiveSession(QueuedSession):
             self.reconnects += 1
             if old is not None:
                 self._spawn(self._retire(old), "gemini-retire")
+            self._log.warning("Gemini session resumed after %.0f ms (%s)",
+                              1000 * (asyncio.get_running_loop().time() - started), reason)
             self._emit(Reconnected(reason))
 
     async def _retire(self, conn: _Connection) -> None:
@@ -470,10 +462,8 @@ class GeminiLiveSession(QueuedSession):
                 await asyncio.wait_for(conn.reader, 0.5)
 
     def _flush(self, transport: WebSocketTransport) -> None:
-        while self._buffer:
-            message = self._buffer.popleft()
+        for message in self._buffer.take():
             transport.send(message)
-        self._buffered_audio = 0
 
     async def mutate_context(self, config: RealtimeConfig) -> ContextMutationOutcome:
         """Gemini cannot change anything on an open connection: resume with a new setup."""
@@ -487,7 +477,7 @@ class GeminiLiveSession(QueuedSession):
         """
         validate_config(config)
         if self._translator.latest_handle is None:
-            log.warning("no resumption handle yet: the new Gemini connection starts a fresh conversation")
+            self._log.warning("no resumption handle yet: the new Gemini connection starts a fresh conversation")
         await self._switch("context_update", config)
 
     # -- sending --------------------------------------------------------------------------
@@ -497,27 +487,9 @@ class GeminiLiveSession(QueuedSession):
             raise SessionClosedError(f"the Gemini session is closed ({self._disconnect_reason or 'closing'})")
         conn = self._conn
         if self._switching or conn is None or conn.retired or not conn.transport.open:
-            self._buffer.append(message)
-            if audio_bytes:
-                self._buffered_audio += audio_bytes
-                self._trim_buffer()
+            self._buffer.add(message, audio_bytes)
             return
         conn.transport.send(message)
-
-    def _trim_buffer(self) -> None:
-        limit = int(self._model.max_buffered_audio_ms * INPUT_FORMAT.bytes_per_ms)
-        while self._buffered_audio > limit:
-            for i, message in enumerate(self._buffer):
-                audio = message.get("realtimeInput", {}).get("audio")
-                if audio is not None:
-                    del self._buffer[i]
-                    b64 = audio["data"]
-                    size = len(b64) * 3 // 4 - b64.endswith("=") - b64.endswith("==")
-                    self._buffered_audio -= size
-                    self.dropped_audio_bytes += size
-                    break
-            else:
-                self._buffered_audio = 0
 
     async def send_audio(self, chunk: AudioChunk) -> None:
         if chunk.format != INPUT_FORMAT:
@@ -543,7 +515,8 @@ class GeminiLiveSession(QueuedSession):
         owner = self._tool_conn.pop(response.call_id, None)
         self._translator.tool_answered(response.call_id)
         if owner is not None and self._conn is not None and owner != self._conn.seq:
-            log.warning("dropping the result of tool call %s: it was made on a previous connection", response.call_id)
+            self._log.warning("dropping the result of tool call %s: it was made on a previous connection",
+                              response.call_id)
             return
         self._send(tool_response_message(response))
         self._answered_tools = True
@@ -570,10 +543,7 @@ class GeminiLiveSession(QueuedSession):
             self._send(audio_stream_end_message())
 
     async def clear_audio(self) -> None:
-        dropped = [m for m in self._buffer if "audio" in m.get("realtimeInput", {})]
-        if dropped:
-            self._buffer = deque(m for m in self._buffer if "audio" not in m.get("realtimeInput", {}))
-            self._buffered_audio = 0
+        self._buffer.drop_audio()
         if self._manual and not self._activity_open:
             self._send(activity_start_message())
             self._activity_open = True

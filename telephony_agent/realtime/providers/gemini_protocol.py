@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import logging
 import re
 from collections.abc import Iterable
@@ -61,6 +60,7 @@ from telephony_agent.realtime.types import (
     AudioFormat,
     RealtimeConfig,
     ToolResponse,
+    deep_merge,
 )
 
 log = logging.getLogger(__name__)
@@ -92,15 +92,6 @@ def model_name(model: str) -> str:
     if model.startswith(("models/", "projects/", "publishers/", "tunedModels/")):
         return model
     return f"models/{model}"
-
-
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
-        else:
-            base[key] = copy.deepcopy(value)
-    return base
 
 
 def validate_config(config: RealtimeConfig) -> None:
@@ -163,7 +154,7 @@ def setup_message(config: RealtimeConfig, model: str, handle: str | None = None)
     setup["sessionResumption"] = {"handle": handle} if handle else {}
     setup["contextWindowCompression"] = {"slidingWindow": {}}
     if config.extras:
-        _deep_merge(setup, config.extras)
+        setup = deep_merge(setup, config.extras)
         setup["model"] = model_name(model)  # the model never changes within a session
     return {"setup": setup}
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import Any
 from urllib.parse import quote
 
@@ -24,7 +23,6 @@ from telephony_agent.realtime.errors import (
     RealtimeConfigError,
     RealtimeConnectionError,
     RealtimeError,
-    RealtimeTimeoutError,
     SessionClosedError,
 )
 from telephony_agent.realtime.events import ErrorEvent, Reconnected, ResponseDone, ServerEvent
@@ -42,7 +40,8 @@ from telephony_agent.realtime.providers.openai_protocol import (
     truncate_message,
     user_text_item,
 )
-from telephony_agent.realtime.session import QueuedSession, RealtimeModel
+from telephony_agent.realtime.reconnect import OutboundBuffer, RetryPolicy, open_connection, receive_before, retry
+from telephony_agent.realtime.session import QueuedSession, RealtimeModel, SessionLogger
 from telephony_agent.realtime.transport import SharedHttpClient, WebSocketTransport, secret_value
 from telephony_agent.realtime.types import (
     PCM16_24K,
@@ -62,7 +61,6 @@ DEFAULT_MODEL = "gpt-realtime"
 
 #: Close codes after which reconnecting cannot help (protocol/policy errors, 4xxx application codes).
 _FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
-
 
 
 class OpenAIRealtimeModel(RealtimeModel):
@@ -97,8 +95,7 @@ class OpenAIRealtimeModel(RealtimeModel):
         self._http = SharedHttpClient(http)
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
-        self.reconnect_attempts = reconnect_attempts
-        self.reconnect_backoff = reconnect_backoff
+        self.reconnect = RetryPolicy(reconnect_attempts, reconnect_backoff)
         self.reconnect_buffer_ms = reconnect_buffer_ms
 
     def __repr__(self) -> str:
@@ -138,31 +135,33 @@ class OpenAIRealtimeModel(RealtimeModel):
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.__api_key}"}
 
-    async def connect(self, config: RealtimeConfig) -> "OpenAIRealtimeSession":
+    async def connect(self, config: RealtimeConfig) -> OpenAIRealtimeSession:
         in_fmt, out_fmt = self.negotiate(config)
         translator = OpenAIEventTranslator(out_fmt)
         transport, early = await self._open(config, in_fmt, out_fmt, translator)
         return OpenAIRealtimeSession(self, config, in_fmt, out_fmt, transport, translator, early)
 
     async def _open(
-        self, config: RealtimeConfig, in_fmt: AudioFormat, out_fmt: AudioFormat, translator: OpenAIEventTranslator
+        self,
+        config: RealtimeConfig,
+        in_fmt: AudioFormat,
+        out_fmt: AudioFormat,
+        translator: OpenAIEventTranslator,
+        session_log: SessionLogger = log,
     ) -> tuple[WebSocketTransport, list[ServerEvent]]:
         """Open a socket, wait for `session.created`, configure it, wait for `session.updated`."""
         update = session_update_message(config, input_format=in_fmt, output_format=out_fmt)
-        transport = WebSocketTransport(self._http.get(), self.endpoint, self._headers(),
-                                       connect_timeout=self.connect_timeout)
-        await transport.connect()
-        early: list[ServerEvent] = []
-        try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.handshake_timeout
-            await self._expect(transport, "session.created", deadline, translator, early)
+
+        async def handshake(transport: WebSocketTransport) -> list[ServerEvent]:
+            early: list[ServerEvent] = []
+            deadline = asyncio.get_running_loop().time() + self.handshake_timeout
+            await self._expect(transport, "session.created", deadline, translator, early, session_log)
             transport.send(update)
-            await self._expect(transport, "session.updated", deadline, translator, early)
-        except BaseException:
-            await transport.close(timeout=0.3)
-            raise
-        return transport, early
+            await self._expect(transport, "session.updated", deadline, translator, early, session_log)
+            return early
+
+        return await open_connection(self._http.get(), self.endpoint, self._headers(), handshake,
+                                     connect_timeout=self.connect_timeout)
 
     async def _expect(
         self,
@@ -171,28 +170,22 @@ class OpenAIRealtimeModel(RealtimeModel):
         deadline: float,
         translator: OpenAIEventTranslator,
         early: list[ServerEvent],
+        session_log: SessionLogger,
     ) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise RealtimeTimeoutError(f"OpenAI did not send {wanted} in time")
-            try:
-                raw = await asyncio.wait_for(transport.receive(), remaining)
-            except asyncio.TimeoutError:
-                raise RealtimeTimeoutError(f"OpenAI did not send {wanted} in time") from None
+            raw = await receive_before(transport, deadline, f"OpenAI did not send {wanted} in time")
             if raw is None:
                 raise _closed_error(transport.close_code, transport.close_reason, wanted)
             try:
                 msg = orjson.loads(raw)
             except orjson.JSONDecodeError:
-                log.warning("undecodable message from OpenAI during the handshake")
+                session_log.warning("undecodable message from OpenAI during the handshake")
                 continue
             if not isinstance(msg, dict):
                 continue
             kind = msg.get("type")
             if kind == "error":
-                err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
+                err = _error_body(msg)
                 code, text = err.get("code"), str(err.get("message") or "error")
                 if code in AUTH_ERROR_CODES or err.get("type") == "authentication_error":
                     raise RealtimeAuthError(f"OpenAI refused the credentials: {text}")
@@ -205,6 +198,12 @@ class OpenAIRealtimeModel(RealtimeModel):
 
     async def aclose(self) -> None:
         await self._http.close()
+
+
+def _error_body(msg: dict[str, Any]) -> dict[str, Any]:
+    """The `error` object of an OpenAI `error` event ({} if it is missing or not an object)."""
+    err = msg.get("error")
+    return err if isinstance(err, dict) else {}
 
 
 def _closed_error(code: int | None, reason: str, wanted: str) -> RealtimeConnectionError:
@@ -241,11 +240,8 @@ class OpenAIRealtimeSession(QueuedSession):
         self._closing = False
         self._reconnecting = False
         self._expired = False
-        self._pending: deque[tuple[dict[str, Any], int]] = deque()
-        self._pending_audio_bytes = 0
-        self._max_pending_audio = int(owner.reconnect_buffer_ms * input_format.bytes_per_ms)
+        self._pending = OutboundBuffer(int(owner.reconnect_buffer_ms * input_format.bytes_per_ms))
         self.reconnects = 0
-        self.dropped_audio_bytes = 0
         self.benign_errors = 0
         self.truncates: list[tuple[str, int]] = []
         for event in early_events:
@@ -288,6 +284,11 @@ class OpenAIRealtimeSession(QueuedSession):
     def response_active(self) -> bool:
         return self._translator.response_active
 
+    @property
+    def dropped_audio_bytes(self) -> int:
+        """Caller audio dropped because a reconnect took longer than the buffer holds."""
+        return self._pending.dropped_audio_bytes
+
     # -- sending ----------------------------------------------------------------------------
 
     def _send(self, msg: dict[str, Any], audio_bytes: int = 0) -> None:
@@ -299,22 +300,7 @@ class OpenAIRealtimeSession(QueuedSession):
                 return
             except SessionClosedError:
                 pass  # dropped under us: the reader notices and reconnects; keep the message
-        self._buffer(msg, audio_bytes)
-
-    def _buffer(self, msg: dict[str, Any], audio_bytes: int) -> None:
-        self._pending.append((msg, audio_bytes))
-        self._pending_audio_bytes += audio_bytes
-        while self._pending_audio_bytes > self._max_pending_audio:
-            for i, (_, n) in enumerate(self._pending):
-                if n:
-                    del self._pending[i]
-                    self._pending_audio_bytes -= n
-                    self.dropped_audio_bytes += n
-                    break
-            else:
-                break
-        if len(self._pending) > 4096:
-            self._pending.popleft()
+        self._pending.add(msg, audio_bytes)
 
     async def send_audio(self, chunk: AudioChunk) -> None:
         if chunk.format != self._in:
@@ -384,13 +370,12 @@ class OpenAIRealtimeSession(QueuedSession):
         try:
             await self._transport.close(timeout=0.6)
         except Exception as exc:  # noqa: BLE001 - closing must not raise
-            log.debug("closing the OpenAI socket: %s", exc)
+            self._log.debug("closing the OpenAI socket: %s", exc)
         if not self._main.done():
             self._main.cancel()
             await asyncio.wait({self._main}, timeout=0.5)
 
     async def _run(self) -> None:
-        reason = "connection closed"
         try:
             while True:
                 reason = await self._read_connection()
@@ -403,7 +388,7 @@ class OpenAIRealtimeSession(QueuedSession):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - never let the reader die silently
-            log.exception("OpenAI session reader failed")
+            self._log.exception("OpenAI session reader failed")
             self._emit(ErrorEvent(f"internal error: {type(exc).__name__}", "internal_error", True))
             self._finish(f"internal error: {type(exc).__name__}")
         finally:
@@ -427,6 +412,7 @@ class OpenAIRealtimeSession(QueuedSession):
             return "session_expired"
         if code is not None and (code in _FATAL_CLOSE_CODES or 4000 <= code <= 4999):
             text = f"OpenAI closed the connection (code {code}{', ' + why if why else ''})"
+            self._log.error("%s; the session is over", text)
             self._emit(ErrorEvent(text, code, True))
             self._finish(text)
             return None
@@ -434,32 +420,33 @@ class OpenAIRealtimeSession(QueuedSession):
 
     def _handle(self, raw: str | bytes) -> None:
         if isinstance(raw, bytes):
-            log.warning("unexpected binary frame from OpenAI (%d bytes) ignored", len(raw))
+            self._log.warning("unexpected binary frame from OpenAI (%d bytes) ignored", len(raw))
             return
         try:
             msg = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            log.warning("undecodable message from OpenAI (%d chars) ignored", len(raw))
+            self._log.warning("undecodable message from OpenAI (%d chars) ignored", len(raw))
             self._emit(ErrorEvent("undecodable message from OpenAI", "bad_server_message", False))
             return
         if isinstance(msg, dict) and msg.get("type") == "error":
-            err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
+            err = _error_body(msg)
             code = err.get("code")
             if code in EXPIRY_ERROR_CODES:
-                log.info("OpenAI session expired; reconnecting when the server closes")
+                self._log.warning("OpenAI session expired; reconnecting when the server closes")
                 self._expired = True
                 return
             if code in BENIGN_ERROR_CODES:
                 self.benign_errors += 1
-                log.debug("benign OpenAI error %s", code)
+                self._log.debug("benign OpenAI error %s", code)
                 return
-            log.warning("OpenAI error %s: %s", code, err.get("message"))
+            self._log.warning("OpenAI error %s: %s", code, err.get("message"))
         elif isinstance(msg, dict):
             log.debug("openai <- %s", msg.get("type"))
         for event in self._translator.translate(msg):
             self._emit(event)
 
     async def _reconnect(self, reason: str) -> bool:
+        """Open a new connection, carry the conversation over as items, flush what was buffered."""
         self._reconnecting = True
         tr = self._translator
         lost = tr.response_id if tr.response_active else None
@@ -467,33 +454,29 @@ class OpenAIRealtimeSession(QueuedSession):
         if lost:
             self._emit(ResponseDone(lost, "incomplete", "connection_lost"))
         owner = self._owner
-        last_error: Exception | None = None
-        for attempt in range(max(1, owner.reconnect_attempts)):
-            if attempt:
-                await asyncio.sleep(owner.reconnect_backoff * (2 ** (attempt - 1)))
-            try:
-                transport, _early = await owner._open(self._config, self._in, self._out, tr)
-            except RealtimeAuthError as exc:
-                last_error = exc
-                break
-            except RealtimeError as exc:
-                last_error = exc
-                log.warning("OpenAI reconnect attempt %d failed: %s", attempt + 1, exc)
-                continue
-            self._transport = transport
-            items = tr.reinjection_items()
-            for item in items:
-                transport.send(item_create_message(item))
-            pending, self._pending = self._pending, deque()
-            self._pending_audio_bytes = 0
-            for msg, _ in pending:
-                transport.send(msg)
-            self._reconnecting = False
-            self.reconnects += 1
-            log.info("OpenAI session reconnected (%s); %d items carried over", reason, len(items))
-            self._emit(Reconnected(reason))
-            return True
-        text = f"could not reconnect to OpenAI after {reason}: {last_error}"
-        self._emit(ErrorEvent(text, "reconnect_failed", True))
-        self._finish(text)
-        return False
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._log.warning("OpenAI connection ended (%s); reconnecting", reason)
+        try:
+            transport, _early = await retry(
+                lambda: owner._open(self._config, self._in, self._out, tr, self._log),
+                owner.reconnect, log=self._log, what="OpenAI reconnect",
+            )
+        except RealtimeError as exc:
+            text = f"could not reconnect to OpenAI after {reason}: {exc}"
+            self._log.error("%s", text)
+            self._emit(ErrorEvent(text, "reconnect_failed", True))
+            self._finish(text)
+            return False
+        self._transport = transport
+        items = tr.reinjection_items()
+        for item in items:
+            transport.send(item_create_message(item))
+        for msg in self._pending.take():
+            transport.send(msg)
+        self._reconnecting = False
+        self.reconnects += 1
+        self._log.warning("OpenAI session reconnected after %.0f ms (%s); %d items carried over",
+                          1000 * (loop.time() - started), reason, len(items))
+        self._emit(Reconnected(reason))
+        return True

@@ -52,6 +52,7 @@ from telephony_agent.realtime.types import (
     ToolResponse,
     TurnDetection,
     TurnDetectionType,
+    deep_merge,
 )
 
 log = logging.getLogger(__name__)
@@ -124,16 +125,6 @@ def turn_detection_object(td: TurnDetection) -> dict[str, Any] | None:
     return obj
 
 
-def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def session_object(
     config: RealtimeConfig,
     *,
@@ -172,7 +163,7 @@ def session_object(
     if config.max_output_tokens is not None:
         session["max_output_tokens"] = config.max_output_tokens
     if config.extras:
-        session = _deep_merge(session, config.extras)
+        session = deep_merge(session, config.extras)
     return session
 
 

@@ -1,4 +1,4 @@
-"""Minimal async Twilio REST client: hang up, transfer or redirect a live call (protocols.md A.7).
+"""Minimal async Twilio REST client: hang up, transfer or redirect a live call (docs/protocols.md, "REST").
 
 One aiohttp `ClientSession` (shared, or owned and closed by `close()`); every request has a
 bounded timeout; the auth token never appears in reprs, logs or exceptions.

@@ -1,7 +1,7 @@
 """Twilio request signatures (`X-Twilio-Signature`) and our per-call stream tokens.
 
 Pure functions: no clock reads (callers pass `now`), no I/O. The webhook algorithm follows
-twilio-python's `RequestValidator` (protocols.md A.6), including its port quirk.
+twilio-python's `RequestValidator` (docs/protocols.md, "Request signatures"), including its port quirk.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 `MediaStreamProtocol.receive_text` turns one WebSocket text frame into typed events; the
 `*_message` builders make the frames we send. No sockets, no clock: recorded traffic can be
 fed straight in. Bad input becomes a `BadInput` event and a counter, never an exception, so
-one bad frame cannot end its call. See protocols.md A.2-A.5.
+one bad frame cannot end its call. Wire facts: docs/protocols.md, "Twilio".
 
 Hot path: ~50 media frames/s per call for hundreds of calls. Parsing is one `orjson.loads`
 plus strict base64 decoding; building a media frame is string formatting (base64 has no

@@ -104,7 +104,13 @@ def build_arpa(phrases: Sequence[str], discount: float = 0.5) -> str:
 
 
 def to_asr_rate(pcm16: bytes, rate: int) -> bytes:
-    """Resample a whole utterance to 16 kHz in one go (no chunk edges, so no clicks)."""
+    """Resample a whole utterance to 16 kHz in one go (no chunk edges, so no clicks).
+
+    Not `telephony_codecs.StreamResampler`: that one is built for the call path (streaming, 3 ms
+    delay, passband to 3.4 kHz), and the recogniser does measurably worse on its output (15 of
+    the default script's 21 phrases recognised from 8 kHz caller speech, against 17 with
+    scipy's full-band `resample_poly`).
+    """
     if rate == ASR_RATE or not pcm16:
         return pcm16
     import numpy as np

@@ -41,6 +41,12 @@ DEFAULT_REPROMPT = "Is there anything else I can help you with?"
 DEFAULT_TOOL_ERROR = "Sorry, that didn't work. Is there anything else I can help you with?"
 PHRASE_MIN_SIMILARITY = 0.75
 _DTMF = re.compile(r"press(?:ed)?\s+(?:the\s+)?(?:key\s+)?([0-9*#]+)", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """`text` cut after each `.`, `!` or `?`: the units the engine synthesises (and pauses between)."""
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +85,13 @@ class Script:
     reprompt: str = DEFAULT_REPROMPT
     tool_error: str = DEFAULT_TOOL_ERROR
     voice: str | None = None
+
+    @property
+    def lines(self) -> tuple[str, ...]:
+        """Everything the engine can say with this script, as written (greeting, replies, ...)."""
+        fixed = (self.greeting, self.fallback, self.reprompt, self.tool_error)
+        said = (*fixed, *(i.reply for i in self.intents), *(i.after for i in self.intents))
+        return tuple(dict.fromkeys(line for line in said if line))
 
     @property
     def phrases(self) -> tuple[str, ...]:

@@ -12,11 +12,8 @@ import contextlib
 import itertools
 import json
 import logging
-import re
 import uuid
 from dataclasses import dataclass
-
-import numpy as np
 
 from telephony_agent.realtime.errors import RealtimeConfigError, RealtimeError, SessionClosedError
 from telephony_agent.realtime.events import (
@@ -40,7 +37,7 @@ from telephony_agent.realtime.events import (
 )
 from telephony_agent.realtime.providers.local import tts
 from telephony_agent.realtime.providers.local.asr import Recognition, RecognitionService, default_service
-from telephony_agent.realtime.providers.local.dialogue import Intent, Script, ToolCall, load_script
+from telephony_agent.realtime.providers.local.dialogue import Intent, Script, ToolCall, load_script, split_sentences
 from telephony_agent.realtime.providers.local.vad import EnergyVad, VadSettings
 from telephony_agent.realtime.session import QueuedSession, RealtimeModel, RealtimeSession
 from telephony_agent.realtime.types import (
@@ -62,18 +59,6 @@ OUTPUT_FORMAT = AudioFormat.pcm16(22050)  # eSpeak NG's native rate: no resampli
 PCM16_8K = AudioFormat.pcm16(8000)
 INPUT_FORMATS = (PCM16_16K, PCMU_8K, PCM16_8K)
 MAX_TURN_MS = 30_000
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-def _ulaw_table() -> np.ndarray:
-    """G.711 mu-law decoding table (256 entries), so no `audioop` import is needed."""
-    u = ~np.arange(256, dtype=np.int32) & 0xFF
-    exponent = (u >> 4) & 7
-    magnitude = ((((u & 0x0F) << 3) + 0x84) << exponent) - 0x84
-    return np.where(u & 0x80, -magnitude, magnitude).astype("<i2")
-
-
-_ULAW = _ulaw_table()
 
 
 def _vad_settings(td: TurnDetection) -> VadSettings:
@@ -238,7 +223,12 @@ class LocalRealtimeSession(QueuedSession):
                 raise RealtimeError("PCM16 audio must have an even number of bytes")
             return chunk.data
         if fmt.encoding is AudioEncoding.G711_ULAW:
-            return _ULAW[np.frombuffer(chunk.data, dtype=np.uint8)].tobytes()
+            # Imported here, not at the top: the recogniser's worker processes import this package,
+            # and `telephony_codecs` brings scipy, whose import in every worker starves the call of
+            # CPU on a small machine (the greeting then streams slower than real time).
+            from telephony_codecs import ulaw_to_pcm16
+
+            return ulaw_to_pcm16(chunk.data)
         raise RealtimeError(f"unsupported input encoding {fmt.encoding}")
 
     def _ms(self, samples: int) -> int:
@@ -457,7 +447,7 @@ class LocalRealtimeSession(QueuedSession):
             self._emit(AudioDelta(item, data, OUTPUT_FORMAT, response_id=response_id))
             sent_ms += OUTPUT_FORMAT.duration_ms(len(data))
 
-        sentences = [s for s in _SENTENCE.split(text.strip()) if s]
+        sentences = split_sentences(text)
         for n, sentence in enumerate(sentences):
             self._emit(OutputTranscriptDelta(item, sentence + (" " if n + 1 < len(sentences) else "")))
             async with contextlib.aclosing(tts.stream(sentence, self._voice, model.words_per_minute)) as chunks:
