@@ -23,22 +23,22 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one call = one core
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import argparse  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import platform
+import statistics
+import sys
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "codecs"))
 
-from telephony_agent.telephony.turns import TurnAction, TurnSettings  # noqa: E402
-from telephony_agent.testing.noise import NAMES, noise_pcm16  # noqa: E402
-from telephony_agent.testing.speech import speech_pcm16  # noqa: E402
-from telephony_agent.testing.turn_sim import AGENT_TEXT, law, onset, simulate  # noqa: E402
+from telephony_agent.telephony.turns import TurnAction, TurnSettings
+from telephony_agent.testing.noise import NAMES, noise_pcm16
+from telephony_agent.testing.speech import speech_pcm16
+from telephony_agent.testing.turn_sim import AGENT_TEXT, law, onset, simulate
 
 INTERRUPTIONS = [
     ("wait, stop, I have a different question", "en-us"),

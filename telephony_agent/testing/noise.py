@@ -54,16 +54,14 @@ def noise_pcm16(name: str) -> bytes:
         tmp = out.with_suffix(".tmp.wav")
         if name == "keyboard":
             # eight key clicks, 90-170 ms apart
-            parts = []
-            for i in range(8):
-                part = out.with_suffix(f".k{i}.wav")
+            parts = [out.with_suffix(f".k{i}.wav") for i in range(8)]
+            for i, part in enumerate(parts):
                 _sox(["-D", "-n", "-r", "8000", "-b", "16", "-c", "1", str(part), "synth", "0.012", "whitenoise",
                       "highpass", "1500", "fade", "q", "0.001", "0.012", "0.01", "gain", "-n", "-14",
                       "pad", "0", f"{0.09 + 0.01 * ((i * 7) % 9):.2f}"])
-                parts.append(str(part))
-            _sox(["-D", *parts, str(tmp)])
+            _sox(["-D", *map(str, parts), str(tmp)])
             for part in parts:
-                Path(part).unlink(missing_ok=True)
+                part.unlink(missing_ok=True)
         else:
             _sox(["-D", "-n", "-r", "8000", "-b", "16", "-c", "1", str(tmp), *RECIPES[name].split()])
         tmp.replace(out)
