@@ -3,10 +3,11 @@ PYTHON   ?= python3
 PY313    ?= python3.13
 VENV     := .venv
 VENV313  := .venv313
-SYS_PKGS := espeak-ng sox sipp
+SYS_PKGS := espeak-ng sox sipp baresip kamailio
+SYS_PKGS += chromium chromedriver  # the browser softphone's tests (Debian: chromium, chromium-driver)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test311 test313 bench-codecs bench-load bench-transcript bench-turns system-deps clean
+.PHONY: help run test test311 test313 bench-codecs bench-load bench-sip bench-softphone bench-transcript bench-turns system-deps clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -23,18 +24,20 @@ $(VENV313)/.installed: pyproject.toml
 	$(VENV313)/bin/pip install -q -e '.[test]'
 	touch $@
 
-system-deps: ## Install the Debian packages the tests use (espeak-ng, sox, sipp) when missing
+system-deps: ## Install the Debian packages the tests use (espeak-ng, sox, sipp, baresip, kamailio, chromium) when missing
 	@missing=""; for c in $(SYS_PKGS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox sip-tester >/dev/null; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox sip-tester baresip-core kamailio chromium chromium-driver >/dev/null; \
 	fi
 
 run: $(VENV)/.installed ## Serve calls (offline local engine when no provider key is set)
+	@echo "make run: SIP trunk too? set AGENT_SIP_PORT=5060 and AGENT_SIP_ALLOWED_SOURCES=<trunk CIDRs> (README: SIP trunk)"
 	@if [ -z "$$TWILIO_AUTH_TOKEN" ] && ! grep -qs '^TWILIO_AUTH_TOKEN=.' .env; then \
 	  echo "make run: no TWILIO_AUTH_TOKEN, so serving for local development only:"; \
 	  echo "  on 127.0.0.1, Twilio signature checks off (try: .venv/bin/telephony-agent call --say 'hello')"; \
+	  echo "  talk to the agent from your browser: http://127.0.0.1:$${AGENT_PORT:-8080}/softphone"; \
 	  AGENT_HOST=127.0.0.1 AGENT_TWILIO_VALIDATE=false $(VENV)/bin/telephony-agent serve; \
 	else \
 	  $(VENV)/bin/telephony-agent serve; \
@@ -52,8 +55,14 @@ test313: $(VENV313)/.installed
 bench-codecs: $(VENV)/.installed ## Codec benchmark: StreamResampler vs soxr vs audioop.ratecv
 	$(VENV)/bin/python bench/codecs.py
 
+bench-softphone: $(VENV)/.installed system-deps ## Softphone microphone: mu-law in the page vs PCM to the server (CPU, bytes)
+	$(VENV)/bin/python bench/softphone.py --write
+
 bench-load: $(VENV)/.installed ## Load benchmark: concurrent calls through the bridge
 	$(VENV)/bin/python bench/load.py
+
+bench-sip: $(VENV)/.installed system-deps ## SIP load benchmark: sipp calls with audio, calls per core, RTP jitter (+ Twilio: ARGS=--twilio)
+	$(VENV)/bin/python bench/sip_load.py $(ARGS)
 
 bench-transcript: $(VENV)/.installed ## Word error rate of `telephony-agent call`'s agent transcript
 	$(VENV)/bin/python bench/transcript_wer.py

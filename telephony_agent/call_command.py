@@ -82,8 +82,12 @@ async def run_call(
     known_lines: KnownLines | None = None,
     approximate: bool = False,
     print_fn: Callable[[str], None] = print,
+    sip_target: str | None = None,
 ) -> CallReport:
-    """Dial the agent, say each utterance after the agent's turn, print a timeline, write files."""
+    """Dial the agent, say each utterance after the agent's turn, print a timeline, write files.
+
+    With `sip_target` (`sip:agent@host:5060`) the call goes over SIP/RTP instead of the Twilio
+    webhook and media stream; the timeline, WAV and summary are the same (no JSONL recording)."""
     from pathlib import Path
 
     from telephony_agent.recording.recorder import CallRecorder
@@ -119,8 +123,15 @@ async def run_call(
             who = "agent" if details.get("by_server") else "caller"
             print_fn(f"{stamp(when)}  call ended by the {who} (close code {details.get('code')})")
 
-    recorder = CallRecorder(out, recorded_by="softphone", name="call")
-    phone = TwilioCaller(base_url, public_url, auth_token, tap=recorder, on_event=on_event, timeout=reply_timeout)
+    recorder: CallRecorder | None = None
+    phone: Any
+    if sip_target is not None:
+        from telephony_agent.testing.sip_caller import SipPhone
+
+        phone = SipPhone(sip_target, on_event=on_event, timeout=reply_timeout)
+    else:
+        recorder = CallRecorder(out, recorded_by="softphone", name="call")
+        phone = TwilioCaller(base_url, public_url, auth_token, tap=recorder, on_event=on_event, timeout=reply_timeout)
     barge_task: asyncio.Task[None] | None = None
 
     async def wait_turn() -> None:
@@ -162,14 +173,17 @@ async def run_call(
     finally:
         if barge_task is not None:
             barge_task.cancel()
-        recorder.finish()
+        if recorder is not None:
+            recorder.finish()
     for turn in turns:
         turn[2] = max(turn[2], turn[1])
     files = {"agent_wav": str(write_mono(out / "agent.wav", phone.heard_pcm16()))}
-    if recorder.wav_path is not None:
+    if recorder is not None and recorder.wav_path is not None:
         files["call_wav"] = str(recorder.wav_path)
-    if recorder.jsonl_path is not None:
+    if recorder is not None and recorder.jsonl_path is not None:
         files["recording"] = str(recorder.jsonl_path)
+    if sip_target is not None:
+        files["caller_wav"] = str(write_mono(out / "caller.wav", ulaw_to_pcm16(bytes(phone.sent_ulaw))))
     if transcribe and known_lines is None:
         known_lines = KnownLines.from_script()
     for turn in turns:
@@ -202,7 +216,7 @@ async def run_call(
     return report
 
 
-async def _converse(phone: TwilioCaller, utterances: list[tuple[str, bytes]], wait_turn: Any, stamp: Any,
+async def _converse(phone: Any, utterances: list[tuple[str, bytes]], wait_turn: Any, stamp: Any,
                     print_fn: Any, transcript: list[tuple[float, str, str]], loop: Any, t0: float) -> None:
     await wait_turn()  # the greeting, if the agent has one
     for text, audio in utterances:

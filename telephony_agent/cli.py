@@ -49,7 +49,7 @@ def _call(settings: Settings, args: argparse.Namespace) -> int:
     utterances += [(path, wav_to_ulaw(path)) for path in args.wav]
     barge = (args.barge_in_say, text_to_ulaw(args.barge_in_say)) if args.barge_in_at is not None else None
     out = args.out or time.strftime("call-%Y%m%d-%H%M%S")
-    public, token = _twilio_identity(settings, args.url)
+    public, token = ("", "") if args.sip else _twilio_identity(settings, args.url)
     try:
         known = None if args.no_transcribe else KnownLines.from_script(args.agent_script, args.agent_voice)
         asyncio.run(
@@ -58,7 +58,7 @@ def _call(settings: Settings, args: argparse.Namespace) -> int:
                 barge_in_at=args.barge_in_at, barge_in_audio=barge, max_seconds=args.max_seconds,
                 reply_timeout=args.reply_timeout, transcribe=not args.no_transcribe,
                 known_lines=known, approximate=args.approximate,
-                print_fn=lambda line: print(line, flush=True),
+                print_fn=lambda line: print(line, flush=True), sip_target=args.sip,
             )
         )
     except (OSError, Exception) as exc:  # noqa: BLE001 - a command line reports, it does not trace
@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("config", help="print the effective settings, secrets masked, and what is missing")
     call = sub.add_parser("call", help="dial a running server the way Twilio does (a softphone)")
     call.add_argument("--url", default="http://127.0.0.1:8080", help="the server's base URL")
+    call.add_argument("--sip", default=None, metavar="URI",
+                      help="call over SIP instead, e.g. sip:agent@127.0.0.1:5060 (server run with AGENT_SIP_PORT)")
     call.add_argument("--say", action="append", default=[], help="text to say (synthesised locally); repeatable")
     call.add_argument("--wav", action="append", default=[], help="a 16-bit PCM WAV to say; repeatable")
     call.add_argument("--barge-in-at", type=float, default=None, metavar="SECONDS",

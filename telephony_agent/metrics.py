@@ -23,6 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 500, 1000)
 FIRST_AUDIO_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 LAG_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
+RTP_DEPARTURE_BUCKETS_MS = (0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 20, 50, 100)
+RTP_JITTER_BUCKETS_MS = (1, 2, 5, 10, 20, 40, 80, 160)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -116,6 +118,37 @@ class Metrics:
         self.dead_air = Counter("agent_dead_air_seconds", "Caller waiting for an answer beyond 1 s, seconds", registry=r)
         self.tool_round_caps = Counter(
             "agent_tool_round_caps", "Tool rounds refused because a caller turn hit AGENT_MAX_TOOL_ROUNDS", registry=r
+        )
+        # SIP trunk (telephony/sip). Labels are closed sets: methods, status codes, kinds, reasons.
+        self.sip_calls = Counter("agent_sip_calls", "SIP calls by outcome", ["outcome"], registry=r)
+        self.sip_requests = Counter("agent_sip_requests", "SIP requests received, by method", ["method"], registry=r)
+        self.sip_responses = Counter("agent_sip_responses", "SIP responses sent, by status code", ["code"], registry=r)
+        self.sip_bad_input = Counter(
+            "agent_sip_bad_input", "SIP messages dropped as malformed or oversized, by kind", ["kind"], registry=r
+        )
+        self.sip_refused = Counter(
+            "agent_sip_refused", "SIP requests refused before admission, by reason", ["reason"], registry=r
+        )
+        self.sip_info_dtmf = Counter("agent_sip_info_dtmf", "DTMF keys received in SIP INFO", registry=r)
+        # SIP media (RTP): fed by telephony/sip/media.py's RtpSession (counters about once a second).
+        self.rtp_packets = Counter("agent_rtp_packets", "RTP packets, by direction (in, out)", ["direction"], registry=r)
+        self.rtp_lost = Counter("agent_rtp_lost", "Inbound RTP packets lost (sequence gaps never filled)", registry=r)
+        self.rtp_late = Counter("agent_rtp_late", "Inbound RTP packets too late or duplicated (dropped)", registry=r)
+        self.rtp_malformed = Counter(
+            "agent_rtp_malformed", "Datagrams on RTP ports that are not RTP (RTCP not included)", ["kind"], registry=r
+        )
+        self.rtp_dtmf = Counter("agent_rtp_dtmf", "DTMF keys received over RFC 4733", registry=r)
+        self.rtp_departure = Histogram(
+            "agent_rtp_departure_deviation_ms",
+            "Outbound RTP inter-departure interval minus the 20 ms packet time (absolute), milliseconds",
+            buckets=RTP_DEPARTURE_BUCKETS_MS,
+            registry=r,
+        )
+        self.rtp_jitter = Histogram(
+            "agent_rtp_jitter_ms",
+            "Inbound RTP interarrival jitter (RFC 3550) at the end of each SIP call, milliseconds",
+            buckets=RTP_JITTER_BUCKETS_MS,
+            registry=r,
         )
         self._seen: dict[str, _Seen] = {}
 

@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from telephony_agent.state import STATE, AppState
+from telephony_agent.telephony.sip.endpoint import SIP_ENDPOINT
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,10 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     reason = state.refusal()
-    body = {
+    sip = request.app.get(SIP_ENDPOINT)
+    if reason is None and sip is not None and not sip.ready:
+        reason = "sip_listener_down"
+    body: dict[str, Any] = {
         "ready": reason is None,
         "reason": reason,
         "active_calls": len(state.calls),
@@ -202,6 +206,8 @@ async def readyz(request: web.Request) -> web.Response:
         "loop_lag_ms": round(state.loop_lag_ms, 1),
         "overloaded": state.overloaded,
     }
+    if sip is not None:
+        body["sip"] = {"listening": sip.ready, "calls": len(sip.calls)}
     return web.json_response(body, status=200 if reason is None else 503)
 
 

@@ -16,11 +16,13 @@ from telephony_agent.realtime import RealtimeConfig, RealtimeModel, TurnDetectio
 from telephony_agent.settings import Provider, Settings
 from telephony_agent.state import STATE, AppState
 from telephony_agent.telephony.bridge import BridgeOptions
+from telephony_agent.telephony.browser import routes as softphone
 from telephony_agent.telephony.calls import (
     CallManager,
     CallRecorderLike,
     RecorderFactory,
 )
+from telephony_agent.telephony.sip import endpoint as sip_endpoint
 from telephony_agent.telephony.twilio import routes as twilio_routes
 from telephony_agent.telephony.twilio.routes import (
     MEDIA_PATH,
@@ -88,7 +90,9 @@ def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web
         ),
     )
     ops.install(app)
+    softphone.install(app)  # GET /softphone: the browser softphone (local mode or AGENT_SOFTPHONE_TOKEN)
     app.cleanup_ctx.append(_lifecycle)
+    sip_endpoint.install(app, settings, manager, metrics)  # SIP trunk when AGENT_SIP_PORT is set
     return app
 
 

@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     twilio_validate: bool = Field(True, validation_alias=_env("AGENT_TWILIO_VALIDATE"))
     twilio_api_url: str = Field("https://api.twilio.com", validation_alias=_env("AGENT_TWILIO_API_URL"))
 
+    # Browser softphone (GET /softphone).
+    softphone_token: SecretStr | None = Field(None, validation_alias=_env("AGENT_SOFTPHONE_TOKEN"))
+
     # Operations.
     drain_seconds: float = Field(30.0, ge=0, validation_alias=_env("AGENT_DRAIN_SECONDS"))
     max_loop_lag_ms: float = Field(100.0, gt=0, validation_alias=_env("AGENT_MAX_LOOP_LAG_MS"))
@@ -128,6 +131,90 @@ class Settings(BaseSettings):
         3.0, gt=0, le=60, validation_alias=_env("AGENT_OVERLOAD_WINDOW_SECONDS")
     )
     recordings_dir: str | None = Field(None, validation_alias=_env("AGENT_RECORDINGS_DIR"))
+
+    # SIP signalling (on when AGENT_SIP_PORT is set).
+    sip_port: int | None = Field(None, ge=1, le=65535, validation_alias=_env("AGENT_SIP_PORT"))
+    sip_host: str | None = Field(None, validation_alias=_env("AGENT_SIP_HOST"))
+    sip_transports: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["udp", "tcp"], validation_alias=_env("AGENT_SIP_TRANSPORTS")
+    )
+    sip_codecs: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["PCMU", "PCMA"], validation_alias=_env("AGENT_SIP_CODECS")
+    )
+    sip_allowed_sources: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"], validation_alias=_env("AGENT_SIP_ALLOWED_SOURCES")
+    )
+    sip_username: str | None = Field(None, validation_alias=_env("AGENT_SIP_USERNAME"))
+    sip_password: SecretStr | None = Field(None, validation_alias=_env("AGENT_SIP_PASSWORD"))
+    sip_digest_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["SHA-256", "MD5"], validation_alias=_env("AGENT_SIP_DIGEST_ALGORITHMS")
+    )
+    sip_rate_limit: float = Field(20.0, gt=0, le=10_000, validation_alias=_env("AGENT_SIP_RATE_LIMIT"))
+    rtp_address: str | None = Field(None, validation_alias=_env("AGENT_RTP_ADDRESS"))
+
+    @field_validator("sip_transports", "sip_codecs", "sip_allowed_sources", "sip_digest_algorithms", mode="before")
+    @classmethod
+    def _split_sip_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("sip_transports")
+    @classmethod
+    def _check_sip_transports(cls, value: list[str]) -> list[str]:
+        out = [v.lower() for v in value]
+        if not out or any(v not in ("udp", "tcp") for v in out):
+            raise ValueError("accepts a comma-separated list of udp and tcp, e.g. udp,tcp")
+        return out
+
+    @field_validator("sip_codecs")
+    @classmethod
+    def _check_sip_codecs(cls, value: list[str]) -> list[str]:
+        out = [v.upper() for v in value]
+        if not out or any(v not in ("PCMU", "PCMA") for v in out):
+            raise ValueError("accepts PCMU and/or PCMA in order of preference, e.g. PCMU,PCMA")
+        return out
+
+    @field_validator("sip_digest_algorithms")
+    @classmethod
+    def _check_sip_digest(cls, value: list[str]) -> list[str]:
+        out = [v.upper() for v in value]
+        if not out or any(v not in ("SHA-256", "MD5") for v in out):
+            raise ValueError("accepts SHA-256 and/or MD5 in the order to offer them, e.g. SHA-256,MD5")
+        return out
+
+    @field_validator("sip_allowed_sources")
+    @classmethod
+    def _check_sip_sources(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR network (e.g. 203.0.113.0/24)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_sip_auth(self) -> "Settings":
+        if (self.sip_username is None) != (self.sip_password is None):
+            raise ValueError("AGENT_SIP_USERNAME and AGENT_SIP_PASSWORD are set together or not at all")
+        if self.sip_port is not None and self.workers > 1:
+            # A SIP dialog lives in the process that answered it; UDP cannot be shared by workers.
+            raise ValueError("AGENT_SIP_PORT needs AGENT_WORKERS=1 (run one process per host or pod)")
+        return self
+
+    # SIP media (RTP).
+    rtp_ports: str = Field("20000-20999", validation_alias=_env("AGENT_RTP_PORTS"))
+    rtp_timeout_seconds: float = Field(30.0, gt=0, le=3600, validation_alias=_env("AGENT_RTP_TIMEOUT_SECONDS"))
+
+    @field_validator("rtp_ports")
+    @classmethod
+    def _check_rtp_ports(cls, value: str) -> str:
+        first, sep, last = value.strip().partition("-")
+        if not (sep and first.isdigit() and last.isdigit() and 1024 <= int(first) < int(last) <= 65535):
+            raise ValueError("must be FIRST-LAST within 1024-65535, e.g. 20000-20999 (one even port per call)")
+        return value.strip()
 
     @field_validator("transfer_allowlist", mode="before")
     @classmethod
@@ -144,6 +231,17 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError("must be an absolute http(s) URL such as https://agent.example.com")
         return value.rstrip("/")
+
+    @field_validator("softphone_token", mode="before")
+    @classmethod
+    def _check_softphone_token(cls, value: Any) -> Any:
+        """Empty means unset; a short token would be guessable by anyone who can reach the page."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or raw == "":
+            return None
+        if isinstance(raw, str) and len(raw) < 16:
+            raise ValueError("must be at least 16 characters (e.g. `openssl rand -hex 24`)")
+        return value
 
     @field_validator("log_level")
     @classmethod

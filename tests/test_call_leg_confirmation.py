@@ -23,7 +23,7 @@ from peers.fake_twilio_rest import FakeTwilioRest
 from peers.independent_twilio import IndependentTwilioCall
 
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
-from telephony_agent.testing.speech import speech_pcm16
+from telephony_agent.testing.speech import speech_pcm16, speech_ulaw
 
 API_KEY = "sk-test-key"
 GREETING = (
@@ -105,3 +105,22 @@ async def test_a_silent_leg_is_ended_and_its_provider_session_closed(
         await agent.wait_no_calls(timeout=2.0)
         hangups = twilio_rest.requests_for(call.call_sid)
         assert hangups and hangups[0].form == {"Status": "completed"}
+
+
+async def test_barge_in_without_mark_echoes_truncates_at_what_was_heard(openai_server: FakeOpenAIServer) -> None:
+    openai_server.queue_reply(GREETING, speech_pcm16(GREETING, 8000))
+    model = OpenAIRealtimeModel(API_KEY, url=openai_server.url)
+    async with (
+        running_agent(test_settings(greeting=GREETING), model) as agent,
+        IndependentTwilioCall(agent.base_url, PUBLIC_URL, AUTH_TOKEN, echo_marks=False) as call,
+    ):
+        await call.place()
+        await call.connect()
+        await call.wait(lambda: call.heard_ms > 3000, 20, "3 s of the greeting")  # well past the fallback
+        call.speak(speech_ulaw("Sorry, can I ask something else?"))
+        await call.wait(lambda: call.clears > 0, 10, "the agent to clear its audio")
+        await openai_server.wait_for(lambda: bool(openai_server.truncates), timeout=5)
+        truncate = openai_server.truncates[0]["audio_end_ms"]
+        # The pacing clock's played position matches what this caller heard when `clear` came.
+        assert abs(truncate - call.heard_at_clear[0]) <= 40, (truncate, call.heard_at_clear)
+        assert call.marks_echoed == 0

@@ -92,3 +92,12 @@ async def test_start_call_refused_without_admission_opens_nothing() -> None:
     assert refused.value.reason == Refusal.DRAINING
     assert not m.holds("CA1"), "a refused start gives its reservation back"
     assert observer.refused[-1] == (Refusal.DRAINING, "twilio")
+
+
+def test_reservations_remember_their_transport() -> None:
+    m, clock, _ = manager()
+    assert m.reserve("CA1", "softphone") is None
+    assert m.reserved_by("CA1") == "softphone"
+    assert m.reserved_by("CA2") is None
+    clock.now += 11
+    assert m.reserved_by("CA1") is None, "an expired reservation is nobody's"

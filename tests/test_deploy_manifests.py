@@ -213,3 +213,45 @@ def test_readme_explains_routing_and_drain() -> None:
     text = (DEPLOY / "README.md").read_text().lower()
     for phrase in ("websocket", "stickiness", "twilio_auth_token", "terminationgraceperiodseconds", "prometheus-adapter"):
         assert phrase in text, phrase
+
+
+# -- SIP trunk ingress (deploy/k8s/sip) -------------------------------------------------------
+
+K8S_SIP = K8S / "sip"
+
+
+def sip_documents() -> list[tuple[Path, dict]]:
+    docs = []
+    for path in sorted(K8S_SIP.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs.extend((path, doc) for doc in yaml.safe_load_all(path.read_text()) if doc is not None)
+    return docs
+
+
+@pytest.mark.parametrize("path_doc", sip_documents(), ids=lambda pd: f"sip/{pd[0].name}:{pd[1]['kind']}")
+def test_sip_manifest_validates_against_the_kubernetes_schema(path_doc: tuple[Path, dict]) -> None:
+    kubernetes_validate.validate(path_doc[1], K8S_VERSION, strict=True)
+
+
+def test_sip_manifests_media_on_the_host_network_signalling_on_udp_and_tcp() -> None:
+    kustomization = yaml.safe_load((K8S_SIP / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(p.name for p, _ in sip_documents())
+    docs = {doc["kind"]: doc for _, doc in sip_documents()}
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    settings = Settings(_env_file=None, **{  # the values parse as the agent's settings
+        e["name"]: e["value"] for e in env.values() if "value" in e
+    })
+    assert settings.sip_port == 5060 and settings.sip_transports == ["udp", "tcp"]
+    first, last = (int(p) for p in settings.rtp_ports.split("-"))
+    assert last > first
+    assert env["AGENT_RTP_ADDRESS"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    service = docs["Service"]
+    assert {(p["port"], p["protocol"]) for p in service["spec"]["ports"]} == {(5060, "UDP"), (5060, "TCP")}
+    assert service["spec"]["externalTrafficPolicy"] == "Local"  # the source allowlist sees the carrier
+    labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert pod["terminationGracePeriodSeconds"] > settings.drain_seconds

@@ -17,7 +17,8 @@ from agent_server import AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
 from peers.fake_openai import FakeOpenAIServer
 
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
-from telephony_agent.telephony.bridge import CallBridge
+from telephony_agent.telephony.bridge import CallBridge, CallTimer
+from telephony_agent.telephony.pacing import PacingClock
 from telephony_agent.telephony.playout import Playout
 from telephony_agent.telephony.twilio.media_socket import TwilioMediaSocket
 from telephony_agent.testing.twilio_caller import TwilioCaller
@@ -64,7 +65,7 @@ async def test_short_calls_leave_nothing_behind() -> None:
                 tracemalloc.stop()
             assert not agent.state.calls and not agent.state.pending
             assert not agent.state.metrics._seen
-            for kind in (CallBridge, Playout, TwilioMediaSocket, aiohttp.ClientWebSocketResponse):
+            for kind in (CallBridge, CallTimer, Playout, PacingClock, TwilioMediaSocket, aiohttp.ClientWebSocketResponse):
                 assert _alive(kind) == 0, f"{_alive(kind)} {kind.__name__} still alive after {CALLS} calls"
             per_call = (after - before) / CALLS
             assert per_call < 4096, f"traced memory grew {per_call:.0f} B per call"

@@ -106,6 +106,7 @@ class CallManager:
     def __post_init__(self) -> None:
         self._live: dict[str, _Live] = {}
         self._reserved: dict[str, float] = {}  # call id -> when reserved
+        self._reserved_by: dict[str, str] = {}  # call id -> the transport that reserved it
 
     # -- admission --------------------------------------------------------------------------
 
@@ -147,11 +148,18 @@ class CallManager:
             self._refused(reason, transport)
             return reason
         self._reserved[call_id] = self.clock()
+        self._reserved_by[call_id] = transport
         return None
 
     def release(self, call_id: str) -> None:
         """Give a reservation back (the caller cancelled, or the stream was refused)."""
         self._reserved.pop(call_id, None)
+        self._reserved_by.pop(call_id, None)
+
+    def reserved_by(self, call_id: str) -> str | None:
+        """The transport that reserved `call_id` (e.g. `softphone` for a browser call that then
+        streams over the Twilio media socket), or None without a live reservation."""
+        return self._reserved_by.get(call_id) if self.holds(call_id) else None
 
     def holds(self, call_id: str) -> bool:
         """True while `call_id` has an unexpired reservation."""
@@ -167,6 +175,7 @@ class CallManager:
         oldest = self.clock() - self.reservation_ttl
         for call_id in [c for c, t in self._reserved.items() if t < oldest]:
             del self._reserved[call_id]
+            self._reserved_by.pop(call_id, None)
 
     def _refused(self, reason: str, transport: str) -> None:
         if self.observer is not None:
@@ -197,10 +206,10 @@ class CallManager:
             raise CallRefused(Refusal.DUPLICATE)  # one media stream per call
         reason = self.refusal(call_id)
         if reason is not None:
-            self._reserved.pop(call_id, None)
+            self.release(call_id)
             self._refused(reason, kind)
             raise CallRefused(reason)
-        self._reserved.pop(call_id, None)
+        self.release(call_id)
         model = self.model
         assert model is not None  # refusal() checked
         recorder = self.recorder_factory(call_id, kind) if self.recorder_factory is not None else None

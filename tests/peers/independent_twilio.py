@@ -59,12 +59,14 @@ class IndependentTwilioCall:
         self.marks_received = 0
         self.marks_echoed = 0
         self.clears = 0
+        self.heard_at_clear: list[float] = []  # ms heard when each `clear` arrived
         self.closed_at: float | None = None
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._buffer: deque[tuple[str, Any]] = deque()  # ("audio", bytes) | ("mark", name)
         self._mic: deque[bytes] = deque()
         self._mic_on = True
+        self._played_to = 0.0
         self._seq = 0
         self._chunk = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -179,7 +181,9 @@ class IndependentTwilioCall:
                 self._buffer.append(("mark", data["mark"]["name"]))
             elif event == "clear":
                 self.clears += 1
-                pending = [value for kind, value in self._buffer if kind == "mark"]
+                pending = self._advance(asyncio.get_running_loop().time())  # up to this instant
+                self.heard_at_clear.append(self.heard_ms)
+                pending += [value for kind, value in self._buffer if kind == "mark"]
                 self._buffer.clear()
                 for name in pending:
                     await self._echo(name)
@@ -193,31 +197,36 @@ class IndependentTwilioCall:
     async def _player(self) -> None:
         """Play the buffer at 8 bytes a millisecond of loop time; idle time is not made up later."""
         loop = asyncio.get_running_loop()
-        played_to = loop.time()
+        self._played_to = loop.time()
         while True:
             await asyncio.sleep(TICK)
-            now = loop.time()
-            if not self._buffer:
-                played_to = now
+            for name in self._advance(loop.time()):
+                await self._echo(name)
+
+    def _advance(self, now: float) -> list[str]:
+        """Play everything due by `now`; returns the marks reached (all audio before them played)."""
+        reached: list[str] = []
+        if not self._buffer:
+            self._played_to = now
+            return reached
+        while self._buffer and self._played_to < now:
+            kind, value = self._buffer[0]
+            if kind == "mark":
+                reached.append(self._buffer.popleft()[1])
                 continue
-            while self._buffer and played_to < now:
-                kind, value = self._buffer[0]
-                if kind == "mark":
-                    self._buffer.popleft()
-                    await self._echo(value)
-                    continue
-                take = min(len(value), round((now - played_to) * 8000))
-                if take == 0:
-                    break
-                self.heard += value[:take]
-                played_to += take / 8000
-                self.heard_at.append((played_to, take))
-                if take == len(value):
-                    self._buffer.popleft()
-                else:
-                    self._buffer[0] = ("audio", value[take:])
-            while self._buffer and self._buffer[0][0] == "mark":  # audio before it has all played
-                await self._echo(self._buffer.popleft()[1])
+            take = min(len(value), round((now - self._played_to) * 8000))
+            if take == 0:
+                break
+            self.heard += value[:take]
+            self._played_to += take / 8000
+            self.heard_at.append((self._played_to, take))
+            if take == len(value):
+                self._buffer.popleft()
+            else:
+                self._buffer[0] = ("audio", value[take:])
+        while self._buffer and self._buffer[0][0] == "mark":
+            reached.append(self._buffer.popleft()[1])
+        return reached
 
     # -- results ----------------------------------------------------------------------------
 

@@ -148,8 +148,17 @@ class TwilioRoutes:
 
         async def make_bridge(start: Start, socket: TwilioMediaSocket) -> CallBridge:
             try:
+                reserved_by = manager.reserved_by(start.call_sid)
+                if reserved_by is not None and reserved_by != TRANSPORT:
+                    # Placed by another way in (the browser softphone) and streamed like Twilio:
+                    # there is no call at Twilio to hang up or transfer through its REST API.
+                    socket.rest = None
                 return await manager.start_call(
-                    start.call_sid, socket, transport=TRANSPORT, log=socket.log, on_admitted=socket.on_admitted
+                    start.call_sid,
+                    socket,
+                    transport=reserved_by or TRANSPORT,
+                    log=socket.log,
+                    on_admitted=socket.on_admitted,
                 )
             except CallRefused:
                 self.count_refused("media")

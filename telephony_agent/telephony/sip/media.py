@@ -1,0 +1,614 @@
+"""The RTP endpoint of one SIP call (asyncio shell) and the `PhoneLeg` the call bridge drives.
+
+One UDP socket per call, from a port pool. Inbound: RTCP and malformed datagrams are counted and
+dropped; speech goes through the jitter buffer, telephone-events through the DTMF receiver.
+Symmetric RTP: we send to where the caller's RTP comes from (the SDP address is only the first
+guess: NAT). Outbound: the pacer's absolute 20 ms clock, one `call_at` timer at a time. No RTP
+for `timeout_s` ends the call through the signalling side.
+
+`SipLeg` adapts the session to the bridge: it confirms no playout (the bridge's pacing clock
+does), hands caller audio and keys to `LegEvents` in arrival order from one task, and asks the
+dialog (`SipCallControl`) to hang up or transfer. The cores (rtp, jitter, dtmf, pacer) hold all
+the logic; this module only moves bytes and arms timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from ..leg import AudioLaw, LegEvents, PhoneFormat
+from .dtmf import DtmfReceiver
+from .jitter import JitterBuffer
+from .leg_control import SipCallControl
+from .pacer import OutboundPacer
+from .rtp import RtpError, RtpPacketizer, is_rtcp, parse_rtp
+
+__all__ = [
+    "DEPARTURE_BUCKETS_MS",
+    "RtpPortPool",
+    "RtpSession",
+    "RtpStats",
+    "SipLeg",
+    "open_rtp",
+    "parse_port_range",
+]
+
+log = logging.getLogger(__name__)
+
+_PT_FOR_LAW = {AudioLaw.PCMU: 0, AudioLaw.PCMA: 8}
+_RELATCH_AFTER_S = 2.0  # a new source may take over once the latched one is silent this long
+_MAX_DATAGRAM = 2048
+DEPARTURE_BUCKETS_MS = (0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 50.0, 100.0)
+"""Upper bounds (ms) of the histogram of |inter-departure interval - ptime| of outbound packets."""
+
+
+def parse_port_range(spec: str) -> tuple[int, int]:
+    """`"20000-20999"` -> (20000, 20999); raises ValueError naming the problem."""
+    first_s, sep, last_s = spec.strip().partition("-")
+    try:
+        first, last = int(first_s), int(last_s if sep else first_s)
+    except ValueError:
+        raise ValueError(f"RTP port range {spec!r} is not FIRST-LAST (e.g. 20000-20999)") from None
+    if not 1024 <= first <= last <= 65535:
+        raise ValueError(f"RTP port range {spec!r} must be within 1024-65535, first <= last")
+    if last - first < 1:
+        raise ValueError(f"RTP port range {spec!r} needs at least two ports (RTP uses even ones)")
+    return first, last
+
+
+class RtpPortPool:
+    """Even ports from [first, last] (RTP convention; the odd one above is left for RTCP)."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.first, self.last = first, last
+        start = first + (first % 2)
+        self._free: collections.deque[int] = collections.deque(range(start, last + 1, 2))
+        self._used: set[int] = set()
+        self.size = len(self._free)
+
+    @classmethod
+    def from_spec(cls, spec: str) -> RtpPortPool:
+        return cls(*parse_port_range(spec))
+
+    @property
+    def in_use(self) -> int:
+        return len(self._used)
+
+    def acquire(self) -> int | None:
+        """A free port (least recently used first), or None when every port is taken."""
+        if not self._free:
+            return None
+        port = self._free.popleft()
+        self._used.add(port)
+        return port
+
+    def release(self, port: int) -> None:
+        if port in self._used:
+            self._used.discard(port)
+            self._free.append(port)
+
+
+@dataclass(slots=True)
+class RtpStats:
+    """One call's RTP counters (the cores' own stats are beside them on the session)."""
+
+    packets_in: int = 0
+    bytes_in: int = 0
+    rtcp: int = 0
+    malformed: dict[str, int] = field(default_factory=dict)
+    unexpected_pt: int = 0
+    foreign_source: int = 0
+    relatches: int = 0
+    packets_out: int = 0
+    send_errors: int = 0
+    departure_ms: list[int] = field(default_factory=lambda: [0] * (len(DEPARTURE_BUCKETS_MS) + 1))
+    """Counts per `DEPARTURE_BUCKETS_MS` bucket (last: above the largest) of |interval - ptime|."""
+
+    @property
+    def malformed_total(self) -> int:
+        return sum(self.malformed.values())
+
+
+class _SessionState(enum.Enum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class RtpSession(asyncio.DatagramProtocol):
+    """One call's RTP socket: receive, reorder, detect keys, pace out, watch for silence."""
+
+    def __init__(
+        self,
+        fmt: PhoneFormat,
+        te_pt: int | None,
+        remote: tuple[str, int],
+        timeout_s: float,
+        *,
+        pool: RtpPortPool | None = None,
+        port: int = 0,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger] = log,
+        continuous: bool = True,
+        metrics: Any | None = None,
+    ) -> None:
+        self.fmt = fmt
+        self.te_pt = te_pt
+        self.speech_pt = _PT_FOR_LAW[fmt.law]
+        self.remote = remote
+        self.timeout_s = timeout_s
+        self.local_port = port
+        self.log = log
+        self.stats = RtpStats()
+        self.jitter = JitterBuffer(silence=fmt.law.silence, sample_rate=fmt.sample_rate)
+        self.dtmf = DtmfReceiver()
+        self.pacer = OutboundPacer(
+            frame_bytes=fmt.sample_rate // 50,  # we always send 20 ms
+            sample_rate=fmt.sample_rate,
+            silence=fmt.law.silence if continuous else None,
+        )
+        self.packetizer = RtpPacketizer(self.speech_pt)
+        self.on_audio: Callable[[bytes], None] = lambda _payload: None
+        self.on_dtmf: Callable[[str], None] = lambda _digit: None
+        self.on_timeout: Callable[[], None] = lambda: None
+        self._pool = pool
+        self._transport: asyncio.DatagramTransport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._latched: tuple[str, int] | None = None
+        self._latched_at = 0.0  # last packet from the latched source
+        self._last_rx = self._loop.time()
+        self._last_tx: float | None = None
+        self._pace_handle: asyncio.TimerHandle | None = None
+        self._pace_at: float | None = None
+        self._jitter_handle: asyncio.TimerHandle | None = None
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._sending = False
+        self._held: list[bytes] = []  # frames sent before start_sending()
+        self._metrics = metrics  # telephony_agent.metrics.Metrics (duck-typed: no upward import)
+        self._reported: dict[str, int] = {}
+        self._flushed_at = self._loop.time()
+        self.state = _SessionState.OPEN
+
+    # -- asyncio protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)  # asyncio's is no subclass
+        self._arm_idle(self._loop.time() + self.timeout_s)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        if self.state is not _SessionState.OPEN:
+            return
+        try:
+            self._receive(data, (addr[0], addr[1]), self._loop.time())
+        except Exception:  # a bug here must not end the call or the loop: count and go on
+            self.stats.malformed["internal"] = self.stats.malformed.get("internal", 0) + 1
+            if self.stats.malformed["internal"] == 1:  # once: packets come 50 times a second
+                self.log.exception("RTP packet handling failed")
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable and the like
+        self.log.debug("RTP socket error: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+
+    # -- inbound
+
+    def _receive(self, data: bytes, source: tuple[str, int], now: float) -> None:
+        if len(data) > _MAX_DATAGRAM:
+            self._malformed("oversized")
+            return
+        if is_rtcp(data):
+            self.stats.rtcp += 1
+            return
+        try:
+            packet = parse_rtp(data)
+        except RtpError as exc:
+            self._malformed(exc.kind.value)
+            return
+        pt = packet.payload_type
+        if pt != self.speech_pt and pt != self.te_pt:
+            self.stats.unexpected_pt += 1  # comfort noise, a codec we did not answer, sipp's filler
+            return
+        if not self._accept_source(source, now):
+            return
+        self.stats.packets_in += 1
+        self.stats.bytes_in += len(data)
+        self._last_rx = now
+        if pt == self.speech_pt:
+            for payload in self.jitter.push(packet, now):
+                self.on_audio(payload)
+            self._arm_jitter()
+        else:
+            for payload in self.jitter.skip(packet, now):  # PJSIP numbers events with the speech
+                self.on_audio(payload)
+            for digit in self.dtmf.receive(packet.ssrc, packet.timestamp, packet.payload):
+                self.log.info("DTMF %s (RFC 4733)", digit)
+                self.on_dtmf(digit)
+
+    def _accept_source(self, source: tuple[str, int], now: float) -> bool:
+        """Symmetric RTP: latch on the first source, let another take over only after silence."""
+        if source == self._latched:
+            self._latched_at = now
+            return True
+        if self._latched is not None and now - self._latched_at < _RELATCH_AFTER_S:
+            self.stats.foreign_source += 1
+            return False
+        if self._latched is not None:
+            self.stats.relatches += 1
+        self._latched = source
+        self._latched_at = now
+        if source != self.remote:
+            self.log.info("RTP latched to %s:%d (SDP said %s:%d)", *source, *self.remote)
+            self.remote = source
+        return True
+
+    def _malformed(self, kind: str) -> None:
+        self.stats.malformed[kind] = self.stats.malformed.get(kind, 0) + 1
+
+    def _arm_jitter(self) -> None:
+        deadline = self.jitter.get_timer()
+        if deadline is None or self._jitter_handle is not None:
+            return
+        self._jitter_handle = self._loop.call_at(deadline, self._on_jitter_timer)
+
+    def _on_jitter_timer(self) -> None:
+        self._jitter_handle = None
+        if self.state is not _SessionState.OPEN:
+            return
+        for payload in self.jitter.handle_timer(self._loop.time()):
+            self.on_audio(payload)
+        self._arm_jitter()
+
+    def _arm_idle(self, deadline: float) -> None:
+        self._idle_handle = self._loop.call_at(deadline, self._on_idle_timer)
+
+    def _on_idle_timer(self) -> None:
+        self._idle_handle = None
+        if self.state is not _SessionState.OPEN:
+            return
+        deadline = self._last_rx + self.timeout_s
+        if self._loop.time() < deadline:
+            self._arm_idle(deadline)
+            return
+        self.log.warning("no RTP for %.0fs: ending the call", self.timeout_s)
+        self.on_timeout()
+
+    # -- outbound
+
+    def start_sending(self) -> None:
+        """Start the outbound clock (continuous mode sends silence until there is audio). Until
+        then `send` only queues: nothing goes out before the call is answered."""
+        if self._sending or self.state is not _SessionState.OPEN:
+            return
+        self._sending = True
+        now = self._loop.time()
+        self.pacer.start(now)
+        held, self._held = self._held, []
+        if held:
+            self.pacer.enqueue(held, now)
+        self._arm_pacer()
+
+    def send(self, frames: list[bytes]) -> None:
+        if self.state is not _SessionState.OPEN:
+            return
+        if not self._sending:
+            room = self.pacer.max_queued - len(self._held)
+            self._held.extend(frames[: max(room, 0)])
+            return
+        self.pacer.enqueue(frames, self._loop.time())
+        self._arm_pacer()
+
+    def clear(self) -> int:
+        """Barge-in: drop every queued frame; the next packet out is silence (or nothing, DTX)."""
+        held, self._held = len(self._held), []
+        return self.pacer.clear() + held
+
+    def _arm_pacer(self) -> None:
+        deadline = self.pacer.get_timer()
+        if deadline is None or deadline == self._pace_at:
+            return
+        if self._pace_handle is not None:
+            self._pace_handle.cancel()
+        self._pace_at = deadline
+        self._pace_handle = self._loop.call_at(deadline, self._on_pace_timer)
+
+    def _on_pace_timer(self) -> None:
+        self._pace_handle = None
+        self._pace_at = None
+        if self.state is not _SessionState.OPEN or self._transport is None:
+            return
+        now = self._loop.time()
+        for frame in self.pacer.handle_timer(now):
+            data = self.packetizer.packet(frame.payload, marker=frame.marker, skipped_samples=frame.skipped_samples)
+            try:
+                self._transport.sendto(data, self.remote)
+            except OSError:
+                self.stats.send_errors += 1
+                continue
+            self.stats.packets_out += 1
+            self._record_departure(now)
+        if self._metrics is not None and now - self._flushed_at >= 1.0:
+            self._flush_metrics(now)
+        self._arm_pacer()
+
+    def _record_departure(self, now: float) -> None:
+        if self._last_tx is not None:
+            dev = abs((now - self._last_tx) - 0.02) * 1000
+            if self._metrics is not None:
+                self._metrics.rtp_departure.observe(dev)
+            buckets = self.stats.departure_ms
+            for i, bound in enumerate(DEPARTURE_BUCKETS_MS):
+                if dev <= bound:
+                    buckets[i] += 1
+                    break
+            else:
+                buckets[-1] += 1
+        self._last_tx = now
+
+    def _flush_metrics(self, now: float, *, final: bool = False) -> None:
+        """Add what the counters gained since the last flush (cheaper than per-packet updates)."""
+        m = self._metrics
+        if m is None:
+            return
+        self._flushed_at = now
+        current = {
+            "in": self.stats.packets_in,
+            "out": self.stats.packets_out,
+            "lost": self.jitter.stats.lost,
+            "late": self.jitter.stats.late + self.jitter.stats.duplicates,
+            "dtmf": self.dtmf.stats.digits,
+            **{f"malformed:{k}": v for k, v in self.stats.malformed.items()},
+        }
+        for key, value in current.items():
+            gained = value - self._reported.get(key, 0)
+            if gained <= 0:
+                continue
+            self._reported[key] = value
+            if key in ("in", "out"):
+                m.rtp_packets.labels(key).inc(gained)
+            elif key == "lost":
+                m.rtp_lost.inc(gained)
+            elif key == "late":
+                m.rtp_late.inc(gained)
+            elif key == "dtmf":
+                m.rtp_dtmf.inc(gained)
+            else:
+                m.rtp_malformed.labels(key.split(":", 1)[1]).inc(gained)
+        if final and self.jitter.stats.packets:
+            m.rtp_jitter.observe(self.jitter.stats.jitter_ms)
+
+    # -- life cycle
+
+    def close(self) -> None:
+        """Stop everything and give the port back. Idempotent."""
+        if self.state is _SessionState.CLOSED:
+            return
+        self.state = _SessionState.CLOSED
+        self._flush_metrics(self._loop.time(), final=True)
+        self.pacer.stop()
+        for handle in (self._pace_handle, self._jitter_handle, self._idle_handle):
+            if handle is not None:
+                handle.cancel()
+        self._pace_handle = self._jitter_handle = self._idle_handle = None
+        if self._transport is not None:
+            self._transport.close()
+        if self._pool is not None and self.local_port:
+            self._pool.release(self.local_port)
+            self._pool = None
+
+    @property
+    def closed(self) -> bool:
+        return self.state is _SessionState.CLOSED
+
+    def summary(self) -> dict[str, Any]:
+        """Counters for the call's end-of-call log line and metrics."""
+        j, d, p = self.jitter.stats, self.dtmf.stats, self.pacer.stats
+        return {
+            "packets_in": self.stats.packets_in,
+            "packets_out": self.stats.packets_out,
+            "lost": j.lost,
+            "late": j.late,
+            "reordered": j.reordered,
+            "duplicates": j.duplicates,
+            "ssrc_changes": j.ssrc_changes,
+            "jitter_ms": round(j.jitter_ms, 2),
+            "rtcp": self.stats.rtcp,
+            "malformed": self.stats.malformed_total,
+            "unexpected_pt": self.stats.unexpected_pt,
+            "foreign_source": self.stats.foreign_source,
+            "dtmf": d.digits,
+            "cleared_frames": p.cleared,
+            "pacer_resyncs": p.resyncs,
+        }
+
+
+async def open_rtp(
+    host: str,
+    pool: RtpPortPool,
+    fmt: PhoneFormat,
+    te_pt: int | None,
+    remote: tuple[str, int],
+    timeout_s: float,
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger] = log,
+    *,
+    continuous: bool = True,
+    metrics: Any | None = None,
+) -> RtpSession:
+    """Bind a UDP socket for one call on a free pool port. Raises OSError when none is free."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    last_error: OSError | None = None
+    for _ in range(pool.size):
+        port = pool.acquire()
+        if port is None:
+            break
+        session = RtpSession(
+            fmt, te_pt, remote, timeout_s, pool=pool, port=port, log=log, continuous=continuous, metrics=metrics
+        )
+
+        def factory(s: RtpSession = session) -> RtpSession:
+            return s
+
+        try:
+            await loop.create_datagram_endpoint(factory, local_addr=(host, port), family=family)
+        except OSError as exc:  # taken by another process: try the next port
+            last_error = exc
+            pool.release(port)
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                raise
+            continue
+        return session
+    raise OSError(errno.EADDRINUSE, f"no free RTP port in {pool.first}-{pool.last}") from last_error
+
+
+class _LegState(enum.Enum):
+    RUNNING = "running"
+    ENDED = "ended"  # the caller hung up or the media timed out; on_hangup is (being) delivered
+    CLOSED = "closed"
+
+
+_AUDIO, _DTMF, _HANGUP = "audio", "dtmf", "hangup"
+
+
+class SipLeg:
+    """The `PhoneLeg` of a SIP call: an `RtpSession` plus the dialog's `SipCallControl`."""
+
+    transport = "sip"
+    confirms_playout = False
+
+    def __init__(
+        self,
+        rtp: RtpSession,
+        control: SipCallControl,
+        *,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger] = log,
+        max_pending_audio: int = 250,
+    ) -> None:
+        self.rtp = rtp
+        self.control = control
+        self.log = log
+        self._events: LegEvents | None = None
+        self._queue: collections.deque[tuple[str, Any]] = collections.deque()
+        self._pending_audio = 0
+        self._max_pending_audio = max_pending_audio
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped_audio = 0
+        self.bridge_errors = 0
+        self._hangup_sent = False
+        self._caller_gone = False  # BYE/CANCEL from the caller, or the media timed out (BYE sent)
+        self.state = _LegState.RUNNING
+        rtp.on_audio = self._on_audio
+        rtp.on_dtmf = self.deliver_dtmf
+        rtp.on_timeout = self._on_media_timeout
+
+    @property
+    def format(self) -> PhoneFormat:
+        return self.rtp.fmt
+
+    def attach(self, events: LegEvents) -> None:
+        """Start delivering caller audio, keys and hang-up to the bridge, and start sending."""
+        if self._events is not None or self.state is _LegState.CLOSED:
+            return
+        self._events = events
+        self._task = asyncio.get_running_loop().create_task(self._deliver(), name="sip-leg-events")
+        self.rtp.start_sending()
+
+    # -- PhoneLeg
+
+    def send_audio(self, frames: list[bytes], tag: str) -> None:
+        self.rtp.send(frames)
+
+    def send_clear(self) -> None:
+        self.rtp.clear()
+
+    async def hangup(self) -> None:
+        """BYE (once), then close. Closing the media first (the endpoint may do that as soon as the
+        bridge reports the call over) does not cancel the BYE; a caller who hung up gets none."""
+        if self._caller_gone or self._hangup_sent:
+            await self.close()
+            return
+        self._hangup_sent = True
+        try:
+            await self.control.hangup()
+        finally:
+            await self.close()
+
+    async def transfer(self, target: str) -> None:
+        await self.control.transfer(target)
+
+    async def close(self) -> None:
+        if self.state is _LegState.CLOSED:
+            return
+        self.state = _LegState.CLOSED
+        self.rtp.close()
+        self.log.info("RTP closed", extra={"rtp": self.rtp.summary()})
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    # -- from the signalling side and the RTP session
+
+    def deliver_dtmf(self, digit: str) -> None:
+        """A key from RFC 4733 or SIP INFO."""
+        if self.state is _LegState.RUNNING:
+            self._push(_DTMF, digit)
+
+    def deliver_hangup(self) -> None:
+        """The caller hung up (BYE, CANCEL) or the dialog ended: tell the bridge once."""
+        self._caller_gone = True
+        if self.state is not _LegState.RUNNING:
+            return
+        self.state = _LegState.ENDED
+        self._push(_HANGUP, None)
+
+    def _on_audio(self, payload: bytes) -> None:
+        if self.state is not _LegState.RUNNING:
+            return
+        if self._pending_audio >= self._max_pending_audio:  # the bridge stalled: drop, don't grow
+            self.dropped_audio += 1
+            return
+        self._pending_audio += 1
+        self._push(_AUDIO, payload)
+
+    def _on_media_timeout(self) -> None:
+        self.control.on_media_timeout()
+        self.deliver_hangup()
+
+    def _push(self, kind: str, value: Any) -> None:
+        self._queue.append((kind, value))
+        self._wake.set()
+
+    async def _deliver(self) -> None:
+        events = self._events
+        assert events is not None
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            kind, value = self._queue.popleft()
+            try:
+                if kind == _AUDIO:
+                    self._pending_audio -= 1
+                    await events.on_caller_audio(value)
+                elif kind == _DTMF:
+                    await events.on_dtmf(value)
+                else:
+                    await events.on_hangup()
+                    return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the bridge's failure must not stop later events (hang-up)
+                self.bridge_errors += 1
+                if self.bridge_errors == 1:  # once: audio arrives 50 times a second
+                    self.log.exception("bridge failed to take a %s event", kind)
