@@ -12,10 +12,17 @@ SYS_PKGS += chromium chromedriver  # the browser softphone's tests (Debian: chro
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# Serving needs the package and its own dependencies only; the test and benchmark extras
+# (pytest, the provider SDKs the fakes validate against, matplotlib, py-spy, ...) are installed
+# on top by the targets that use them. --no-compile: modules are byte-compiled when first
+# imported, not all of scipy's at install time.
+$(VENV)/.serve: pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-compile -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.serve
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test,bench]'
 	touch $@
 
 $(VENV313)/.installed: pyproject.toml
@@ -32,7 +39,7 @@ system-deps: ## Install the Debian packages the tests use (espeak-ng, sox, sipp,
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox sip-tester baresip-core kamailio chromium chromium-driver >/dev/null; \
 	fi
 
-run: $(VENV)/.installed ## Serve calls (offline local engine when no provider key is set)
+run: $(VENV)/.serve ## Serve calls (offline local engine when no provider key is set)
 	@echo "make run: SIP trunk too? set AGENT_SIP_PORT=5060 and AGENT_SIP_ALLOWED_SOURCES=<trunk CIDRs> (README: SIP trunk)"
 	@if [ -z "$$TWILIO_AUTH_TOKEN" ] && ! grep -qs '^TWILIO_AUTH_TOKEN=.' .env; then \
 	  echo "make run: no TWILIO_AUTH_TOKEN, so serving for local development only:"; \

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests" / "fixtures" / "calls"))
 import orjson  # noqa: E402
 from scenarios import BY_NAME, SCENARIOS, Scenario, environment, perform  # noqa: E402
 
-from telephony_agent.recording.format import IN, LEG_TWILIO  # noqa: E402
+from telephony_agent.recording.format import IN, LEG_PHONE, LEG_V1_TWILIO  # noqa: E402
 from telephony_agent.replay import run_virtual  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def compact(src: Path, dst: Path, scenario: Scenario) -> int:
                 obj["description"] = scenario.description
                 obj["started_at"] = "1970-01-01T00:00:00.000Z"  # reproducible files
             msg = obj.get("msg")
-            if isinstance(msg, dict) and not (obj.get("leg") == LEG_TWILIO and obj.get("dir") == IN):
+            if isinstance(msg, dict) and not (obj.get("leg") in (LEG_PHONE, LEG_V1_TWILIO) and obj.get("dir") == IN):
                 _elide(obj, msg)
             out += orjson.dumps(obj) + b"\n"
     data = gzip.compress(bytes(out), mtime=0)

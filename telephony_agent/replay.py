@@ -9,17 +9,22 @@ compared with the old one (`recording.analysis`).
 
 The virtual clock
 -----------------
-`VirtualClockLoop` is an asyncio event loop whose `time()` is the monotonic clock plus an
-offset. When the loop would block waiting for a timer and nothing is ready (no socket has data,
-no callback is queued, no executor job is running), it adds the wait to the offset instead of
-sleeping: virtual time jumps to the next timer. Loopback socket I/O still works: a `send()` on
-127.0.0.1 is in the peer's receive buffer when it returns, so a zero-timeout poll sees it
-before any jump. Work in threads or processes (speech recognition, synthesis) is real work that
+`VirtualClockLoop` is an asyncio event loop with a clock of its own that moves only when the
+loop would otherwise wait: when nothing is ready (no socket has data, no callback is queued, no
+executor job is outstanding), it sets its clock to the next timer instead of sleeping. Running
+code takes no virtual time, so a replay sees the same timeline on a fast machine, a slow one or
+a busy one: the result of a replay does not depend on the machine's speed.
+
+Loopback socket I/O still works: a `send()` on 127.0.0.1 is in the peer's receive buffer when it
+returns, so a zero-timeout poll sees it before any jump. Work in threads or processes (speech
+recognition in the local engine's worker processes, synthesis on its thread) is real work that
 takes real time: while any `ThreadPoolExecutor`/`ProcessPoolExecutor` job submitted during the
-run is pending (and for 5 ms after one finishes, so its result reaches the loop), the loop waits
-in real time and virtual time runs at the real rate. Everything that reads the loop's clock (the
+run is outstanding, the loop waits for it in real time with its clock stopped. A job counts as
+outstanding until every done-callback of its future has run (those callbacks are how a result
+reaches the loop: `call_soon_threadsafe`), so its result is always delivered at the virtual
+instant the job was submitted, never after a jump. Everything that reads the loop's clock (the
 bridge's playout and timers, aiohttp timeouts, the local engine's pacing, the softphone's
-playout) therefore sees a consistent timeline, and a call runs as fast as its CPU work allows.
+playout) sees one consistent timeline, and a call runs as fast as its CPU work allows.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ import asyncio
 import binascii
 import concurrent.futures
 import contextlib
+import os
 import selectors
+import socket
+import struct
 import tempfile
 import threading
 import time
@@ -38,62 +46,105 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from telephony_agent.recording.analysis import CallSummary, Tolerances, compare, summarize
-from telephony_agent.recording.format import IN, LEG_TWILIO, Recording, read_recording
+from telephony_agent.recording.format import IN, LEG_PHONE, Recording, RecordingError, read_recording
 from telephony_agent.testing.twilio_caller import FRAME_BYTES, SILENCE, TwilioCaller
+
+__all__ = [
+    "BUSY",
+    "MEDIA_STREAMS_TRANSPORTS",
+    "CallerScript",
+    "ReplayResult",
+    "VirtualClockLoop",
+    "caller_script",
+    "drive_call",
+    "in_process_server",
+    "loopback_in_flight",
+    "replay",
+    "run_virtual",
+    "track_executors",
+    "wait_no_calls",
+]
 
 T = TypeVar("T")
 
-SETTLE_S = 0.005
+REAL_WAIT_S = 0.02  # longest real-time wait for an outstanding job before polling again
 
 
 # -- the virtual clock ----------------------------------------------------------------------
 
 
 class _Busy:
-    """Executor jobs in flight (any thread), and a short settle time after each finishes."""
+    """Executor jobs outstanding (submitted from any thread, done-callbacks not all run yet)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.pending = 0
-        self.settle_until = 0.0
 
     def started(self) -> None:
         with self._lock:
             self.pending += 1
 
-    def finished(self, _future: object = None) -> None:
+    def finished(self) -> None:
         with self._lock:
             self.pending -= 1
-            self.settle_until = time.monotonic() + SETTLE_S
+
+    def reset(self) -> None:
+        with self._lock:
+            self.pending = 0
 
     def active(self) -> bool:
-        return self.pending > 0 or time.monotonic() < self.settle_until
+        return self.pending > 0
 
 
 BUSY = _Busy()
 _patch_lock = threading.Lock()
 _patch_depth = 0
+_TRACKED = "_virtual_clock_job"
+
+
+def _patch_executors() -> None:
+    for cls in (concurrent.futures.ThreadPoolExecutor, concurrent.futures.ProcessPoolExecutor):
+        original = cls.submit
+
+        def submit(self: Any, fn: Any, /, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
+            future = __original(self, fn, *args, **kwargs)
+            with future._condition:  # noqa: SLF001 - the future's own lock orders us against set_result
+                if not future.done():
+                    setattr(future, _TRACKED, True)
+                    BUSY.started()
+            return future
+
+        submit.__wrapped_original__ = original  # type: ignore[attr-defined]
+        cls.submit = submit  # type: ignore[method-assign]
+    invoke = concurrent.futures.Future._invoke_callbacks  # type: ignore[attr-defined]
+
+    def _invoke_callbacks(self: concurrent.futures.Future[Any], __original: Any = invoke) -> None:
+        try:
+            __original(self)
+        finally:
+            if self.__dict__.pop(_TRACKED, False):
+                BUSY.finished()
+
+    _invoke_callbacks.__wrapped_original__ = invoke  # type: ignore[attr-defined]
+    concurrent.futures.Future._invoke_callbacks = _invoke_callbacks  # type: ignore[attr-defined]
+
+
+def _unpatch_executors() -> None:
+    for cls in (concurrent.futures.ThreadPoolExecutor, concurrent.futures.ProcessPoolExecutor):
+        cls.submit = cls.submit.__wrapped_original__  # type: ignore[attr-defined,method-assign]
+    future_cls: Any = concurrent.futures.Future
+    future_cls._invoke_callbacks = future_cls._invoke_callbacks.__wrapped_original__
 
 
 @contextlib.contextmanager
 def track_executors() -> Iterator[_Busy]:
-    """Count jobs submitted to any thread or process pool while active (the virtual clock
-    must not jump while one runs)."""
+    """Count jobs submitted to any thread or process pool while active, until their results
+    have been handed on (the virtual clock must not move while one is outstanding)."""
     global _patch_depth
-    classes = (concurrent.futures.ThreadPoolExecutor, concurrent.futures.ProcessPoolExecutor)
     with _patch_lock:
         if _patch_depth == 0:
-            for cls in classes:
-                original = cls.submit
-
-                def submit(self: Any, fn: Any, /, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
-                    future = __original(self, fn, *args, **kwargs)
-                    BUSY.started()
-                    future.add_done_callback(BUSY.finished)
-                    return future
-
-                submit.__wrapped_original__ = original  # type: ignore[attr-defined]
-                cls.submit = submit  # type: ignore[method-assign]
+            BUSY.reset()  # a job of an earlier run that never finished must not stop this one's clock
+            _patch_executors()
         _patch_depth += 1
     try:
         yield BUSY
@@ -101,38 +152,127 @@ def track_executors() -> Iterator[_Busy]:
         with _patch_lock:
             _patch_depth -= 1
             if _patch_depth == 0:
-                for cls in classes:
-                    cls.submit = cls.submit.__wrapped_original__  # type: ignore[attr-defined,method-assign]
+                _unpatch_executors()
+
+
+# Linux `struct tcp_info` (linux/tcp.h): state, and the byte counts since 4.19.
+_TCP_INFO_LEN = 216
+_TCP_ESTABLISHED, _TCP_SYN_SENT, _TCP_SYN_RECV, _TCP_FIN_WAIT1, _TCP_LISTEN = 1, 2, 3, 4, 10
+_LOOPBACK = ("127.", "::1", "::ffff:127.")
+IN_FLIGHT_LIMIT_S = 1.0  # give up waiting for loopback data after this long (real time)
+
+
+def _tcp_ends() -> tuple[dict[tuple[Any, Any], tuple[int, int, int]], set[Any]] | None:
+    """Every loopback TCP socket of this process: (local, peer) -> (state, bytes sent, bytes
+    received), and the listening addresses. None where the kernel cannot say (not Linux)."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return None
+    ends: dict[tuple[Any, Any], tuple[int, int, int]] = {}
+    listening: set[Any] = set()
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue  # not a socket (or already closed)
+        try:
+            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            local = sock.getsockname()[:2]
+            if not str(local[0]).startswith(_LOOPBACK):
+                continue
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+            if len(info) < _TCP_INFO_LEN:
+                return None
+            state = info[0]
+            if state == _TCP_LISTEN:
+                listening.add(local)
+                continue
+            if state in (_TCP_SYN_SENT, _TCP_SYN_RECV):
+                ends[(local, None)] = (state, 0, 0)
+                continue
+            try:
+                peer = sock.getpeername()[:2]
+            except OSError:
+                continue
+            received, sent, retransmitted = (
+                struct.unpack_from("<Q", info, 128)[0], *struct.unpack_from("<QQ", info, 200),
+            )
+            ends[(local, peer)] = (state, sent - retransmitted, received)
+        except OSError:
+            continue
+        finally:
+            sock.detach()  # the fd belongs to its owner: never close it here
+    return ends, listening
+
+
+def loopback_in_flight() -> bool:
+    """Whether a loopback TCP connection inside this process has something on its way that the
+    receiving socket has not got yet: bytes, a FIN, or a handshake. A loopback `send()` normally
+    lands in the peer's buffer before it returns, but on a busy machine the kernel may finish
+    the delivery a little later (in ksoftirqd); a clock jump then would reorder the call."""
+    found = _tcp_ends()
+    if found is None:
+        return False
+    ends, listening = found
+    for (local, peer), (state, sent, received) in ends.items():
+        if peer is None:
+            return True  # a handshake in progress
+        other = ends.get((peer, local))
+        if other is None:
+            if state == _TCP_ESTABLISHED and peer in listening:
+                return True  # connected, not yet in the listener's accept queue
+            continue
+        if sent > other[2]:
+            return True
+        if state == _TCP_FIN_WAIT1 and other[0] == _TCP_ESTABLISHED:
+            return True  # our FIN not yet seen by the peer
+    return False
 
 
 class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
     def __init__(self) -> None:
         super().__init__()
-        self.offset = 0.0
+        self.now = time.monotonic()
         self.jumped = 0.0
+        self.waits_in_flight = 0  # polls that found loopback data on its way (and waited for it)
+        self._in_flight_since: float | None = None
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         if timeout is None or timeout <= 0:
             return super().select(timeout)
+        # Read the job count before polling: a job that finished before this line has already
+        # queued its result (and woken the loop's self-pipe), so the poll below sees it.
+        busy = BUSY.active()
         events = super().select(0)
         if events:
+            self._in_flight_since = None
             return events
-        if BUSY.active():
-            return super().select(min(timeout, 0.02))  # real work in flight: real time passes
-        self.offset += timeout
+        if busy:
+            return super().select(min(timeout, REAL_WAIT_S))  # real work in flight: the clock stays
+        if loopback_in_flight():
+            real = time.monotonic()
+            if self._in_flight_since is None:
+                self._in_flight_since = real
+            if real - self._in_flight_since < IN_FLIGHT_LIMIT_S:
+                self.waits_in_flight += 1
+                return super().select(min(timeout, 0.001))  # it arrives in real time: the clock stays
+        self._in_flight_since = None
+        self.now += timeout
         self.jumped += timeout
         return []
 
 
 class VirtualClockLoop(asyncio.SelectorEventLoop):
-    """An event loop that skips idle waits (see the module docstring)."""
+    """An event loop whose clock moves only when it is idle (see the module docstring)."""
 
     def __init__(self) -> None:
         self._vsel = _VirtualSelector()
         super().__init__(self._vsel)
 
     def time(self) -> float:
-        return time.monotonic() + self._vsel.offset
+        return self._vsel.now
 
     async def shutdown_default_executor(self, timeout: float | None = None) -> None:
         """Join the default executor's threads directly: the base class waits for a helper
@@ -145,6 +285,11 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     @property
     def skipped_seconds(self) -> float:
         return self._vsel.jumped
+
+    @property
+    def waits_in_flight(self) -> int:
+        """How often the clock waited for loopback data the kernel had not delivered yet."""
+        return self._vsel.waits_in_flight
 
 
 def run_virtual(main: Coroutine[Any, Any, T]) -> T:
@@ -168,11 +313,16 @@ class CallerScript:
     hung_up: bool = False
 
 
+MEDIA_STREAMS_TRANSPORTS = ("twilio", "browser")  # phone legs a replay can drive (the softphone speaks it)
+
+
 def caller_script(rec: Recording) -> CallerScript:
+    if rec.transport not in MEDIA_STREAMS_TRANSPORTS:
+        raise RecordingError(f"a replay drives Media Streams calls; this call's phone leg was {rec.transport!r}")
     script = CallerScript(call_sid=rec.call_sid)
     start_t: float | None = None
     for e in rec.entries:
-        if e.leg != LEG_TWILIO or e.dir != IN:
+        if e.leg != LEG_PHONE or e.dir != IN:
             continue
         kind = e.event
         if start_t is None:
@@ -304,7 +454,7 @@ async def replay(
     loop = asyncio.get_running_loop()
     wall0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="replay-") as tmp:
-        recorder = CallRecorder(tmp, recorded_by="softphone", wav=False)
+        recorder = CallRecorder(tmp, transport="twilio", recorded_by="softphone", wav=False)
         phone = TwilioCaller(base_url, public_url, auth_token, continuous=False, tap=recorder, on_event=on_event)
         if script.call_sid:
             phone.call_sid = script.call_sid

@@ -106,7 +106,7 @@ def _recorder_factory(settings: Settings, manager: CallManager) -> RecorderFacto
         from telephony_agent.recording import CallRecorder
 
         provider = manager.model.provider if manager.model is not None else None
-        return CallRecorder(directory, metadata={"provider": provider, "transport": transport})
+        return CallRecorder(directory, transport=transport, call_id=call_id, metadata={"provider": provider})
 
     return make
 

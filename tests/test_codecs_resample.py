@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -29,7 +29,7 @@ UP_PAIRS = [(a, b) for a, b in ALL_PAIRS if b > a]
 SPEECH = "Thanks for calling. Please tell me how I can help you today."
 
 
-@lru_cache(maxsize=None)
+@cache
 def _speech(rate: int) -> bytes:
     return speech_pcm16(SPEECH, rate)
 
@@ -167,19 +167,34 @@ def test_odd_byte_counts_are_buffered_not_dropped() -> None:
     assert len(r.process(b"\x00")) == 6  # now one input sample -> three outputs
 
 
-@pytest.mark.parametrize(("a", "b"), [(8000, 24000), (24000, 8000), (44100, 8000), (8000, 44100)])
+@pytest.mark.parametrize(("a", "b"), [(8000, 24000), (24000, 8000), (44100, 8000), (8000, 44100), (48000, 8000)])
 def test_flush_drains_the_tail(a: int, b: int) -> None:
-    x = np.zeros(a // 10, dtype="<i2")
-    x[-1] = 30000  # an impulse as the very last sample
     r = StreamResampler(a, b)
+    delay_out = math.floor(r.delay_ms * b / 1000 + 1e-9)
+    n = a // 10
+    x = np.zeros(n, dtype="<i2")
+    x[n - 1 - math.ceil((delay_out + 1) * a / b)] = 30000  # an impulse as late as still fits whole
     body = _i16(r.process(x.tobytes()))
     tail = _i16(r.flush())
     expected = 30000 * b / a  # DC gain 1: the impulse's area is preserved
     assert abs(body.sum() + tail.sum() - expected) < 0.002 * expected + 50
-    assert abs(body.sum()) < 0.5 * expected  # most of it is still in the filter before flush
-    assert len(tail) * 1000 / b == pytest.approx(2 * r.delay_ms, abs=1000 / b + 1000 / a)
+    assert np.abs(tail).max() > 100  # the impulse's later half was still in the filter
+    assert abs(len(tail) - delay_out) <= 1
     # flush resets: the same stream again gives the same bytes
     assert r.process(x.tobytes()) + r.flush() == _whole(a, b, x.tobytes())
+
+
+@pytest.mark.parametrize(("a", "b"), ALL_PAIRS)
+def test_total_output_is_the_input_plus_at_most_the_delay(a: int, b: int) -> None:
+    """n input samples give round(n * b/a) output samples plus the group delay (whole samples,
+    never more than `delay_ms`), however the stream is chunked: no filter ringing beyond it."""
+    data = _speech(a)
+    n = len(data) // 2
+    r = StreamResampler(a, b)
+    delay = r.delay_ms * b / 1000
+    for out in (_whole(a, b, data), _chunked(a, b, data, [2 * (a // 50), 2 * 7, 2 * 331])):
+        extra = len(out) // 2 - math.floor(n * b / a + 0.5)  # rounded half up
+        assert delay - 1 < extra <= delay + 1e-9, (extra, delay)
 
 
 def test_reset_forgets_history() -> None:

@@ -225,6 +225,8 @@ async def test_recognition_does_not_stall_the_event_loop() -> None:
     recognition = session.recognitions[-1]  # type: ignore[attr-defined]
     print(f"\nrecognition {recognition.elapsed_s:.3f}s for {recognition.audio_s:.2f}s ({recognition.source}); loop lag {lag * 1000:.1f} ms")
     assert recognition.elapsed_s > 0.05  # real work happened meanwhile
-    assert lag < 0.020
+    # In a thread, PocketSphinx held the GIL and stalled the loop ~400 ms; in worker processes the
+    # loop stays punctual. The margin is for a machine whose cores are busy with other work.
+    assert lag < 0.150
     assert events[-1].transcript  # type: ignore[union-attr]
     await session.close()

@@ -3,9 +3,13 @@ server (local engine or fake OpenAI), on the virtual clock, compared with its re
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,24 +19,41 @@ from scenarios import AUTH_TOKEN, BY_NAME, PUBLIC_URL, SCENARIOS, environment  #
 
 from telephony_agent.recording import read_recording  # noqa: E402
 from telephony_agent.recording.analysis import summarize  # noqa: E402
-from telephony_agent.replay import ReplayResult, replay, run_virtual  # noqa: E402
+from telephony_agent.replay import ReplayResult, loopback_in_flight, replay, run_virtual  # noqa: E402
 from telephony_agent.state import STATE  # noqa: E402
+from telephony_agent.wiretap import LEG_PHONE, LEG_PROVIDER  # noqa: E402
 
 
-def run_replay(name: str) -> tuple[ReplayResult, dict]:
+def run_replay(name: str, *, stall_s: float = 0.0) -> tuple[ReplayResult, dict]:
+    """Replay `name`; with `stall_s`, the loop is blocked for that long (real time) every 100 ms
+    of call time, as on a slow or busy machine."""
     scenario = BY_NAME[name]
+
+    stalls = [0]
 
     async def main() -> tuple[ReplayResult, dict]:
         async with environment(scenario) as env:
+            if stall_s:
+                loop = asyncio.get_running_loop()
+
+                def stall() -> None:
+                    time.sleep(stall_s)
+                    stalls[0] += 1
+                    loop.call_later(0.1, stall)
+
+                loop.call_later(0.1, stall)
             result = await replay(
                 scenario.path, env.base_url, PUBLIC_URL, AUTH_TOKEN,
                 server_recordings=env.recordings, on_phone=env.rest.register_call, before_compare=env.settle,
             )
             after = {
+                "skipped": asyncio.get_running_loop().skipped_seconds,  # type: ignore[attr-defined]
                 "calls": dict(env.app[STATE].calls),
                 "provider_open": [c for c in env.openai.connections if not c.closed] if env.openai else [],
                 "rest": [r.form for r in env.rest.requests],
                 "truncates": list(env.openai.truncates) if env.openai else [],
+                "stalls": stalls[0],
+                "waits_in_flight": asyncio.get_running_loop().waits_in_flight,  # type: ignore[attr-defined]
             }
             return result, after
 
@@ -51,19 +72,84 @@ def test_corpus_is_complete_and_small() -> None:
 
 @pytest.mark.parametrize("name", [s.name for s in SCENARIOS])
 def test_replay_matches_recording(name: str) -> None:
-    t0 = time.monotonic()
     result, after = run_replay(name)
-    wall = time.monotonic() - t0
     assert result.differences == [], "\n".join(result.differences)
     assert not result.phone.violations
     # Clean teardown: no call left in the server, every provider connection closed.
     assert after["calls"] == {}
     assert after["provider_open"] == []
     assert result.new_recording is not None and result.new_recording.trailer is not None
-    # The virtual clock: the call took longer on its own timeline than on the wall clock.
-    assert wall < result.call_seconds, (wall, result.call_seconds)
+    # The server records format v2: the transport in the header, the phone leg by its neutral name.
+    head = result.new_recording.header
+    assert (head["version"], head["transport"], head.get("read_from_version")) == (2, "twilio", None)
+    assert {e.leg for e in result.new_recording.entries} <= {LEG_PHONE, LEG_PROVIDER}
+    # The virtual clock: the call's time was skipped, not waited for (running code takes none).
+    assert result.call_seconds > 1.0 and after["skipped"] >= result.call_seconds, (after["skipped"], result.call_seconds)
     check = CHECKS[name]
     check(result, after)
+
+
+def _timeline(result: ReplayResult) -> list[tuple[float, str, str, str | None]]:
+    assert result.new_recording is not None
+    return [(e.t, e.leg, e.dir, e.event) for e in result.new_recording.entries]
+
+
+def test_replay_does_not_depend_on_machine_speed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a slow machine (the loop stalls, synthesis and other thread jobs start late) a call
+    replays to the same timeline as on a fast one: running code takes no virtual time, and the
+    clock waits for the local engine's outstanding recognition and synthesis jobs."""
+    names = ("barge_in", "greeting_question")
+    fast = {name: run_replay(name)[0] for name in names}
+    submit = concurrent.futures.ThreadPoolExecutor.submit
+    late_jobs = [0]
+
+    def late(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        def job() -> Any:
+            time.sleep(0.03)
+            late_jobs[0] += 1
+            return fn(*args, **kwargs)
+
+        return submit(self, job)
+
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit", late)
+    slow: dict[str, ReplayResult] = {}
+    for name in names:
+        slow[name], after = run_replay(name, stall_s=0.02)
+        assert after["stalls"] > 50  # the loop stalled all along the call
+    assert late_jobs[0] >= 5  # the local engine's synthesis ran late
+
+    # The fake provider's audio is fixed: the timeline is the same message by message (messages
+    # of one instant on different sockets may reach the loop in either order: sorted).
+    a, b = sorted(_timeline(fast["barge_in"])), sorted(_timeline(slow["barge_in"]))
+    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    assert a == b, f"timelines differ from message {first}: {a[max(0, first - 3):first + 4]} vs {b[max(0, first - 3):first + 4]}"
+    assert len(a) > 500 and slow["barge_in"].actual == fast["barge_in"].actual
+
+    # eSpeak NG's output for the same sentence varies by a few milliseconds from one synthesis
+    # to the next (the synthesiser, not the clock): same turns starting at the same instants,
+    # the same audio heard to within a few frames.
+    fa, sa = fast["greeting_question"].actual, slow["greeting_question"].actual
+    assert len(fa.turns) == len(sa.turns) == 3
+    for x, y in zip(fa.turns, sa.turns):
+        assert x.start == pytest.approx(y.start, abs=0.001) and abs(x.heard_ms - y.heard_ms) <= 60, (fa.turns, sa.turns)
+    assert (fa.tool_calls, fa.outcome, fa.ended_by) == (sa.tool_calls, sa.outcome, sa.ended_by)
+
+
+def test_loopback_in_flight_sees_both_ends_of_a_connection() -> None:
+    """What the virtual clock checks before a jump: a loopback connection inside the process
+    that the listener has not taken yet is on its way; bytes already in the peer's buffer are not."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        assert not loopback_in_flight()
+        with socket.create_connection(server.getsockname()[:2]) as client:
+            assert loopback_in_flight()  # not accepted yet: the server side is no fd of ours
+            accepted, _ = server.accept()
+            with accepted:
+                client.sendall(b"x" * 5000)
+                deadline = time.monotonic() + 2.0  # a busy kernel may take a moment to deliver
+                while loopback_in_flight() and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                assert not loopback_in_flight()  # delivered to the peer's buffer (read or not)
+                assert accepted.recv(8192)
 
 
 def _greeting_question(r: ReplayResult, after: dict) -> None:

@@ -104,6 +104,8 @@ def lines(bridge: CallBridge, who: str) -> str:
 
 
 def rms_db(samples: np.ndarray) -> float:
+    if samples.size == 0:
+        return -120.0  # nothing there: as silent as it gets
     x = samples.astype(np.float64)
     return float(10 * np.log10(np.mean(x**2) / 32768**2 + 1e-12))
 

@@ -100,8 +100,12 @@ class StreamResampler:
         return self._run(np.frombuffer(pcm16, dtype="<i2"), None)
 
     def flush(self) -> bytes:
-        """End of stream: return the filter's tail (the last ~2 x delay_ms of output), then reset.
+        """End of stream: return the rest of the output, then reset.
 
+        The output is the input delayed by `delay_ms`, so a stream of n input samples ends with
+        output round(n * out/in) + floor(delay_ms * out_rate / 1000) samples in all (whatever
+        the chunking): every input sample's output instant is covered, and the filter's
+        ringing beyond the last input is not (it would be `delay_ms` more of near-silence).
         A dangling odd byte (half a sample) is dropped.
         """
         p = self._plan
@@ -112,11 +116,17 @@ class StreamResampler:
         if n_in == 0:
             self.reset()
             return b""
-        # Last output that any real input still reaches: (n_in - 1) * L + N - 1 >= m * M.
-        m_final = ((n_in - 1) * p.up + p.taps - 1) // p.down + 1
-        out = self._run(np.zeros(p.phase_taps, dtype=np.int16), m_final)
+        m_final = (2 * n_in * p.up + p.down) // (2 * p.down) + self._delay_out
+        out = self._run(np.zeros(p.phase_taps, dtype=np.int16), m_final) if m_final > self._m_out else b""
         self.reset()
         return out
+
+    @property
+    def _delay_out(self) -> int:
+        """The group delay in whole output samples (rounded down)."""
+        p = self._plan
+        assert p is not None
+        return int(p.delay_s * p.out_rate + 1e-9)
 
     def _run(self, x: np.ndarray, stop: int | None) -> bytes:
         up, down, rows, step, span, mat = self._k
@@ -151,7 +161,8 @@ class StreamResampler:
         _clip(y, -32768.0, 32767.0, out=y)
         self._m_out = m_end
         self._start = start + (m_end // rows - b0) * step
-        return y.astype("<i2").tobytes()
+        out: bytes = y.astype("<i2").tobytes()
+        return out
 
     def _make_room(self, n: int) -> None:
         """Move the live part of the buffer to the front, growing it if a big chunk needs more."""

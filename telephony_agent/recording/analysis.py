@@ -1,8 +1,8 @@
 """Behaviour read back out of a recording, and the differences between two recordings.
 
-`summarize()` replays Twilio's playout over the recorded outbound frames (8 bytes per ms, in
-order, from arrival or when the queue frees; `clear` drops what is queued) to find what the
-caller heard, turn by turn. Tool calls and truncates come from the provider leg, or from the
+`summarize()` replays Media Streams playout (Twilio's, and the browser softphone's) over the
+phone leg's recorded outbound frames (8 bytes per ms, in order, from arrival or when the queue
+frees; `clear` drops what is queued) to find what the caller heard, turn by turn. Tool calls and truncates come from the provider leg, or from the
 trailer (the bridge's own account) when the provider had no wire (the local engine).
 """
 
@@ -12,14 +12,14 @@ import binascii
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from telephony_agent.recording.format import IN, LEG_PROVIDER, LEG_TWILIO, OUT, Recording
+from telephony_agent.recording.format import IN, LEG_PROVIDER, LEG_PHONE, OUT, Recording
 
 TURN_GAP_S = 0.35  # playback pauses longer than this start a new agent turn
 
 
 @dataclass
 class Turn:
-    start: float  # seconds after Twilio's `start`
+    start: float  # seconds after the phone leg's `start`
     heard_ms: float = 0.0
     end: float = 0.0
     cleared: bool = False
@@ -63,18 +63,18 @@ def _payload_bytes(entry_msg: dict[str, Any], elided: int | None) -> int:
 
 def summarize(rec: Recording) -> CallSummary:
     s = CallSummary()
-    start = next((e.t for e in rec.entries if e.leg == LEG_TWILIO and e.dir == IN and e.event == "start"), None)
+    start = next((e.t for e in rec.entries if e.leg == LEG_PHONE and e.dir == IN and e.event == "start"), None)
     if start is None:
         start = rec.entries[0].t if rec.entries else 0.0
     end_of_call = rec.duration
-    twilio_last = [e.t for e in rec.entries if e.leg == LEG_TWILIO]
-    if twilio_last:
-        end_of_call = max(twilio_last)
+    phone_last = [e.t for e in rec.entries if e.leg == LEG_PHONE]
+    if phone_last:
+        end_of_call = max(phone_last)
     s.duration = round(end_of_call - start, 3)
     queue_end = -1.0
     turn: Turn | None = None
     for e in rec.entries:
-        if e.leg == LEG_TWILIO and e.msg is not None:
+        if e.leg == LEG_PHONE and e.msg is not None:
             ev = e.event
             t = e.t - start
             if e.dir == OUT and ev == "media":
@@ -119,14 +119,14 @@ def summarize(rec: Recording) -> CallSummary:
                     if isinstance(call, dict) and isinstance(call.get("name"), str):
                         s.tool_calls.append(call["name"])
     end_rel = end_of_call - start
-    if s.turns and queue_end > end_rel:  # the call ended with audio still queued at Twilio
+    if s.turns and queue_end > end_rel:  # the call ended with audio still queued at the phone
         last = s.turns[-1]
         last.heard_ms -= (queue_end - end_rel) * 1000
         last.end = end_rel
-    for t in s.turns:
-        t.heard_ms = round(max(0.0, t.heard_ms), 1)
-        t.end = round(t.end, 3)
-    s.turns = [t for t in s.turns if t.heard_ms > 0]
+    for done in s.turns:
+        done.heard_ms = round(max(0.0, done.heard_ms), 1)
+        done.end = round(done.end, 3)
+    s.turns = [done for done in s.turns if done.heard_ms > 0]
     if s.turns:
         s.first_audio = s.turns[0].start
     trailer = rec.trailer or {}
@@ -171,15 +171,15 @@ def compare(expected: CallSummary, actual: CallSummary, tol: Tolerances = Tolera
     if len(expected.clears) != len(actual.clears):
         diffs.append(f"clears: {len(actual.clears)} (recorded {len(expected.clears)})")
     else:
-        for a, b in zip(expected.clears, actual.clears):
-            if abs(a - b) > tol.timing_s:
-                diffs.append(f"clear at {b:.2f}s (recorded {a:.2f}s)")
+        for was, now in zip(expected.clears, actual.clears):
+            if abs(was - now) > tol.timing_s:
+                diffs.append(f"clear at {now:.2f}s (recorded {was:.2f}s)")
     if len(expected.truncates) != len(actual.truncates):
         diffs.append(f"truncates: {actual.truncates} (recorded {expected.truncates})")
     else:
-        for a, b in zip(expected.truncates, actual.truncates):
-            if abs(a - b) > tol.truncate_ms:
-                diffs.append(f"truncate at {b} ms (recorded {a} ms, ±{tol.truncate_ms:.0f})")
+        for was_ms, now_ms in zip(expected.truncates, actual.truncates):
+            if abs(was_ms - now_ms) > tol.truncate_ms:
+                diffs.append(f"truncate at {now_ms} ms (recorded {was_ms} ms, ±{tol.truncate_ms:.0f})")
     if expected.tool_calls != actual.tool_calls:
         diffs.append(f"tool calls: {actual.tool_calls} (recorded {expected.tool_calls})")
     if expected.dtmf != actual.dtmf:

@@ -1,30 +1,35 @@
-"""The call recording format (version 1): JSON Lines, one object per line, UTF-8.
+"""The call recording format (version 2): JSON Lines, one object per line, UTF-8.
 
 Line 1 is the header; then one line per message on either leg of the call, in the order the
 agent saw them; the last line (when the call ended cleanly) is the trailer.
 
-    {"type": "header", "format": "telephony-agent-call", "version": 1, "call_sid": "CA...",
-     "stream_sid": "MZ...", "started_at": "2025-01-31T12:00:00.000Z", "clock": "monotonic",
-     "recorded_by": "agent", "provider": "openai", ...}
-    {"t": 0.0031, "leg": "twilio", "dir": "in", "msg": {"event": "start", ...}}
+    {"type": "header", "format": "telephony-agent-call", "version": 2, "transport": "twilio",
+     "call_sid": "CA...", "stream_sid": "MZ...", "started_at": "2025-01-31T12:00:00.000Z",
+     "clock": "monotonic", "recorded_by": "agent", "provider": "openai", ...}
+    {"t": 0.0031, "leg": "phone", "dir": "in", "msg": {"event": "start", ...}}
     {"t": 0.2150, "leg": "provider", "dir": "out", "msg": {"type": "session.update", ...}}
-    {"t": 9.9,    "leg": "twilio", "dir": "in", "text": "{not json"}
-    {"t": 9.9,    "leg": "twilio", "dir": "in", "b64": "AAEC"}
+    {"t": 9.9,    "leg": "phone", "dir": "in", "text": "{not json"}
+    {"t": 9.9,    "leg": "phone", "dir": "in", "b64": "AAEC"}
     {"type": "trailer", "t": 12.5, "outcome": "caller_hangup", "stats": {...}}
 
+* `transport` (header): what carried the phone leg: "twilio" (Twilio Media Streams), "sip",
+  "browser" (the browser softphone, which speaks the Media Streams protocol), ... The phone
+  leg's messages are that transport's own frames, verbatim.
 * `t`: seconds since the recording started, from a monotonic clock (the event loop's clock),
   so the gaps between messages are exact even if the wall clock jumps.
-* `leg`: "twilio" (the Media Stream) or "provider" (the realtime model's WebSocket).
-* `dir`: as the agent sees it: "in" is to the agent (from Twilio or from the provider), "out"
-  is from the agent.
+* `leg`: "phone" (the caller's leg, whatever the transport) or "provider" (the realtime model's
+  WebSocket).
+* `dir`: as the agent sees it: "in" is to the agent (from the phone leg or from the provider),
+  "out" is from the agent.
 * `msg` holds the frame verbatim when it was a JSON object; `text` holds any other text frame;
   `b64` holds a binary frame, base64-encoded.
 * `elided` (optional, corpus files): the byte count of audio whose base64 payload was removed to
-  keep the file small (the payload field is then ""). Caller audio (Twilio "in" media) is never
+  keep the file small (the payload field is then ""). Caller audio (phone "in" media) is never
   elided: it is what a replay sends.
 
-A reader accepts files with the same major `version` and ignores keys it does not know; a
-`.jsonl.gz` file is read the same way.
+Version 1 (before SIP) had no `transport` and called the phone leg "twilio"; `read_recording`
+reads it as version 2 with `transport` "twilio" and the leg renamed "phone", so every reader
+sees one shape. A reader ignores keys it does not know; a `.jsonl.gz` file is read the same way.
 """
 
 from __future__ import annotations
@@ -38,13 +43,33 @@ from typing import Any
 
 import orjson
 
-FORMAT_NAME = "telephony-agent-call"
-FORMAT_VERSION = 1
+from telephony_agent.wiretap import IN, LEG_PHONE, LEG_PROVIDER, OUT
 
-LEG_TWILIO = "twilio"
-LEG_PROVIDER = "provider"
-IN = "in"
-OUT = "out"
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "IN",
+    "LEG_PHONE",
+    "LEG_PROVIDER",
+    "LEG_V1_TWILIO",
+    "OUT",
+    "READABLE_VERSIONS",
+    "TRANSPORT_V1",
+    "Entry",
+    "Recording",
+    "RecordingError",
+    "encode_entry",
+    "header",
+    "iter_lines",
+    "read_recording",
+]
+
+FORMAT_NAME = "telephony-agent-call"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+
+LEG_V1_TWILIO = "twilio"  # version 1's name for the phone leg (read as LEG_PHONE)
+TRANSPORT_V1 = "twilio"  # the only transport version 1 recorded
 
 
 class RecordingError(ValueError):
@@ -64,11 +89,11 @@ class Entry:
 
     @property
     def event(self) -> str | None:
-        """Twilio's `event` or the provider's `type`."""
+        """The phone leg's `event` (Media Streams) or the provider's `type`."""
         if self.msg is None:
             return None
-        kind = self.msg.get("event") if self.leg == LEG_TWILIO else self.msg.get("type")
-        if kind is None and self.leg != LEG_TWILIO:
+        kind = self.msg.get("event") if self.leg == LEG_PHONE else self.msg.get("type")
+        if kind is None and self.leg != LEG_PHONE:
             # Gemini Live messages are keyed by their single top-level field.
             keys = [k for k in self.msg if k != "usageMetadata"]
             kind = keys[0] if keys else None
@@ -85,6 +110,12 @@ class Recording:
     @property
     def call_sid(self) -> str | None:
         return self.header.get("call_sid")
+
+    @property
+    def transport(self) -> str:
+        """What carried the phone leg ("twilio", "sip", "browser", ...)."""
+        value = self.header.get("transport")
+        return value if isinstance(value, str) else TRANSPORT_V1
 
     def leg(self, leg: str, direction: str | None = None) -> list[Entry]:
         return [e for e in self.entries if e.leg == leg and (direction is None or e.dir == direction)]
@@ -116,8 +147,10 @@ def encode_entry(t: float, leg: str, direction: str, message: str | bytes, parse
     return head + b'"text":' + orjson.dumps(message) + b"}\n"
 
 
-def header(call_sid: str | None, **extra: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "header", "format": FORMAT_NAME, "version": FORMAT_VERSION, "call_sid": call_sid}
+def header(call_sid: str | None, transport: str, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "type": "header", "format": FORMAT_NAME, "version": FORMAT_VERSION, "transport": transport, "call_sid": call_sid,
+    }
     out.update(extra)
     return out
 
@@ -154,8 +187,11 @@ def read_recording(path: str | Path) -> Recording:
     if head.get("type") != "header" or head.get("format") != FORMAT_NAME:
         raise RecordingError(f"{path}: not a {FORMAT_NAME} recording")
     version = head.get("version")
-    if not isinstance(version, int) or version // 1 != FORMAT_VERSION:
-        raise RecordingError(f"{path}: format version {version!r}, this reader knows {FORMAT_VERSION}")
+    if not isinstance(version, int) or version not in READABLE_VERSIONS:
+        raise RecordingError(f"{path}: format version {version!r}, this reader knows {READABLE_VERSIONS}")
+    v1 = version == 1
+    if v1:  # read as version 2: the transport named, the phone leg by its neutral name
+        head = {**head, "version": FORMAT_VERSION, "transport": TRANSPORT_V1, "read_from_version": 1}
     rec = Recording(head, path=Path(path))
     for obj in lines:
         if obj.get("type") == "trailer" and "leg" not in obj:
@@ -164,6 +200,8 @@ def read_recording(path: str | Path) -> Recording:
         t, leg, direction = obj.get("t"), obj.get("leg"), obj.get("dir")
         if not isinstance(t, (int, float)) or not isinstance(leg, str) or direction not in (IN, OUT):
             continue
+        if v1 and leg == LEG_V1_TWILIO:
+            leg = LEG_PHONE
         msg = obj.get("msg")
         raw: str | bytes | None = None
         if "text" in obj:

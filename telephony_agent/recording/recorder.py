@@ -1,10 +1,13 @@
 """`CallRecorder`: a wiretap that streams one call to disk as JSON Lines plus a two-channel WAV.
 
-Set it as the call's `WIRETAP` before the Media Stream socket is made (the server does this when
-AGENT_RECORDINGS_DIR is set). It learns the call sid from Twilio's `start` and only then opens
-`<UTC time>_<call sid>.jsonl` and `.wav`; the few frames before `start` wait in memory. Lines are
-flushed to disk every `flush_interval` seconds; audio older than two seconds is written to the WAV
-at once. Nothing here may raise into the call: a failure is logged once and recording stops.
+The call manager makes one per admitted call (when AGENT_RECORDINGS_DIR is set), naming the
+phone leg's transport, and sets it as the call's `WIRETAP`. The files are
+`<UTC time>_<call id>.jsonl` and `.wav`: they are opened at the first message when the call id
+was given, else at the Media Streams `start` (which names the call sid); the few frames before
+that wait in memory. Phone-leg frames in the Media Streams protocol (Twilio, the browser
+softphone) are also placed in the WAV. Lines are flushed to disk every `flush_interval` seconds;
+audio older than two seconds is written to the WAV at once. Nothing here may raise into the
+call: a failure is logged once and recording stops.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from typing import Any, BinaryIO
 import orjson
 from telephony_codecs import ulaw_to_pcm16
 
-from telephony_agent.recording.format import IN, LEG_TWILIO, OUT, encode_entry, header
+from telephony_agent.recording.format import IN, LEG_PHONE, LEG_V1_TWILIO, OUT, TRANSPORT_V1, encode_entry, header
 from telephony_agent.recording.wav import LEFT, RATE, RIGHT, StereoWavWriter
+
+__all__ = ["CallRecorder"]
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +44,19 @@ def _default_clock() -> Callable[[], float]:
 
 
 class CallRecorder:
-    """Implements `telephony_agent.wiretap.Wiretap`."""
+    """Implements `telephony_agent.wiretap.Wiretap`.
+
+    `transport` names what carries the phone leg ("twilio", "sip", "browser", ...; a
+    `metadata["transport"]` is taken when the argument is not given); `call_id`, when known up
+    front, names the files without waiting for a Media Streams `start`.
+    """
 
     def __init__(
         self,
         directory: str | Path,
         *,
+        transport: str | None = None,
+        call_id: str | None = None,
         clock: Callable[[], float] | None = None,
         wall: Callable[[], float] = time.time,
         recorded_by: str = "agent",
@@ -59,6 +71,9 @@ class CallRecorder:
         self._started_wall = wall()
         self.recorded_by = recorded_by
         self.metadata = dict(metadata or {})
+        meta_transport = self.metadata.pop("transport", None)
+        self.transport: str = transport or (meta_transport if isinstance(meta_transport, str) else TRANSPORT_V1)
+        self._call_id = call_id
         self.flush_interval = flush_interval
         self._want_wav = wav
         self._name = name
@@ -79,6 +94,8 @@ class CallRecorder:
     # -- Wiretap ----------------------------------------------------------------------------
 
     def record(self, leg: str, direction: str, message: str | bytes) -> None:
+        """Record one frame. `leg` is `LEG_PHONE` or `LEG_PROVIDER` ("twilio", the phone leg's
+        name in version 1, is still accepted for the phone leg)."""
         if self._failed or self._finished:
             return
         try:
@@ -87,16 +104,24 @@ class CallRecorder:
             self._failed = True
             log.exception("call recording failed; this call is no longer recorded")
 
+    def record_phone(self, direction: str, message: str | bytes) -> None:
+        """Record a frame of the phone leg."""
+        self.record(LEG_PHONE, direction, message)
+
     def _record(self, leg: str, direction: str, message: str | bytes) -> None:
         t = self.clock() - self._t0
+        if leg == LEG_V1_TWILIO:
+            leg = LEG_PHONE
         parsed: Any = None
-        if leg == LEG_TWILIO and isinstance(message, str):
+        if leg == LEG_PHONE and isinstance(message, str):
             try:
                 parsed = orjson.loads(message)
             except orjson.JSONDecodeError:
                 parsed = None
             if isinstance(parsed, dict):
-                self._twilio(t, direction, parsed)
+                self._media_stream(t, direction, parsed)
+        if self._f is None and self._call_id is not None:
+            self._open(self._call_id, None)
         line = encode_entry(t, leg, direction, message, parsed)
         if self._f is None:
             if len(self._early) < _MAX_EARLY_LINES:
@@ -110,18 +135,22 @@ class CallRecorder:
 
     # -- audio --------------------------------------------------------------------------------
 
-    def _twilio(self, t: float, direction: str, msg: dict[str, Any]) -> None:
+    def _media_stream(self, t: float, direction: str, msg: dict[str, Any]) -> None:
+        """A phone-leg frame of the Media Streams protocol: `start` names the call, `media` and
+        `clear` go to the WAV."""
         event = msg.get("event")
         if event == "start" and direction == IN and self._f is None:
             start = msg.get("start")
             if isinstance(start, dict):
-                self._open(str(start.get("callSid") or "unknown"), start.get("streamSid"))
+                self._open(self._call_id or str(start.get("callSid") or "unknown"), start.get("streamSid"))
             return
         if self._wav is None:
             return
         if event == "media":
             media = msg.get("media")
-            payload = media.get("payload") if isinstance(media, dict) else None
+            if not isinstance(media, dict):
+                return
+            payload = media.get("payload")
             if not isinstance(payload, str):
                 return
             try:
@@ -131,10 +160,12 @@ class CallRecorder:
             now_idx = round(t * RATE)
             if direction == IN:
                 ts = media.get("timestamp")
-                try:
-                    ts_ms = int(ts)
-                except (TypeError, ValueError):
-                    ts_ms = None
+                ts_ms: int | None = None
+                if isinstance(ts, (str, int)):
+                    try:
+                        ts_ms = int(ts)
+                    except ValueError:
+                        ts_ms = None
                 if ts_ms is None:
                     self._wav.place(LEFT, max(now_idx, self._wav.end(LEFT)), pcm)
                     return
@@ -165,6 +196,7 @@ class CallRecorder:
         self._f = open(self.jsonl_path, "wb")  # noqa: SIM115
         head = header(
             call_sid,
+            self.transport,
             stream_sid=self.stream_sid,
             started_at=stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             clock="monotonic",
@@ -179,7 +211,6 @@ class CallRecorder:
         if self._want_wav:
             self.wav_path = self.directory / f"{base}.wav"
             self._wav = StereoWavWriter(self.wav_path)
-        self.lines += 0
 
     def finish(self, trailer: dict[str, Any] | None = None) -> Path | None:
         """Write the trailer, patch the WAV header, close. Returns the JSONL path (None if the

@@ -229,17 +229,12 @@ class Headers:
         return clone
 
 
-@dataclass(slots=True)
-class Request:
-    method: str
-    uri: str
-    headers: Headers = field(default_factory=Headers)
-    body: bytes = b""
+class _Accessors:
+    """The mandatory headers every request and response has (parse_message checked them)."""
 
-    def to_bytes(self) -> bytes:
-        return _serialise(f"{self.method} {self.uri} {SIP_VERSION}", self.headers, self.body)
+    __slots__ = ()
+    headers: Headers
 
-    # Convenience accessors for the mandatory headers (present: parse_message checked them).
     @property
     def call_id(self) -> str:
         return self.headers.get("Call-ID") or ""
@@ -262,7 +257,18 @@ class Request:
 
 
 @dataclass(slots=True)
-class Response:
+class Request(_Accessors):
+    method: str
+    uri: str
+    headers: Headers = field(default_factory=Headers)
+    body: bytes = b""
+
+    def to_bytes(self) -> bytes:
+        return _serialise(f"{self.method} {self.uri} {SIP_VERSION}", self.headers, self.body)
+
+
+@dataclass(slots=True)
+class Response(_Accessors):
     status: int
     reason: str
     headers: Headers = field(default_factory=Headers)
@@ -270,22 +276,6 @@ class Response:
 
     def to_bytes(self) -> bytes:
         return _serialise(f"{SIP_VERSION} {self.status} {self.reason}", self.headers, self.body)
-
-    @property
-    def call_id(self) -> str:
-        return self.headers.get("Call-ID") or ""
-
-    @property
-    def cseq(self) -> CSeq:
-        return parse_cseq(self.headers.get("CSeq") or "")
-
-    @property
-    def top_via(self) -> Via:
-        return parse_via(self.headers.get_all("Via")[0])
-
-    @property
-    def to_tag(self) -> str | None:
-        return parse_name_addr(self.headers.get("To") or "").params.get("tag")
 
 
 Message = Request | Response

@@ -134,7 +134,7 @@ class TwilioMediaSocket:
         tap = self._tap
         for text in messages:
             if tap is not None:
-                tap.record("twilio", "out", text)
+                tap.record("phone", "out", text)
             write(text.encode(), aiohttp.WSMsgType.TEXT, 0)
         return True
 
@@ -165,7 +165,7 @@ class TwilioMediaSocket:
                     text = self._outbox.popleft()
                     tap = self._tap
                     if tap is not None:
-                        tap.record("twilio", "out", text)
+                        tap.record("phone", "out", text)
                     await ws.send_str(text)
                 if self._closed:
                     return
@@ -189,7 +189,7 @@ class TwilioMediaSocket:
         """The call passed authorisation and admission: record from here on, start message first."""
         self._tap = WIRETAP.get()
         if self._tap is not None and self._start_text is not None:
-            self._tap.record("twilio", "in", self._start_text)
+            self._tap.record("phone", "in", self._start_text)
         self._start_text = None
 
     def _bad(self, event: BadInput) -> None:
@@ -277,7 +277,7 @@ class TwilioMediaSocket:
     def _parse(self, msg: aiohttp.WSMessage) -> list | None:
         """Events in a frame, or None when the socket has closed."""
         if self._tap is not None and msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-            self._tap.record("twilio", "in", msg.data)
+            self._tap.record("phone", "in", msg.data)
         if msg.type is aiohttp.WSMsgType.TEXT:
             return self.protocol.receive_text(msg.data)
         if msg.type is aiohttp.WSMsgType.BINARY:
