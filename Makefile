@@ -7,7 +7,7 @@ SYS_PKGS := espeak-ng sox sipp baresip kamailio
 SYS_PKGS += chromium chromedriver  # the browser softphone's tests (Debian: chromium, chromium-driver)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test311 test313 bench-codecs bench-load bench-sip bench-softphone bench-transcript system-deps clean
+.PHONY: help run test test311 test313 bench-codecs bench-load bench-sip bench-softphone bench-transcript bench-turns system-deps clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ bench-sip: $(VENV)/.installed system-deps ## SIP load benchmark: sipp calls with
 
 bench-transcript: $(VENV)/.installed ## Word error rate of `telephony-agent call`'s agent transcript
 	$(VENV)/bin/python bench/transcript_wer.py
+
+bench-turns: $(VENV)/.installed ## Turn-taking benchmark: barge-in reaction time, false interruptions, VAD CPU
+	$(VENV)/bin/python bench/turns.py --sweep
 
 clean: ## Remove the virtualenvs and caches
 	rm -rf $(VENV) $(VENV313) .pytest_cache .hypothesis

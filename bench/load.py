@@ -172,7 +172,7 @@ class Bench:
             AGENT_OPENAI_AUDIO="pcmu", AGENT_TWILIO_VALIDATE="false", AGENT_MAX_CALLS="100000", AGENT_WORKERS="1",
             AGENT_LOG_LEVEL="WARNING", AGENT_GREETING="Hello, thanks for calling.", AGENT_HOST="127.0.0.1",
             AGENT_PORT=str(self.port), AGENT_IDLE_TIMEOUT_SECONDS="600", AGENT_MAX_LOOP_LAG_MS="100000",
-            AGENT_DRAIN_SECONDS="1",
+            AGENT_DRAIN_SECONDS="1", AGENT_VAD=a.vad,
         )
         OUT.mkdir(parents=True, exist_ok=True)
         self.server_log = open(OUT / "server.log", "wb")
@@ -441,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-at", type=int, default=None, help="py-spy record the server during this step")
     p.add_argument("--profile-flags", default="--nonblocking", help="extra py-spy flags, e.g. '--idle --native'")
     p.add_argument("--keep-going", action="store_true", help="run the whole series even past real time")
+    p.add_argument("--vad", default="silero", choices=["silero", "energy", "off"], help="AGENT_VAD for the server")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ worker's `/metrics` answers for the whole host (prometheus-client's multiprocess
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -45,6 +45,7 @@ class _Seen:
     first_audio: bool = False
     provider_errors: int = 0
     reconnects: int = 0
+    turns: dict[str, float] = field(default_factory=dict)  # turn-taking counts already added, by key
 
 
 class Metrics:
@@ -100,6 +101,23 @@ class Metrics:
         self.bad_input = Counter("agent_bad_input", "Rejected input, by kind", ["kind"], registry=r)
         self.webhooks_refused = Counter(
             "agent_requests_refused", "Unsigned or badly signed Twilio requests", ["endpoint"], registry=r
+        )
+        # Turn-taking and dead air (telephony/turns.py).
+        self.turn_barge_ins = Counter(
+            "agent_turn_barge_ins", "Barge-ins, by who heard the caller first: local, provider, both", ["source"], registry=r
+        )
+        self.false_interruptions = Counter(
+            "agent_false_interruptions_resumed", "Agent paused for a sound that was not an interruption, then resumed", registry=r
+        )
+        self.response_problems = Counter(
+            "agent_response_problems",
+            "Answers that did not come: response_timeout, response_failed, near_silent, tool_loop",
+            ["kind"],
+            registry=r,
+        )
+        self.dead_air = Counter("agent_dead_air_seconds", "Caller waiting for an answer beyond 1 s, seconds", registry=r)
+        self.tool_round_caps = Counter(
+            "agent_tool_round_caps", "Tool rounds refused because a caller turn hit AGENT_MAX_TOOL_ROUNDS", registry=r
         )
         # SIP trunk (telephony/sip). Labels are closed sets: methods, status codes, kinds, reasons.
         self.sip_calls = Counter("agent_sip_calls", "SIP calls by outcome", ["outcome"], registry=r)
@@ -170,8 +188,26 @@ class Metrics:
         if not seen.first_audio and s.first_audio_ms is not None:
             self.first_audio.observe(s.first_audio_ms)
             seen.first_audio = True
+        turns = getattr(call, "turn_stats", None)
+        if turns is not None:
+            self._observe_turns(turns, seen)
         if final:
             del self._seen[key]
+
+    def _observe_turns(self, t: Any, seen: _Seen) -> None:
+        def add(key: str, counter: Any, now: float) -> None:
+            before = seen.turns.get(key, 0)
+            if now > before:
+                counter.inc(now - before)
+                seen.turns[key] = now
+
+        for source, n in t.barge_ins.items():
+            add(f"barge:{source}", self.turn_barge_ins.labels(source), n)
+        for kind, n in t.response_problems.items():
+            add(f"problem:{kind}", self.response_problems.labels(kind), n)
+        add("false", self.false_interruptions, t.false_interruptions)
+        add("dead_air", self.dead_air, t.dead_air_seconds)
+        add("caps", self.tool_round_caps, t.tool_round_caps)
 
     def observe_calls(self, calls: Any) -> None:
         """`observe_call` for every live call; forgets calls that vanished without a final look."""

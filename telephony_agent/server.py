@@ -156,4 +156,9 @@ def bridge_options(settings: Settings, model: RealtimeModel) -> BridgeOptions:
         # The local engine's script has its own greeting: it speaks first even with no AGENT_GREETING.
         speak_first=model.provider == "local",
         transfer_allowlist=tuple(settings.transfer_allowlist),
+        vad=settings.vad.value,
+        min_interruption_ms=settings.min_interruption_ms,
+        backchannel_ms=settings.backchannel_ms,
+        response_timeout_seconds=settings.response_timeout_seconds,
+        max_tool_rounds=settings.max_tool_rounds,
     )

@@ -33,6 +33,14 @@ class OpenAIAudio(str, enum.Enum):
     PCM = "pcm"
 
 
+class CallerVad(str, enum.Enum):
+    """The bridge's own caller-speech detector (turn-taking): Silero VAD, energy VAD, or none."""
+
+    SILERO = "silero"
+    ENERGY = "energy"
+    OFF = "off"
+
+
 def _env(name: str) -> Any:
     return AliasChoices(name)
 
@@ -100,6 +108,15 @@ class Settings(BaseSettings):
     stream_token_ttl_seconds: int = Field(
         60, ge=5, le=3600, validation_alias=_env("AGENT_STREAM_TOKEN_TTL_SECONDS")
     )
+
+    # Turn-taking (barge-in, false interruptions, dead air).
+    vad: CallerVad = Field(CallerVad.SILERO, validation_alias=_env("AGENT_VAD"))
+    min_interruption_ms: int = Field(250, ge=0, le=2000, validation_alias=_env("AGENT_MIN_INTERRUPTION_MS"))
+    backchannel_ms: int = Field(800, ge=0, le=3000, validation_alias=_env("AGENT_BACKCHANNEL_MS"))
+    response_timeout_seconds: float = Field(
+        4.0, gt=0, le=60, validation_alias=_env("AGENT_RESPONSE_TIMEOUT_SECONDS")
+    )
+    max_tool_rounds: int = Field(5, ge=1, le=100, validation_alias=_env("AGENT_MAX_TOOL_ROUNDS"))
 
     # Twilio.
     twilio_validate: bool = Field(True, validation_alias=_env("AGENT_TWILIO_VALIDATE"))

@@ -358,7 +358,10 @@ async def make_call(
     clock = VirtualClock()
     leg = SimLeg(clock, fmt, confirms=confirms, echoes=echoes)
     model = model or pcm_model()
-    opts = BridgeOptions(**{"leg_timeout_seconds": 10.0, "idle_timeout_seconds": 60.0, **options})  # type: ignore[arg-type]
+    # vad="off": barge-in on the provider's signal alone, as these tests drive it (the bridge's own
+    # caller-speech detector is tested in test_turns.py and test_turn_calls.py)
+    defaults = {"leg_timeout_seconds": 10.0, "idle_timeout_seconds": 60.0, "vad": "off"}
+    opts = BridgeOptions(**{**defaults, **options})  # type: ignore[arg-type]
     bridge = CallBridge("CA-test", model, RealtimeConfig(instructions="Be brief."), leg, opts, clock=clock,
                         run_timer=False)
     call = Call(clock, leg, model, bridge, _next_packet=clock.now)
@@ -622,3 +625,23 @@ async def test_one_timer_holds_the_earliest_deadline() -> None:
     assert call.bridge.phase is CallPhase.LIVE and call.bridge.get_timer() == due
     await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
     assert call.bridge.get_timer() is None
+
+
+async def test_a_tool_call_that_arrives_after_the_call_ended_is_not_run() -> None:
+    call = await make_call()
+    ran: list[str] = []
+
+    async def lookup_order() -> str:
+        """Look up an order."""
+        ran.append("lookup_order")
+        return "shipped"
+
+    call.bridge.tools.register(lookup_order)
+    # The caller has hung up (the call is marked ended, its teardown not yet done) when the
+    # model's function call comes in.
+    assert call.bridge._set_ended(CallOutcome.CALLER_HANGUP)
+    call.session.push(FunctionCallDone("call-9", "lookup_order", "{}"), ResponseDone("resp-9"))
+    await call.run(0.5)
+    assert ran == [] and call.session.tool_outputs == []
+    assert call.bridge.runner is not None and call.bridge.runner.dropped_after_close == 1
+    await call.bridge._close_down(hangup=False)

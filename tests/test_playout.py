@@ -96,3 +96,24 @@ def test_other_packet_times(ptime: int) -> None:
 def test_bad_frame_time_is_refused() -> None:
     with pytest.raises(ValueError):
         Playout(frame_ms=0)
+
+
+def test_pause_takes_back_the_unheard_audio_and_resume_sends_it_again() -> None:
+    from telephony_agent.telephony.playout import Playout
+
+    p = Playout(lead_ms=200, frame_ms=20, chunk_ms=40)
+    frames = [bytes([i]) * 160 for i in range(20)]
+    p.push("item", frames)
+    sent = p.poll(0.0)
+    assert sum(len(s.frames) for s in sent) == 10  # 200 ms at the leg
+    assert p.on_played(sent[0].tag, 0.04)  # frames 0-1 played
+    taken = p.pause(0.07)  # frame 2 played (0.04 + 0.03 s: one whole frame), frames 3.. not
+    assert taken == 7 * 20
+    assert p.poll(0.5) == []  # paused: nothing goes out
+    assert p.played_ms("item", 0.5) == 60
+    assert not p.on_played(sent[1].tag, 0.08)  # the leg confirming cleared chunks is not playback
+    p.resume()
+    again = p.poll(0.6)
+    assert [f for s in again for f in s.frames] == frames[3:13]
+    p.clear()
+    assert not p.paused

@@ -25,6 +25,7 @@ from telephony_agent.realtime.events import (
     Reconnected,
     ResponseCreated,
     ResponseDone,
+    ResponseFailed,
     ResumptionHandle,
     ServerEvent,
     SessionCreated,
@@ -34,6 +35,7 @@ from telephony_agent.realtime.events import (
     TextDelta,
     TextDone,
     ToolCallCancelled,
+    ToolRoundsCapped,
     UnknownEvent,
     Usage,
 )

@@ -72,6 +72,30 @@ class ResponseDone:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseFailed:
+    """A response ended without the answer the caller is owed; follows that response's `ResponseDone`.
+
+    `status`: `failed` (the provider gave up: server error, rate limit, rejected output) or
+    `incomplete` (cut short by a limit or filter: `max_output_tokens`, `content_filter`, ...).
+    `reason` is the provider's code, `message` its words, for logs.
+    """
+
+    response_id: str
+    status: str
+    reason: str | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRoundsCapped:
+    """The runner refused the model's tool calls: `rounds` tool rounds in one caller turn passed
+    the cap. `stopped`: the model kept calling after being told, so nothing more was sent to it."""
+
+    rounds: int
+    stopped: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class AudioDelta:
     item_id: str
     data: bytes = field(repr=False)
@@ -189,6 +213,8 @@ ServerEvent = Union[
     AudioCleared,
     ResponseCreated,
     ResponseDone,
+    ResponseFailed,
+    ToolRoundsCapped,
     AudioDelta,
     AudioDone,
     OutputTranscriptDelta,

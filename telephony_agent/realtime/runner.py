@@ -2,24 +2,52 @@
 
 The consumer (the call bridge) reads events through `runner.events()` and sees every event;
 the runner acts on function calls, cancellations and turn ends as they pass.
+
+Tool rounds are bounded: a model that keeps calling tools (a failing tool, a confused model)
+gets `max_tool_rounds` rounds per caller turn; the next round is answered with an explanation
+instead of running, and a round after that is not answered at all (each round is a billed model
+request). Both are reported as `ToolRoundsCapped` in the event stream. Once the runner is
+closed (the call ended), tool calls that still arrive are dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
 
 from telephony_agent.realtime.errors import RealtimeError
-from telephony_agent.realtime.events import FunctionCallDone, ResponseDone, ServerEvent, ToolCallCancelled
+from telephony_agent.realtime.events import (
+    FunctionCallDone,
+    InputTranscriptCompleted,
+    ResponseDone,
+    ServerEvent,
+    SpeechStarted,
+    ToolCallCancelled,
+    ToolRoundsCapped,
+)
 from telephony_agent.realtime.session import RealtimeSession
 from telephony_agent.realtime.tools import ToolArgumentsError, ToolRegistry, ToolResult
-from telephony_agent.realtime.types import ContextMutationKind, ContextMutationOutcome, RealtimeConfig, ToolResponse
+from telephony_agent.realtime.types import (
+    ContextMutationKind,
+    ContextMutationOutcome,
+    RealtimeConfig,
+    ToolResponse,
+)
 
 log = logging.getLogger(__name__)
+
+__all__ = ["TOOL_ROUNDS_MESSAGE", "RealtimeRunner"]
+
+TOOL_ROUNDS_MESSAGE = (
+    "Tool call refused: {rounds} rounds of tool calls since the caller last spoke is the limit. "
+    "Do not call any tool again now. Tell the caller briefly what you found or that you could not "
+    "complete it, and ask how they would like to continue."
+)
 
 
 class RealtimeRunner:
@@ -32,6 +60,8 @@ class RealtimeRunner:
         tool_timeout: float = 10.0,
         resume_attempts: int = 3,
         resume_backoff: float = 0.2,
+        max_tool_rounds: int = 5,
+        on_tools_done: Callable[[], None] | None = None,
         logger: logging.LoggerAdapter[logging.Logger] | logging.Logger | None = None,
     ) -> None:
         self.session = session
@@ -39,6 +69,8 @@ class RealtimeRunner:
         self.tool_timeout = tool_timeout
         self.resume_attempts = resume_attempts
         self.resume_backoff = resume_backoff
+        self.max_tool_rounds = max_tool_rounds
+        self.on_tools_done = on_tools_done  # a batch's results went back (or could not)
         self._log = logger or log
         if logger is not None:
             session.use_logger(logger)  # the provider's fault lines carry the call id too
@@ -55,17 +87,27 @@ class RealtimeRunner:
         self.tool_calls = 0
         self.tool_errors = 0
         self.resumptions = 0
+        self.rounds = 0  # tool rounds since the caller last spoke
+        self.rounds_capped = 0  # rounds refused or dropped
+        self.dropped_after_close = 0
+        self._closed = False
+        self._round_refused = False
 
     # -- consuming ------------------------------------------------------------------------
 
     async def events(self) -> AsyncIterator[ServerEvent]:
         async for event in self.session.events():
-            await self.handle(event)
+            extra = await self.handle(event)
             yield event
+            for more in extra:
+                yield more
 
-    async def handle(self, event: ServerEvent) -> None:
+    async def handle(self, event: ServerEvent) -> list[ServerEvent]:
+        """Act on one event; returns events of the runner's own to pass on after it."""
         if isinstance(event, FunctionCallDone):
-            self._start_call(event)
+            return self._start_call(event)
+        if isinstance(event, (SpeechStarted, InputTranscriptCompleted)):
+            self.caller_turn()
         elif isinstance(event, ToolCallCancelled):
             self._cancel_calls(event.ids)
         elif isinstance(event, ResponseDone):
@@ -76,6 +118,11 @@ class RealtimeRunner:
                 self._spawn(self._finish_batch(batch, respond, event.status != "cancelled"))
             elif self._batch_finishing == 0:
                 await self._apply_pending_config()
+        return []
+
+    def caller_turn(self) -> None:
+        """The caller spoke (or pressed a key): the tool-round budget starts again."""
+        self.rounds = 0
 
     @property
     def busy(self) -> bool:
@@ -84,15 +131,46 @@ class RealtimeRunner:
 
     # -- tools ----------------------------------------------------------------------------
 
-    def _start_call(self, call: FunctionCallDone) -> None:
+    def _start_call(self, call: FunctionCallDone) -> list[ServerEvent]:
+        if self._closed:
+            self.dropped_after_close += 1
+            self._log.warning("tool call %s arrived after the call ended: dropped", call.name)
+            return []
+        out: list[ServerEvent] = []
+        if not self._batch:  # the first call of a new round
+            self.rounds += 1
+            self._round_refused = False
+        if self.rounds > self.max_tool_rounds + 1:
+            if not self._round_refused:
+                self._round_refused = True
+                self.rounds_capped += 1
+                self._log.error("model kept calling tools after %d rounds: not answering", self.rounds - 1)
+                out.append(ToolRoundsCapped(self.rounds, stopped=True))
+            return out
         self.tool_calls += 1
         self._batch_respond[call.call_id] = True
-        # The respond map is bound now: `handle(ResponseDone)` swaps `_batch_respond` before a quick
-        # tool has even started, and the flag must land in the map its batch reads.
-        task = asyncio.create_task(self._run_call(call, self._batch_respond), name=f"tool-{call.name}")
+        if self.rounds > self.max_tool_rounds:
+            if not self._round_refused:
+                self._round_refused = True
+                self.rounds_capped += 1
+                self._log.warning("tool round %d refused (limit %d per caller turn)", self.rounds, self.max_tool_rounds)
+                out.append(ToolRoundsCapped(self.rounds))
+            coro = self._refuse(call, self.rounds - 1)
+        else:
+            # The respond map is bound now: `handle(ResponseDone)` swaps `_batch_respond` before a quick
+            # tool has even started, and the flag must land in the map its batch reads.
+            coro = self._run_call(call, self._batch_respond)
+        task = asyncio.create_task(coro, name=f"tool-{call.name}")
         self._batch[call.call_id] = task
         self._running[call.call_id] = task
-        task.add_done_callback(lambda _t, cid=call.call_id: self._running.pop(cid, None))
+        task.add_done_callback(functools.partial(self._forget, call.call_id))
+        return out
+
+    def _forget(self, call_id: str, _task: object) -> None:
+        self._running.pop(call_id, None)
+
+    async def _refuse(self, call: FunctionCallDone, rounds: int) -> ToolResponse | None:
+        return ToolResponse(call.call_id, {"error": TOOL_ROUNDS_MESSAGE.format(rounds=rounds)}, call.name, True)
 
     async def _run_call(
         self, call: FunctionCallDone, respond_map: dict[str, bool] | None = None
@@ -111,7 +189,7 @@ class RealtimeRunner:
         async with self._limit:
             try:
                 result = await asyncio.wait_for(tool.invoke(arguments), self.tool_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.tool_errors += 1
                 self._log.warning("tool %s timed out after %.1fs", call.name, self.tool_timeout)
                 return ToolResponse(call.call_id, {"error": f"timed out after {self.tool_timeout:g}s"}, call.name, True)
@@ -156,6 +234,8 @@ class RealtimeRunner:
             self._log.warning("could not send tool results: %s", exc)
         finally:
             self._batch_finishing -= 1
+            if self.on_tools_done is not None and not self.busy:
+                self.on_tools_done()
 
     # -- context changes ------------------------------------------------------------------
 
@@ -193,8 +273,13 @@ class RealtimeRunner:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def close(self) -> None:
+        """The call is over: tool calls from now on are dropped, not run."""
+        self._closed = True
+
     async def aclose(self) -> None:
-        """Cancel running tools and wait for them (bounded)."""
+        """Cancel running tools and wait for them (bounded); later tool calls are dropped."""
+        self._closed = True
         tasks = list(self._batch.values()) + list(self._background)
         self._batch.clear()
         for task in tasks:

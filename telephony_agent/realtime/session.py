@@ -49,6 +49,11 @@ class RealtimeSession(abc.ABC):
     `ErrorEvent(fatal=False)`; a fatal one is followed by the end of the stream.
     """
 
+    #: Text sent while the caller is speaking joins the caller's turn as context instead of
+    #: starting a reply of its own (Gemini Live's `realtimeInput.text`). The call bridge uses it
+    #: to tell a model without a truncate what the caller actually heard of an interrupted answer.
+    text_joins_caller_turn: bool = False
+
     @property
     @abc.abstractmethod
     def session_id(self) -> str: ...

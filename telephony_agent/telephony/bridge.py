@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from telephony_codecs import Framer, Transcoder
+from telephony_codecs import Framer, Transcoder, alaw_to_pcm16, ulaw_to_pcm16
 
 from telephony_agent.realtime import (
     AudioChunk,
@@ -35,6 +35,7 @@ from telephony_agent.realtime import (
     FunctionCallDone,
     InputTranscriptCompleted,
     Interrupted,
+    OutputTranscriptDelta,
     OutputTranscriptDone,
     RealtimeConfig,
     RealtimeError,
@@ -42,16 +43,31 @@ from telephony_agent.realtime import (
     RealtimeRunner,
     RealtimeSession,
     Reconnected,
+    ResponseCreated,
     ResponseDone,
+    ResponseFailed,
     SpeechStarted,
     SpeechStopped,
     ToolRegistry,
+    ToolRoundsCapped,
 )
 from telephony_agent.telephony.assets import prompt_audio
 from telephony_agent.telephony.call_tools import register_call_tools
 from telephony_agent.telephony.leg import AudioLaw, PhoneLeg
 from telephony_agent.telephony.pacing import Confirmer, PacingClock
 from telephony_agent.telephony.playout import Playout
+from telephony_agent.telephony.turns import (
+    DeadAirAction,
+    DeadAirDecision,
+    DeadAirGuard,
+    TurnAction,
+    TurnDecision,
+    TurnDetector,
+    TurnSettings,
+    TurnState,
+    TurnStats,
+    make_scorer,
+)
 
 __all__ = [
     "EARLY_AUDIO_MS",
@@ -104,6 +120,13 @@ class BridgeOptions:
     goodbye_wait_seconds: float = 15.0
     leg_timeout_seconds: float = 10.0  # no caller audio and no playout confirmation this long: end the call
     playout_fallback_seconds: float = 1.0  # a confirming leg this late is paced by the clock instead
+    # Turn-taking (telephony/turns.py): the bridge's own caller-speech detector and dead-air guard.
+    vad: str = "silero"  # silero | energy | off
+    min_interruption_ms: int = 250
+    backchannel_ms: int = 800
+    response_timeout_seconds: float = 4.0
+    max_tool_rounds: int = 5
+    filler_after_seconds: float = 2.0
 
 
 @dataclass
@@ -161,6 +184,22 @@ class CallBridge:
         self._law = self.format.law
         self._leg_audio = self.format.audio_format
         self._silence = self._law.silence
+        # Turn-taking: barge-in decided here from the caller's audio and the provider's signals.
+        self.turns = TurnDetector(
+            TurnSettings(
+                vad=self.options.vad,
+                min_interruption_ms=self.options.min_interruption_ms,
+                backchannel_ms=self.options.backchannel_ms,
+            ),
+            self.format.sample_rate,
+            load=False,  # start() loads the VAD model once the provider session is open
+        )
+        self.dead_air = DeadAirGuard(self.options.response_timeout_seconds, self.options.filler_after_seconds)
+        self.turn_stats = TurnStats()
+        self._to_pcm = ulaw_to_pcm16 if self._law is AudioLaw.PCMU else alaw_to_pcm16
+        self._generated_ms: dict[str, float] = {}  # per output item: audio received from the provider
+        self._said: dict[str, list[str]] = {}  # per output item: its transcript so far
+        self._fillers = 0
         self._started_at = clock()
         self._ended = asyncio.Event()
         self._tasks: set[asyncio.Task[object]] = set()
@@ -226,6 +265,10 @@ class CallBridge:
                 await asyncio.wait_for(session.close(), 3.0)
             return
         self.session = session
+        if self.options.vad != "off":
+            # A few ms of model loading, once the provider is there (never for a refused or failed
+            # call), in line: a thread would make a replayed call's timing depend on the machine.
+            self.turns.attach_scorer(make_scorer(self.options.vad, self.format.sample_rate))
         try:
             self._inbound = self._inbound_transcoder(session.input_format)
         except RealtimeError as exc:
@@ -235,7 +278,12 @@ class CallBridge:
         self._input_format = session.input_format
         self.phase = CallPhase.LIVE
         self.runner = RealtimeRunner(
-            session, self.tools, tool_timeout=self.options.tool_timeout_seconds, logger=self.log
+            session,
+            self.tools,
+            tool_timeout=self.options.tool_timeout_seconds,
+            max_tool_rounds=self.options.max_tool_rounds,
+            on_tools_done=self._tools_done,
+            logger=self.log,
         )
         early, self._early_audio, self._early_bytes = self._early_audio, [], 0
         if early:
@@ -270,6 +318,8 @@ class CallBridge:
         session = self.session
         if session is None or phase is CallPhase.PROMPTING or phase is CallPhase.ENDED:
             return
+        if phase is CallPhase.LIVE:
+            await self._on_turns(self.turns.caller_audio(self._to_pcm(payload), self._leg_seen))
         await self._send_inbound(session, payload)
 
     async def _send_inbound(self, session: RealtimeSession, payload: bytes) -> None:
@@ -311,15 +361,32 @@ class CallBridge:
                 received = self.clock()
                 if isinstance(event, AudioDelta):
                     self._on_audio(event)
+                    await self._on_dead_air(self.dead_air.agent_audio(self._pcm_of(event.data, event.format), received))
                 elif isinstance(event, (SpeechStarted, Interrupted)):
                     self._cancel_idle_timer()
-                    await self._barge_in(received)
+                    await self._on_provider_speech(received)
                 elif isinstance(event, SpeechStopped):
+                    self.dead_air.caller_turn_ended(received)
                     self._arm_idle_timer()
-                elif isinstance(event, (AudioDone, ResponseDone)):
+                elif isinstance(event, AudioDone):
                     self._flush_outbound()
+                elif isinstance(event, ResponseCreated):
+                    self.dead_air.response_started()
+                elif isinstance(event, ResponseDone):
+                    self._flush_outbound()
+                    await self._on_dead_air(self.dead_air.response_done(received))
+                elif isinstance(event, ResponseFailed):
+                    self.log.warning("response %s %s: %s %s", event.response_id, event.status, event.reason, event.message)
+                    await self._on_dead_air(self.dead_air.response_failed(received, event.status, event.reason))
+                elif isinstance(event, ToolRoundsCapped):
+                    self.turn_stats.tool_round_caps += 1
+                    if event.stopped:
+                        await self._on_dead_air(self.dead_air.response_failed(received, "failed", "tool_loop"))
+                elif isinstance(event, OutputTranscriptDelta):
+                    self._said.setdefault(event.item_id, []).append(event.delta)
                 elif isinstance(event, FunctionCallDone):
                     self.stats.tool_calls.append(event.name)
+                    self.dead_air.tool_started(received)
                     self.log.info("tool call %s", event.name)
                 elif isinstance(event, InputTranscriptCompleted):
                     self.stats.transcript.append(("caller", event.transcript))
@@ -352,7 +419,11 @@ class CallBridge:
                 return  # the call is ending after what is already queued: nothing new is said
             self._flush_outbound()
             self._out_item = event.item_id
-        self._play(event.item_id, self._to_leg(event.data, event.format))
+        fmt = event.format
+        self._generated_ms[event.item_id] = self._generated_ms.get(event.item_id, 0.0) + (
+            len(event.data) * 1000 / (fmt.sample_rate * (2 if fmt.encoding is AudioEncoding.PCM16 else 1))
+        )
+        self._play(event.item_id, self._to_leg(event.data, fmt))
 
     def _to_leg(self, data: bytes, fmt: AudioFormat) -> bytes:
         if fmt == self._leg_audio:
@@ -397,10 +468,12 @@ class CallBridge:
         if sends:
             leg, pacing, stats = self.leg, self.pacing, self.stats
             was_idle = pacing.pending == 0
+            turns, to_pcm = self.turns, self._to_pcm
             for send in sends:
                 stats.frames_out += len(send.frames)
                 leg.send_audio(send.frames, send.tag)
-                pacing.sent(send.tag, send.ms, now)
+                ends = pacing.sent(send.tag, send.ms, now)
+                turns.agent_audio(to_pcm(b"".join(send.frames)), ends - send.ms / 1000)  # the echo reference
             if was_idle:  # a new pacing deadline; later ones only move it later, which the timer finds
                 self._timer_changed()
         if self.playout.idle:
@@ -415,7 +488,66 @@ class CallBridge:
 
     # -- barge-in --------------------------------------------------------------------------
 
-    async def _barge_in(self, received: float) -> None:
+    async def _on_turns(self, decisions: list[TurnDecision]) -> None:
+        """Act on the turn detector's decisions (pause / resume / barge-in / the caller's turn)."""
+        for d in decisions:
+            if d.action is TurnAction.PAUSE:
+                self._pause(d)
+            elif d.action is TurnAction.RESUME:
+                self._resume(d)
+            elif d.action is TurnAction.BARGE_IN:
+                await self._barge_in(d.at, d)
+            elif d.action is TurnAction.CALLER_STARTED:
+                self._caller_spoke()
+            elif d.action is TurnAction.CALLER_ENDED:
+                self.dead_air.caller_turn_ended(self.turns.last_speech_end or d.at)
+        if decisions:
+            self._timer_changed()  # a pause has a deadline; a caller turn that ended, an answer owed
+
+    async def _on_provider_speech(self, received: float) -> None:
+        """The provider heard the caller: the detector confirms or rejects it; agent audio that
+        is queued but not yet playing is dropped at once, as before."""
+        self._caller_spoke()
+        decisions = self.turns.provider_speech(received)
+        if decisions:
+            await self._on_turns(decisions)
+        elif self.turns.state in (TurnState.LISTENING, TurnState.CALLER_TURN) and (
+            not self.playout.idle or self._out_item is not None
+        ):  # queued, not playing yet: nothing for the detector to hear over
+            await self._barge_in(received, TurnDecision(TurnAction.BARGE_IN, received, received, "provider"))
+
+    def _caller_spoke(self) -> None:
+        self.dead_air.caller_spoke()
+        if self.runner is not None:
+            self.runner.caller_turn()
+
+    def _pause(self, d: TurnDecision) -> None:
+        """A caller onset while the agent talks: stop the audio at once, keep the place."""
+        if self.phase is not CallPhase.LIVE or self.playout.idle or self.playout.paused:
+            return
+        now = self.clock()
+        self._confirm_paced(now, pump=False)
+        self.playout.pause(now)
+        self.leg.send_clear()
+        self.pacing.clear()
+        if self.pacing.confirmer is Confirmer.CLOCK:
+            self.playout.forget_cleared()
+        self.turns.agent_stopped(now)
+        self.turn_stats.pauses += 1
+        if d.onset is not None:
+            self.turn_stats.reaction_ms.append((now - d.onset) * 1000)
+        self.log.info("caller sound (%s): agent paused", d.source)
+
+    def _resume(self, d: TurnDecision) -> None:
+        """The onset did not confirm (noise, a backchannel, echo): play on from the pause."""
+        if not self.playout.paused:
+            return
+        self.playout.resume()
+        self.turn_stats.false_interruptions += 1
+        self.log.info("not an interruption (%s, %d ms voiced): agent resumes", d.reason, d.voiced_ms)
+        self._pump(self.clock())
+
+    async def _barge_in(self, received: float, decision: TurnDecision | None = None) -> None:
         item = self.playout.current_item or self._out_item
         if item is None or self.phase is not CallPhase.LIVE:
             return  # the agent is silent (or saying a final goodbye): nothing to interrupt
@@ -429,16 +561,38 @@ class CallBridge:
         self.stats.clear_latency_ms.append((self.clock() - received) * 1000)
         self.stats.barge_ins += 1
         self.stats.truncates.append((item, played))
-        self.log.info("barge-in: caller heard %d ms of %s", played, item)
+        source = decision.source if decision is not None else "provider"
+        self.turn_stats.count(self.turn_stats.barge_ins, source)
+        self.turns.agent_stopped(now)
+        self._caller_spoke()
+        self.log.info("barge-in (%s): caller heard %d ms of %s", source, played, item)
         session = self.session
         if session is not None:
-            await self._safe(session.interrupt(audio_end_ms=played))
+            prompt = item.startswith("prompt-")  # our own audio: the provider has nothing to truncate
+            await self._safe(session.interrupt(audio_end_ms=None if prompt else played))
             if self._config.turn_detection.manual:
                 await self._safe(session.clear_audio())
+            if not prompt and session.text_joins_caller_turn:
+                await self._tell_what_was_heard(session, item, played)
+
+    async def _tell_what_was_heard(self, session: RealtimeSession, item: str, played: int) -> None:
+        """A model with no truncate (Gemini Live) remembers its whole answer; while the caller is
+        still speaking, a note joins their turn saying how much of it they heard."""
+        generated = self._generated_ms.get(item, 0.0)
+        if generated <= 0 or played >= generated - 100:
+            return
+        words = "".join(self._said.get(item, [])).split()
+        heard = " ".join(words[: int(len(words) * played / generated)])
+        if heard:
+            note = f'(The caller interrupted you. Of your last answer they heard only: "{heard}"; not the rest.)'
+        else:
+            note = "(The caller interrupted you before hearing any of your last answer.)"
+        await self._safe(session.send_text(note))
 
     def _drop_output(self) -> None:
         """`clear` the phone leg and forget every bit of agent audio not yet heard."""
-        self.leg.send_clear()
+        if not self.playout.paused:  # a pause cleared the leg already, and nothing was sent since
+            self.leg.send_clear()
         self.playout.clear()
         self.pacing.clear()
         if self.pacing.confirmer is Confirmer.CLOCK:
@@ -446,6 +600,57 @@ class CallBridge:
         self._framer.clear()
         self._outbound.clear()
         self._out_item = None
+
+    # -- dead air ------------------------------------------------------------------------------
+
+    def _pcm_of(self, data: bytes, fmt: AudioFormat) -> bytes:
+        if fmt.encoding is AudioEncoding.PCM16:
+            return data
+        return ulaw_to_pcm16(data) if fmt.encoding is AudioEncoding.G711_ULAW else alaw_to_pcm16(data)
+
+    def _tools_done(self) -> None:
+        self.dead_air.tools_finished(self.clock())
+        self._timer_changed()
+
+    async def _on_dead_air(self, decisions: list[DeadAirDecision]) -> None:
+        """Recover from dead air: ask once more (a short filler covers the wait), then apologise."""
+        for d in decisions:
+            stats = self.turn_stats
+            if d.action is DeadAirAction.FILLER:
+                self.log.info("tool call running past %.1fs: filler", self.options.filler_after_seconds)
+                self._say_filler()
+                continue
+            stats.count(stats.response_problems, d.reason)
+            if d.action is DeadAirAction.APOLOGISE:
+                stats.apologies += 1
+                self.log.error("still no answer (%s) after a retry: apologising and ending the call", d.reason)
+                self._fail_politely()
+                continue
+            stats.retries += 1
+            self.log.warning("no answer from the provider (%s): asking again", d.reason)
+            if not self.playout.idle or self._out_item is not None:  # near-silent audio queued
+                for item in (self.playout.current_item, self._out_item):
+                    if item is not None:
+                        self._interrupted_items.add(item)
+                self._drop_output()
+            self._say_filler()
+            session = self.session
+            if session is not None and self.phase is CallPhase.LIVE:
+                await self._safe(session.interrupt())
+                await self._safe(session.create_response())
+        self.turn_stats.dead_air_seconds = self.dead_air.dead_air_seconds
+        self._timer_changed()
+
+    def _say_filler(self) -> None:
+        """A short "one moment" while the caller waits, only over silence."""
+        if self.phase is not CallPhase.LIVE or not self.playout.idle or self._out_item is not None:
+            return
+        self._fillers += 1
+        self.turn_stats.fillers += 1
+        frames = self._framer.push(prompt_audio("filler", self._law))
+        last = self._framer.flush(pad=self._silence)
+        self.playout.push(f"prompt-filler-{self._fillers}", frames + ([last] if last else []))
+        self._pump(self.clock())
 
     # -- call control (CallControl, used by the built-in tools) ---------------------------------
 
@@ -524,7 +729,13 @@ class CallBridge:
         if self.phase is CallPhase.ENDED:
             return None
         due = self._max_due
-        for other in (self._idle_due, self._goodbye_due, self.pacing.deadline()):
+        for other in (
+            self._idle_due,
+            self._goodbye_due,
+            self.pacing.deadline(),
+            self.turns.get_timer() if self.phase is CallPhase.LIVE else None,
+            self.dead_air.get_timer() if self.phase is CallPhase.LIVE else None,
+        ):
             if other is not None and (due is None or other < due):
                 due = other
         if self.options.leg_timeout_seconds > 0 and self.phase is not CallPhase.CONNECTING:
@@ -551,6 +762,12 @@ class CallBridge:
         if self._idle_due is not None and now >= self._idle_due:
             self._idle_due = None
             self._on_idle_timeout()
+        if self.phase is CallPhase.LIVE:
+            turn_due, air_due = self.turns.get_timer(), self.dead_air.get_timer()
+            if turn_due is not None and now >= turn_due:
+                self._spawn(self._on_turns(self.turns.handle_timer(now)))
+            if air_due is not None and now >= air_due:
+                self._spawn(self._on_dead_air(self.dead_air.handle_timer(now)))
         if self._goodbye_due is not None and now >= self._goodbye_due and self._after_playout is not None:
             self.log.warning("playout did not finish in %.0fs; acting anyway", self.options.goodbye_wait_seconds)
             self._run_after_playout()
@@ -595,6 +812,8 @@ class CallBridge:
         self.outcome = outcome
         self.phase = CallPhase.ENDED
         self._ended.set()
+        if self.runner is not None:
+            self.runner.close()  # a tool call that still arrives is dropped
         if self._timer is not None:
             self._timer.cancel()
         self.log.info("call ended: %s", outcome.value)

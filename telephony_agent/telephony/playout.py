@@ -28,6 +28,7 @@ class _Chunk:
     item_id: str
     ms: int
     sent_at: float
+    frames: list[bytes]  # kept until confirmed: a pause sends the unheard part again
 
 
 @dataclass(slots=True)
@@ -71,6 +72,7 @@ class Playout:
         self._played_ms: dict[str, int] = {}
         self._last_played_at: float | None = None
         self._seq = 0
+        self.paused = False  # nothing is sent until `resume()`
 
     # -- state ------------------------------------------------------------------------------
 
@@ -119,6 +121,8 @@ class Playout:
     def poll(self, now: float) -> list[SendFrames]:
         """Frames to send now so that at most `lead_ms` is outstanding at the phone leg."""
         out: list[SendFrames] = []
+        if self.paused:
+            return out
         queue = self._queue
         budget = (self.lead_ms - self._outstanding_ms) // self.frame_ms
         while queue and budget > 0:
@@ -131,7 +135,7 @@ class Playout:
             self._seq += 1
             tag = f"{item_id}:{self._seq}"
             ms = len(frames) * self.frame_ms
-            self._outstanding.append(_Chunk(tag, item_id, ms, now))
+            self._outstanding.append(_Chunk(tag, item_id, ms, now, frames))
             self._outstanding_ms += ms
             self.stats.frames_sent += len(frames)
             self.stats.chunks_sent += 1
@@ -182,7 +186,35 @@ class Playout:
         self._outstanding.clear()
         self._outstanding_ms = 0
         self._last_played_at = None
+        self.paused = False
         return dropped * self.frame_ms
+
+    def pause(self, now: float) -> int:
+        """Stop at once, keeping the place (the caller may only have coughed): what the leg
+        holds unplayed comes back to the front of the queue, whole frames from the one playing
+        now, and nothing is sent until `resume()`. The caller must `clear` the leg. Returns the
+        ms taken back."""
+        requeue: list[tuple[str, bytes]] = []
+        for index, chunk in enumerate(self._outstanding):
+            frames = chunk.frames
+            if index == 0:  # the chunk playing now: what has been heard of it counts as played
+                heard = min(chunk.ms, self.played_ms(chunk.item_id, now) - self._played_ms.get(chunk.item_id, 0))
+                heard_frames = max(0, heard) // self.frame_ms
+                frames = frames[heard_frames:]
+                if heard_frames:
+                    self._played_ms[chunk.item_id] = self._played_ms.get(chunk.item_id, 0) + heard_frames * self.frame_ms
+            requeue.extend((chunk.item_id, frame) for frame in frames)
+            self._cleared.add(chunk.tag)
+        self._queue.extendleft(reversed(requeue))
+        self._outstanding.clear()
+        self._outstanding_ms = 0
+        self._last_played_at = None
+        self.paused = True
+        return len(requeue) * self.frame_ms
+
+    def resume(self) -> None:
+        """Send again from where `pause` stopped."""
+        self.paused = False
 
     def forget_cleared(self) -> None:
         """The leg will never confirm the cleared tags (it confirms nothing): stop waiting for them."""

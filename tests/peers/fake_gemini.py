@@ -11,6 +11,12 @@
   `generationComplete`, then `turnComplete` + `usageMetadata`, then a `sessionResumptionUpdate`.
   Speech (or `activityStart` in manual mode) during a reply: `toolCallCancellation` if a tool
   call is pending, `interrupted`, `turnComplete` (no `generationComplete`).
+- Generation is faster than real time and, like the real service, `interrupted` only comes
+  while a reply is still being generated: speech after `generationComplete` gets no signal.
+- Misbehaving (issue: dead air): `stall_replies = N` (the next N replies send nothing at all),
+  `fail_replies = N` (`turnComplete` with `turnCompleteReason: MALFORMED_FUNCTION_CALL` and no
+  content), `tool_loop = "name"` (every reply calls that tool again after each toolResponse, up
+  to `tool_loop_limit` rounds).
 - Resumption: handles map to a copy of the conversation state, restored when a new
   connection's setup carries `sessionResumption.handle`.
 - Every client message is validated against google-genai's types (see `validate_client_message`)
@@ -205,6 +211,12 @@ class FakeGemini:
         self.fail_setups = 0
         self.fail_setup_code = 1011
         self.fail_setup_reason = "Internal error encountered."
+        # misbehaving modes
+        self.stall_replies = 0
+        self.fail_replies = 0
+        self.tool_loop: str | None = None
+        self.tool_loop_limit = 10_000
+        self.tool_loop_rounds = 0
         self._handle_ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -476,7 +488,7 @@ class FakeGemini:
         if isinstance(text, str) and text:
             conn.texts.append(text)
             conn.conversation.history.append(f"user: {text}")
-            if not conn.replying:
+            if not conn.replying and not conn.speaking:  # said while the caller talks: part of their turn
                 self._start_reply(conn)
 
     # -- VAD and turns --------------------------------------------------------------------
@@ -539,6 +551,22 @@ class FakeGemini:
     async def _reply(self, conn: FakeConnection, reply: Reply) -> None:
         if self.send_handles:
             await self._send(conn, {"sessionResumptionUpdate": {"resumable": False}})
+        if self.stall_replies > 0:
+            self.stall_replies -= 1
+            await asyncio.Event().wait()  # nothing, ever (cancelled by a barge-in or the close)
+        if self.fail_replies > 0:
+            self.fail_replies -= 1
+            await self._send(conn, {"serverContent": {"turnComplete": True,
+                                                      "turnCompleteReason": "MALFORMED_FUNCTION_CALL"}})
+            return
+        while self.tool_loop and self.tool_loop_rounds < self.tool_loop_limit:
+            self.tool_loop_rounds += 1
+            call_id = f"fc_loop_{conn.index}_{self.tool_loop_rounds}"
+            conn.pending_tools[call_id] = self.tool_loop
+            conn.tools_done.clear()
+            await self._send(conn, {"toolCall": {"functionCalls": [
+                {"id": call_id, "name": self.tool_loop, "args": {"attempt": self.tool_loop_rounds}}]}})
+            await conn.tools_done.wait()
         if reply.tool_calls:
             calls = []
             for i, call in enumerate(reply.tool_calls):

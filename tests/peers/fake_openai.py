@@ -10,6 +10,11 @@ Scripting:
 - `await server.expire()`: `error` `session_expired` then close 1001 (the 60-minute limit).
   `await server.drop()`: abort the TCP connection (no close frame).
 - `chunk_ms` / `chunk_interval`: audio per delta and the pause between deltas (faster than real time).
+- Misbehaving (issue: dead air): `fail_responses = N` ends the next N responses `failed`
+  (`failure_status="incomplete"` for `incomplete`) with no output; `stall_responses = N` leaves
+  the next N responses open and silent (`response.created`, then nothing until cancelled);
+  `tool_loop = "name"` makes every response call that tool again, without end;
+  `near_silent_pcm(ms)` is audio for a reply that "speaks" near-silence.
 - `user_transcripts`: transcripts for committed user audio (when transcription is on).
 
 Records: `received` (every client message), `connections[i].received`, `.session`, `.truncates`,
@@ -94,6 +99,11 @@ def tone_pcm16(ms: int = 1000, rate: int = 8000, freq: float = 440.0, amp: int =
     n = rate * ms // 1000
     t = np.arange(n) / rate
     return (amp * np.sin(2 * math.pi * freq * t)).astype("<i2").tobytes()
+
+
+def near_silent_pcm(ms: int = 2000, rate: int = 8000) -> bytes:
+    """Audio a broken model might stream instead of speech: +-3 LSB of noise (about -80 dBFS)."""
+    return np.random.default_rng(5).integers(-3, 4, rate * ms // 1000).astype("<i2").tobytes()
 
 
 def encode_output(pcm16_8k: bytes, fmt: dict[str, Any]) -> bytes:
@@ -454,8 +464,36 @@ class FakeConnection:
         await self.send({"type": "rate_limits.updated", "rate_limits": [
             {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.01},
             {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5}]})
-        calls = self.server.function_calls.popleft() if self.server.function_calls else None
+        server = self.server
+        if server.fail_responses > 0:
+            server.fail_responses -= 1
+            server.failed_responses += 1
+            resp.task = self.spawn(self._fail(resp))
+            return
+        if server.stall_responses > 0:
+            server.stall_responses -= 1
+            server.stalled_responses += 1
+            return  # open and silent until cancelled
+        calls = server.function_calls.popleft() if server.function_calls else None
+        if calls is None and server.tool_loop:
+            calls = [(server.tool_loop, {"attempt": server.responses_started})]
         resp.task = self.spawn(self._stream(resp, calls))
+
+    async def _fail(self, resp: ActiveResponse) -> None:
+        await asyncio.sleep(self.server.chunk_interval)
+        if self.response is not resp:
+            return
+        self.response = None
+        status = self.server.failure_status
+        done = self._response_obj(resp, status)
+        if status == "failed":
+            done["status_details"] = {"type": "failed", "error": {
+                "type": "server_error", "code": "server_error",
+                "message": "The server had an error while processing your request."}}
+        else:
+            done["status_details"] = {"type": "incomplete", "reason": "max_output_tokens"}
+        self.responses.append(done)
+        await self.send({"type": "response.done", "response": done})
 
     def _response_obj(self, resp: ActiveResponse, status: str, reason: str | None = None) -> dict[str, Any]:
         out = {"id": resp.id, "object": "realtime.response", "status": status,
@@ -615,6 +653,13 @@ class FakeOpenAIServer:
         self.speech_starts = 0
         self.responses_started = 0
         self.connection_attempts = 0
+        # misbehaving modes
+        self.fail_responses = 0
+        self.failure_status = "failed"
+        self.stall_responses = 0
+        self.tool_loop: str | None = None
+        self.failed_responses = 0
+        self.stalled_responses = 0
         self._runner: web.AppRunner | None = None
         self.port = 0
 

@@ -194,6 +194,8 @@ class _Connection:
 class GeminiLiveSession(QueuedSession):
     """One Gemini Live conversation, possibly spanning several connections (resumption)."""
 
+    text_joins_caller_turn = True  # realtimeInput.text: the end of the turn follows the caller's activity
+
     def __init__(self, model: GeminiLiveModel, config: RealtimeConfig) -> None:
         super().__init__()
         self._model = model

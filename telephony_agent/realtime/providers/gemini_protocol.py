@@ -42,6 +42,7 @@ from telephony_agent.realtime.events import (
     OutputTranscriptDone,
     ResponseCreated,
     ResponseDone,
+    ResponseFailed,
     ResumptionHandle,
     ServerEvent,
     SessionCreated,
@@ -266,6 +267,9 @@ def _usage(meta: dict[str, Any]) -> Usage:
     return Usage(input_tokens=prompt, output_tokens=response, total_tokens=total, raw=meta)
 
 
+_FAILED_TURN_REASONS = frozenset({"MALFORMED_FUNCTION_CALL", "RESPONSE_REJECTED"})
+
+
 class GeminiEventTranslator:
     """Server messages in, our events out; tracks turns, pending tool calls and resumption.
 
@@ -460,6 +464,9 @@ class GeminiEventTranslator:
                 events.append(AudioDone(self._turn, response_id=self._turn))
         if content.get("turnComplete"):
             recognised = True
+            reason = content.get("turnCompleteReason")
+            # the turn ended without an answer: an unusable function call or a rejected response
+            failure = reason.lower() if isinstance(reason, str) and reason in _FAILED_TURN_REASONS else None
             if self._input_text:
                 events.append(self._input_done())
             if usage is not None:
@@ -471,6 +478,11 @@ class GeminiEventTranslator:
                 events.extend(self._end_turn("cancelled", "turn_detected", usage))
                 self._interrupt_pending = False
                 self._interrupted = None
+            elif failure is not None:
+                turn = self._turn or self._begin_turn(events)
+                self._turn_ended_by_tools = False
+                events.extend(self._end_turn("failed", failure, usage))
+                events.append(ResponseFailed(turn, "failed", failure, f"turnCompleteReason {failure.upper()}"))
             elif self._turn is not None:
                 events.extend(self._end_turn("completed", None, usage))
             elif self._turn_ended_by_tools:

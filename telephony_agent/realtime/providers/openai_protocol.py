@@ -32,6 +32,7 @@ from telephony_agent.realtime.events import (
     OutputTranscriptDone,
     ResponseCreated,
     ResponseDone,
+    ResponseFailed,
     ServerEvent,
     SessionCreated,
     SessionUpdated,
@@ -530,11 +531,22 @@ class OpenAIEventTranslator:
             return [FunctionCallDone(call_id, name or (self.entries[item_id].name if item_id else ""),
                                      arguments, item_id, _opt_str(msg.get("response_id")))]
         if kind == "response.done":
-            return [self._response_done(msg)]
+            done = self._response_done(msg)
+            if done.status in ("failed", "incomplete"):
+                return [done, ResponseFailed(done.response_id, done.status, done.reason, self._failure_message(msg))]
+            return [done]
         if kind in _SILENT:
             return []
         self.unknown_events += 1
         return [UnknownEvent(msg)]
+
+    @staticmethod
+    def _failure_message(msg: dict[str, Any]) -> str:
+        details = (msg.get("response") or {}).get("status_details")
+        error = details.get("error") if isinstance(details, dict) else None
+        if isinstance(error, dict):
+            return _str(error.get("message")) or _str(error.get("type"))
+        return ""
 
     def _response_done(self, msg: dict[str, Any]) -> ResponseDone:
         response = msg.get("response") or {}

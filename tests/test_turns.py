@@ -1,0 +1,252 @@
+"""Turn-taking decisions on real speech (eSpeak NG) and sox-made noise, on a virtual clock
+(`telephony_agent.testing.turn_sim`: the agent talks, the caller leg carries sounds and echo)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from telephony_agent.telephony.turns import (
+    DeadAirAction,
+    DeadAirGuard,
+    TurnAction,
+    TurnDecision,
+    TurnDetector,
+    TurnSettings,
+    near_silent,
+)
+from telephony_agent.testing import turn_sim
+from telephony_agent.testing.noise import NAMES, noise_pcm16
+from telephony_agent.testing.speech import speech_pcm16
+from telephony_agent.testing.turn_sim import AGENT_TEXT, Run, law
+from telephony_agent.testing.turn_sim import onset as _onset
+
+INTERRUPTION = "wait, stop, I have a different question"
+
+
+def _pcm(text: str, **kwargs: object) -> np.ndarray:
+    return np.frombuffer(speech_pcm16(text, **kwargs), "<i2").astype(np.float64)  # type: ignore[arg-type]
+
+
+def simulate(caller: list[tuple[float, np.ndarray]], **kwargs: Any) -> Run:
+    return turn_sim.simulate(law(_pcm(AGENT_TEXT, voice="en-us+f3")), caller, **kwargs)
+
+
+@pytest.mark.parametrize("vad", ["silero", "energy"])
+def test_a_real_interruption_pauses_at_once_and_barges_in(vad: str) -> None:
+    speech = _pcm(INTERRUPTION)
+    run = simulate([(3.0, speech)], settings=TurnSettings(vad=vad))
+    onset = _onset(speech, 3.0)
+    pause, barge = run.first(TurnAction.PAUSE), run.first(TurnAction.BARGE_IN)
+    assert pause is not None and barge is not None, run.decisions
+    if vad == "silero":
+        assert pause.at - onset <= 0.3  # outbound audio stopped within 300 ms of speech onset
+        assert run.actions() == [TurnAction.PAUSE, TurnAction.BARGE_IN]
+    assert barge.at - onset < 2.5
+    assert barge.source == "local"
+
+
+@pytest.mark.parametrize("vad", ["silero", "energy"])
+@pytest.mark.parametrize("noise", NAMES)
+def test_noise_over_agent_speech_leaves_the_agent_talking(noise: str, vad: str) -> None:
+    run = simulate([(3.0, np.frombuffer(noise_pcm16(noise), "<i2").astype(np.float64))], settings=TurnSettings(vad=vad))
+    assert TurnAction.BARGE_IN not in run.actions(), run.decisions
+    assert run.actions().count(TurnAction.PAUSE) == run.actions().count(TurnAction.RESUME)
+    assert run.continuous()
+    if vad == "silero":
+        assert run.actions() == []  # Silero does not even pause for these
+
+
+@pytest.mark.parametrize("word", ["mhm", "yeah", "okay", "uh-huh", "right"])
+def test_backchannels_do_not_end_the_agents_turn(word: str) -> None:
+    run = simulate([(3.0, _pcm(word))])
+    assert TurnAction.BARGE_IN not in run.actions(), run.decisions
+    assert run.actions() == [TurnAction.PAUSE, TurnAction.RESUME]
+    assert run.continuous()
+    resume = run.first(TurnAction.RESUME)
+    assert resume is not None and resume.reason == "backchannel"
+
+
+def test_backchannels_interrupt_when_turned_off() -> None:
+    run = simulate([(3.0, _pcm("okay"))], settings=TurnSettings(backchannel_ms=0))
+    assert TurnAction.BARGE_IN in run.actions()
+
+
+@pytest.mark.parametrize(("echo_db", "echo_ms"), [(-6, 100), (-10, 150), (-20, 300)])
+def test_agent_echo_is_not_an_interruption(echo_db: float, echo_ms: int) -> None:
+    run = simulate([], echo_db=echo_db, echo_ms=echo_ms)
+    assert run.actions() == []
+
+
+@pytest.mark.parametrize("schedule_lead_s", [0.0, 0.2])
+def test_caller_speech_over_the_echo_barges_in(schedule_lead_s: float) -> None:
+    speech = _pcm(INTERRUPTION)
+    quiet = simulate([], echo_db=-10, echo_ms=150, schedule_lead_s=schedule_lead_s)
+    assert quiet.actions() == []
+    run = simulate([(3.0, speech)], echo_db=-10, echo_ms=150, schedule_lead_s=schedule_lead_s)
+    pause = run.first(TurnAction.PAUSE)
+    assert pause is not None and pause.at - _onset(speech, 3.0) <= 0.3
+    assert TurnAction.BARGE_IN in run.actions()
+
+
+def test_a_provider_signal_alone_pauses_then_resumes() -> None:
+    run = simulate([], provider_speech_at=3.0)
+    assert run.actions() == [TurnAction.PAUSE, TurnAction.RESUME]
+    pause, resume = run.first(TurnAction.PAUSE), run.first(TurnAction.RESUME)
+    assert pause is not None and resume is not None and pause.source == "provider"
+    assert resume.at - pause.at <= 0.5
+    assert run.continuous()
+
+
+def test_provider_and_local_speech_together_barge_in_as_both() -> None:
+    speech = _pcm(INTERRUPTION)
+    run = simulate([(3.0, speech)], provider_speech_at=3.3)
+    barge = run.first(TurnAction.BARGE_IN)
+    assert barge is not None and barge.source == "both"
+
+
+def test_without_a_local_detector_the_provider_signal_barges_in() -> None:
+    run = simulate([], provider_speech_at=3.0, settings=TurnSettings(vad="off"))
+    assert run.actions() == [TurnAction.BARGE_IN]
+    assert run.decisions[0].source == "provider"
+
+
+def test_a_pause_never_outlasts_max_pause_without_caller_audio() -> None:
+    detector = TurnDetector(TurnSettings())
+    detector.caller_audio(b"\x00\x00" * 160, 0.02)
+    detector.agent_audio(b"\x10\x10" * 8000, 0.02)
+    assert [d.action for d in detector.provider_speech(0.5)] == [TurnAction.PAUSE]
+    deadline = detector.get_timer()
+    assert deadline is not None and 0.5 < deadline <= 0.5 + 1.5
+    assert detector.handle_timer(deadline - 0.01) == []
+    assert [d.action for d in detector.handle_timer(deadline)] == [TurnAction.RESUME]
+    assert detector.get_timer() is None
+
+
+def test_caller_turn_end_is_reported_when_the_agent_is_silent() -> None:
+    detector = TurnDetector(TurnSettings())
+    speech = law(_pcm("what are your opening hours"))
+    x = np.concatenate([np.zeros(4000), speech, np.zeros(12000)])
+    decisions: list[TurnDecision] = []
+    for i in range(x.size // 160):
+        decisions += detector.caller_audio(x[i * 160 : (i + 1) * 160].astype("<i2").tobytes(), (i + 1) * 0.02)
+    kinds = [d.action for d in decisions]
+    assert kinds == [TurnAction.CALLER_STARTED, TurnAction.CALLER_ENDED]
+    end = decisions[1]
+    speech_end = (4000 + speech.size) / 8000
+    assert detector.last_speech_end is not None and abs(detector.last_speech_end - speech_end) < 0.6
+    assert end.at - detector.last_speech_end >= 0.6
+
+
+def test_16khz_caller_audio() -> None:
+    detector = TurnDetector(TurnSettings(), sample_rate=16000)
+    speech = _pcm(INTERRUPTION, rate=16000)
+    agent = _pcm(AGENT_TEXT, rate=16000, voice="en-us+f3")
+    x = np.concatenate([np.zeros(32000), speech, np.zeros(8000)])
+    actions = []
+    for i in range(x.size // 320):
+        if i * 320 < agent.size:
+            detector.agent_audio(agent[i * 320 : (i + 1) * 320].astype("<i2").tobytes(), i * 0.02)
+        actions += [d.action for d in detector.caller_audio(x[i * 320 : (i + 1) * 320].astype("<i2").tobytes(), (i + 1) * 0.02)]
+    assert actions[:2] == [TurnAction.PAUSE, TurnAction.BARGE_IN]
+
+
+# -- dead air -----------------------------------------------------------------------------------
+
+LOUD = (np.sin(np.arange(2400) / 3) * 8000).astype("<i2").tobytes()
+SILENT = bytes(4800)
+
+
+def test_near_silent() -> None:
+    assert near_silent(SILENT)
+    assert near_silent((np.ones(2400) * 20).astype("<i2").tobytes())
+    assert not near_silent(LOUD)
+
+
+def test_no_answer_is_retried_once_then_apologised_for() -> None:
+    guard = DeadAirGuard(response_timeout=4.0)
+    guard.caller_turn_ended(10.0)
+    assert guard.get_timer() == 14.0
+    assert guard.handle_timer(13.9) == []
+    assert [d.action for d in guard.handle_timer(14.0)] == [DeadAirAction.RETRY]
+    assert guard.get_timer() == 18.0
+    decisions = guard.handle_timer(18.0)
+    assert [(d.action, d.reason) for d in decisions] == [(DeadAirAction.APOLOGISE, "response_timeout")]
+    assert guard.get_timer() is None
+    assert guard.dead_air_seconds == pytest.approx(7.0)
+
+
+def test_an_answer_in_time_settles_it() -> None:
+    guard = DeadAirGuard(response_timeout=4.0)
+    guard.caller_turn_ended(10.0)
+    assert guard.agent_audio(LOUD, 11.5) == []
+    assert guard.get_timer() is None and not guard.waiting
+    assert guard.dead_air_seconds == pytest.approx(0.5)
+
+
+def test_a_failed_response_is_retried_then_apologised_for() -> None:
+    guard = DeadAirGuard()
+    guard.caller_turn_ended(0.0)
+    assert [d.action for d in guard.response_failed(0.5, "failed", "server_error")] == [DeadAirAction.RETRY]
+    assert [d.action for d in guard.response_failed(1.0, "failed", "server_error")] == [DeadAirAction.APOLOGISE]
+
+
+def test_an_incomplete_response_that_was_heard_is_left_alone() -> None:
+    guard = DeadAirGuard()
+    guard.caller_turn_ended(0.0)
+    guard.response_started()
+    guard.agent_audio(LOUD, 0.5)
+    assert guard.response_failed(2.0, "incomplete", "max_output_tokens") == []
+    guard.caller_turn_ended(3.0)
+    guard.response_started()
+    assert [d.action for d in guard.response_failed(3.5, "incomplete", "content_filter")] == [DeadAirAction.RETRY]
+
+
+def test_near_silent_output_is_no_answer() -> None:
+    guard = DeadAirGuard(near_silent_after=1.5)
+    guard.caller_turn_ended(0.0)
+    for k in range(10):
+        assert guard.agent_audio(SILENT, 0.5 + 0.1 * k) == []
+    assert guard.get_timer() == pytest.approx(2.0)
+    assert [(d.action, d.reason) for d in guard.handle_timer(2.0)] == [(DeadAirAction.RETRY, "near_silent")]
+
+
+def test_a_slow_tool_gets_one_filler_and_holds_the_timeout() -> None:
+    guard = DeadAirGuard(response_timeout=4.0, filler_after=2.0)
+    guard.caller_turn_ended(0.0)
+    guard.tool_started(0.5)
+    guard.tool_started(0.6)
+    assert guard.get_timer() == 2.5
+    assert [d.action for d in guard.handle_timer(2.5)] == [DeadAirAction.FILLER]
+    assert guard.get_timer() is None  # no timeout while the tools run
+    guard.tools_finished(7.0)
+    assert guard.get_timer() == 11.0
+
+
+def test_turn_stats_reach_the_metrics() -> None:
+    from types import SimpleNamespace
+
+    from telephony_agent.metrics import Metrics
+    from telephony_agent.telephony.turns import TurnStats
+
+    metrics = Metrics()
+    stats = SimpleNamespace(frames_in=0, frames_out=0, barge_ins=0, provider_errors=0, reconnects=0,
+                            clear_latency_ms=[], first_audio_ms=None)
+    turns = TurnStats()
+    call = SimpleNamespace(call_id="CA1", stats=stats, model=SimpleNamespace(provider="gemini"), turn_stats=turns)
+    turns.count(turns.barge_ins, "local")
+    turns.false_interruptions = 2
+    turns.count(turns.response_problems, "response_timeout")
+    turns.dead_air_seconds = 1.5
+    metrics.observe_call(call)
+    turns.count(turns.barge_ins, "local")
+    turns.tool_round_caps = 1
+    metrics.observe_call(call, final=True)
+    text = metrics.render().decode()
+    assert 'agent_turn_barge_ins_total{source="local"} 2.0' in text
+    assert "agent_false_interruptions_resumed_total 2.0" in text
+    assert 'agent_response_problems_total{kind="response_timeout"} 1.0' in text
+    assert "agent_dead_air_seconds_total 1.5" in text
+    assert "agent_tool_round_caps_total 1.0" in text
