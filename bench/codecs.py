@@ -15,31 +15,30 @@ import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one call = one core; no BLAS thread pool
 
-import argparse  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import math
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
 
-import numpy as np  # noqa: E402
-import scipy  # noqa: E402
-import soxr  # noqa: E402
+import numpy as np
+import scipy
+import soxr
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "codecs"))
 
-from telephony_agent.testing.speech import speech_pcm16  # noqa: E402
-
-from telephony_codecs import StreamResampler, Transcoder, pcm16_to_ulaw, ulaw_to_pcm16  # noqa: E402
+from telephony_agent.testing.speech import speech_pcm16
+from telephony_codecs import StreamResampler, Transcoder, pcm16_to_ulaw, ulaw_to_pcm16
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop  # noqa: E402
+    import audioop
 
 TEXT = "Thank you for calling. Your call is important to us. How can I help you today?"
 Step = Callable[[bytes], bytes]

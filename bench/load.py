@@ -129,7 +129,7 @@ def lag_buckets(base: str) -> list[tuple[float, float]]:
 
 def hist_quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
     """Prometheus-style histogram_quantile over the window (linear within a bucket)."""
-    counts = [(le, a - b) for (le, a), (_, b) in zip(after, before)]
+    counts = [(le, a - b) for (le, a), (_, b) in zip(after, before, strict=False)]
     total = counts[-1][1] if counts else 0
     if total <= 0:
         return None

@@ -109,11 +109,11 @@ class SipBench:
             AGENT_SIP_RATE_LIMIT="10000", AGENT_RTP_PORTS=a.rtp_ports, AGENT_RTP_TIMEOUT_SECONDS="30",
         )
         OUT.mkdir(parents=True, exist_ok=True)
-        self.server_log = open(OUT / "sip_server.log", "wb")  # noqa: SIM115 - open for the server's life
+        self.server_log = open(OUT / "sip_server.log", "wb")
         self.server = subprocess.Popen(
             [sys.executable, "-m", "telephony_agent", "serve"], cwd=OUT, env=senv,
             stdout=self.server_log, stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.sched_setaffinity(0, {a.server_core}),  # noqa: PLW1509 - no threads here
+            preexec_fn=lambda: os.sched_setaffinity(0, {a.server_core}),
         )
         self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 30
@@ -163,7 +163,7 @@ class SipBench:
         ]
         sipp = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE,
-                                preexec_fn=lambda: os.sched_setaffinity(0, {a.gen_core}))  # noqa: PLW1509
+                                preexec_fn=lambda: os.sched_setaffinity(0, {a.gen_core}))
         pid = self.server.pid  # type: ignore[union-attr]
         time.sleep(ramp_s + a.settle)
         up = self.active_calls()

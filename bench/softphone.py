@@ -36,10 +36,9 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "codecs")]
 
+from telephony_agent.telephony.twilio.stream import Media, MediaStreamProtocol
 from telephony_codecs import pcm16_to_ulaw
 from telephony_codecs.transcode import Transcoder
-
-from telephony_agent.telephony.twilio.stream import Media, MediaStreamProtocol
 
 SECONDS = 30
 LIVE_SECONDS = 10.0

@@ -21,13 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "codecs"))
 
-from telephony_codecs import Transcoder  # noqa: E402
-
-from telephony_agent.call_command import general_model_transcript  # noqa: E402
-from telephony_agent.realtime.providers.local import tts  # noqa: E402
-from telephony_agent.realtime.providers.local.asr import normalise  # noqa: E402
-from telephony_agent.realtime.providers.local.dialogue import load_script, split_sentences  # noqa: E402
-from telephony_agent.testing.known_lines import KnownLines  # noqa: E402
+from telephony_agent.call_command import general_model_transcript
+from telephony_agent.realtime.providers.local import tts
+from telephony_agent.realtime.providers.local.asr import normalise
+from telephony_agent.realtime.providers.local.dialogue import load_script, split_sentences
+from telephony_agent.testing.known_lines import KnownLines
+from telephony_codecs import Transcoder
 
 
 def word_errors(reference: str, hypothesis: str) -> int:

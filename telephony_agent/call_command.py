@@ -18,19 +18,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
-
 from telephony_agent.testing.known_lines import KnownLines
 from telephony_agent.testing.twilio_caller import TwilioCaller
+from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 __all__ = ["CallReport", "run_call", "text_to_ulaw", "wav_to_ulaw"]
 
 
 def text_to_ulaw(text: str, voice: str | None = None) -> bytes:
     """Speech for `text` from the local engine's synthesiser (eSpeak NG), as mu-law 8 kHz."""
-    from telephony_codecs import Transcoder
-
     from telephony_agent.realtime.providers.local import tts
+    from telephony_codecs import Transcoder
 
     pcm = tts.synthesize(text, voice or "en-us+f3")
     tx = Transcoder.pcm_to_ulaw8k(tts.sample_rate())
@@ -42,6 +40,7 @@ def wav_to_ulaw(path: str) -> bytes:
     import wave
 
     import numpy as np
+
     from telephony_codecs import Transcoder
 
     with wave.open(path, "rb") as w:

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 __all__ = [
     "CallLogAdapter",
     "JsonFormatter",
@@ -36,8 +38,6 @@ def _escape_char(match: re.Match[str]) -> str:
 def escape_text(text: str) -> str:
     """`text` with control characters as `\\xNN` escapes: one log record stays one line."""
     return _CONTROL.sub(_escape_char, text)
-
-import orjson
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 

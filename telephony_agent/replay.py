@@ -108,7 +108,7 @@ def _patch_executors() -> None:
 
         def submit(self: Any, fn: Any, /, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
             future = __original(self, fn, *args, **kwargs)
-            with future._condition:  # noqa: SLF001 - the future's own lock orders us against set_result
+            with future._condition:
                 if not future.done():
                     setattr(future, _TRACKED, True)
                     BUSY.started()
@@ -216,7 +216,7 @@ def loopback_in_flight() -> bool:
     if found is None:
         return False
     ends, listening = found
-    for (local, peer), (state, sent, received) in ends.items():
+    for (local, peer), (state, sent, _received) in ends.items():
         if peer is None:
             return True  # a handshake in progress
         other = ends.get((peer, local))
@@ -385,7 +385,7 @@ async def drive_call(
         if phone.closed:
             return
         if kind == "media":
-            await phone._send_media_frame(data)  # noqa: SLF001 - the softphone's own framing
+            await phone._send_media_frame(data)
         elif kind == "dtmf":
             await phone.send_dtmf(data)
         elif kind == "raw":
@@ -398,7 +398,7 @@ async def drive_call(
     deadline = loop.time() + tail_s
     next_t = loop.time()
     while not phone.closed and loop.time() < deadline:
-        await phone._send_media_frame(silence)  # noqa: SLF001
+        await phone._send_media_frame(silence)
         next_t += frame_gap
         await asyncio.sleep(max(0.0, next_t - loop.time()))
     if not phone.closed:
@@ -436,7 +436,7 @@ async def replay(
     *,
     speed: float = 1.0,
     server_recordings: Path | None = None,
-    tolerances: Tolerances = Tolerances(),
+    tolerances: Tolerances = Tolerances(),  # noqa: B008 - frozen, shared safely
     on_phone: Callable[[TwilioCaller], Awaitable[None] | None] | None = None,
     on_event: Callable[[str, float, dict[str, Any]], None] | None = None,
     tail_s: float = 15.0,
@@ -508,7 +508,7 @@ async def in_process_server(settings: Any, model: Any = None) -> Any:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
         yield app, f"http://127.0.0.1:{port}"
     finally:

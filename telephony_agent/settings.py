@@ -209,7 +209,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_sip_auth(self) -> "Settings":
+    def _check_sip_auth(self) -> Settings:
         if (self.sip_username is None) != (self.sip_password is None):
             raise ValueError("AGENT_SIP_USERNAME and AGENT_SIP_PASSWORD are set together or not at all")
         if self.sip_port is not None and self.workers > 1:
@@ -265,7 +265,7 @@ class Settings(BaseSettings):
         return upper
 
     @model_validator(mode="after")
-    def _check_provider_keys(self) -> "Settings":
+    def _check_provider_keys(self) -> Settings:
         if self.provider is Provider.OPENAI and self.openai_api_key is None:
             raise ValueError("AGENT_PROVIDER=openai needs OPENAI_API_KEY")
         if self.provider is Provider.GEMINI and self.gemini_api_key is None:

@@ -603,7 +603,7 @@ async def served(
             with open(log_path, "wb") as log_file:  # noqa: ASYNC230 - before the server starts
                 proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for below
                     [python, "-m", "telephony_agent", "serve"], cwd=tmp, env=server_env,
-                    stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=limit,  # noqa: PLW1509 - rlimit for the child only
+                    stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=limit,
                 )
             target = Target(f"http://127.0.0.1:{port}", provider=provider, recordings=recordings, pid=proc.pid,
                             log_path=log_path, proc=proc)

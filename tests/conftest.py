@@ -6,7 +6,7 @@ import pytest
 # Test peers and helpers import as top-level modules (`peers.fake_openai`, `agent_server`).
 sys.path.insert(0, str(Path(__file__).parent))
 
-from peers import conformance  # noqa: E402
+from peers import conformance
 
 
 @pytest.fixture(autouse=True)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 from telephony_agent.realtime.providers.local.asr import to_asr_rate
 from telephony_agent.testing.speech import speech_ulaw
+from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 # eSpeak's "f3" variant at a calm pace is what PocketSphinx's model recognises best; the default
 # male voice at 160 wpm loses "s"-heavy words (sales, support) on 8 kHz audio.

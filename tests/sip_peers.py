@@ -16,9 +16,8 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 
-from telephony_codecs import pcm16_to_alaw, pcm16_to_ulaw
-
 from telephony_agent.testing.speech import speech_pcm16
+from telephony_codecs import pcm16_to_alaw, pcm16_to_ulaw
 
 PEERS = Path(__file__).parent / "peers"
 SIPP_SCENARIOS = PEERS / "sipp"

@@ -18,13 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from telephony_codecs import (
-    StreamResampler,
-    alaw_to_pcm16,
-    pcm16_to_alaw,
-    pcm16_to_ulaw,
-    ulaw_to_pcm16,
-)
 
 from telephony_agent.realtime import (
     PCM16_16K,
@@ -54,6 +47,13 @@ from telephony_agent.telephony.bridge import (
 )
 from telephony_agent.telephony.leg import PCMA_20MS, PCMU_20MS, AudioLaw, PhoneFormat
 from telephony_agent.testing.speech import speech_pcm16
+from telephony_codecs import (
+    StreamResampler,
+    alaw_to_pcm16,
+    pcm16_to_alaw,
+    pcm16_to_ulaw,
+    ulaw_to_pcm16,
+)
 
 PCMA_8K = AudioFormat.alaw8k()
 

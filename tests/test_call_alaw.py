@@ -13,13 +13,13 @@ import base64
 
 import pytest
 from peers.fake_openai import FakeOpenAIServer
-from telephony_codecs import pcm16_to_alaw
 
 from telephony_agent.realtime import RealtimeConfig
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
 from telephony_agent.telephony.bridge import BridgeOptions, CallBridge, CallOutcome
 from telephony_agent.telephony.leg import PCMA_20MS, PhoneFormat
 from telephony_agent.testing.speech import speech_pcm16
+from telephony_codecs import pcm16_to_alaw
 
 API_KEY = "sk-test-key"
 

@@ -10,11 +10,11 @@ import pytest
 from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
 from peers.fake_gemini import FakeGemini, Reply
 from peers.fake_twilio_rest import FakeTwilioRest
-from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 from telephony_agent.realtime.providers.gemini import GeminiLiveModel
 from telephony_agent.testing.speech import speech_pcm16, speech_ulaw
 from telephony_agent.testing.twilio_caller import TwilioCaller
+from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 API_KEY = "test-key"
 

@@ -325,7 +325,7 @@ async def test_call_hooks_add_tools_and_dtmf_handlers(openai_server: FakeOpenAIS
     looked_up: list[str] = []
     digits: list[str] = []
 
-    def extend(bridge) -> None:  # noqa: ANN001 - a CallBridge
+    def extend(bridge) -> None:
         async def lookup_order(order_id: str) -> dict[str, str]:
             """Look up an order's status."""
             looked_up.append(order_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from telephony_agent.testing.speech import speech_pcm16
 from telephony_codecs import (
     G711_LAWS,
     StreamResampler,
@@ -13,8 +15,6 @@ from telephony_codecs import (
     pcm16_to_ulaw,
     ulaw_to_pcm16,
 )
-
-from telephony_agent.testing.speech import speech_pcm16
 
 
 @pytest.mark.parametrize("rate", [8000, 16000, 24000])

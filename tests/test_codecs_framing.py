@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from telephony_codecs import Framer, StreamResampler, Transcoder, pcm16_to_ulaw, ulaw_to_pcm16
 
 from telephony_agent.testing.speech import speech_pcm16
+from telephony_codecs import Framer, StreamResampler, Transcoder, pcm16_to_ulaw, ulaw_to_pcm16
 
 
 def test_framer_cuts_and_keeps_remainder() -> None:

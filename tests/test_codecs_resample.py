@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from telephony_codecs import RATES, StreamResampler
 
 from telephony_agent.testing.speech import speech_pcm16
+from telephony_codecs import RATES, StreamResampler
 
 CHUNK_PAIRS = [
     (8000, 24000), (8000, 16000), (24000, 8000), (16000, 8000), (44100, 8000), (22050, 16000),

@@ -14,9 +14,9 @@ import aiohttp
 import kubernetes_validate
 import pytest
 import yaml
+from agent_server import running_agent, test_settings
 from dockerfile_parse import DockerfileParser
 
-from agent_server import running_agent, test_settings
 from telephony_agent import serve
 from telephony_agent.settings import Settings
 

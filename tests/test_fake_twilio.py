@@ -11,7 +11,6 @@ import orjson
 import pytest
 from aiohttp import WSMsgType, web
 from peers.fake_twilio_rest import FakeTwilioRest
-from telephony_codecs import pcm16_to_ulaw
 
 from telephony_agent.telephony.twilio.rest import TwilioRest
 from telephony_agent.telephony.twilio.signature import SIGNATURE_HEADER, validate_request, validate_websocket
@@ -29,6 +28,7 @@ from telephony_agent.telephony.twilio.stream import (
 from telephony_agent.telephony.twilio.twiml import busy_twiml, connect_stream_twiml
 from telephony_agent.testing.speech import speech_pcm16
 from telephony_agent.testing.twilio_caller import HandshakeRejected, TwilioCaller
+from telephony_codecs import pcm16_to_ulaw
 
 PUBLIC = "https://agent.test"
 TOKEN = "tok-" + "9" * 28
@@ -237,7 +237,7 @@ async def test_mark_on_idle_queue_echoes_right_away_and_audio_after_idle() -> No
 async def test_protocol_violations_recorded() -> None:
     async def script(agent: TinyAgent, ws: web.WebSocketResponse, proto: MediaStreamProtocol) -> None:
         await ws.send_bytes(b"\xff" * 160)
-        await ws.send_str('{"event":"start","streamSid":"%s"}' % proto.stream_sid)
+        await ws.send_str('{"event":"start","streamSid":"' + str(proto.stream_sid) + '"}')
         await ws.send_str(orjson.dumps({"event": "media", "media": {"payload": "/w=="}}).decode())
         await ws.send_str(media_message("MZ" + "0" * 32, b"\xff"))
         await ws.send_str("{nope")

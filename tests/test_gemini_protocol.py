@@ -6,8 +6,8 @@ import base64
 
 import orjson
 import pytest
-
 from peers.fake_gemini import validate_client_message
+
 from telephony_agent.realtime.errors import (
     RealtimeAuthError,
     RealtimeConfigError,

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 import pytest
-
 from local_helpers import caller_pcm8k, rms_dbfs
+
 from telephony_agent.realtime.providers.local import tts
 from telephony_agent.realtime.providers.local.asr import Recognizer, build_arpa, normalise
 from telephony_agent.realtime.providers.local.dialogue import load_script

@@ -7,8 +7,8 @@ import json
 from collections.abc import Callable
 
 import pytest
-
 from local_helpers import caller_ulaw
+
 from telephony_agent.realtime import (
     PCM16_16K,
     PCMU_8K,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-
 from local_helpers import caller_pcm8k
+
 from telephony_agent.realtime.providers.local.vad import EnergyVad, VadSettings
 
 

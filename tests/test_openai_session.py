@@ -436,7 +436,7 @@ async def test_close_is_bounded_and_leaves_no_tasks(server: FakeOpenAIServer, ht
     await session.close()
     assert time.monotonic() - start < 2.0
     assert session.disconnect_reason == "closed by client" and not session.is_connected
-    while (event := await session.next_event()) is not None:
+    while await session.next_event() is not None:
         pass
     assert await session.next_event() is None
     await asyncio.sleep(0)

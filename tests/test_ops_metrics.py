@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
-
 from agent_server import running_agent, test_settings
+
 from telephony_agent.logs import JsonFormatter, call_logger, configure_logging
 from telephony_agent.metrics import Metrics
 

@@ -15,13 +15,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "calls"))
 
-from scenarios import AUTH_TOKEN, BY_NAME, PUBLIC_URL, SCENARIOS, environment  # noqa: E402
+from scenarios import AUTH_TOKEN, BY_NAME, PUBLIC_URL, SCENARIOS, environment
 
-from telephony_agent.recording import read_recording  # noqa: E402
-from telephony_agent.recording.analysis import summarize  # noqa: E402
-from telephony_agent.replay import ReplayResult, loopback_in_flight, replay, run_virtual  # noqa: E402
-from telephony_agent.state import STATE  # noqa: E402
-from telephony_agent.wiretap import LEG_PHONE, LEG_PROVIDER  # noqa: E402
+from telephony_agent.recording import read_recording
+from telephony_agent.recording.analysis import summarize
+from telephony_agent.replay import ReplayResult, loopback_in_flight, replay, run_virtual
+from telephony_agent.state import STATE
+from telephony_agent.wiretap import LEG_PHONE, LEG_PROVIDER
 
 
 def run_replay(name: str, *, stall_s: float = 0.0) -> tuple[ReplayResult, dict]:
@@ -121,7 +121,7 @@ def test_replay_does_not_depend_on_machine_speed(monkeypatch: pytest.MonkeyPatch
     # The fake provider's audio is fixed: the timeline is the same message by message (messages
     # of one instant on different sockets may reach the loop in either order: sorted).
     a, b = sorted(_timeline(fast["barge_in"])), sorted(_timeline(slow["barge_in"]))
-    first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
     assert a == b, f"timelines differ from message {first}: {a[max(0, first - 3):first + 4]} vs {b[max(0, first - 3):first + 4]}"
     assert len(a) > 500 and slow["barge_in"].actual == fast["barge_in"].actual
 
@@ -130,7 +130,7 @@ def test_replay_does_not_depend_on_machine_speed(monkeypatch: pytest.MonkeyPatch
     # the same audio heard to within a few frames.
     fa, sa = fast["greeting_question"].actual, slow["greeting_question"].actual
     assert len(fa.turns) == len(sa.turns) == 3
-    for x, y in zip(fa.turns, sa.turns):
+    for x, y in zip(fa.turns, sa.turns, strict=False):
         assert x.start == pytest.approx(y.start, abs=0.001) and abs(x.heard_ms - y.heard_ms) <= 60, (fa.turns, sa.turns)
     assert (fa.tool_calls, fa.outcome, fa.ended_by) == (sa.tool_calls, sa.outcome, sa.ended_by)
 

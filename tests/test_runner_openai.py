@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-
 from peers import conformance
 from peers.fake_openai import FakeOpenAIServer, validate_client_event
+
 from telephony_agent.realtime import events as ev
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
 from telephony_agent.realtime.runner import RealtimeRunner

@@ -16,7 +16,6 @@ import time
 from typing import Any, cast
 
 import pytest
-from telephony_codecs import pcm16_to_alaw, ulaw_to_pcm16
 
 from telephony_agent.telephony.leg import PCMA_20MS, PCMU_20MS, PhoneFormat
 from telephony_agent.telephony.sip.media import (
@@ -26,6 +25,7 @@ from telephony_agent.telephony.sip.media import (
     parse_port_range,
 )
 from telephony_agent.testing.speech import speech_ulaw
+from telephony_codecs import pcm16_to_alaw, ulaw_to_pcm16
 
 SPEECH = "Hello, I would like to check the status of my order, please."
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 from agent_server import running_agent, test_settings
-from telephony_codecs import pcm16_to_ulaw  # type: ignore[import-untyped]
 from test_sip_endpoint import SCENARIOS, free_rtp_range, free_udp_tcp_port, sipp
 
 from telephony_agent.recording import read_recording
 from telephony_agent.telephony.bridge import CallBridge
 from telephony_agent.testing.speech import speech_pcm16
+from telephony_codecs import pcm16_to_ulaw  # type: ignore[import-untyped]
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian sip-tester) is not installed"),

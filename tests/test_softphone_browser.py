@@ -23,12 +23,12 @@ import pytest
 from agent_server import running_agent, test_settings
 from local_helpers import CALLER_VOICE
 from peers.chromium import BrowserPage, missing, start_chromium
-from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 from telephony_agent.realtime.providers.local import LocalRealtimeModel
 from telephony_agent.settings import Settings
 from telephony_agent.telephony.bridge import CallBridge, CallOutcome
 from telephony_agent.testing.speech import speech_pcm16
+from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 _WHY = missing()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")

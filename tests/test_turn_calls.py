@@ -14,7 +14,6 @@ import numpy as np
 from agent_server import AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
 from peers.fake_gemini import FakeGemini, Reply
 from peers.fake_openai import FakeOpenAIServer, near_silent_pcm
-from telephony_codecs import Transcoder, pcm16_to_ulaw, ulaw_to_pcm16
 
 from telephony_agent.realtime.providers.gemini import GeminiLiveModel
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
@@ -23,6 +22,7 @@ from telephony_agent.testing.noise import noise_pcm16
 from telephony_agent.testing.speech import speech_pcm16, speech_ulaw
 from telephony_agent.testing.turn_sim import AGENT_TEXT
 from telephony_agent.testing.twilio_caller import TwilioCaller
+from telephony_codecs import Transcoder, pcm16_to_ulaw, ulaw_to_pcm16
 
 KEY = "test-key"
 INTERRUPTION = "wait, stop, I have a different question"

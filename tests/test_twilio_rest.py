@@ -7,8 +7,8 @@ import xml.etree.ElementTree as ET
 
 import aiohttp
 import pytest
-
 from peers.fake_twilio_rest import FakeTwilioRest
+
 from telephony_agent.telephony.twilio.rest import TwilioRest, TwilioRestError
 
 ACC = "AC" + "1" * 32

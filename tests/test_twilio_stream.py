@@ -7,7 +7,8 @@ import json
 
 import orjson
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from telephony_agent.telephony.twilio.stream import (
     BadInput,

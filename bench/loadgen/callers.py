@@ -55,7 +55,7 @@ class Stats:
 
 STATS = Stats()
 SLOTS = 4  # calls are spread over 4 phases of the 20 ms period, like real calls that start at random times
-LIVE: list[set["Call"]] = [set() for _ in range(SLOTS)]
+LIVE: list[set[Call]] = [set() for _ in range(SLOTS)]
 
 
 class Call(asyncio.Protocol):
@@ -217,7 +217,7 @@ class Call(asyncio.Protocol):
         self.stopping = True
         try:
             await asyncio.wait_for(asyncio.shield(self.closed), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if self.t is not None:
                 self.t.close()
         LIVE[self.id % SLOTS].discard(self)

@@ -19,7 +19,8 @@ import struct
 import sys
 import threading
 from array import array
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 FRAME_BYTES = 160
 FRAME_S = 0.020

@@ -58,7 +58,7 @@ class Stats:
 
 STATS = Stats()
 SLOTS = 4  # connections are spread over 4 phases of the 20 ms period
-CONNS: list[set["Conn"]] = [set() for _ in range(SLOTS)]
+CONNS: list[set[Conn]] = [set() for _ in range(SLOTS)]
 _ids = itertools.count(1)
 
 

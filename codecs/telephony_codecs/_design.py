@@ -21,7 +21,7 @@ from the prototype's first image), and sample that at the fine rate. The interpo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from math import ceil, floor, gcd, pi
 
 import numpy as np
@@ -74,7 +74,7 @@ def _remez(numtaps: int, fs: float, fp: float, fst: float, far: float) -> np.nda
     return np.asarray(h, dtype=np.float64)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _equiripple(fs: float, fp: float, fst: float, far: float, max_taps: int) -> np.ndarray:
     """Shortest odd-length equiripple low-pass meeting the targets, or the best within max_taps.
 
@@ -134,7 +134,7 @@ def _choose_group(up: int, down: int, g: int) -> int:
     return best
 
 
-@lru_cache(maxsize=None)
+@cache
 def plan(in_rate: int, out_rate: int) -> Plan:
     """Design (once per process) the polyphase filter bank for in_rate -> out_rate."""
     for r in (in_rate, out_rate):

@@ -222,7 +222,7 @@ class RealtimeRunner:
             results = await asyncio.gather(*batch.values(), return_exceptions=True)
             sent = 0
             want_response = False
-            for call_id, result in zip(batch, results):
+            for call_id, result in zip(batch, results, strict=False):
                 if call_id in self._cancelled or not isinstance(result, ToolResponse):
                     continue
                 await self.session.send_tool_output(result)

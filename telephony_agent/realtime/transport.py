@@ -9,13 +9,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from telephony_agent.wiretap import WIRETAP, Wiretap
 from telephony_agent.realtime.errors import (
     RealtimeAuthError,
     RealtimeConnectionError,
     RealtimeTimeoutError,
     SessionClosedError,
 )
+from telephony_agent.wiretap import WIRETAP, Wiretap
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class WebSocketTransport:
                 ),
                 self._connect_timeout,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RealtimeTimeoutError(f"connecting to {_safe_url(self._url)} timed out") from None
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status in (401, 403):
@@ -132,12 +132,12 @@ class WebSocketTransport:
             self._outbox.put_nowait(None)
             try:
                 await asyncio.wait_for(asyncio.shield(self._writer), timeout)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._writer.cancel()
         if self._ws is not None and not self._ws.closed:
             try:
                 await asyncio.wait_for(self._ws.close(code=code), timeout)
-            except (asyncio.TimeoutError, aiohttp.ClientError, OSError):
+            except (TimeoutError, aiohttp.ClientError, OSError):
                 pass
         if self._writer is not None and not self._writer.done():
             self._writer.cancel()

@@ -12,7 +12,7 @@ import binascii
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from telephony_agent.recording.format import IN, LEG_PROVIDER, LEG_PHONE, OUT, Recording
+from telephony_agent.recording.format import IN, LEG_PHONE, LEG_PROVIDER, OUT, Recording
 
 TURN_GAP_S = 0.35  # playback pauses longer than this start a new agent turn
 
@@ -160,7 +160,7 @@ def compare(expected: CallSummary, actual: CallSummary, tol: Tolerances = Tolera
             f"agent turns: {len(actual.turns)} (recorded {len(expected.turns)}): heard "
             f"{[t.heard_ms for t in actual.turns]} ms vs {[t.heard_ms for t in expected.turns]} ms"
         )
-    for i, (a, b) in enumerate(zip(expected.turns, actual.turns), 1):
+    for i, (a, b) in enumerate(zip(expected.turns, actual.turns, strict=False), 1):
         limit = max(tol.heard_ms, tol.heard_fraction * a.heard_ms)
         if abs(a.heard_ms - b.heard_ms) > limit:
             diffs.append(f"turn {i}: caller heard {b.heard_ms:.0f} ms (recorded {a.heard_ms:.0f} ms, ±{limit:.0f})")
@@ -171,13 +171,13 @@ def compare(expected: CallSummary, actual: CallSummary, tol: Tolerances = Tolera
     if len(expected.clears) != len(actual.clears):
         diffs.append(f"clears: {len(actual.clears)} (recorded {len(expected.clears)})")
     else:
-        for was, now in zip(expected.clears, actual.clears):
+        for was, now in zip(expected.clears, actual.clears, strict=False):
             if abs(was - now) > tol.timing_s:
                 diffs.append(f"clear at {now:.2f}s (recorded {was:.2f}s)")
     if len(expected.truncates) != len(actual.truncates):
         diffs.append(f"truncates: {actual.truncates} (recorded {expected.truncates})")
     else:
-        for was_ms, now_ms in zip(expected.truncates, actual.truncates):
+        for was_ms, now_ms in zip(expected.truncates, actual.truncates, strict=False):
             if abs(was_ms - now_ms) > tol.truncate_ms:
                 diffs.append(f"truncate at {now_ms} ms (recorded {was_ms} ms, ±{tol.truncate_ms:.0f})")
     if expected.tool_calls != actual.tool_calls:

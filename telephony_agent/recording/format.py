@@ -158,7 +158,7 @@ def header(call_sid: str | None, transport: str, **extra: Any) -> dict[str, Any]
 def _open_text(path: Path) -> io.TextIOBase:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")  # type: ignore[return-value]
-    return open(path, encoding="utf-8")  # noqa: SIM115
+    return open(path, encoding="utf-8")
 
 
 def iter_lines(path: str | Path) -> Iterator[dict[str, Any]]:

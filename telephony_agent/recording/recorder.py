@@ -18,15 +18,15 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
-from telephony_codecs import ulaw_to_pcm16
 
 from telephony_agent.recording.format import IN, LEG_PHONE, LEG_V1_TWILIO, OUT, TRANSPORT_V1, encode_entry, header
 from telephony_agent.recording.wav import LEFT, RATE, RIGHT, StereoWavWriter
+from telephony_codecs import ulaw_to_pcm16
 
 __all__ = ["CallRecorder"]
 
@@ -100,7 +100,7 @@ class CallRecorder:
             return
         try:
             self._record(leg, direction, message)
-        except Exception:  # noqa: BLE001 - recording must never break a call
+        except Exception:
             self._failed = True
             log.exception("call recording failed; this call is no longer recorded")
 
@@ -190,10 +190,10 @@ class CallRecorder:
         self.call_sid = call_sid
         self.stream_sid = stream_sid if isinstance(stream_sid, str) else None
         self.directory.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.fromtimestamp(self._started_wall, timezone.utc)
+        stamp = datetime.fromtimestamp(self._started_wall, UTC)
         base = self._name or f"{stamp.strftime('%Y%m%dT%H%M%S')}.{stamp.microsecond // 1000:03d}Z_{_SAFE.sub('', call_sid)}"
         self.jsonl_path = self.directory / f"{base}.jsonl"
-        self._f = open(self.jsonl_path, "wb")  # noqa: SIM115
+        self._f = open(self.jsonl_path, "wb")
         head = header(
             call_sid,
             self.transport,
@@ -225,7 +225,7 @@ class CallRecorder:
                 self._f.close()
             if self._wav is not None:
                 self._wav.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("closing the call recording failed")
         return self.jsonl_path
 

@@ -32,7 +32,7 @@ class StereoWavWriter:
 
     def __init__(self, path: str | Path, *, horizon_s: float = 2.0) -> None:
         self.path = Path(path)
-        self._f: BinaryIO | None = open(self.path, "wb")  # noqa: SIM115
+        self._f: BinaryIO | None = open(self.path, "wb")
         self._f.write(_header(0))
         self._written = 0  # samples per channel already on disk
         self._chan = [np.zeros(0, np.int16), np.zeros(0, np.int16)]  # pending, from self._written

@@ -23,8 +23,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from telephony_codecs import Framer, Transcoder, alaw_to_pcm16, ulaw_to_pcm16
-
 from telephony_agent.realtime import (
     AudioChunk,
     AudioDelta,
@@ -68,6 +66,7 @@ from telephony_agent.telephony.turns import (
     TurnStats,
     make_scorer,
 )
+from telephony_codecs import Framer, Transcoder, alaw_to_pcm16, ulaw_to_pcm16
 
 __all__ = [
     "EARLY_AUDIO_MS",

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
 from telephony_codecs import StreamResampler
 
 try:  # imported once with the server, not in the middle of a call

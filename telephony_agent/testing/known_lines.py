@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import correlate
+
 from telephony_codecs import Transcoder, ulaw_to_pcm16
 
 __all__ = ["KnownLines", "SentenceMatch"]

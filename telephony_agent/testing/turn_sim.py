@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 from telephony_agent.telephony.turns import (
     TurnAction,
@@ -20,6 +19,7 @@ from telephony_agent.telephony.turns import (
     TurnDetector,
     TurnSettings,
 )
+from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 __all__ = ["AGENT_TEXT", "Run", "law", "onset", "simulate"]
 

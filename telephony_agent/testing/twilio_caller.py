@@ -38,7 +38,6 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 from telephony_agent.telephony.twilio.signature import (
     SIGNATURE_HEADER,
@@ -53,6 +52,7 @@ from telephony_agent.telephony.twilio.stream import (
     stop_message,
 )
 from telephony_agent.wiretap import Wiretap
+from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 __all__ = [
     "BYTES_PER_SECOND",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-VIOLATIONS: list["Violation"] = []
+VIOLATIONS: list[Violation] = []
 CHECKED: dict[str, int] = {"openai": 0, "gemini": 0}
 
 

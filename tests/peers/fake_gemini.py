@@ -33,8 +33,9 @@ import itertools
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import orjson
@@ -224,7 +225,7 @@ class FakeGemini:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def __aenter__(self) -> "FakeGemini":
+    async def __aenter__(self) -> FakeGemini:
         await self.start()
         return self
 
@@ -384,7 +385,7 @@ class FakeGemini:
     async def _serve(self, conn: FakeConnection) -> None:
         try:
             first = await self._receive_json(conn, timeout=5.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.close_connection(1007, "Setup not received in time.", conn=conn)
             return
         if first is None:

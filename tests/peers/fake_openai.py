@@ -36,8 +36,9 @@ import math
 import secrets
 import warnings
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pydantic
@@ -47,7 +48,7 @@ from peers import conformance
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
-    import audioop  # noqa: E402 (audioop-lts on 3.13+)
+    import audioop
 
 # -- SDK conformance --------------------------------------------------------------------------
 
@@ -203,7 +204,7 @@ class ActiveResponse:
 
 
 class FakeConnection:
-    def __init__(self, server: "FakeOpenAIServer", ws: web.WebSocketResponse, request: web.Request) -> None:
+    def __init__(self, server: FakeOpenAIServer, ws: web.WebSocketResponse, request: web.Request) -> None:
         self.server = server
         self.ws = ws
         self.request = request
@@ -712,7 +713,7 @@ class FakeOpenAIServer:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def start(self) -> "FakeOpenAIServer":
+    async def start(self) -> FakeOpenAIServer:
         app = web.Application()
         app.router.add_get("/v1/realtime", self._handle)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
@@ -728,7 +729,7 @@ class FakeOpenAIServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def __aenter__(self) -> "FakeOpenAIServer":
+    async def __aenter__(self) -> FakeOpenAIServer:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

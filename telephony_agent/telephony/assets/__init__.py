@@ -9,9 +9,8 @@ from __future__ import annotations
 from functools import cache
 from importlib import resources
 
-from telephony_codecs import Transcoder
-
 from telephony_agent.telephony.leg import AudioLaw
+from telephony_codecs import Transcoder
 
 __all__ = ["prompt_audio", "prompt_ulaw"]
 

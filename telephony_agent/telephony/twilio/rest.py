@@ -6,7 +6,6 @@ bounded timeout; the auth token never appears in reprs, logs or exceptions.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import re
@@ -53,7 +52,7 @@ class TwilioRest:
         if not auth_token:
             raise ValueError("Twilio auth token is empty")
         self.account_sid = account_sid
-        basic = base64.b64encode(f"{account_sid}:{auth_token}".encode("utf-8")).decode("ascii")
+        basic = base64.b64encode(f"{account_sid}:{auth_token}".encode()).decode("ascii")
         self._headers = {"Authorization": "Basic " + basic, "Accept": "application/json"}
         self.base_url = base_url.rstrip("/")
         self._session = session
@@ -99,7 +98,7 @@ class TwilioRest:
             ) as resp:
                 body = await resp.read()
                 status = resp.status
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TwilioRestError(0, None, "request timed out") from None
         except aiohttp.ClientError as exc:
             raise TwilioRestError(0, None, f"transport error: {type(exc).__name__}") from None

@@ -74,7 +74,7 @@ def build_arpa(phrases: Sequence[str], discount: float = 0.5) -> str:
     for phrase in phrases:
         words = ["<s>", *phrase.split(), "</s>"]
         unigrams.update(words)
-        bigrams.update(zip(words, words[1:]))
+        bigrams.update(zip(words, words[1:], strict=False))
     vocab = sorted(unigrams)
     total = sum(c for w, c in unigrams.items() if w != "<s>")
     p1 = {w: (unigrams[w] + 1) / (total + len(vocab)) for w in vocab}

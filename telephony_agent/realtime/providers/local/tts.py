@@ -13,8 +13,8 @@ import asyncio
 import concurrent.futures
 import ctypes
 import threading
-from pathlib import Path
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 AUDIO_OUTPUT_SYNCHRONOUS = 2
 INITIALIZE_DONT_EXIT = 0x8000
