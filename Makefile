@@ -7,7 +7,7 @@ SYS_PKGS := espeak-ng sox sipp baresip kamailio
 SYS_PKGS += chromium chromedriver  # the browser softphone's tests (Debian: chromium, chromium-driver)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test311 test313 bench-codecs bench-load bench-sip bench-softphone bench-transcript bench-turns system-deps clean
+.PHONY: help run test test311 test313 lint bench-codecs bench-load bench-sip bench-softphone bench-transcript bench-turns system-deps clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -53,8 +53,12 @@ run: $(VENV)/.serve ## Serve calls (offline local engine when no provider key is
 test: system-deps ## Run the test suite on Python 3.11 and 3.13 (side by side: the tests mostly wait on real-time audio)
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test311 test313
 
-test311: $(VENV)/.installed
+test311: $(VENV)/.installed lint
 	$(VENV)/bin/python -m pytest -q
+
+lint: $(VENV)/.installed ## ruff and mypy (strict on telephony_codecs, telephony/ and realtime/); part of `make test`
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test313: $(VENV313)/.installed
 	$(VENV313)/bin/python -m pytest -q

@@ -7,6 +7,7 @@ environment name is its ``validation_alias``; `.env.example` documents each one.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -288,7 +289,7 @@ class Settings(BaseSettings):
         names = {}
         for name, info in type(self).model_fields.items():
             alias = info.validation_alias
-            names[name] = alias.choices[0] if isinstance(alias, AliasChoices) else name.upper()
+            names[name] = str(alias.choices[0]) if isinstance(alias, AliasChoices) else name.upper()
         return names
 
     def masked(self) -> dict[str, str]:
@@ -338,7 +339,7 @@ def mask_url(value: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Mapping[str, Any]) -> str:
     names = Settings.model_construct().env_names()
     loc = error.get("loc") or ()
     field = str(loc[0]) if loc else ""

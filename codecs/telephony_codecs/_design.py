@@ -121,7 +121,8 @@ def _interpolated(fine_rate: int, fp: float, fst: float, far: float) -> np.ndarr
     kernel = np.sinc(fs_p * dt) * np.where(
         np.abs(dt) <= half, np.i0(beta * np.sqrt(np.clip(1 - (dt / half) ** 2, 0, 1))) / np.i0(beta), 0.0)
     h = np.sum(np.where(valid, hp[np.clip(n, 0, len(hp) - 1)] * kernel, 0.0), axis=1)
-    return h * (np.sum(hp) / np.sum(h))  # same DC gain as the prototype
+    scaled: np.ndarray = h * (np.sum(hp) / np.sum(h))  # same DC gain as the prototype
+    return scaled
 
 
 def _choose_group(up: int, down: int, g: int) -> int:
@@ -162,12 +163,12 @@ def plan(in_rate: int, out_rate: int) -> Plan:
     branches = padded.reshape(k, up).T  # branches[phi, j] = h[phi + j*L]
     group = _choose_group(up, down, g)
     rows = group * up
-    r = np.arange(rows)
-    first = (r * down) // up  # newest input used by output r, relative to the superblock
-    phase = (r * down) % up
-    span = int(first[-1]) + k
+    outputs = np.arange(rows)
+    newest = (outputs * down) // up  # newest input used by each output, relative to the superblock
+    phase = (outputs * down) % up
+    span = int(newest[-1]) + k
     mat = np.zeros((rows, span))
     for i in range(rows):
-        mat[i, first[i] : first[i] + k] = branches[phase[i], ::-1]
+        mat[i, newest[i] : newest[i] + k] = branches[int(phase[i]), ::-1]
     return Plan(in_rate, out_rate, up, down, taps, k, group, span, np.ascontiguousarray(mat.T), h,
                 (taps - 1) / (2 * fine), fp, fst)

@@ -46,9 +46,9 @@ def _schema_for(annotation: Any) -> dict[str, Any]:
         args = typing.get_args(annotation)
         return {"type": "array", "items": _schema_for(args[0]) if args else {}}
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1:
-            return _schema_for(args[0])
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(members) == 1:
+            return _schema_for(members[0])
     if annotation is dict or origin is dict:
         return {"type": "object"}
     return pydantic.TypeAdapter(annotation).json_schema()

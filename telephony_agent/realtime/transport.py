@@ -107,7 +107,8 @@ class WebSocketTransport:
             if msg.type is aiohttp.WSMsgType.TEXT or msg.type is aiohttp.WSMsgType.BINARY:
                 if self._tap is not None:
                     self._tap.record("provider", "in", msg.data)
-                return msg.data
+                data: str | bytes = msg.data
+                return data
             if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
                 self.close_code = ws.close_code if ws.close_code is not None else msg.data
                 self.close_reason = (msg.extra or "") if isinstance(msg.extra, str) else ""

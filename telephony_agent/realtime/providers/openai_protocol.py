@@ -478,14 +478,15 @@ class OpenAIEventTranslator:
         if kind == "conversation.item.input_audio_transcription.delta":
             return [InputTranscriptDelta(_opt_str(msg.get("item_id")), _str(msg.get("delta")))]
         if kind == "conversation.item.input_audio_transcription.completed":
-            item_id = _opt_str(msg.get("item_id"))
+            user_item = _opt_str(msg.get("item_id"))
             transcript = _str(msg.get("transcript"))
-            if item_id:
-                self._entry(item_id, "user").text = transcript
-            return [InputTranscriptCompleted(item_id, transcript)]
+            if user_item:
+                self._entry(user_item, "user").text = transcript
+            return [InputTranscriptCompleted(user_item, transcript)]
         if kind == "conversation.item.input_audio_transcription.failed":
-            err = msg.get("error") if isinstance(msg.get("error"), dict) else {}
-            return [ErrorEvent(_str(err.get("message"), "input transcription failed"),
+            error = msg.get("error")
+            failure: dict[str, Any] = error if isinstance(error, dict) else {}
+            return [ErrorEvent(_str(failure.get("message"), "input transcription failed"),
                                "input_transcription_failed", False, msg)]
         if kind == "conversation.item.deleted":
             item_id = _str(msg.get("item_id"))
@@ -520,16 +521,16 @@ class OpenAIEventTranslator:
                 self._entry(item_id, "assistant").text = text
             return [TextDone(item_id, text)]
         if kind == "response.function_call_arguments.done":
-            item_id = _opt_str(msg.get("item_id"))
+            call_item = _opt_str(msg.get("item_id"))
             call_id = _str(msg.get("call_id"))
             name = _str(msg.get("name"))
             arguments = _str(msg.get("arguments"), "{}")
-            if item_id:
-                entry = self._entry(item_id, "function_call")
+            if call_item:
+                entry = self._entry(call_item, "function_call")
                 entry.call_id, entry.arguments = call_id, arguments
                 entry.name = name or entry.name
-            return [FunctionCallDone(call_id, name or (self.entries[item_id].name if item_id else ""),
-                                     arguments, item_id, _opt_str(msg.get("response_id")))]
+            return [FunctionCallDone(call_id, name or (self.entries[call_item].name if call_item else ""),
+                                     arguments, call_item, _opt_str(msg.get("response_id")))]
         if kind == "response.done":
             done = self._response_done(msg)
             if done.status in ("failed", "incomplete"):

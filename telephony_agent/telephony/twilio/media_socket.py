@@ -33,6 +33,7 @@ from telephony_agent.telephony.twilio.rest import TwilioRest, TwilioRestError
 from telephony_agent.telephony.twilio.stream import (
     BadInput,
     Dtmf,
+    Event,
     MarkEcho,
     Media,
     MediaStreamProtocol,
@@ -335,7 +336,7 @@ class TwilioMediaSocket:
                 elif isinstance(event, BadInput):
                     self._bad(event)
 
-    def _parse(self, msg: aiohttp.WSMessage) -> list | None:
+    def _parse(self, msg: aiohttp.WSMessage) -> list[Event] | None:
         """Events in a frame, or None when the socket has closed. Recorded only once authorised."""
         if self._tap is not None and msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
             self._tap.record("phone", "in", msg.data)

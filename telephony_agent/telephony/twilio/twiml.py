@@ -26,7 +26,7 @@ def xml_safe(text: str) -> str:
 
 
 def _xml(response: VoiceResponse, declaration: bool) -> str:
-    return response.to_xml(xml_declaration=declaration)
+    return str(response.to_xml(xml_declaration=declaration))
 
 
 def connect_stream_twiml(

@@ -119,7 +119,7 @@ def to_asr_rate(pcm16: bytes, rate: int) -> bytes:
     g = math.gcd(ASR_RATE, rate)
     x = np.frombuffer(pcm16, dtype="<i2").astype(np.float32)
     y = resample_poly(x, ASR_RATE // g, rate // g)
-    return np.clip(np.round(y), -32768, 32767).astype("<i2").tobytes()
+    return bytes(np.clip(np.round(y), -32768, 32767).astype("<i2").tobytes())
 
 
 class Recognizer:

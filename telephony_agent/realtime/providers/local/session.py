@@ -127,7 +127,7 @@ class LocalRealtimeModel(RealtimeModel):
 
     async def resolve_voice(self, requested: str | None) -> str:
         for name in (requested, self.voice, self.script.voice):
-            if name and await asyncio.to_thread(tts.is_voice, name):
+            if name and await asyncio.to_thread(tts.is_voice, name):  # type: ignore[arg-type]  # typeshed: to_thread's ParamSpec
                 return name
         return tts.DEFAULT_VOICE
 

@@ -13,8 +13,9 @@ import asyncio
 import concurrent.futures
 import ctypes
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
+from typing import cast
 
 AUDIO_OUTPUT_SYNCHRONOUS = 2
 INITIALIZE_DONT_EXIT = 0x8000
@@ -67,7 +68,7 @@ class _Engine:
         if sink is None:
             return 1
         if count > 0 and wav:
-            if not sink(ctypes.string_at(wav, count * 2)):
+            if not sink(ctypes.string_at(cast(int, wav), count * 2)):
                 return 1  # abort this synthesis
         return 0
 
@@ -104,10 +105,10 @@ class _Engine:
         lib = self._ensure()
         if voice == self._voice:
             return True
-        ok = lib.espeak_SetVoiceByName(voice.encode()) == EE_OK
+        ok = bool(lib.espeak_SetVoiceByName(voice.encode()) == EE_OK)
         if not ok and voice.lower() in self._languages():  # a language tag such as "en-gb"
             spec = _Voice(None, voice.encode(), None, 0, 0, 0, 0, 0, None)
-            ok = lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) == EE_OK
+            ok = bool(lib.espeak_SetVoiceByProperties(ctypes.byref(spec)) == EE_OK)
         self._voices[voice] = ok
         if ok:
             self._voice = voice
@@ -197,7 +198,7 @@ def synthesize(text: str, voice: str = DEFAULT_VOICE, words_per_minute: int | No
     return bytes(out)
 
 
-async def stream(text: str, voice: str = DEFAULT_VOICE, words_per_minute: int | None = None) -> AsyncIterator[bytes]:
+async def stream(text: str, voice: str = DEFAULT_VOICE, words_per_minute: int | None = None) -> AsyncGenerator[bytes, None]:
     """PCM16 chunks of `text` as eSpeak produces them. Closing the iterator aborts the synthesis."""
     engine = _engine()
     loop = asyncio.get_running_loop()
