@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from telephony_agent.settings import Settings
-from telephony_agent.state import STATE
 from telephony_agent.telephony.twilio.routes import MEDIA_PATH, TOKEN_PARAM, TWILIO
 from telephony_agent.telephony.twilio.stream_auth import NONCE_BYTES
 
@@ -194,14 +193,14 @@ def _json(body: dict[str, object], status: int, headers: dict[str, str] | None =
     return web.json_response(body, status=status, headers={"Cache-Control": "no-store", **(headers or {})})
 
 
-# --- The one place that talks to admission and to the Twilio adapter --------------------------------
+# --- The one place that talks to admission (through the Twilio adapter's CallManager) and to that adapter --------------------------------
 
 
 def _reserve(app: web.Application, call_sid: str) -> str | None:
     """Admit a call exactly as the voice webhook does: the reservation counts toward the call limit
     until the page's stream starts (or the stream token's lifetime passes). Refusals are counted
     by the manager."""
-    return app[STATE].manager.reserve(call_sid, TRANSPORT)
+    return app[TWILIO].manager.reserve(call_sid, TRANSPORT)
 
 
 def _stream_token(app: web.Application, call_sid: str) -> str:
@@ -213,18 +212,18 @@ def _stream_token(app: web.Application, call_sid: str) -> str:
 
 def _media_accepts_tokens(app: web.Application) -> bool:
     """With signature checks on, the media socket needs TWILIO_AUTH_TOKEN before it looks at tokens."""
-    return not app[STATE].settings.twilio_validate or bool(app[TWILIO].auth_token)
+    return not app[TWILIO].settings.twilio_validate or bool(app[TWILIO].auth_token)
 
 
 def _count_refused(app: web.Application) -> None:
-    app[STATE].metrics.webhooks_refused.labels("softphone").inc()
+    app[TWILIO].count_refused("softphone")
 
 
 def install(app: web.Application) -> None:
     """Add the softphone's routes (they answer 404 unless local mode or a softphone token is set).
 
     Install after the Twilio routes: calls placed here are streamed through them."""
-    routes = SoftphoneRoutes(app[STATE].settings, _static_files())
+    routes = SoftphoneRoutes(app[TWILIO].settings, _static_files())
     app.router.add_get(PAGE_PATH, routes.page)
     app.router.add_get(PAGE_PATH + "/", routes.page_slash)
     app.router.add_get(STATIC_PATH, routes.static)
