@@ -3,8 +3,9 @@
 One UDP socket per call, from a port pool. Inbound: RTCP and malformed datagrams are counted and
 dropped; speech goes through the jitter buffer, telephone-events through the DTMF receiver.
 Symmetric RTP: we send to where the caller's RTP comes from (the SDP address is only the first
-guess: NAT). Outbound: the pacer's absolute 20 ms clock, one `call_at` timer at a time. No RTP
-for `timeout_s` ends the call through the signalling side.
+guess: NAT). Outbound: the pacer's absolute 20 ms clock on the process's one pacing grid
+(`PacingTick`: a single timer sends every call's due packets in one pass). No RTP for `timeout_s`
+ends the call through the signalling side.
 
 `SipLeg` adapts the session to the bridge: it confirms no playout (the bridge's pacing clock
 does), hands caller audio and keys to `LegEvents` in arrival order from one task, and asks the
@@ -20,6 +21,7 @@ import enum
 import errno
 import logging
 import socket
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -30,11 +32,13 @@ from ..leg import AudioLaw, LegEvents, PhoneFormat
 from .dtmf import DtmfReceiver
 from .jitter import JitterBuffer
 from .leg_control import SipCallControl
-from .pacer import OutboundPacer
+from .pacer import OutboundPacer, PacedFrame
+from .pacing_grid import PacingGrid
 from .rtp import RtpError, RtpPacketizer, is_rtcp, parse_rtp
 
 __all__ = [
     "DEPARTURE_BUCKETS_MS",
+    "PacingTick",
     "RtpPortPool",
     "RtpSession",
     "RtpStats",
@@ -119,6 +123,61 @@ class RtpStats:
         return sum(self.malformed.values())
 
 
+class PacingTick:
+    """The asyncio shell of the process's `PacingGrid`: one `call_at` timer for every call's
+    outbound packets (one per event loop; `for_loop` finds it)."""
+
+    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PacingTick] = weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, ptime: float = 0.02) -> None:
+        self._loop = loop
+        self.grid: PacingGrid[RtpSession] = PacingGrid(ptime=ptime)
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at: float | None = None
+
+    @classmethod
+    def for_loop(cls, loop: asyncio.AbstractEventLoop) -> PacingTick:
+        tick = cls._by_loop.get(loop)
+        if tick is None:
+            tick = cls._by_loop[loop] = cls(loop)
+        return tick
+
+    def slot(self) -> float:
+        """The grid point now (anchor pacers here so their frames fall on the grid)."""
+        return self.grid.slot_at(self._loop.time())
+
+    def add(self, session: RtpSession) -> None:
+        self.grid.add(session, session.pacer, self._loop.time())
+        self._arm()
+
+    def discard(self, session: RtpSession) -> None:
+        self.grid.discard(session)
+        if self.grid.get_timer() is None and self._handle is not None:
+            self._handle.cancel()
+            self._handle = self._armed_at = None
+
+    def _arm(self) -> None:
+        deadline = self.grid.get_timer()
+        if deadline is None or deadline == self._armed_at:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_at = deadline
+        self._handle = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._handle = self._armed_at = None
+        now = self._loop.time()
+        try:
+            for session, frames in self.grid.handle_timer(now):
+                try:
+                    session.transmit(frames, now)
+                except Exception:  # one call's bug must not stop every call's audio
+                    session.log.exception("RTP send failed")
+        finally:
+            self._arm()
+
+
 class _SessionState(enum.Enum):
     OPEN = "open"
     CLOSED = "closed"
@@ -166,8 +225,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self._latched_at = 0.0  # last packet from the latched source
         self._last_rx = self._loop.time()
         self._last_tx: float | None = None
-        self._pace_handle: asyncio.TimerHandle | None = None
-        self._pace_at: float | None = None
+        self._tick = PacingTick.for_loop(self._loop)
+        self._start_handle: asyncio.TimerHandle | None = None  # a talk spurt's first frame
         self._jitter_handle: asyncio.TimerHandle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._sending = False
@@ -289,12 +348,12 @@ class RtpSession(asyncio.DatagramProtocol):
         if self._sending or self.state is not _SessionState.OPEN:
             return
         self._sending = True
-        now = self._loop.time()
-        self.pacer.start(now)
+        slot = self._tick.slot()
+        self.pacer.start(slot)
         held, self._held = self._held, []
         if held:
-            self.pacer.enqueue(held, now)
-        self._arm_pacer()
+            self.pacer.enqueue(held, slot)
+        self._join_tick(slot)
 
     def send(self, frames: list[bytes]) -> None:
         if self.state is not _SessionState.OPEN:
@@ -303,33 +362,45 @@ class RtpSession(asyncio.DatagramProtocol):
             room = self.pacer.max_queued - len(self._held)
             self._held.extend(frames[: max(room, 0)])
             return
-        self.pacer.enqueue(frames, self._loop.time())
-        self._arm_pacer()
+        slot = self._tick.slot()
+        self.pacer.enqueue(frames, slot)
+        if self not in self._tick.grid:
+            self._join_tick(slot)
 
     def clear(self) -> int:
         """Barge-in: drop every queued frame; the next packet out is silence (or nothing, DTX)."""
         held, self._held = len(self._held), []
         return self.pacer.clear() + held
 
-    def _arm_pacer(self) -> None:
-        deadline = self.pacer.get_timer()
-        if deadline is None or deadline == self._pace_at:
+    def _join_tick(self, slot: float) -> None:
+        """The pacer (re)started at grid point `slot`: its first frame goes on the next loop
+        iteration, not at the next pass (a talk spurt starts at once, as with a timer of its own;
+        and not from inside `send`, before packets already received, e.g. the one that latches
+        the caller's address, are handled), the rest with every other call's."""
+        if self.pacer.get_timer() is None:
             return
-        if self._pace_handle is not None:
-            self._pace_handle.cancel()
-        self._pace_at = deadline
-        self._pace_handle = self._loop.call_at(deadline, self._on_pace_timer)
+        self._tick.add(self)
+        if self._start_handle is None:  # a timer, not call_soon: it runs after pending I/O
+            self._start_handle = self._loop.call_at(self._loop.time(), self._send_due)
 
-    def _on_pace_timer(self) -> None:
-        self._pace_handle = None
-        self._pace_at = None
-        if self.state is not _SessionState.OPEN or self._transport is None:
+    def _send_due(self) -> None:
+        self._start_handle = None
+        if self.state is not _SessionState.OPEN:
             return
         now = self._loop.time()
-        for frame in self.pacer.handle_timer(now):
+        frames = self.pacer.handle_timer(self._tick.grid.slot_at(now))
+        if frames:
+            self.transmit(frames, now)
+
+    def transmit(self, frames: list[PacedFrame], now: float) -> None:
+        """Send frames the pacer released (called by the pacing tick)."""
+        transport = self._transport
+        if self.state is not _SessionState.OPEN or transport is None:
+            return
+        for frame in frames:
             data = self.packetizer.packet(frame.payload, marker=frame.marker, skipped_samples=frame.skipped_samples)
             try:
-                self._transport.sendto(data, self.remote)
+                transport.sendto(data, self.remote)
             except OSError:
                 self.stats.send_errors += 1
                 continue
@@ -337,7 +408,6 @@ class RtpSession(asyncio.DatagramProtocol):
             self._record_departure(now)
         if self._metrics is not None and now - self._flushed_at >= 1.0:
             self._flush_metrics(now)
-        self._arm_pacer()
 
     def _record_departure(self, now: float) -> None:
         if self._last_tx is not None:
@@ -394,10 +464,11 @@ class RtpSession(asyncio.DatagramProtocol):
         self.state = _SessionState.CLOSED
         self._flush_metrics(self._loop.time(), final=True)
         self.pacer.stop()
-        for handle in (self._pace_handle, self._jitter_handle, self._idle_handle):
+        self._tick.discard(self)
+        for handle in (self._start_handle, self._jitter_handle, self._idle_handle):
             if handle is not None:
                 handle.cancel()
-        self._pace_handle = self._jitter_handle = self._idle_handle = None
+        self._start_handle = self._jitter_handle = self._idle_handle = None
         if self._transport is not None:
             self._transport.close()
         if self._pool is not None and self.local_port:
