@@ -104,7 +104,7 @@ class SipBench:
             AGENT_OPENAI_AUDIO="pcmu", AGENT_TWILIO_VALIDATE="false", AGENT_MAX_CALLS="100000", AGENT_WORKERS="1",
             AGENT_LOG_LEVEL="WARNING", AGENT_GREETING="Hello, thanks for calling.", AGENT_HOST="127.0.0.1",
             AGENT_PORT=str(self.port), AGENT_IDLE_TIMEOUT_SECONDS="600", AGENT_MAX_LOOP_LAG_MS="100000",
-            AGENT_DRAIN_SECONDS="1",
+            AGENT_DRAIN_SECONDS="1", AGENT_VAD=a.vad,
             AGENT_SIP_PORT=str(self.sip_port), AGENT_SIP_TRANSPORTS="udp", AGENT_SIP_ALLOWED_SOURCES="127.0.0.1/32",
             AGENT_SIP_RATE_LIMIT="10000", AGENT_RTP_PORTS=a.rtp_ports, AGENT_RTP_TIMEOUT_SECONDS="30",
         )
@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gen-core", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rtp-ports", default="40000-41999")
+    p.add_argument("--vad", default="silero", choices=["silero", "energy", "off"],
+                   help="AGENT_VAD for the server (off: measure the SIP media path without turn detection)")
     p.add_argument("--keep-going", action="store_true", help="run the whole series even after a failed step")
     p.add_argument("--twilio", action="store_true", help="then run the Twilio benchmark on the same series")
     p.add_argument("--out", default=str(OUT))
@@ -289,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "server_core": args.server_core, "loadgen_core": args.gen_core,
                     "python": sys.version.split()[0]},
-        "settings": {"rate": args.rate, "steady_s": args.steady, "settle_s": args.settle, "codec": "PCMU",
+        "settings": {"rate": args.rate, "steady_s": args.steady, "settle_s": args.settle, "codec": "PCMU", "vad": args.vad,
                      "provider": "fake OpenAI Realtime (bench/loadgen/provider.py)"},
         "series": rows,
         "stopped_by": stopped_by,
