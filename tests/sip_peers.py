@@ -56,6 +56,27 @@ def free_udp_port(*, even: bool = False, pair: bool = False) -> int:
     raise RuntimeError("no free UDP port")
 
 
+def free_sip_port_pair() -> int:
+    """A port P with P and P+1 free for both UDP and TCP (baresip listens for SIP on P over UDP
+    and TCP, and for SIP-TLS on P+1): a port that is free for UDP only clashes often enough with
+    another suite's TCP listener to fail a run."""
+    for _ in range(200):
+        port = free_udp_port(pair=True)
+        socks: list[socket.socket] = []
+        try:
+            for p, kind in ((port, socket.SOCK_STREAM), (port + 1, socket.SOCK_STREAM)):
+                sock = socket.socket(socket.AF_INET, kind)
+                socks.append(sock)
+                sock.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+        return port
+    raise RuntimeError("no free SIP port pair")
+
+
 def free_tcp_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -228,22 +249,37 @@ class Baresip:
     def __init__(self, directory: Path, wav: Path, codec: str = "PCMU") -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        # baresip binds SIP-TLS on the SIP port + 1: reserve a pair
-        self.sip_port = free_udp_port(pair=True)
-        rtp = free_udp_port(even=True, pair=True)
-        self.ctrl_port = free_tcp_port()
-        (self.dir / "config").write_text(BARESIP_CONFIG.format(
-            sip_port=self.sip_port, wav=wav, rtp_first=rtp, rtp_last=rtp + 1, ctrl_port=self.ctrl_port, out_dir=self.dir,
-        ))
+        self.wav = wav
         (self.dir / "accounts").write_text(f"<sip:caller@127.0.0.1>;regint=0;audio_codecs={codec}\n")
         self.proc: asyncio.subprocess.Process | None = None
         self.log = self.dir / "baresip.log"
+        self._configure()
+
+    def _configure(self) -> None:
+        # baresip binds SIP-TLS on the SIP port + 1: reserve a pair
+        self.sip_port = free_sip_port_pair()
+        rtp = free_udp_port(even=True, pair=True)
+        self.ctrl_port = free_tcp_port()
+        (self.dir / "config").write_text(BARESIP_CONFIG.format(
+            sip_port=self.sip_port, wav=self.wav, rtp_first=rtp, rtp_last=rtp + 1, ctrl_port=self.ctrl_port,
+            out_dir=self.dir,
+        ))
 
     async def dial(self, target: str, max_seconds: int = 40) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            "baresip", "-f", str(self.dir), "-t", str(max_seconds), "-e", f"/dial {target}",
-            stdin=asyncio.subprocess.DEVNULL, stdout=self.log.open("wb"), stderr=asyncio.subprocess.STDOUT,
-        )
+        """Start baresip dialling `target`. A port taken between choosing it and baresip binding it
+        (other suites run beside this one) is retried with fresh ports, a bounded number of times."""
+        for attempt in range(3):
+            self.proc = await asyncio.create_subprocess_exec(
+                "baresip", "-f", str(self.dir), "-t", str(max_seconds), "-e", f"/dial {target}",
+                stdin=asyncio.subprocess.DEVNULL, stdout=self.log.open("wb"), stderr=asyncio.subprocess.STDOUT,
+            )
+            try:
+                await asyncio.wait_for(self.proc.wait(), 1.0)
+            except TimeoutError:
+                return  # running
+            if attempt == 2 or "Address already in use" not in self.log.read_text(errors="replace"):
+                return  # exited for another reason: the test reports it
+            self._configure()
 
     async def command(self, cmd: str, params: str = "") -> str:
         """One ctrl_tcp command; returns the reply (bounded)."""
