@@ -184,7 +184,9 @@ class GuardedServer(web.Server):
 
     def _evict_idlest(self) -> bool:
         for handler in self._live:
-            if not handler.trusted and handler.idle:
+            # Only a connection that is really open: one whose connection_made has not run yet
+            # has no transport to close, and would live on, forgotten, once it did.
+            if not handler.trusted and handler.idle and handler.transport is not None:
                 handler.force_close()
                 self._forget(handler)
                 self.evicted += 1

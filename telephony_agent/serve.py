@@ -50,7 +50,8 @@ from telephony_agent.telephony.twilio.stream_auth import SHARED_LEDGER_ENV
 log = logging.getLogger(__name__)
 
 GOODBYE_TIMEOUT_S = 20.0  # the goodbye prompt is ~5.5 s; hang-up has its own 10 s bound inside
-SHUTDOWN_TIMEOUT_S = 5.0  # aiohttp: wait for handlers after the last call ended
+SHUTDOWN_TIMEOUT_S = 5.0
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 WORKER_ENV = "AGENT_WORKER_INDEX"
 STARTUP_GRACE_S = 5.0  # a worker that dies sooner than this after starting is a fatal error
 RESTART_DELAY_S = 1.0
@@ -160,6 +161,9 @@ async def start_server(
     site = web.TCPSite(
         runner, settings.host if host is None else host, settings.port if port is None else port,
         reuse_port=reuse_port or None,
+        # A burst of connections (a call spike, or a flood the limits then close) waits in the
+        # kernel's accept queue: with aiohttp's 128, the excess sit half-open, unseen by the limits.
+        backlog=LISTEN_BACKLOG,
     )
     try:
         await site.start()
