@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -87,6 +88,7 @@ def start_server(tmp_path: Path, **env: str) -> Server:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=err,
+            start_new_session=True,  # its own process group: the workers go with it at the end
         )
     return Server(proc, port, stderr_path)
 
@@ -99,9 +101,10 @@ async def running(tmp_path: Path, **env: str) -> AsyncIterator[tuple[Server, aio
             await wait_healthy(server, http)
             yield server, http
     finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(5)
+        # Kill the whole group: a supervisor killed alone would leave its workers running.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.proc.pid, signal.SIGKILL)
+        server.proc.wait(5)
 
 
 async def wait_healthy(server: Server, http: aiohttp.ClientSession, timeout: float = 40.0) -> None:
