@@ -41,7 +41,10 @@ from telephony_agent.connections import (
     fd_budget,
     install_accept_error_handler,
 )
+from telephony_agent.event_loop import EventLoopUnavailable, loop_factory
+from telephony_agent.event_loop import run as run_on
 from telephony_agent.logs import configure_logging
+from telephony_agent.memory import MemoryReporter
 from telephony_agent.metrics import MULTIPROC_ENV
 from telephony_agent.settings import Settings
 from telephony_agent.state import STATE, AppState
@@ -127,6 +130,7 @@ async def _serve_async(settings: Settings, *, reuse_port: bool = False) -> None:
 
     app = create_app(settings)
     install_accept_error_handler(loop)
+    MemoryReporter().install(loop)
     runner, _ = await start_server(app, settings, reuse_port=reuse_port)
     try:
         freeze_startup_heap()
@@ -176,7 +180,14 @@ async def start_server(
 def _run_worker(settings: Settings, *, reuse_port: bool, worker: int | None = None) -> int:
     configure_logging(settings.log_format.value, settings.log_level, worker=worker)
     try:
-        asyncio.run(_serve_async(settings, reuse_port=reuse_port))
+        loop_name, factory = loop_factory(settings.event_loop)
+    except EventLoopUnavailable as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("event loop: %s (AGENT_EVENT_LOOP=%s)", loop_name, settings.event_loop.value,
+             extra={"event": "event_loop"})
+    try:
+        run_on(_serve_async(settings, reuse_port=reuse_port), factory)
     except OSError as exc:
         log.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc)
         return 1
@@ -185,6 +196,11 @@ def _run_worker(settings: Settings, *, reuse_port: bool, worker: int | None = No
 
 def serve(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT, drain, and return the process exit code (0 after a clean drain)."""
+    try:
+        loop_factory(settings.event_loop)  # a loop that cannot run stops start-up before any worker
+    except EventLoopUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if settings.workers > 1:
         return _supervise(settings)
     return _run_worker(settings, reuse_port=False)
