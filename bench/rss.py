@@ -83,7 +83,7 @@ class Server:
             key, _, value = item.partition("=")
             senv[key] = value
         OUT.mkdir(parents=True, exist_ok=True)
-        self.log_path = OUT / f"rss-server-{self.loop}.log"
+        self.log_path = OUT / f"{a.name}-server-{self.loop}.log"
         self.server_log = open(self.log_path, "wb")  # closed in stop()
         self.server = subprocess.Popen(
             [sys.executable, "-m", "telephony_agent", "serve"], cwd=OUT, env=senv,
@@ -214,8 +214,10 @@ def run_one(args: argparse.Namespace, loop: str) -> dict[str, Any]:
         slope, growth = slope_per_1000(points, "rss_mib", args.warmup_fraction)
         slope_anon, growth_anon = slope_per_1000(points, "anon_mib", args.warmup_fraction)
         per_call = round((peak - idle) / args.concurrent, 3)
+        after_warmup = [q["rss_mib"] for q in points if q["calls"] >= args.warmup_fraction * args.calls]
         result = {
-            "loop": loop, "server_pid": srv.pid,
+            "loop": loop, "label": args.label or loop, "server_pid": srv.pid, "server_env": args.server_env,
+            "range_after_warmup_mib": [min(after_warmup), max(after_warmup)] if after_warmup else None,
             "idle_rss_mib": idle, "concurrent_calls": args.concurrent, "concurrent_peak_rss_mib": peak,
             "rss_per_concurrent_call_mib": per_call, "idle_after_concurrent_mib": idle_after_concurrent,
             "sequential": seq, "rss_before_sequential_mib": before, "rss_after_sequential_idle_mib": after,
@@ -235,9 +237,9 @@ def run_one(args: argparse.Namespace, loop: str) -> dict[str, Any]:
 
 
 COLUMNS = [
-    ("event loop", "loop"), ("calls (failed)", None), ("idle MiB", "idle_rss_mib"),
+    ("run", "label"), ("calls (failed)", None), ("idle MiB", "idle_rss_mib"),
     ("RSS/concurrent call MiB", "rss_per_concurrent_call_mib"), ("RSS before -> after MiB", None),
-    ("slope MiB/1,000 calls", "slope_mib_per_1000_calls"), ("growth after warm-up MiB", "growth_after_warmup_mib"),
+    ("slope MiB/1,000 calls", "slope_mib_per_1000_calls"), ("RSS min-max after warm-up MiB", None),
     ("seconds", None), ("flat", "flat"), ("< 2 MiB/call", "per_call_ok"),
 ]
 
@@ -252,10 +254,13 @@ def table(runs: list[dict[str, Any]]) -> str:
                 cells.append(f"{s['calls']} ({s['failed']})")
             elif name == "RSS before -> after MiB":
                 cells.append(f"{r['rss_before_sequential_mib']} -> {r['rss_after_sequential_idle_mib']}")
+            elif name == "RSS min-max after warm-up MiB":
+                rng = r.get("range_after_warmup_mib")
+                cells.append("-" if not rng else f"{rng[0]:.0f}-{rng[1]:.0f}")
             elif name == "seconds":
                 cells.append(str(s["seconds"]))
             else:
-                v = r[key or name]
+                v = r.get(key or name, r["loop"] if key == "label" else None)
                 cells.append(("yes" if v else "**no**") if isinstance(v, bool) else "-" if v is None else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -272,14 +277,14 @@ def plot(runs: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> No
     for r in runs:
         pts = r["points"]
         xs = [p["calls"] for p in pts]
-        line, = ax.plot(xs, [p["rss_mib"] for p in pts], label=f"{r['loop']}: VmRSS")
-        ax.plot(xs, [p["anon_mib"] for p in pts], color=line.get_color(), ls=":", label=f"{r['loop']}: anonymous")
+        line, = ax.plot(xs, [p["rss_mib"] for p in pts], label=f"{r.get('label', r['loop'])}: VmRSS")
+        ax.plot(xs, [p["anon_mib"] for p in pts], color=line.get_color(), ls=":", label=f"{r.get('label', r['loop'])}: anonymous")
         sel = [p for p in pts if p["calls"] >= args.warmup_fraction * xs[-1]] if xs else []
         if len(sel) >= 2:
             fx = np.array([p["calls"] for p in sel], float)
             k, b = np.polyfit(fx, np.array([p["rss_mib"] for p in sel], float), 1)
             ax.plot(fx, k * fx + b, color=line.get_color(), ls="--", lw=1,
-                    label=f"{r['loop']}: fit, {k * 1000:.2f} MiB/1,000 calls")
+                    label=f"{r.get('label', r['loop'])}: fit, {k * 1000:.2f} MiB/1,000 calls")
     ax.set_xlabel(f"sequential calls ({args.concurrency} at a time, {args.call_s} s each)")
     ax.set_ylabel("server RSS, MiB")
     ax.set_title("Server memory over sequential calls (busy shared 2-core machine)")
@@ -311,19 +316,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--name", default="rss", help="output file stem")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--label", default=None, help="the runs' name in the table and plot (default: the loop)")
     p.add_argument("--start-timeout", type=float, default=60.0, help="seconds the server may take to start")
+    p.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                   help="run nothing: combine the runs of earlier outputs (e.g. one per loop, run side by side)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [run_one(args, loop) for loop in args.loops.split(",") if loop]
-    load = os.getloadavg()
-    report = {
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform,
-                    "load_average_at_end": [round(x, 2) for x in load],
-                    "note": "shared machine: other engineers' tests ran at the same time"},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
-        "runs": runs,
-    }
+    if args.merge:
+        earlier = [json.loads(Path(f).read_text()) for f in args.merge]
+        runs = [r for e in earlier for r in e["runs"]]
+        report = {"machine": earlier[0]["machine"], "settings": earlier[0]["settings"], "runs": runs,
+                  "merged_from": [str(f) for f in args.merge]}
+        for key in ("calls", "concurrency", "call_s", "warmup_fraction", "max_slope"):
+            setattr(args, key, report["settings"][key])
+    else:
+        runs = [run_one(args, loop) for loop in args.loops.split(",") if loop]
+        load = os.getloadavg()
+        report = {
+            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0], "platform": sys.platform,
+                        "load_average_at_end": [round(x, 2) for x in load],
+                        "note": "shared machine: other engineers' tests ran at the same time"},
+            "settings": {k: v for k, v in vars(args).items() if k not in ("out", "merge")},
+            "runs": runs,
+        }
     (out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     md = table(runs)
     (out / f"{args.name}.md").write_text(md + "\n")

@@ -1,22 +1,90 @@
-"""Memory diagnostics for the server process: where Python memory grew, on demand.
+"""Keeping the server's memory flat over many calls, and finding out where it grew.
 
-Started with Python's own switch `PYTHONTRACEMALLOC=N` (N frames per allocation; it slows the
-server, so for debugging only), `kill -USR2 <pid>` logs the allocation sites that grew most since
-the previous signal (the first one sets the baseline). Without tracing, the signal only says so.
+- **Trimming.** A call frees what it allocated, but glibc keeps
+  freed heap pages mapped: a busy hour leaves the process at its high-water mark, and heap holes
+  between live blocks are never given back. Every `AGENT_MALLOC_TRIM_SECONDS` in which at least
+  one call ended, a cyclic GC pass runs (a call's objects end in reference cycles: their memory,
+  numpy buffers included, is free only after one, and since `gc.freeze()` at start-up CPython's own
+  full passes come only every few hundred calls), then, on glibc, `malloc_trim(0)` (in a worker
+  thread) returns every free page to the kernel.
+- **Diagnostics.** Started with Python's own switch `PYTHONTRACEMALLOC=N` (N frames per
+  allocation; it slows the server: debugging only), `kill -USR2 <pid>` logs the allocation sites
+  that grew most since the previous signal (the first one sets the baseline).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import logging
+import os
+import platform
 import signal
+import time
 import tracemalloc
+from collections.abc import Callable
 
-__all__ = ["MemoryReporter"]
+__all__ = ["MemoryReporter", "glibc_malloc_trim", "trim_memory"]
 
 log = logging.getLogger(__name__)
 
 TOP = 15
+SLOW_GC_MS = 20.0
+
+
+def glibc_malloc_trim() -> Callable[[], int] | None:
+    """`malloc_trim(0)` of this process's glibc, or None off glibc."""
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: int(trim(0))
+
+
+def _rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * (PAGE / 2**20)
+    except OSError:
+        return 0.0
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+async def trim_memory(interval: float, ended_calls: Callable[[], int], live_calls: Callable[[], int]) -> None:
+    """Runs for the server's life: every `interval` s in which a call ended, a GC pass and (glibc)
+    `malloc_trim(0)`. `interval` 0: nothing, ever."""
+    if interval <= 0:
+        return
+    trim = glibc_malloc_trim()
+    loop = asyncio.get_running_loop()
+    seen = ended_calls()
+    while True:
+        await asyncio.sleep(interval)
+        ended = ended_calls()
+        if ended == seen:
+            continue
+        seen = ended
+        before = _rss_mib()
+        t0 = time.perf_counter()
+        freed = gc.collect()  # ended calls' objects are in cycles: their memory is free only after this
+        t1 = time.perf_counter()
+        if trim is not None:
+            await loop.run_in_executor(None, trim)
+        gc_ms = (t1 - t0) * 1000
+        # the GC pass holds the event loop: say so at INFO when it was long enough to delay audio
+        log.log(logging.INFO if gc_ms >= SLOW_GC_MS else logging.DEBUG,
+                "memory pass: RSS %.1f -> %.1f MiB; gc %.1f ms (%d objects freed), malloc_trim %s, %d live calls",
+                before, _rss_mib(), gc_ms, freed,
+                "n/a (not glibc)" if trim is None else f"{(time.perf_counter() - t1) * 1000:.1f} ms", live_calls(),
+                extra={"event": "memory_pass"})
 
 
 class MemoryReporter:

@@ -44,7 +44,7 @@ from telephony_agent.connections import (
 from telephony_agent.event_loop import EventLoopUnavailable, loop_factory
 from telephony_agent.event_loop import run as run_on
 from telephony_agent.logs import configure_logging
-from telephony_agent.memory import MemoryReporter
+from telephony_agent.memory import MemoryReporter, trim_memory
 from telephony_agent.metrics import MULTIPROC_ENV
 from telephony_agent.settings import Settings
 from telephony_agent.state import STATE, AppState
@@ -132,12 +132,18 @@ async def _serve_async(settings: Settings, *, reuse_port: bool = False) -> None:
     install_accept_error_handler(loop)
     MemoryReporter().install(loop)
     runner, _ = await start_server(app, settings, reuse_port=reuse_port)
+    manager = app[STATE].manager
+    trimmer = asyncio.create_task(
+        trim_memory(settings.malloc_trim_seconds, lambda: manager.ended_calls, lambda: len(manager.calls)),
+        name="malloc-trim",
+    )
     try:
         freeze_startup_heap()
         log.info("listening on %s:%d", settings.host, settings.port, extra={"event": "listening"})
         await stop.wait()
         await drain(app[STATE], settings.drain_seconds)
     finally:
+        trimmer.cancel()
         await runner.cleanup()
     log.info("stopped", extra={"event": "stopped"})
 

@@ -144,6 +144,7 @@ class Settings(BaseSettings):
 
     # Event loop and memory (docs/operations.md#event-loop-and-memory).
     event_loop: EventLoopKind = Field(EventLoopKind.AUTO, validation_alias=_env("AGENT_EVENT_LOOP"))
+    malloc_trim_seconds: float = Field(10.0, ge=0, le=3600, validation_alias=_env("AGENT_MALLOC_TRIM_SECONDS"))
 
     # Connection limits (docs/security.md): what a client that never authenticates can hold.
     http_header_timeout_seconds: float = Field(10.0, gt=0, le=300, validation_alias=_env("AGENT_HTTP_HEADER_TIMEOUT_SECONDS"))
