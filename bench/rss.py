@@ -149,6 +149,7 @@ class Server:
     def sequential(self, total: int, concurrency: int, call_s: float, every: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         self.callers.send(cmd="sequential", total=total, concurrency=concurrency, call_s=call_s, every=every)
         points: list[dict[str, Any]] = []
+        partial = OUT / f"{self.args.name}-{self.loop}.partial.json"
         t0 = time.monotonic()
         c0 = cpu_s(self.pid)
         while len(points) < total // every:
@@ -156,6 +157,7 @@ class Server:
             st = proc_status(self.pid)
             points.append({"calls": msg["done"], "failed": msg["failed"], "t_s": round(time.monotonic() - t0, 1),
                            "rss_mib": st.get("VmRSS"), "anon_mib": st.get("RssAnon"), "fds": st.get("fds")})
+            partial.write_text(json.dumps(points))  # what a run cut short leaves
             if len(points) <= 3 or len(points) % 10 == 0:
                 print(f"  [{self.loop}] {msg['done']} calls ({msg['failed']} failed), RSS {st.get('VmRSS')} MiB "
                       f"(anon {st.get('RssAnon')}), {st.get('fds')} fds, {time.monotonic() - t0:.0f} s", flush=True)
