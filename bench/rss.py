@@ -165,21 +165,24 @@ class Server:
         return {"calls": final["done"], "failed": final["failed"], "seconds": round(time.monotonic() - t0, 1),
                 "server_cpu_s": round(cpu_s(self.pid) - c0, 1)}, points
 
-    def concurrent(self, n: int) -> float:
-        """Max RSS while `n` calls are up (a few samples over `--hold` seconds)."""
+    def concurrent(self, n: int) -> tuple[float, float]:
+        """Max RSS while `n` calls are up (a few samples over `--hold` seconds), and the server's CPU
+        then (% of one core)."""
         self.callers.send(cmd="run", n=n, ramp_s=max(0.5, n / 100))
         up = self.callers.read("up", timeout=120)
         if up["calls"] < n:
             print(f"  only {up['calls']} of {n} calls came up", file=sys.stderr)
         time.sleep(1.0)
         peak = 0.0
-        end = time.monotonic() + self.args.hold
+        c0, t0 = cpu_s(self.pid), time.monotonic()
+        end = t0 + self.args.hold
         while time.monotonic() < end:
             peak = max(peak, rss_mib(self.pid))
             time.sleep(0.25)
+        cpu_pct = (cpu_s(self.pid) - c0) / (time.monotonic() - t0) * 100
         self.callers.send(cmd="stop")
         self.callers.read("stopped", timeout=120)
-        return round(peak, 2)
+        return round(peak, 2), round(cpu_pct, 1)
 
 
 def slope_per_1000(points: list[dict[str, Any]], key: str, skip_fraction: float) -> tuple[float | None, float | None]:
@@ -205,7 +208,7 @@ def run_one(args: argparse.Namespace, loop: str) -> dict[str, Any]:
         print(f"[{loop}] server pid {srv.pid}: {running[-1] if running else '(no event loop line in the log)'}", flush=True)
         srv.sequential(args.warmup_calls, min(args.concurrency, args.warmup_calls), args.call_s, args.warmup_calls)
         idle = srv.settled_rss()
-        peak = srv.concurrent(args.concurrent)
+        peak, concurrent_cpu = srv.concurrent(args.concurrent)
         idle_after_concurrent = srv.settled_rss()
         print(f"[{loop}] idle {idle} MiB; {args.concurrent} calls at once {peak} MiB "
               f"({(peak - idle) / args.concurrent:.3f} MiB per call); idle again {idle_after_concurrent} MiB", flush=True)
@@ -221,7 +224,8 @@ def run_one(args: argparse.Namespace, loop: str) -> dict[str, Any]:
             "loop": loop, "label": args.label or loop, "server_pid": srv.pid, "server_env": args.server_env,
             "range_after_warmup_mib": [min(after_warmup), max(after_warmup)] if after_warmup else None,
             "idle_rss_mib": idle, "concurrent_calls": args.concurrent, "concurrent_peak_rss_mib": peak,
-            "rss_per_concurrent_call_mib": per_call, "idle_after_concurrent_mib": idle_after_concurrent,
+            "rss_per_concurrent_call_mib": per_call, "concurrent_cpu_pct": concurrent_cpu,
+            "cpu_ms_per_sequential_call": round(seq["server_cpu_s"] * 1000 / max(1, seq["calls"]), 2), "idle_after_concurrent_mib": idle_after_concurrent,
             "sequential": seq, "rss_before_sequential_mib": before, "rss_after_sequential_idle_mib": after,
             "calls_left": left,
             "slope_mib_per_1000_calls": slope, "growth_after_warmup_mib": growth,
@@ -242,7 +246,7 @@ COLUMNS = [
     ("run", "label"), ("calls (failed)", None), ("idle MiB", "idle_rss_mib"),
     ("RSS/concurrent call MiB", "rss_per_concurrent_call_mib"), ("RSS before -> after MiB", None),
     ("slope MiB/1,000 calls", "slope_mib_per_1000_calls"), ("RSS min-max after warm-up MiB", None),
-    ("seconds", None), ("flat", "flat"), ("< 2 MiB/call", "per_call_ok"),
+    ("seconds", None), ("server CPU ms/call", "cpu_ms_per_sequential_call"), ("flat", "flat"), ("< 2 MiB/call", "per_call_ok"),
 ]
 
 
@@ -261,6 +265,8 @@ def table(runs: list[dict[str, Any]]) -> str:
                 cells.append("-" if not rng else f"{rng[0]:.0f}-{rng[1]:.0f}")
             elif name == "seconds":
                 cells.append(str(s["seconds"]))
+            elif name == "server CPU ms/call" and key not in r:  # runs saved before this column
+                cells.append(f"{s['server_cpu_s'] * 1000 / max(1, s['calls']):.2f}")
             else:
                 v = r.get(key or name, r["loop"] if key == "label" else None)
                 cells.append(("yes" if v else "**no**") if isinstance(v, bool) else "-" if v is None else str(v))
