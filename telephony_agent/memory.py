@@ -3,10 +3,10 @@
 - **Trimming.** A call frees what it allocated, but glibc keeps
   freed heap pages mapped: a busy hour leaves the process at its high-water mark, and heap holes
   between live blocks are never given back. Every `AGENT_MALLOC_TRIM_SECONDS` in which at least
-  one call ended, a cyclic GC pass runs (a call's objects end in reference cycles: their memory,
-  numpy buffers included, is free only after one, and since `gc.freeze()` at start-up CPython's own
-  full passes come only every few hundred calls), then, on glibc, `malloc_trim(0)` (in a worker
-  thread) returns every free page to the kernel.
+  one call ended, a cyclic GC pass runs (a call's objects end in reference cycles and reach the
+  oldest generation before the call ends: their memory, numpy buffers included, is free only after
+  a full pass, and CPython's own come every ~70,000 new objects, a few hundred calls), then, on
+  glibc, `malloc_trim(0)` (in a worker thread) returns every free page to the kernel.
 - **Diagnostics.** Started with Python's own switch `PYTHONTRACEMALLOC=N` (N frames per
   allocation; it slows the server: debugging only), `kill -USR2 <pid>` logs the allocation sites
   that grew most since the previous signal (the first one sets the baseline).
