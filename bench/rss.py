@@ -286,7 +286,6 @@ def plot(runs: list[dict[str, Any]], args: argparse.Namespace, path: Path) -> No
         pts = r["points"]
         xs = [p["calls"] for p in pts]
         line, = ax.plot(xs, [p["rss_mib"] for p in pts], label=f"{r.get('label', r['loop'])}: VmRSS")
-        ax.plot(xs, [p["anon_mib"] for p in pts], color=line.get_color(), ls=":", label=f"{r.get('label', r['loop'])}: anonymous")
         sel = [p for p in pts if p["calls"] >= args.warmup_fraction * xs[-1]] if xs else []
         if len(sel) >= 2:
             fx = np.array([p["calls"] for p in sel], float)
