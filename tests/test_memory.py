@@ -12,6 +12,7 @@ import textwrap
 
 import pytest
 
+from telephony_agent import memory
 from telephony_agent.memory import glibc_malloc_trim, trim_memory
 
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
@@ -51,23 +52,31 @@ def test_off_glibc_there_is_no_trim_and_interval_0_turns_the_pass_off(monkeypatc
 
 
 @glibc
-async def test_the_task_trims_only_after_calls_ended(caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_pass_runs_after_calls_ended_when_few_are_up(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(memory, "POLL_S", 0.02)
     ended = [0]
-    live = [1]
+    live = [memory.PASS_MAX_LIVE_CALLS + 1]
     caplog.set_level(logging.DEBUG, logger="telephony_agent.memory")
+
+    def passes() -> int:
+        return len([r for r in caplog.records if r.msg.startswith("memory pass")])
+
     task = asyncio.create_task(trim_memory(0.05, lambda: ended[0], lambda: live[0]))
     try:
         await asyncio.sleep(0.3)
-        assert not [r for r in caplog.records if r.msg.startswith("memory pass")]  # no call ended: no trim
+        assert passes() == 0  # no call ended: no pass
         ended[0] = 3
+        await asyncio.sleep(0.3)
+        assert passes() == 0  # too many calls up: the GC walk would stall them
         live[0] = 0
         for _ in range(100):
-            await asyncio.sleep(0.05)
-            trims = [r for r in caplog.records if r.msg.startswith("memory pass")]
-            if trims:
+            await asyncio.sleep(0.02)
+            if passes():
                 break
-        assert len(trims) == 1
+        assert passes() == 1
         await asyncio.sleep(0.3)
-        assert len([r for r in caplog.records if r.msg.startswith("memory pass")]) == 1  # once per change
+        assert passes() == 1  # once per change
     finally:
         task.cancel()
