@@ -82,6 +82,7 @@ class Script:
 
 STATS = Stats()
 SCRIPT = Script()
+CUT_NS = 1_000_000_000  # a barge-in begun this close to the hang-up may get its clear after it: not counted
 SLOTS = 4  # calls are spread over 4 phases of the 20 ms period, like real calls that start at random times
 LIVE: list[set[Call]] = [set() for _ in range(SLOTS)]
 
@@ -137,6 +138,7 @@ class Call(asyncio.Protocol):
         self.clears_unprompted = 0
         self.cleared_resp = -1  # a clear stopped this response: any more of it is a resumed pause
         self.resumed = 0
+        self.t_stop = 0  # when hanging up began
 
     # -- socket ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -319,6 +321,8 @@ class Call(asyncio.Protocol):
         self.talk_barge = barge
 
     async def hang_up(self) -> None:
+        if not self.t_stop:
+            self.t_stop = _now()
         if not self.stopping and self.open:
             self.stopping = True
             await asyncio.sleep(0.3)  # let the last frames reach the provider before `stop`
@@ -338,7 +342,7 @@ class Call(asyncio.Protocol):
             "call": self.id, "conn": self.conn, "ttfa_ms": self.ttfa_ms, "frames_sent": self.frames,
             "last_seq": self.frames - 1, "lost": self.lost, "reordered": self.reordered, "underruns": self.underruns,
             "foreign": self.foreign, "clears_ns": self.clears, "marks_echoed": self.marks_echoed,
-            "connected": self.open, "barges_ns": self.barges, "turns": self.turns, "idle_turns": self.idle_turns,
+            "connected": self.open, "barges_ns": [b for b in self.barges if b[1] is not None or b[0] < self.t_stop - CUT_NS], "turns": self.turns, "idle_turns": self.idle_turns,
             "clears_unprompted": self.clears_unprompted, "resumed": self.resumed,
         }
 
