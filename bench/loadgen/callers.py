@@ -83,6 +83,10 @@ class Script:
 STATS = Stats()
 SCRIPT = Script()
 CUT_NS = 1_000_000_000  # a barge-in begun this close to the hang-up may get its clear after it: not counted
+# A barge-in with no clear is missed when the caller heard this much more of the answer after it
+# began talking (the agent talked over them); when the answer ended sooner, there was nothing
+# left to clear (the caller cut in at its very end) and it is counted apart.
+TALKED_OVER = 25  # frames: 0.5 s, longer than the provider's 200-300 ms to notice speech
 SLOTS = 4  # calls are spread over 4 phases of the 20 ms period, like real calls that start at random times
 LIVE: list[set[Call]] = [set() for _ in range(SLOTS)]
 
@@ -132,7 +136,9 @@ class Call(asyncio.Protocol):
         self.turn_due: int | None = None  # frame count at which to take the turn
         self.spoke_end = 0  # frame count when the last spurt ended
         self.barge_end = -1000  # ... and the last barge-in spurt
-        self.barges: list[list[int | None]] = []  # [first speech frame sent ns, clear received ns | None]
+        # [first speech frame sent ns, clear received ns | None, frames of that answer heard after it
+        # with no clear, the answer]
+        self.barges: list[list[Any]] = []
         self.turns = 0
         self.idle_turns = 0
         self.clears_unprompted = 0
@@ -265,7 +271,7 @@ class Call(asyncio.Protocol):
         self.send(f'{self.pre}{self.msg_seq}{self.mid}{k}","timestamp":"{(k - 1) * 20}","payload":"{payload}"}}}}')
         if speech is not None:
             if self.talk_i == 1 and self.talk_barge:
-                self.barges.append([now, None])
+                self.barges.append([now, None, 0, self.playing])
             if self.talk_i == len(self.talk):
                 if self.talk_barge:
                     self.barge_end = k
@@ -283,6 +289,8 @@ class Call(asyncio.Protocol):
                 s = SCRIPT
                 self.barge_after = self.rng.randint(s.barge_from, s.barge_to) if self.rng.random() < s.barge_p else None
             self.played += 1
+            if self.barges and self.barges[-1][1] is None and self.barges[-1][3] == resp:
+                self.barges[-1][2] += 1  # the caller talks (or talked) and the agent goes on
         elif not self.resp_done and not self.resp_cleared and self.resp >= 0:
             self.underruns += 1
         if not self.talk:
@@ -342,7 +350,8 @@ class Call(asyncio.Protocol):
             "call": self.id, "conn": self.conn, "ttfa_ms": self.ttfa_ms, "frames_sent": self.frames,
             "last_seq": self.frames - 1, "lost": self.lost, "reordered": self.reordered, "underruns": self.underruns,
             "foreign": self.foreign, "clears_ns": self.clears, "marks_echoed": self.marks_echoed,
-            "connected": self.open, "barges_ns": [b for b in self.barges if b[1] is not None or b[0] < self.t_stop - CUT_NS], "turns": self.turns, "idle_turns": self.idle_turns,
+            "connected": self.open, "barges_ns": [b[:2] for b in self.barges if b[1] is not None or (b[2] >= TALKED_OVER and b[0] < self.t_stop - CUT_NS)],
+            "barges_at_end": sum(b[1] is None and b[2] < TALKED_OVER for b in self.barges), "turns": self.turns, "idle_turns": self.idle_turns,
             "clears_unprompted": self.clears_unprompted, "resumed": self.resumed,
         }
 
