@@ -91,7 +91,7 @@ def _provider(*args: str) -> tuple[subprocess.Popen[str], int]:
     return proc, ready["port"]
 
 
-async def _session(port: int, script: list[tuple[int, bool]]) -> list[tuple[float, dict[str, Any]]]:
+async def _session(port: int, script: list[tuple[int, bool]], stamp: bool = True) -> list[tuple[float, dict[str, Any]]]:
     """Open a session, ask for a response, then append 20 ms caller frames in real time: `script`
     is (frames, speech) runs. Returns (seconds since the first append, event) for every event."""
     import aiohttp
@@ -113,7 +113,7 @@ async def _session(port: int, script: list[tuple[int, bool]]) -> list[tuple[floa
         k = 0
         for frames, talking in script:
             for _ in range(frames):
-                frame = caller_frame(1, k, time.monotonic_ns(), speech if talking else None)
+                frame = caller_frame(1, k, time.monotonic_ns(), speech if talking else None) if stamp else speech
                 await ws.send_json({"type": "input_audio_buffer.append", "audio": base64.b64encode(frame).decode()})
                 k += 1
                 await asyncio.sleep(max(0.0, t0 + k * 0.02 - time.monotonic()))
@@ -168,3 +168,18 @@ def test_fake_provider_vad_off_never_signals_speech() -> None:
     assert kinds[kinds.index("input_audio_buffer.speech_stopped"):][:4] == [
         "input_audio_buffer.speech_stopped", "input_audio_buffer.committed", "response.done:cancelled",
         "response.created"]
+
+
+@pytest.mark.timeout(30)
+def test_fake_provider_scripts_turns_for_unstamped_audio() -> None:
+    """sipp's RTP (bench/sip_load.py) carries no stamp: those connections keep the scripted turns."""
+    proc, port = _provider("--min-reply-s", "1", "--max-reply-s", "1", "--barge-p", "0")
+    try:
+        events = asyncio.run(_session(port, [(150, True)], stamp=False))
+    finally:
+        proc.communicate('{"cmd": "exit"}\n', timeout=10)
+    kinds = _kinds(events)
+    assert kinds.count("response.created") >= 2  # the greeting, then an answer to a scripted turn
+    turn = kinds.index("input_audio_buffer.speech_started")
+    assert kinds[turn:turn + 4] == ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+                                    "input_audio_buffer.committed", "response.created"]

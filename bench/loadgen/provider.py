@@ -179,15 +179,14 @@ class Conn(asyncio.Protocol):
             now = _now()
             audio = _a2b(msg["audio"])
             magic, flags, caller, seq, t_ns = read_caller_frame(audio) if len(audio) >= HDR_BYTES else (b"", 0, 0, 0, 0)
-            if magic != CALLER_MAGIC:
+            if self.stamped is None:  # decided once: random audio matches the magic one frame in 65,536
+                self.stamped = magic == CALLER_MAGIC
+                if self.stamped:
+                    self.next_turn = None
+                    self.barge_at = None
+            if magic != CALLER_MAGIC or not self.stamped:
                 STATS.bad += 1
-                if self.stamped is None:
-                    self.stamped = False
                 return
-            if not self.stamped:
-                self.stamped = True
-                self.next_turn = None
-                self.barge_at = None
             if self.first_seq < 0:
                 self.caller, self.first_seq = caller, seq
             elif seq != self.last_seq + 1:
