@@ -22,7 +22,7 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
         pytest.skip("needs two cores (server and load generators are pinned apart)")
     cores = sorted(os.sched_getaffinity(0))
     cmd = [sys.executable, str(REPO / "bench" / "load.py"), "--settle", "0.5",
-           "--sequential", "20", "--no-plot", "--out", str(tmp_path),
+           "--sequential", "6", "--no-plot", "--out", str(tmp_path),
            "--server-core", str(cores[0]), "--gen-core", str(cores[1]),
            # most answers barged into (callers never cut in during a call's first second)
            "--series", "3", "--steady", "5", "--barge-p", "0.8", "--vad", "silero"]
@@ -42,5 +42,6 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     assert row["ttfa_p50_ms"] is not None
     assert row["calls_left_after_hangup"] == 0
     seq = report["sequential"]
-    assert seq["calls"] == 20 and seq["failed"] == 0 and seq["calls_left"] == 0
+    # all at once (each loads its Silero model in line): few, so a busy machine still answers within 0.5 s
+    assert seq["calls"] == 6 and seq["failed"] == 0 and seq["calls_left"] == 0, seq
     assert (tmp_path / "load.md").read_text().startswith("| calls |")
