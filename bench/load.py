@@ -187,7 +187,12 @@ _BUCKET = re.compile(r'^agent_event_loop_lag_ms_bucket\{le="([^"]+)"\} ([0-9.e+]
 
 
 def lag_buckets(base: str) -> list[tuple[float, float]]:
-    _, text = http_get(base + "/metrics")
+    """The server's event-loop lag histogram; empty when it has none (alt) or did not answer in 5 s."""
+    try:
+        _, text = http_get(base + "/metrics")
+    except OSError as exc:
+        print(f"  /metrics did not answer: {exc!r}", file=sys.stderr, flush=True)
+        return []
     return [(float("inf") if le == "+Inf" else float(le), float(v)) for le, v in _BUCKET.findall(text)]
 
 
@@ -228,7 +233,7 @@ def server_env(provider_url: str, port: int, **extra: str) -> dict[str, str]:
     validation, no call limit, quiet logs; `extra` adds or overrides settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "OPENAI_", "GEMINI_", "TWILIO_"))}
     env.update(
-        PYTHONPATH=str(REPO),
+        PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'codecs'}",  # this checkout's code, not an installed copy
         AGENT_PROVIDER="openai", OPENAI_API_KEY="dummy", AGENT_OPENAI_URL=provider_url,
         AGENT_OPENAI_AUDIO="pcmu", AGENT_TWILIO_VALIDATE="false", AGENT_MAX_CALLS="100000", AGENT_WORKERS="1",
         AGENT_LOG_LEVEL="WARNING", AGENT_GREETING="Hello, thanks for calling.", AGENT_HOST="127.0.0.1",
@@ -362,7 +367,10 @@ class Bench:
         active = -1
         zeros = 0
         while time.monotonic() < deadline:
-            _, body = http_get(self.base + "/readyz")
+            try:
+                _, body = http_get(self.base + "/readyz")
+            except OSError:  # a starved server: keep asking until the deadline
+                continue
             active = json.loads(body)["active_calls"]
             zeros = zeros + 1 if active == 0 else 0
             if zeros >= (1 if self.workers == 1 else 12):
@@ -417,7 +425,7 @@ class Bench:
         self.provider.send(cmd="report")
         prep = self.provider.read("report")
         row = self.summarise(n, up, crep, prep, (c1 - c0) / (w1 - w0) * 100, (g1 - g0) / (w1 - w0) * 100,
-                             max(rss), hist_quantile(lag0, lag1, 0.99) if lag0 else None, left)
+                             max(rss), hist_quantile(lag0, lag1, 0.99) if lag0 and lag1 else None, left)
         row["processes_cpu_pct"] = [round((b - a_) / (w1 - w0) * 100, 1) for a_, b in zip(per0, per1, strict=True)]
         row["uvloop_loaded"] = uvloop_loaded(pids)
         return row
@@ -597,8 +605,10 @@ def compare_table(entries: list[dict[str, Any]], ratios: list[dict[str, Any]]) -
             f"| {_fmt(e['in_p99_ms'])} | {_fmt(e['out_p99_ms'])} | {_fmt(e['bargein_p99_ms'])} "
             f"| {e['frames_lost']} / {e['frames_late']} | {_fmt(e['other_load_on_server_core_pct'])} |")
     for r in ratios:
+        same = r["uvloop_loaded"]["ours"] == r["uvloop_loaded"]["alt"]
         lines.append(f"\nours/alt ({r['loop']}): CPU per call {_fmt(r['cpu_per_call'])}, "
-                     f"marginal {_fmt(r['marginal_cpu_per_call'])}")
+                     f"marginal {_fmt(r['marginal_cpu_per_call'])}"
+                     + ("" if same else " (NOT the same event loop: the product ignored AGENT_EVENT_LOOP)"))
     return "\n".join(lines)
 
 
@@ -646,8 +656,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="calls for the bridge comparison (also measured at half, for the marginal cost; 0: skip)")
     p.add_argument("--workers", default="1,2", help="AGENT_WORKERS values for calls per core ('': skip)")
     p.add_argument("--workers-at", type=int, default=None, help="calls for the workers steps (default --compare-at)")
-    p.add_argument("--loop", default="auto",
-                   help="AGENT_EVENT_LOOP values, e.g. asyncio,uvloop (the comparison runs for each; the rest uses the first)")
+    p.add_argument("--loop", default="asyncio,uvloop",
+                   help="AGENT_EVENT_LOOP values (auto, asyncio, uvloop): the comparison runs once for each, both "
+                        "bridges on the same loop; the series, sequential calls and workers use the first")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--gen-core", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
@@ -748,7 +759,7 @@ def main(argv: list[str] | None = None) -> int:
             o, a = by.get(("ours", lp)), by.get(("alt", lp))
             if o and a and a["cpu_pct_per_call"]:
                 ratios.append({
-                    "loop": lp, "calls": o["calls"],
+                    "loop": lp, "calls": o["calls"], "uvloop_loaded": {"ours": o["uvloop_loaded"], "alt": a["uvloop_loaded"]},
                     "cpu_per_call": round(o["cpu_pct_per_call"] / a["cpu_pct_per_call"], 3),
                     "marginal_cpu_per_call": round(o["marginal_cpu_pct_per_call"] / a["marginal_cpu_pct_per_call"], 3)
                     if o["marginal_cpu_pct_per_call"] and a["marginal_cpu_pct_per_call"] else None,
