@@ -596,33 +596,35 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def compare_table(entries: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> str:
     lines = ["| bridge | loop (uvloop loaded) | calls | CPU % (per call) | marginal CPU %/call | in p99 ms | out p99 ms "
-             "| barge-in p99 ms | lost/late | other load on core % |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| barge-in p99 ms | lost/late | other load on core % | kept real time |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for e in entries:
         lines.append(
             f"| {e['bridge']} | {e['loop']} ({'yes' if e['uvloop_loaded'] else 'no'}) | {e['calls']} "
             f"| {_fmt(e['cpu_pct'])} ({_fmt(e['cpu_pct_per_call'])}) | {_fmt(e['marginal_cpu_pct_per_call'])} "
             f"| {_fmt(e['in_p99_ms'])} | {_fmt(e['out_p99_ms'])} | {_fmt(e['bargein_p99_ms'])} "
-            f"| {e['frames_lost']} / {e['frames_late']} | {_fmt(e['other_load_on_server_core_pct'])} |")
+            f"| {e['frames_lost']} / {e['frames_late']} | {_fmt(e['other_load_on_server_core_pct'])} "
+            f"| {'yes' if e['kept_real_time'] else 'no'} |")
     for r in ratios:
         same = r["uvloop_loaded"]["ours"] == r["uvloop_loaded"]["alt"]
         lines.append(f"\nours/alt ({r['loop']}): CPU per call {_fmt(r['cpu_per_call'])}, "
                      f"marginal {_fmt(r['marginal_cpu_per_call'])}"
-                     + ("" if same else " (NOT the same event loop: the product ignored AGENT_EVENT_LOOP)"))
+                     + ("" if same else " (NOT the same event loop: the product ignored AGENT_EVENT_LOOP)")
+                     + ("" if r["valid"] else " (NOT valid: a bridge lost real time, so its CPU is what it was given)"))
     return "\n".join(lines)
 
 
 def workers_table(entries: list[dict[str, Any]]) -> str:
     lines = ["| workers | cores | calls | server CPU % (per process) | CPU-s per call-second | calls per core "
-             "| in/out p99 ms | lost/late | load generator CPU % (on server cores?) |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| in/out p99 ms | lost/late | load generator CPU % (on server cores?) | kept real time |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for e in entries:
         procs = "+".join(_fmt(x) for x in e["processes_cpu_pct"])
         lines.append(
             f"| {e['workers']} | {','.join(map(str, e['cores']))} | {e['calls']} | {_fmt(e['server_cpu_pct'])} ({procs}) "
             f"| {e['cpu_s_per_call_s']:.5f} | {_fmt(e['calls_per_core'])} | {_fmt(e['in_p99_ms'])} / {_fmt(e['out_p99_ms'])} "
             f"| {e['frames_lost']} / {e['frames_late']} | {_fmt(e['loadgen_cpu_pct'])} "
-            f"({'yes' if e['loadgen_on_server_cores'] else 'no'}) |")
+            f"({'yes' if e['loadgen_on_server_cores'] else 'no'}) | {'yes' if e['kept_real_time'] else 'no'} |")
     return "\n".join(lines)
 
 
@@ -748,7 +750,9 @@ def main(argv: list[str] | None = None) -> int:
                     "in_p99_ms": top["in_p99_ms"], "out_p99_ms": top["out_p99_ms"],
                     "bargein_p99_ms": top["bargein_p99_ms"], "frames_lost": top["frames_lost"],
                     "frames_late": top["frames_late"], "calls_up": top["calls_up"],
-                    "other_load_on_server_core_pct": top["other_load_on_server_core_pct"], "steps": steps,
+                    "other_load_on_server_core_pct": top["other_load_on_server_core_pct"],
+                    # a server behind real time used what it was given, not what the calls needed
+                    "kept_real_time": not any(check(st) for st in steps), "steps": steps,
                 })
                 if loop != "auto" and top["uvloop_loaded"] != (loop == "uvloop"):
                     print(f"  note: AGENT_EVENT_LOOP={loop} but uvloop {'is' if top['uvloop_loaded'] else 'is not'} "
@@ -760,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
             if o and a and a["cpu_pct_per_call"]:
                 ratios.append({
                     "loop": lp, "calls": o["calls"], "uvloop_loaded": {"ours": o["uvloop_loaded"], "alt": a["uvloop_loaded"]},
+                    "valid": o["kept_real_time"] and a["kept_real_time"],
                     "cpu_per_call": round(o["cpu_pct_per_call"] / a["cpu_pct_per_call"], 3),
                     "marginal_cpu_per_call": round(o["marginal_cpu_pct_per_call"] / a["marginal_cpu_pct_per_call"], 3)
                     if o["marginal_cpu_pct_per_call"] and a["marginal_cpu_pct_per_call"] else None,
@@ -781,7 +786,8 @@ def main(argv: list[str] | None = None) -> int:
                 "in_p99_ms": row["in_p99_ms"], "out_p99_ms": row["out_p99_ms"], "frames_lost": row["frames_lost"],
                 "frames_late": row["frames_late"], "loadgen_cpu_pct": row["loadgen_cpu_pct"],
                 "loadgen_on_server_cores": args.gen_core in cores,
-                "other_load_on_server_cores_pct": row["other_load_on_server_core_pct"], "step": row,
+                "other_load_on_server_cores_pct": row["other_load_on_server_core_pct"],
+                "kept_real_time": not check(row), "step": row,
             })
         if len(scaling) >= 2 and scaling[0]["calls_per_core"] and scaling[-1]["calls_per_core"]:
             scaling[-1]["calls_per_core_vs_first"] = round(scaling[-1]["calls_per_core"] / scaling[0]["calls_per_core"], 3)
