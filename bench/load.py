@@ -175,6 +175,21 @@ def uvloop_loaded(pids: list[int]) -> bool:
     return False
 
 
+def listeners(port: int) -> int:
+    """Listening TCP sockets on this port (each SO_REUSEPORT worker has its own), from /proc/net."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
 def http_get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -342,8 +357,11 @@ class Bench:
         self.server = start_server(env, self.cores, Path(a.out) / f"server-{bridge}-w{workers}-{loop}.log",
                                    cmd=BRIDGES[bridge])
         self.base = self.server.base
-        if workers > 1:  # every worker listening: a call to one not yet up would be refused
-            time.sleep(2.0)
+        if workers > 1 and bridge == "ours":  # until every worker listens, the kernel gives the others all calls
+            deadline = time.monotonic() + 60
+            while listeners(self.port) < workers and time.monotonic() < deadline:
+                time.sleep(0.2)
+            print(f"  {listeners(self.port)} sockets listening on port {self.port}", flush=True)
         self.callers = Proc([sys.executable, "-m", "bench.loadgen.callers", "--port", str(self.port)], a.gen_core, self.env)
         self.callers.read("ready")
 
