@@ -337,7 +337,9 @@ class Bench:
         """The fake provider, shared by every server of the run."""
         a = self.args
         self.env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.provider = Proc([sys.executable, "-m", "bench.loadgen.provider", "--seed", str(a.seed)], a.gen_core, self.env)
+        vad = ["--provider-vad", a.provider_vad] if getattr(a, "provider_vad", None) else []
+        self.provider = Proc([sys.executable, "-m", "bench.loadgen.provider", "--seed", str(a.seed), *vad],
+                             a.gen_core, self.env)
         self.procs.append(self.provider)
         self.provider_port = self.provider.read("ready")["port"]
         os.sched_setaffinity(0, {a.gen_core})
@@ -362,7 +364,9 @@ class Bench:
             while listeners(self.port) < workers and time.monotonic() < deadline:
                 time.sleep(0.2)
             print(f"  {listeners(self.port)} sockets listening on port {self.port}", flush=True)
-        self.callers = Proc([sys.executable, "-m", "bench.loadgen.callers", "--port", str(self.port)], a.gen_core, self.env)
+        barge = ["--seed", str(a.seed), "--barge-p", str(a.barge_p)] if getattr(a, "barge_p", None) is not None else []
+        self.callers = Proc([sys.executable, "-m", "bench.loadgen.callers", "--port", str(self.port), *barge],
+                            a.gen_core, self.env)
         self.callers.read("ready")
 
     def release(self) -> None:
