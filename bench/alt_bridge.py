@@ -117,7 +117,7 @@ async def _bridge(websocket: WebSocket, provider: Any) -> None:
             async for message in websocket.iter_text():
                 data = json.loads(message)
                 event = data["event"]
-                if event == "media":
+                if event == "media" and provider.state.name == "OPEN":
                     latest_media_ts = int(data["media"]["timestamp"])
                     await provider.send(json.dumps({"type": "input_audio_buffer.append", "audio": data["media"]["payload"]}))
                 elif event == "start":
