@@ -23,6 +23,7 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     cmd = [sys.executable, str(REPO / "bench" / "load.py"), "--series", "2", "--steady", "3", "--settle", "0.5",
            "--sequential", "20", "--no-plot", "--out", str(tmp_path),
            "--server-core", str(cores[0]), "--gen-core", str(cores[1]),
+           "--compare-at", "0", "--workers", "",  # the product alone (tests/test_bench_alt_bridge.py: the alternative)
            # The load generator's provider sends speech_started with no caller speech behind it:
            # with the caller-speech detector on, the bridge pauses the agent and resumes it 300 ms
            # later, and the resumed frames count as late. The bridge's own latency is measured
