@@ -24,6 +24,7 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     cmd = [sys.executable, str(REPO / "bench" / "load.py"), "--settle", "0.5",
            "--sequential", "6", "--no-plot", "--out", str(tmp_path),
            "--server-core", str(cores[0]), "--gen-core", str(cores[1]),
+           "--compare-at", "0", "--workers", "",  # the product alone (tests/test_bench_alt_bridge.py: the alternative)
            # most answers barged into (callers never cut in during a call's first second)
            "--series", "3", "--steady", "5", "--barge-p", "0.8", "--vad", "silero"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=55)
