@@ -10,7 +10,10 @@ measure a steady window, hang up, and collect:
 - added latency through the bridge, p50/p99, both ways (caller frame sent -> provider append
   received; provider delta sent -> Twilio media received), from send stamps carried inside
   the audio frames (CLOCK_MONOTONIC, shared by all processes: no clock skew);
-- barge-in reaction: provider `speech_started` sent -> Twilio `clear` received;
+- barge-in reaction: the caller's first speech frame sent -> Twilio `clear` received (callers
+  barge in by speaking real speech; the server's detector and the fake provider's VAD hear it),
+  barge-ins that never got a `clear`, and false pauses (clears with no barge-in behind them,
+  paused answers that resumed);
 - time to first agent audio: `start` sent -> first media received, and the bridge overhead
   (that minus the provider's own handling time in the handshake and first response);
 - server CPU per call (/proc/<pid>/stat), RSS per call ((RSS at N - RSS idle) / N), event-loop
@@ -36,7 +39,6 @@ Writes bench/out/load.json, load.png and load.md.
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import os
 import re
@@ -458,6 +460,7 @@ class Bench:
         by_caller = {c["caller"]: c for c in prep["conns"] if c["caller"] >= 0}
         ttfa, overhead, barge = [], [], []
         lost_in = lost_out = missed_barge = reordered = underruns = foreign = 0
+        unprompted = resumed = turns = idle_turns = 0
         dropped_before_connect = []
         for call in crep["calls"]:
             lost_out += call["lost"]
@@ -469,6 +472,16 @@ class Bench:
                 ttfa.append(call["ttfa_ms"])
                 if pc is not None and pc["own_ms"] is not None:
                     overhead.append(call["ttfa_ms"] - pc["own_ms"])
+            # barge-in: the caller's first speech frame sent -> the clear it got (None: never)
+            for onset, clear in call["barges_ns"]:
+                if clear is None:
+                    missed_barge += 1
+                else:
+                    barge.append((clear - onset) / 1e6)
+            unprompted += call["clears_unprompted"]
+            resumed += call["resumed"]
+            turns += call["turns"]
+            idle_turns += call["idle_turns"]
             rx = by_caller.get(call["call"])
             if rx is None:
                 lost_in += call["frames_sent"]
@@ -477,15 +490,6 @@ class Bench:
             lost_in += max(0, expected - rx["count"])
             reordered += rx["gaps"] if expected == rx["count"] else 0
             dropped_before_connect.append(rx["first_seq"] * 20)
-            # barge-in: each clear answers the latest speech_started sent before it
-            starts = sorted(pc["barges_ns"]) if pc else []
-            matched = set()
-            for t_clear in call["clears_ns"]:
-                i = bisect.bisect_right(starts, t_clear) - 1
-                if i >= 0 and i not in matched:
-                    matched.add(i)
-                    barge.append((t_clear - starts[i]) / 1e6)
-            missed_barge += len(starts) - len(matched)
         ol, il, of = crep["out_latency_ms"], prep["in_latency_ms"], crep["out_first_latency_ms"]
         row = {
             "calls": n,
@@ -494,7 +498,11 @@ class Bench:
             "out_p50_ms": ol["p50"], "out_p99_ms": ol["p99"], "out_max_ms": ol["max"], "out_frames": ol["n"],
             "out_first_p50_ms": of["p50"], "out_first_p99_ms": of["p99"],
             "bargein_p50_ms": pct(barge, 50), "bargein_p99_ms": pct(barge, 99), "bargeins": len(barge),
-            "bargein_missed": missed_barge,
+            "bargein_missed": missed_barge, "bargeins_at_answer_end": sum(c["barges_at_end"] for c in crep["calls"]),
+            "false_pauses": unprompted + resumed,
+            "clears_unprompted": unprompted, "pauses_resumed": resumed, "caller_turns": turns,
+            "caller_idle_turns": idle_turns,
+            "provider_speech_started": sum(len(c["speech_started_ns"]) for c in prep["conns"]),
             "ttfa_p50_ms": pct(ttfa, 50), "ttfa_p99_ms": pct(ttfa, 99),
             "ttfa_overhead_p50_ms": pct(overhead, 50), "ttfa_overhead_p99_ms": pct(overhead, 99),
             "cpu_pct": round(cpu_pct, 1), "cpu_pct_per_call": round(cpu_pct / n, 3),
@@ -552,6 +560,11 @@ def check(row: dict[str, Any]) -> list[str]:
         why.append(f"CPU {row['cpu_pct']}% > {MAX_CPU_PCT}%")
     if row["calls_up"] < row["calls"]:
         why.append(f"only {row['calls_up']} of {row['calls']} calls connected")
+    if row.get("bargein_missed"):
+        why.append(f"{row['bargein_missed']} of {row['bargein_missed'] + row['bargeins']} barge-ins got no clear")
+    if row.get("false_pauses"):
+        why.append(f"{row['false_pauses']} false pauses ({row['clears_unprompted']} clears with no barge-in, "
+                   f"{row['pauses_resumed']} paused answers resumed)")
     return why
 
 
@@ -692,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-flags", default="--nonblocking", help="extra py-spy flags, e.g. '--idle --native'")
     p.add_argument("--keep-going", action="store_true", help="run the whole series even past real time")
     p.add_argument("--vad", default="silero", choices=["silero", "energy", "off"], help="AGENT_VAD for the server")
+    p.add_argument("--provider-vad", default="on", choices=["on", "off"],
+                   help="off: the fake provider never sends speech_started (the server's detector alone barges in)")
+    p.add_argument("--barge-p", type=float, default=0.4, help="share of answers a caller barges into (by speaking)")
     args = p.parse_args(argv)
     bridges, loops = _list(args.bridges), _list(args.loop) or ["auto"]
     workers = [int(x) for x in _list(args.workers)]
