@@ -8,6 +8,32 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from peers import conformance
 
+PEER_SHARES = ("all", "none", "3.11", "3.13")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--peers", choices=PEER_SHARES, default="all",
+        help="tests marked `peers` (interop with an external program: sipp, pjsua2, baresip, kamailio, "
+             "Chromium): all (default), none, or only the share of the Python named (`make test` runs "
+             "each of them once, on 3.11 or 3.13 as its marker says)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`--peers=3.11|3.13`: keep the unmarked tests and the peer tests of that Python's share."""
+    share = config.getoption("--peers")
+    if share == "all":
+        return
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker("peers")
+        on = None if marker is None else marker.kwargs.get("python", "3.11")
+        (kept if on is None or on == share else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
 
 @pytest.fixture(autouse=True)
 def _provider_messages_conform():
