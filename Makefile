@@ -59,14 +59,14 @@ test: system-deps ## Run the test suite on Python 3.11 and 3.13 (side by side: t
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test311 test313 PEERS=split
 
 test311: $(VENV)/.installed lint
-	$(VENV)/bin/python -m pytest -q --peers=$(if $(filter split,$(PEERS)),3.11,$(PEERS))
+	$(VENV)/bin/python -m pytest -q --durations=15 --peers=$(if $(filter split,$(PEERS)),3.11,$(PEERS))
 
 lint: $(VENV)/.installed ## ruff and mypy (strict on telephony_codecs, telephony/ and realtime/); part of `make test`
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 test313: $(VENV313)/.installed
-	$(VENV313)/bin/python -m pytest -q --peers=$(if $(filter split,$(PEERS)),3.13,$(PEERS))
+	$(VENV313)/bin/python -m pytest -q --durations=15 --peers=$(if $(filter split,$(PEERS)),3.13,$(PEERS))
 
 bench-codecs: $(VENV)/.installed ## Codec benchmark: StreamResampler vs soxr vs audioop.ratecv
 	$(VENV)/bin/python bench/codecs.py

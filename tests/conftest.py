@@ -1,7 +1,17 @@
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The eSpeak/sox clips are cached on disk across runs; `make test` runs 3.11 and 3.13 side by side,
+# and two processes making the same clip at once share its temporary files (one can read the other's
+# half-written WAV, or find it deleted). A cache per Python keeps the two runs apart.
+os.environ.setdefault(
+    "TEST_SPEECH_CACHE",
+    str(Path(tempfile.gettempdir()) / f"telephony-agent-speech-py{sys.version_info[0]}.{sys.version_info[1]}"),
+)
 
 # Test peers and helpers import as top-level modules (`peers.fake_openai`, `agent_server`).
 sys.path.insert(0, str(Path(__file__).parent))
