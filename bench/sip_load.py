@@ -49,6 +49,7 @@ from bench.load import (
 SCENARIO = REPO / "tests" / "peers" / "sipp" / "uac_speech.xml"
 MAX_DEPARTURE_P99_MS = 5.0
 SPEECH = "Hello, I would like to check the status of my order, and then talk about my bill."
+QUIET_S = 6.0  # after each sentence (about 5 s): the caller talks a little under half the time
 
 _DEPARTURE = re.compile(r'^agent_rtp_departure_deviation_ms_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', re.MULTILINE)
 _COUNTER = re.compile(r'^(agent_rtp_[a-z_]+_total)(\{[^}]*\})? ([0-9.e+]+)$', re.MULTILINE)
@@ -76,11 +77,20 @@ def free_udp_port() -> int:
     raise RuntimeError("no free UDP port")
 
 
-def speech_ulaw_file(directory: Path) -> Path:
-    from telephony_agent.testing.speech import speech_ulaw
+def speech_ulaw_file(directory: Path, quiet_s: float = QUIET_S) -> Path:
+    """What each sipp caller plays, looped: a sentence, then `quiet_s` of a quiet line (sox hiss
+    and hum about 70 dB below full scale), so callers talk in turns as people do instead of
+    without a pause for the whole call."""
+    import numpy as np
 
+    from telephony_agent.testing.noise import noise_pcm16
+    from telephony_agent.testing.speech import speech_ulaw
+    from telephony_codecs import pcm16_to_ulaw
+
+    hiss = np.frombuffer(noise_pcm16("line_noise"), dtype="<i2").astype(np.float64) * 10 ** (-30 / 20)
+    quiet = np.resize(hiss, int(8000 * quiet_s)).astype("<i2").tobytes()
     path = directory / "speech.ul"
-    path.write_bytes(speech_ulaw(SPEECH))
+    path.write_bytes(speech_ulaw(SPEECH) + pcm16_to_ulaw(quiet))
     return path
 
 
@@ -90,6 +100,7 @@ class SipBench:
         self.server: subprocess.Popen[bytes] | None = None
         self.provider: Proc | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-sip-"))
+        self.steps = 0
 
     def start(self) -> None:
         a = self.args
@@ -151,7 +162,8 @@ class SipBench:
         a = self.args
         ramp_s = n / a.rate
         hold_ms = int((ramp_s + a.settle + a.steady + 2.0) * 1000)
-        cwd = self.tmp / f"sipp-{n}"
+        self.steps += 1
+        cwd = self.tmp / f"sipp-{self.steps}-{n}"
         cwd.mkdir()
         argv = [
             "sipp", f"127.0.0.1:{self.sip_port}", "-sf", str(SCENARIO), "-s", "agent", "-i", "127.0.0.1",
@@ -169,7 +181,16 @@ class SipBench:
         up = self.active_calls()
         d0, lag0, r0 = departure_buckets(self.base), lag_buckets(self.base), rtp_counters(self.base)
         c0, k0, w0 = cpu_s(pid), core_busy_s(a.server_core), time.monotonic()
+        prof = None
+        if a.profile_at == n:
+            prof = subprocess.Popen(
+                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", str(int(a.steady)),
+                 "-r", "200", "-f", "raw", "-o", str(OUT / f"sip-profile-{n}.txt"), "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
         time.sleep(a.steady)
+        if prof is not None:
+            prof.wait(30)
         c1, k1, w1 = cpu_s(pid), core_busy_s(a.server_core), time.monotonic()
         d1, lag1, r1 = departure_buckets(self.base), lag_buckets(self.base), rtp_counters(self.base)
         rss = rss_mib(pid)
@@ -255,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vad", default="silero", choices=["silero", "energy", "off"],
                    help="AGENT_VAD for the server (off: measure the SIP media path without turn detection)")
     p.add_argument("--keep-going", action="store_true", help="run the whole series even after a failed step")
+    p.add_argument("--profile-at", type=int, default=None, help="py-spy record the server during this step")
     p.add_argument("--twilio", action="store_true", help="then run the Twilio benchmark on the same series")
     p.add_argument("--out", default=str(OUT))
     args = p.parse_args(argv)

