@@ -35,7 +35,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     share = config.getoption("--peers")
     if share == "all":
         return
-    kept, dropped = [], []
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
     for item in items:
         marker = item.get_closest_marker("peers")
         on = None if marker is None else marker.kwargs.get("python", "3.11")
