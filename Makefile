@@ -74,7 +74,7 @@ bench-codecs: $(VENV)/.installed ## Codec benchmark: StreamResampler vs soxr vs 
 bench-softphone: $(VENV)/.installed system-deps ## Softphone microphone: mu-law in the page vs PCM to the server (CPU, bytes)
 	$(VENV)/bin/python bench/softphone.py --write
 
-bench-load: $(VENV)/.installed ## Load benchmark: concurrent calls through the bridge
+bench-load: $(VENV)/.installed ## Load benchmark: concurrent calls through the bridge; CPU per call against a minimal alternative bridge; 1 and 2 workers
 	$(VENV)/bin/python bench/load.py
 
 bench-sip: $(VENV)/.installed system-deps ## SIP load benchmark: sipp calls with audio, calls per core, RTP jitter (+ Twilio: ARGS=--twilio)

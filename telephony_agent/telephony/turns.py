@@ -512,14 +512,15 @@ class TurnDetector:
 
         A chunk that starts within `_CONTIGUOUS_S` of where the last one ends is placed right
         after it: the leg plays queued frames back to back, whatever jitter the schedule has."""
-        samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
-        if self._t0 is None or samples.size == 0:
+        n = len(pcm16) // 2
+        if self._t0 is None or n == 0:
             return []
         at = self._sample_at(start)
         if self._agent_until >= 0 and abs(at - self._agent_until) <= self._CONTIGUOUS_S * self.rate:
             at = self._agent_until
-        self.echo.add_reference(samples, at)
-        self._agent_until = max(self._agent_until, at + samples.size)
+        if self.scorer is not None:  # the echo guard serves the scorer only
+            self.echo.add_reference(np.frombuffer(pcm16, dtype="<i2", count=n).astype(np.float64), at)
+        self._agent_until = max(self._agent_until, at + n)
         if self.state in (TurnState.LISTENING, TurnState.CALLER_TURN):
             self._set_state(TurnState.AGENT_SPEAKING)
             self._reset_utterance()
@@ -551,6 +552,16 @@ class TurnDetector:
 
     def caller_audio(self, pcm16: bytes, now: float) -> list[TurnDecision]:
         """Caller audio as it arrives (PCM16 at `sample_rate`); `now` is its arrival time."""
+        if self.scorer is None:
+            # Nothing to score with (AGENT_VAD=off): the provider's signals decide, so only the
+            # timeline moves; no blocks, no echo guard.
+            n = len(pcm16) // 2
+            if self._t0 is None:
+                self._t0 = now - n / self.rate
+            self._n += n
+            if self.state is TurnState.AGENT_SPEAKING and not self.agent_playing:
+                self._set_state(TurnState.LISTENING)
+            return []
         samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
         if self._t0 is None:
             self._t0 = now - samples.size / self.rate
