@@ -50,18 +50,23 @@ run: $(VENV)/.serve ## Serve calls (offline local engine when no provider key is
 	  $(VENV)/bin/telephony-agent serve; \
 	fi
 
+# The external-peer interop tests (marker `peers`: sipp, pjsua2, baresip, kamailio, Chromium) run no
+# version-specific code of ours: `make test` runs each once, on the Python its marker names, which
+# also evens out the two runs. `make test311` / `make test313` alone run everything (PEERS=all).
+PEERS ?= all
+
 test: system-deps ## Run the test suite on Python 3.11 and 3.13 (side by side: the tests mostly wait on real-time audio)
-	@$(MAKE) --no-print-directory -j2 --output-sync=target test311 test313
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test311 test313 PEERS=split
 
 test311: $(VENV)/.installed lint
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q --durations=15 --peers=$(if $(filter split,$(PEERS)),3.11,$(PEERS))
 
 lint: $(VENV)/.installed ## ruff and mypy (strict on telephony_codecs, telephony/ and realtime/); part of `make test`
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 test313: $(VENV313)/.installed
-	$(VENV313)/bin/python -m pytest -q
+	$(VENV313)/bin/python -m pytest -q --durations=15 --peers=$(if $(filter split,$(PEERS)),3.13,$(PEERS))
 
 bench-codecs: $(VENV)/.installed ## Codec benchmark: StreamResampler vs soxr vs audioop.ratecv
 	$(VENV)/bin/python bench/codecs.py
@@ -69,7 +74,7 @@ bench-codecs: $(VENV)/.installed ## Codec benchmark: StreamResampler vs soxr vs 
 bench-softphone: $(VENV)/.installed system-deps ## Softphone microphone: mu-law in the page vs PCM to the server (CPU, bytes)
 	$(VENV)/bin/python bench/softphone.py --write
 
-bench-load: $(VENV)/.installed ## Load benchmark: concurrent calls through the bridge
+bench-load: $(VENV)/.installed ## Load benchmark: concurrent calls through the bridge; CPU per call against a minimal alternative bridge; 1 and 2 workers
 	$(VENV)/bin/python bench/load.py
 
 bench-rss: $(VENV)/.installed ## Memory benchmark: server RSS over 10,000 sequential calls, RSS per call, asyncio vs uvloop (ARGS=--calls 2000)

@@ -10,20 +10,35 @@ measure a steady window, hang up, and collect:
 - added latency through the bridge, p50/p99, both ways (caller frame sent -> provider append
   received; provider delta sent -> Twilio media received), from send stamps carried inside
   the audio frames (CLOCK_MONOTONIC, shared by all processes: no clock skew);
-- barge-in reaction: provider `speech_started` sent -> Twilio `clear` received;
+- barge-in reaction: the caller's first speech frame sent -> Twilio `clear` received (callers
+  barge in by speaking real speech; the server's detector and the fake provider's VAD hear it),
+  barge-ins that never got a `clear`, and false pauses (clears with no barge-in behind them,
+  paused answers that resumed);
 - time to first agent audio: `start` sent -> first media received, and the bridge overhead
   (that minus the provider's own handling time in the handshake and first response);
 - server CPU per call (/proc/<pid>/stat), RSS per call ((RSS at N - RSS idle) / N), event-loop
   lag p99 (the server's agent_event_loop_lag_ms histogram over the window);
 - frames lost (caller->provider and provider->caller, by sequence) and late (> 60 ms one way).
 It stops when the server can no longer keep real time, then runs 1,000 short sequential
-calls to check RSS growth, and writes bench/out/load.json, load.png and load.md.
+calls to check RSS growth.
+
+In the same run, with the same load generator and fake provider:
+- `--bridges ours,alt`: each bridge in turn on the same server core (`alt` is
+  `bench/alt_bridge.py`, the common public sample's approach: parse, forward, no pacing), at
+  `--compare-at` calls and half that: CPU per call, marginal CPU per added call, p99 both ways,
+  lost/late, and the ratio ours/alt;
+- `--workers 1,2`: the product server with AGENT_WORKERS=1 on one core and 2 on both cores (which
+  then also run the load generator): CPU-seconds per call-second summed over every server
+  process from /proc, and calls per core (100 % of a core / CPU % per call);
+- `--loop auto,asyncio,uvloop`: AGENT_EVENT_LOOP for the servers (uvicorn's `loop` for `alt`);
+  whether uvloop was really loaded is read from /proc/<pid>/maps and reported.
+
+Writes bench/out/load.json, load.png and load.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import os
 import re
@@ -72,7 +87,7 @@ class Proc:
         while time.monotonic() < deadline:
             line = self.p.stdout.readline()
             if not line:
-                raise RuntimeError(f"{self.p.args} exited ({self.p.poll()})")
+                raise RuntimeError(f"{self.p.args!r} exited ({self.p.poll()})")
             msg = json.loads(line)
             if msg.get("ok") == want:
                 return msg
@@ -111,6 +126,72 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def tree_pids(root: int) -> list[int]:
+    """`root` and every process below it (a supervisor's workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def tree_cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) of these processes; one that has exited counts 0."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_s(pid)
+        except OSError:
+            pass
+    return total
+
+
+def tree_rss_mib(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            total += rss_mib(pid)
+        except OSError:
+            pass
+    return total
+
+
+def uvloop_loaded(pids: list[int]) -> bool:
+    """Whether uvloop's extension is mapped into any of these processes (the loop really in use)."""
+    for pid in pids:
+        try:
+            if "/uvloop/" in Path(f"/proc/{pid}/maps").read_text():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def listeners(port: int) -> int:
+    """Listening TCP sockets on this port (each SO_REUSEPORT worker has its own), from /proc/net."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
 def http_get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -123,7 +204,12 @@ _BUCKET = re.compile(r'^agent_event_loop_lag_ms_bucket\{le="([^"]+)"\} ([0-9.e+]
 
 
 def lag_buckets(base: str) -> list[tuple[float, float]]:
-    _, text = http_get(base + "/metrics")
+    """The server's event-loop lag histogram; empty when it has none (alt) or did not answer in 5 s."""
+    try:
+        _, text = http_get(base + "/metrics")
+    except OSError as exc:
+        print(f"  /metrics did not answer: {exc!r}", file=sys.stderr, flush=True)
+        return []
     return [(float("inf") if le == "+Inf" else float(le), float(v)) for le, v in _BUCKET.findall(text)]
 
 
@@ -152,76 +238,174 @@ def pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(np.asarray(values), q)), 3)
 
 
+BRIDGES = {
+    "ours": [sys.executable, "-m", "telephony_agent", "serve"],
+    "alt": [sys.executable, "-m", "bench.alt_bridge"],
+}
+
+
+def server_env(provider_url: str, port: int, **extra: str) -> dict[str, str]:
+    """The benchmark's server environment: this process's, minus any AGENT_/provider/Twilio
+    setting, plus a fake OpenAI provider at `provider_url` (audio/pcmu passthrough), no request
+    validation, no call limit, quiet logs; `extra` adds or overrides settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "OPENAI_", "GEMINI_", "TWILIO_"))}
+    env.update(
+        PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'codecs'}",  # this checkout's code, not an installed copy
+        AGENT_PROVIDER="openai", OPENAI_API_KEY="dummy", AGENT_OPENAI_URL=provider_url,
+        AGENT_OPENAI_AUDIO="pcmu", AGENT_TWILIO_VALIDATE="false", AGENT_MAX_CALLS="100000", AGENT_WORKERS="1",
+        AGENT_LOG_LEVEL="WARNING", AGENT_GREETING="Hello, thanks for calling.", AGENT_HOST="127.0.0.1",
+        AGENT_PORT=str(port), AGENT_IDLE_TIMEOUT_SECONDS="600", AGENT_MAX_LOOP_LAG_MS="100000",
+        AGENT_DRAIN_SECONDS="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Server:
+    """A bridge server process started for a benchmark (and, with several workers, its children)."""
+
+    def __init__(self, p: subprocess.Popen[bytes], base: str, log: Any) -> None:
+        self.p = p
+        self.pid = p.pid
+        self.base = base
+        self.log = log
+
+    def pids(self) -> list[int]:
+        return tree_pids(self.pid)
+
+    def poll(self) -> int | None:
+        return self.p.poll()
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM (the server drains), then SIGKILL to its process group after `timeout`."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        try:  # workers left behind by a killed supervisor
+            os.killpg(self.p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.log.close()
+
+
+def start_server(env: dict[str, str], cores: set[int], log_path: Path, *, cmd: list[str] | None = None,
+                 cwd: Path = OUT, ready_timeout: float = 30.0) -> Server:
+    """Start a bridge server for a benchmark and wait until `/healthz` answers 200.
+
+    `env` is the whole environment (see `server_env`; AGENT_HOST/AGENT_PORT say where it
+    listens), `cores` the CPUs it and its workers may run on, `cmd` the server command (default:
+    the product's `serve`). It runs in its own process group, so `Server.stop` also ends the
+    workers of a supervisor that did not stop them. Output goes to `log_path`.
+    """
+    cmd = cmd or BRIDGES["ours"]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cwd.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "wb")  # closed by Server.stop
+    p = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores),
+    )
+    server = Server(p, f"http://{env.get('AGENT_HOST', '127.0.0.1')}:{env['AGENT_PORT']}", log)
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        try:
+            if http_get(server.base + "/healthz")[0] == 200:
+                return server
+        except OSError:
+            pass
+        if p.poll() is not None or time.monotonic() > deadline:
+            server.stop(1)
+            raise RuntimeError(f"server did not start; see {log_path}")
+        time.sleep(0.1)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.procs: list[Any] = []
-        self.server: subprocess.Popen[bytes] | None = None
+        self.server: Server | None = None
+        self.callers: Proc | None = None
+        self.workers = 1
+        self.cores = {args.server_core}
+        self.rss0 = 0.0
+        self.rss_before_seq = 0.0
 
     # -- processes ------------------------------------------------------------------------
     def start(self) -> None:
+        """The fake provider, shared by every server of the run."""
         a = self.args
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.provider = Proc([sys.executable, "-m", "bench.loadgen.provider", "--seed", str(a.seed)], a.gen_core, env)
+        self.env = dict(os.environ, PYTHONPATH=str(REPO))
+        vad = ["--provider-vad", a.provider_vad] if getattr(a, "provider_vad", None) else []
+        self.provider = Proc([sys.executable, "-m", "bench.loadgen.provider", "--seed", str(a.seed), *vad],
+                             a.gen_core, self.env)
         self.procs.append(self.provider)
-        port = self.provider.read("ready")["port"]
-        self.port = free_port()
-        senv = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "OPENAI_", "GEMINI_", "TWILIO_"))}
-        senv.update(
-            AGENT_PROVIDER="openai", OPENAI_API_KEY="dummy", AGENT_OPENAI_URL=f"ws://127.0.0.1:{port}/v1/realtime",
-            AGENT_OPENAI_AUDIO="pcmu", AGENT_TWILIO_VALIDATE="false", AGENT_MAX_CALLS="100000", AGENT_WORKERS="1",
-            AGENT_LOG_LEVEL="WARNING", AGENT_GREETING="Hello, thanks for calling.", AGENT_HOST="127.0.0.1",
-            AGENT_PORT=str(self.port), AGENT_IDLE_TIMEOUT_SECONDS="600", AGENT_MAX_LOOP_LAG_MS="100000",
-            AGENT_DRAIN_SECONDS="1", AGENT_VAD=a.vad,
-        )
-        OUT.mkdir(parents=True, exist_ok=True)
-        self.server_log = open(OUT / "server.log", "wb")
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "telephony_agent", "serve"], cwd=OUT, env=senv,
-            stdout=self.server_log, stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.sched_setaffinity(0, {a.server_core}),
-        )
-        self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if http_get(self.base + "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if self.server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start; see bench/out/server.log")
-            time.sleep(0.1)
-        self.callers = Proc([sys.executable, "-m", "bench.loadgen.callers", "--port", str(self.port)], a.gen_core, env)
-        self.procs.append(self.callers)
-        self.callers.read("ready")
+        self.provider_port = self.provider.read("ready")["port"]
         os.sched_setaffinity(0, {a.gen_core})
 
+    def use(self, bridge: str, workers: int = 1, loop: str = "auto") -> None:
+        """Start `bridge` (ours/alt) with this many workers and event loop, and callers aimed at it.
+
+        One worker runs on the server core alone; more run on the server core and the load
+        generator's (this machine has two)."""
+        a = self.args
+        self.release()
+        self.bridge, self.workers, self.loop = bridge, workers, loop
+        self.cores = {a.server_core} if workers == 1 else {a.server_core, a.gen_core}
+        self.port = free_port()
+        env = server_env(f"ws://127.0.0.1:{self.provider_port}/v1/realtime", self.port, AGENT_VAD=a.vad,
+                         AGENT_WORKERS=str(workers), AGENT_EVENT_LOOP=loop)
+        self.server = start_server(env, self.cores, Path(a.out) / f"server-{bridge}-w{workers}-{loop}.log",
+                                   cmd=BRIDGES[bridge])
+        self.base = self.server.base
+        if workers > 1 and bridge == "ours":  # until every worker listens, the kernel gives the others all calls
+            deadline = time.monotonic() + 60
+            while listeners(self.port) < workers and time.monotonic() < deadline:
+                time.sleep(0.2)
+            print(f"  {listeners(self.port)} sockets listening on port {self.port}", flush=True)
+        barge = ["--seed", str(a.seed), "--barge-p", str(a.barge_p)] if getattr(a, "barge_p", None) is not None else []
+        self.callers = Proc([sys.executable, "-m", "bench.loadgen.callers", "--port", str(self.port), *barge],
+                            a.gen_core, self.env)
+        self.callers.read("ready")
+
+    def release(self) -> None:
+        if self.callers is not None:
+            self.callers.stop()
+            self.callers = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
     def stop(self) -> None:
+        self.release()
         for p in self.procs:
             p.stop()
-        if self.server is not None and self.server.poll() is None:
-            self.server.send_signal(signal.SIGTERM)
-            try:
-                self.server.wait(15)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
 
     def wait_idle(self, timeout: float = 20) -> int:
+        """0 once /readyz says no call is active; with several workers (each answers for itself,
+        the kernel picks one per connection) only after 12 such answers in a row."""
         deadline = time.monotonic() + timeout
         active = -1
+        zeros = 0
         while time.monotonic() < deadline:
-            _, body = http_get(self.base + "/readyz")
+            try:
+                _, body = http_get(self.base + "/readyz")
+            except OSError:  # a starved server: keep asking until the deadline
+                continue
             active = json.loads(body)["active_calls"]
-            if active == 0:
+            zeros = zeros + 1 if active == 0 else 0
+            if zeros >= (1 if self.workers == 1 else 12):
                 return 0
-            time.sleep(0.1)
+            time.sleep(0.1 if active else 0.02)
         return active
 
     # -- one step -------------------------------------------------------------------------
     def step(self, n: int, steady_s: float, settle_s: float) -> dict[str, Any]:
-        pid = self.server.pid  # type: ignore[union-attr]
+        assert self.server is not None and self.callers is not None
+        pid = self.server.pid
         ramp_s = max(0.5, n / self.args.ramp_rate)
         self.callers.send(cmd="run", n=n, ramp_s=ramp_s)
         up = self.callers.read("up", timeout=ramp_s + 60)
@@ -229,9 +413,11 @@ class Bench:
         for p in (self.provider, self.callers):
             p.send(cmd="measure", on=True)
             p.read("measure")
+        pids = self.server.pids()
         lag0 = lag_buckets(self.base)
-        k0 = core_busy_s(self.args.server_core)
-        c0, w0 = cpu_s(pid), time.monotonic()
+        k0 = sum(core_busy_s(c) for c in self.cores)
+        c0, w0 = tree_cpu_s(pids), time.monotonic()
+        per0 = [tree_cpu_s([q]) for q in pids]
         g0 = cpu_s(self.provider.p.pid) + cpu_s(self.callers.p.pid)
         prof = None
         if self.args.profile_at == n:
@@ -243,13 +429,15 @@ class Bench:
         end = w0 + steady_s
         while time.monotonic() < end:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
-            rss.append(rss_mib(pid))
-        c1, w1 = cpu_s(pid), time.monotonic()
-        k1 = core_busy_s(self.args.server_core)
-        self.foreign_pct = ((k1 - k0) - (c1 - c0)) / (w1 - w0) * 100
+            rss.append(tree_rss_mib(pids))
+        c1, w1 = tree_cpu_s(pids), time.monotonic()
+        per1 = [tree_cpu_s([q]) for q in pids]
+        g1 = cpu_s(self.provider.p.pid) + cpu_s(self.callers.p.pid)
+        k1 = sum(core_busy_s(c) for c in self.cores)
+        gen_on_server_cores = (g1 - g0) if self.args.gen_core in self.cores else 0.0
+        self.foreign_pct = ((k1 - k0) - (c1 - c0) - gen_on_server_cores) / (w1 - w0) * 100
         if prof is not None:
             prof.wait(30)
-        g1 = cpu_s(self.provider.p.pid) + cpu_s(self.callers.p.pid)
         lag1 = lag_buckets(self.base)
         for p in (self.provider, self.callers):
             p.send(cmd="measure", on=False)
@@ -260,8 +448,11 @@ class Bench:
         time.sleep(0.3)
         self.provider.send(cmd="report")
         prep = self.provider.read("report")
-        return self.summarise(n, up, crep, prep, (c1 - c0) / (w1 - w0) * 100, (g1 - g0) / (w1 - w0) * 100,
-                              max(rss), hist_quantile(lag0, lag1, 0.99), left)
+        row = self.summarise(n, up, crep, prep, (c1 - c0) / (w1 - w0) * 100, (g1 - g0) / (w1 - w0) * 100,
+                             max(rss), hist_quantile(lag0, lag1, 0.99) if lag0 and lag1 else None, left)
+        row["processes_cpu_pct"] = [round((b - a_) / (w1 - w0) * 100, 1) for a_, b in zip(per0, per1, strict=True)]
+        row["uvloop_loaded"] = uvloop_loaded(pids)
+        return row
 
     def summarise(self, n: int, up: dict[str, Any], crep: dict[str, Any], prep: dict[str, Any], cpu_pct: float,
                   gen_pct: float, rss: float, lag_p99: float | None, left: int) -> dict[str, Any]:
@@ -269,6 +460,7 @@ class Bench:
         by_caller = {c["caller"]: c for c in prep["conns"] if c["caller"] >= 0}
         ttfa, overhead, barge = [], [], []
         lost_in = lost_out = missed_barge = reordered = underruns = foreign = 0
+        unprompted = resumed = turns = idle_turns = 0
         dropped_before_connect = []
         for call in crep["calls"]:
             lost_out += call["lost"]
@@ -280,6 +472,16 @@ class Bench:
                 ttfa.append(call["ttfa_ms"])
                 if pc is not None and pc["own_ms"] is not None:
                     overhead.append(call["ttfa_ms"] - pc["own_ms"])
+            # barge-in: the caller's first speech frame sent -> the clear it got (None: never)
+            for onset, clear in call["barges_ns"]:
+                if clear is None:
+                    missed_barge += 1
+                else:
+                    barge.append((clear - onset) / 1e6)
+            unprompted += call["clears_unprompted"]
+            resumed += call["resumed"]
+            turns += call["turns"]
+            idle_turns += call["idle_turns"]
             rx = by_caller.get(call["call"])
             if rx is None:
                 lost_in += call["frames_sent"]
@@ -288,15 +490,6 @@ class Bench:
             lost_in += max(0, expected - rx["count"])
             reordered += rx["gaps"] if expected == rx["count"] else 0
             dropped_before_connect.append(rx["first_seq"] * 20)
-            # barge-in: each clear answers the latest speech_started sent before it
-            starts = sorted(pc["barges_ns"]) if pc else []
-            matched = set()
-            for t_clear in call["clears_ns"]:
-                i = bisect.bisect_right(starts, t_clear) - 1
-                if i >= 0 and i not in matched:
-                    matched.add(i)
-                    barge.append((t_clear - starts[i]) / 1e6)
-            missed_barge += len(starts) - len(matched)
         ol, il, of = crep["out_latency_ms"], prep["in_latency_ms"], crep["out_first_latency_ms"]
         row = {
             "calls": n,
@@ -305,7 +498,11 @@ class Bench:
             "out_p50_ms": ol["p50"], "out_p99_ms": ol["p99"], "out_max_ms": ol["max"], "out_frames": ol["n"],
             "out_first_p50_ms": of["p50"], "out_first_p99_ms": of["p99"],
             "bargein_p50_ms": pct(barge, 50), "bargein_p99_ms": pct(barge, 99), "bargeins": len(barge),
-            "bargein_missed": missed_barge,
+            "bargein_missed": missed_barge, "bargeins_at_answer_end": sum(c["barges_at_end"] for c in crep["calls"]),
+            "false_pauses": unprompted + resumed,
+            "clears_unprompted": unprompted, "pauses_resumed": resumed, "caller_turns": turns,
+            "caller_idle_turns": idle_turns,
+            "provider_speech_started": sum(len(c["speech_started_ns"]) for c in prep["conns"]),
             "ttfa_p50_ms": pct(ttfa, 50), "ttfa_p99_ms": pct(ttfa, 99),
             "ttfa_overhead_p50_ms": pct(overhead, 50), "ttfa_overhead_p99_ms": pct(overhead, 99),
             "cpu_pct": round(cpu_pct, 1), "cpu_pct_per_call": round(cpu_pct / n, 3),
@@ -322,9 +519,10 @@ class Bench:
         return row
 
     def sequential(self, total: int) -> dict[str, Any]:
-        pid = self.server.pid  # type: ignore[union-attr]
+        assert self.server is not None and self.callers is not None
+        pid = self.server.pid
         self.callers.send(cmd="sequential", total=total, concurrency=20, call_s=0.5, every=100)
-        points = []
+        points: list[dict[str, Any]] = []
         while True:
             msg = self.callers.read("progress", timeout=300) if len(points) < total // 100 else None
             if msg is None:
@@ -362,6 +560,11 @@ def check(row: dict[str, Any]) -> list[str]:
         why.append(f"CPU {row['cpu_pct']}% > {MAX_CPU_PCT}%")
     if row["calls_up"] < row["calls"]:
         why.append(f"only {row['calls_up']} of {row['calls']} calls connected")
+    if row.get("bargein_missed"):
+        why.append(f"{row['bargein_missed']} of {row['bargein_missed'] + row['bargeins']} barge-ins got no clear")
+    if row.get("false_pauses"):
+        why.append(f"{row['false_pauses']} false pauses ({row['clears_unprompted']} clears with no barge-in, "
+                   f"{row['pauses_resumed']} paused answers resumed)")
     return why
 
 
@@ -394,7 +597,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 a, b = (_fmt(r[k]) for k in key)
                 cells.append(f"{a} ({b})" if key[0] == "cpu_pct" else f"{a} / {b}")
             else:
-                cells.append(_fmt(r[key]))
+                cells.append(_fmt(r[str(key)]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -426,13 +629,73 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def compare_table(entries: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> str:
+    lines = ["| bridge | loop (uvloop loaded) | calls | CPU % (per call) | marginal CPU %/call | in p99 ms | out p99 ms "
+             "| barge-in p99 ms | lost/late | other load on core % | kept real time |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for e in entries:
+        lines.append(
+            f"| {e['bridge']} | {e['loop']} ({'yes' if e['uvloop_loaded'] else 'no'}) | {e['calls']} "
+            f"| {_fmt(e['cpu_pct'])} ({_fmt(e['cpu_pct_per_call'])}) | {_fmt(e['marginal_cpu_pct_per_call'])} "
+            f"| {_fmt(e['in_p99_ms'])} | {_fmt(e['out_p99_ms'])} | {_fmt(e['bargein_p99_ms'])} "
+            f"| {e['frames_lost']} / {e['frames_late']} | {_fmt(e['other_load_on_server_core_pct'])} "
+            f"| {'yes' if e['kept_real_time'] else 'no'} |")
+    for r in ratios:
+        same = r["uvloop_loaded"]["ours"] == r["uvloop_loaded"]["alt"]
+        lines.append(f"\nours/alt ({r['loop']}): CPU per call {_fmt(r['cpu_per_call'])}, "
+                     f"marginal {_fmt(r['marginal_cpu_per_call'])}"
+                     + ("" if same else " (NOT the same event loop: the product ignored AGENT_EVENT_LOOP)")
+                     + ("" if r["valid"] else " (NOT valid: a bridge lost real time, so its CPU is what it was given)"))
+    return "\n".join(lines)
+
+
+def workers_table(entries: list[dict[str, Any]]) -> str:
+    lines = ["| workers | cores | calls | server CPU % (per process) | CPU-s per call-second | calls per core "
+             "| in/out p99 ms | lost/late | load generator CPU % (on server cores?) | kept real time |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for e in entries:
+        procs = "+".join(_fmt(x) for x in e["processes_cpu_pct"])
+        lines.append(
+            f"| {e['workers']} | {','.join(map(str, e['cores']))} | {e['calls']} | {_fmt(e['server_cpu_pct'])} ({procs}) "
+            f"| {e['cpu_s_per_call_s']:.5f} | {_fmt(e['calls_per_core'])} | {_fmt(e['in_p99_ms'])} / {_fmt(e['out_p99_ms'])} "
+            f"| {e['frames_lost']} / {e['frames_late']} | {_fmt(e['loadgen_cpu_pct'])} "
+            f"({'yes' if e['loadgen_on_server_cores'] else 'no'}) | {'yes' if e['kept_real_time'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def print_row(label: str, row: dict[str, Any]) -> None:
+    print(
+        f"{label} N={row['calls']:4d} in {row['in_p50_ms']}/{row['in_p99_ms']} ms  out {row['out_p50_ms']}/{row['out_p99_ms']} ms  "
+        f"barge {row['bargein_p50_ms']}/{row['bargein_p99_ms']} ms  ttfa {row['ttfa_p50_ms']} "
+        f"(overhead {row['ttfa_overhead_p50_ms']}) ms  cpu {row['cpu_pct']}% ({row['cpu_pct_per_call']}/call)  "
+        f"rss/call {row['rss_per_call_mib']} MiB  lag p99 {row['loop_lag_p99_ms']} ms  lost {row['frames_lost']} "
+        f"late {row['frames_late']}  loadgen cpu {row['loadgen_cpu_pct']}%  "
+        f"other load on server core {row['other_load_on_server_core_pct']}%",
+        flush=True,
+    )
+
+
+def _list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--series", default="25,50,100,150,200,250,300,400,500")
+    p.add_argument("--series", default="25,50,100,150,200,250,300,400,500",
+                   help="rising call counts for the product server ('': skip)")
     p.add_argument("--steady", type=float, default=10.0, help="measured seconds per step")
     p.add_argument("--settle", type=float, default=2.0)
     p.add_argument("--ramp-rate", type=float, default=100.0, help="calls started per second")
     p.add_argument("--sequential", type=int, default=1000, help="short sequential calls for the RSS check (0: skip)")
+    p.add_argument("--bridges", default="ours,alt",
+                   help="bridges compared at --compare-at calls: ours (the product), alt (bench/alt_bridge.py)")
+    p.add_argument("--compare-at", type=int, default=100,
+                   help="calls for the bridge comparison (also measured at half, for the marginal cost; 0: skip)")
+    p.add_argument("--workers", default="1,2", help="AGENT_WORKERS values for calls per core ('': skip)")
+    p.add_argument("--workers-at", type=int, default=None, help="calls for the workers steps (default --compare-at)")
+    p.add_argument("--loop", default="asyncio,uvloop",
+                   help="AGENT_EVENT_LOOP values (auto, asyncio, uvloop): the comparison runs once for each, both "
+                        "bridges on the same loop; the series, sequential calls and workers use the first")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--gen-core", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
@@ -442,70 +705,156 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-flags", default="--nonblocking", help="extra py-spy flags, e.g. '--idle --native'")
     p.add_argument("--keep-going", action="store_true", help="run the whole series even past real time")
     p.add_argument("--vad", default="silero", choices=["silero", "energy", "off"], help="AGENT_VAD for the server")
+    p.add_argument("--provider-vad", default="on", choices=["on", "off"],
+                   help="off: the fake provider never sends speech_started (the server's detector alone barges in)")
+    p.add_argument("--barge-p", type=float, default=0.4, help="share of answers a caller barges into (by speaking)")
     args = p.parse_args(argv)
+    bridges, loops = _list(args.bridges), _list(args.loop) or ["auto"]
+    workers = [int(x) for x in _list(args.workers)]
+    workers_at = args.workers_at or args.compare_at
+    series = [int(x) for x in _list(args.series)]
+    for b in bridges:
+        if b not in BRIDGES:
+            p.error(f"unknown bridge {b!r} (choose from {', '.join(BRIDGES)})")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
     rows: list[dict[str, Any]] = []
     report: dict[str, Any] = {}
-    try:
-        bench.start()
-        pid = bench.server.pid  # type: ignore[union-attr]
-        # warm up (imports, first connections), then the idle baseline
+    compare: list[dict[str, Any]] = []
+    ratios: list[dict[str, Any]] = []
+    scaling: list[dict[str, Any]] = []
+
+    def measure(label: str, n: int) -> dict[str, Any]:
+        """One step; measured again once if it lost real time while other processes used the core."""
+        row = bench.step(n, args.steady, args.settle)
+        print_row(label, row)
+        if check(row) and row["other_load_on_server_core_pct"] > 10:
+            print(f"  other processes used {row['other_load_on_server_core_pct']}% of the server core; "
+                  "measuring this step again", flush=True)
+            time.sleep(2)
+            row = bench.step(n, args.steady, args.settle)
+            row["retried"] = True
+            print_row(label, row)
+        return row
+
+    def warm_up() -> None:
+        """Imports and first connections, then the idle baseline for RSS per call."""
+        assert bench.server is not None
         bench.rss0 = 0.0
         bench.step(2, 1.0, 0.5)
         time.sleep(0.5)
-        bench.rss0 = rss_mib(pid)
-        print(f"server pid {pid} on core {args.server_core}; idle RSS {bench.rss0:.1f} MiB", flush=True)
+        bench.rss0 = tree_rss_mib(bench.server.pids())
+        print(f"{bench.bridge} (workers {bench.workers}, loop {bench.loop}): server pid {bench.server.pid} "
+              f"on cores {sorted(bench.cores)}; idle RSS {bench.rss0:.1f} MiB", flush=True)
+
+    try:
+        bench.start()
         stopped_by = None
-        for n in [int(x) for x in args.series.split(",") if x]:
-            row = bench.step(n, args.steady, args.settle)
-            rows.append(row)
-            print(
-                f"N={n:4d} in {row['in_p50_ms']}/{row['in_p99_ms']} ms  out {row['out_p50_ms']}/{row['out_p99_ms']} ms  "
-                f"barge {row['bargein_p50_ms']}/{row['bargein_p99_ms']} ms  ttfa {row['ttfa_p50_ms']} "
-                f"(overhead {row['ttfa_overhead_p50_ms']}) ms  cpu {row['cpu_pct']}%  rss/call {row['rss_per_call_mib']} MiB  "
-                f"lag p99 {row['loop_lag_p99_ms']} ms  lost {row['frames_lost']} late {row['frames_late']}  "
-                f"loadgen cpu {row['loadgen_cpu_pct']}%  other load on server core {row['other_load_on_server_core_pct']}%",
-                flush=True,
-            )
-            why = check(row)
-            if why and row["other_load_on_server_core_pct"] > 10 and not row.get("retried"):
-                print(f"  other processes used {row['other_load_on_server_core_pct']}% of the server core; "
-                      "measuring this step again", flush=True)
-                time.sleep(2)
-                row = bench.step(n, args.steady, args.settle)
-                row["retried"] = True
-                rows[-1] = row
-                why = check(row)
-            if why:
-                row["real_time_lost"] = why
-                stopped_by = f"N={n}: " + "; ".join(why)
-                print("  real time lost:", stopped_by, flush=True)
-                if not args.keep_going:
-                    break
         seq = None
-        if args.sequential:
-            bench.wait_idle()
-            bench.rss_before_seq = round(rss_mib(pid), 1)
-            seq = bench.sequential(args.sequential)
+        runs: list[tuple[str, str]] = [("ours", loops[0])] if series or args.sequential else []
+        if args.compare_at > 0:
+            runs += [(b, lp) for lp in loops for b in bridges if (b, lp) not in runs]
+        for bridge, loop in runs:
+            bench.use(bridge, 1, loop)
+            warm_up()
+            pid = bench.server.pid  # type: ignore[union-attr]
+            if (bridge, loop) == ("ours", loops[0]):
+                for n in series:
+                    row = measure("ours", n)
+                    rows.append(row)
+                    why = check(row)
+                    if why:
+                        row["real_time_lost"] = why
+                        stopped_by = f"N={n}: " + "; ".join(why)
+                        print("  real time lost:", stopped_by, flush=True)
+                        if not args.keep_going:
+                            break
+                if args.sequential:
+                    bench.wait_idle()
+                    bench.rss_before_seq = round(rss_mib(pid), 1)
+                    seq = bench.sequential(args.sequential)
+            if args.compare_at > 0 and bridge in bridges:
+                points = sorted({max(1, args.compare_at // 2), args.compare_at})
+                steps = [measure(f"{bridge}/{loop}", n) for n in points]
+                top = steps[-1]
+                slope = None
+                if len(steps) == 2:
+                    slope = round((steps[1]["cpu_pct"] - steps[0]["cpu_pct"]) / (points[1] - points[0]), 3)
+                compare.append({
+                    "bridge": bridge, "loop": loop, "uvloop_loaded": top["uvloop_loaded"], "calls": top["calls"],
+                    "cpu_pct": top["cpu_pct"], "cpu_pct_per_call": top["cpu_pct_per_call"],
+                    "marginal_cpu_pct_per_call": slope, "marginal_between": points,
+                    "in_p99_ms": top["in_p99_ms"], "out_p99_ms": top["out_p99_ms"],
+                    "bargein_p99_ms": top["bargein_p99_ms"], "frames_lost": top["frames_lost"],
+                    "frames_late": top["frames_late"], "calls_up": top["calls_up"],
+                    "other_load_on_server_core_pct": top["other_load_on_server_core_pct"],
+                    # a server behind real time used what it was given, not what the calls needed
+                    "kept_real_time": not any(check(st) for st in steps), "steps": steps,
+                })
+                if loop != "auto" and top["uvloop_loaded"] != (loop == "uvloop"):
+                    print(f"  note: AGENT_EVENT_LOOP={loop} but uvloop {'is' if top['uvloop_loaded'] else 'is not'} "
+                          f"loaded in {bridge}: the setting was not honoured", flush=True)
+            bench.release()
+        by = {(e["bridge"], e["loop"]): e for e in compare}
+        for lp in loops:
+            o, a = by.get(("ours", lp)), by.get(("alt", lp))
+            if o and a and a["cpu_pct_per_call"]:
+                ratios.append({
+                    "loop": lp, "calls": o["calls"], "uvloop_loaded": {"ours": o["uvloop_loaded"], "alt": a["uvloop_loaded"]},
+                    "valid": o["kept_real_time"] and a["kept_real_time"],
+                    "cpu_per_call": round(o["cpu_pct_per_call"] / a["cpu_pct_per_call"], 3),
+                    "marginal_cpu_per_call": round(o["marginal_cpu_pct_per_call"] / a["marginal_cpu_pct_per_call"], 3)
+                    if o["marginal_cpu_pct_per_call"] and a["marginal_cpu_pct_per_call"] else None,
+                })
+        for w in workers:
+            reuse = by.get(("ours", loops[0])) if w == 1 and workers_at == args.compare_at else None
+            if reuse is not None:
+                row, cores = reuse["steps"][-1], [args.server_core]
+            else:
+                bench.use("ours", w, loops[0])
+                warm_up()
+                row, cores = measure(f"ours/{loops[0]}/workers={w}", workers_at), sorted(bench.cores)
+                bench.release()
+            per_call = row["cpu_pct"] / 100 / row["calls"]
+            scaling.append({
+                "workers": w, "cores": cores, "calls": row["calls"], "calls_up": row["calls_up"],
+                "server_cpu_pct": row["cpu_pct"], "processes_cpu_pct": row["processes_cpu_pct"],
+                "cpu_s_per_call_s": round(per_call, 6), "calls_per_core": round(1 / per_call, 1) if per_call else None,
+                "in_p99_ms": row["in_p99_ms"], "out_p99_ms": row["out_p99_ms"], "frames_lost": row["frames_lost"],
+                "frames_late": row["frames_late"], "loadgen_cpu_pct": row["loadgen_cpu_pct"],
+                "loadgen_on_server_cores": args.gen_core in cores,
+                "other_load_on_server_cores_pct": row["other_load_on_server_core_pct"],
+                "kept_real_time": not check(row), "step": row,
+            })
+        if len(scaling) >= 2 and scaling[0]["calls_per_core"] and scaling[-1]["calls_per_core"]:
+            scaling[-1]["calls_per_core_vs_first"] = round(scaling[-1]["calls_per_core"] / scaling[0]["calls_per_core"], 3)
         report = {
             "machine": {"cpus": os.cpu_count(), "server_core": args.server_core, "loadgen_core": args.gen_core,
-                        "python": sys.version.split()[0], "platform": sys.platform},
+                        "python": sys.version.split()[0], "platform": sys.platform,
+                        "loadavg": Path("/proc/loadavg").read_text().split()[:3]},
             "settings": {"steady_s": args.steady, "settle_s": args.settle, "playout_lead_ms": 200,
-                         "audio": "pcmu passthrough", "late_threshold_ms": 60},
-            "idle_rss_mib": bench.rss0,
+                         "audio": "pcmu passthrough", "late_threshold_ms": 60, "vad": args.vad},
+            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+            "idle_rss_mib": bench.rss0 if rows else None,
             "series": rows,
             "stopped_by": stopped_by,
             "sequential": seq,
+            "comparison": {"calls": args.compare_at, "bridges": compare, "ratio_ours_to_alt": ratios},
+            "workers": scaling,
         }
     finally:
         bench.stop()
     (out / "load.json").write_text(json.dumps(report, indent=2))
-    (out / "load.md").write_text(table(rows) + "\n")
+    md = [table(rows)]
+    if compare:
+        md.append(compare_table(compare, ratios))
+    if scaling:
+        md.append(workers_table(scaling))
+    (out / "load.md").write_text("\n\n".join(md) + "\n")
     if not args.no_plot and rows:
         plot(rows, out / "load.png")
-    print(table(rows))
+    print("\n\n".join(md))
     if report.get("sequential"):
         s = report["sequential"]
         print(f"sequential {s['calls']} calls: RSS {s['rss_before_mib']} -> {s['rss_after_mib']} MiB "

@@ -186,9 +186,10 @@ async def open_stream(
 
 async def stream_call(
     http: aiohttp.ClientSession, t: Target, wss_url: str, sid: str, params: dict[str, str], *,
-    hold: float = 1.0, signed: bool = True,
+    hold: float = 1.0, signed: bool = True, release: asyncio.Event | None = None,
 ) -> bool:
-    """Open a stream, start it, send audio for `hold` seconds, stop. True if the server kept it open."""
+    """Open a stream, start it, send audio for `hold` seconds (or until `release` is set, if
+    sooner), stop. True if the server kept it open."""
     ws = await open_stream(http, t, wss_url, signed=signed)
     if ws is None:
         return False
@@ -199,7 +200,7 @@ async def stream_call(
         loop = asyncio.get_running_loop()
         end = loop.time() + hold
         seq = 2
-        while loop.time() < end and not ws.closed:
+        while loop.time() < end and not ws.closed and not (release is not None and release.is_set()):
             await ws.send_str(media_frame(stream_sid, seq))
             seq += 1
             with contextlib.suppress(asyncio.TimeoutError):
@@ -217,8 +218,10 @@ async def stream_call(
         await ws.close()
 
 
-async def good_call(http: aiohttp.ClientSession, t: Target, hold: float = 1.0) -> bool:
-    """A real call as Twilio makes it: signed webhook, then the stream it names. True if it connected."""
+async def good_call(http: aiohttp.ClientSession, t: Target, hold: float = 1.0,
+                    release: asyncio.Event | None = None) -> bool:
+    """A real call as Twilio makes it: signed webhook, then the stream it names, held for `hold`
+    seconds or until `release` is set. True if it connected and stayed up."""
     sid = call_sid()
     before = t.sessions()
     try:
@@ -228,7 +231,7 @@ async def good_call(http: aiohttp.ClientSession, t: Target, hold: float = 1.0) -
     stream = stream_of(text) if status == 200 else None
     if stream is None:
         return False
-    alive = await stream_call(http, t, stream[0], sid, stream[1], hold=hold)
+    alive = await stream_call(http, t, stream[0], sid, stream[1], hold=hold, release=release)
     return alive and (t.provider is None or t.sessions() > before)
 
 
@@ -542,13 +545,15 @@ async def drain_bypass(t: Target) -> dict[str, Any]:
         status, text = await webhook(http, t, sid)
         stream = stream_of(text)
         assert stream is not None, text
-        ongoing = asyncio.create_task(stream_call(http, t, stream[0], sid, stream[1], hold=6.0))
+        done = asyncio.Event()  # the call in progress keeps the drain going until the checks are made
+        ongoing = asyncio.create_task(stream_call(http, t, stream[0], sid, stream[1], hold=15.0, release=done))
         await asyncio.sleep(1.5)
         os.kill(t.pid, signal.SIGTERM)
         await asyncio.sleep(1.0)
         before = t.sessions()
         kept = await stream_call(http, t, bare_url(t), call_sid(), {}, hold=1.0)
         status, text = await webhook(http, t, call_sid())
+        done.set()
         await ongoing
     return {"replayed_kept_open": kept, "provider_sessions": t.sessions() - before,
             "webhook_answer": "busy" if "Reject" in text else ("stream" if "Stream" in text else status)}

@@ -1,6 +1,7 @@
-"""Smoke run of the load benchmark machinery (bench/load.py): the real server process, the fake
-provider and two simulated callers for a few seconds; the report must come out with no frame
-lost (and almost none late)."""
+"""Smoke run of the load benchmark machinery (bench/load.py): the real server process with its
+caller-speech detector on (Silero), the fake provider and three simulated callers that barge in by
+speaking, for a few seconds; the report must come out with no frame lost or late, every barge-in
+answered by a `clear`, and no pause the callers did not cause."""
 
 from __future__ import annotations
 
@@ -20,26 +21,28 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores (server and load generators are pinned apart)")
     cores = sorted(os.sched_getaffinity(0))
-    cmd = [sys.executable, str(REPO / "bench" / "load.py"), "--series", "2", "--steady", "3", "--settle", "0.5",
-           "--sequential", "20", "--no-plot", "--out", str(tmp_path),
+    cmd = [sys.executable, str(REPO / "bench" / "load.py"), "--settle", "0.5",
+           "--sequential", "6", "--no-plot", "--out", str(tmp_path),
            "--server-core", str(cores[0]), "--gen-core", str(cores[1]),
-           # The load generator's provider sends speech_started with no caller speech behind it:
-           # with the caller-speech detector on, the bridge pauses the agent and resumes it 300 ms
-           # later, and the resumed frames count as late. The bridge's own latency is measured
-           # without it (turn-taking has its own tests and `make bench-turns`).
-           "--vad", "off"]
+           "--compare-at", "0", "--workers", "",  # the product alone (tests/test_bench_alt_bridge.py: the alternative)
+           # most answers barged into (callers never cut in during a call's first second)
+           "--series", "3", "--steady", "5", "--barge-p", "0.8", "--vad", "silero"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "load.json").read_text())
     (row,) = report["series"]
-    assert row["calls_up"] == 2
+    assert row["calls_up"] == 3
     assert row["frames_lost"] == 0
-    # Lateness (> 60 ms one way) is a benchmark figure: on a machine whose cores run other work
-    # (CI runs two suites side by side) a stall can make a frame or two late. Losing one is a bug.
-    assert row["frames_late"] <= 0.01 * (row["in_frames"] + row["out_frames"]), row
-    assert row["in_frames"] > 200 and row["out_frames"] > 0
+    # With the detector on, a pause that does not confirm holds the agent's audio back (late
+    # frames) and a missed barge-in leaves the caller talking over the agent: neither may happen.
+    assert row["frames_late"] == 0, row
+    assert row["bargeins"] >= 1 and row["bargein_missed"] == 0, row
+    assert row["false_pauses"] == 0, row
+    assert row["provider_speech_started"] >= row["bargeins"]
+    assert row["in_frames"] > 500 and row["out_frames"] > 0
     assert row["ttfa_p50_ms"] is not None
     assert row["calls_left_after_hangup"] == 0
     seq = report["sequential"]
-    assert seq["calls"] == 20 and seq["failed"] == 0 and seq["calls_left"] == 0
+    # all at once (each loads its Silero model in line): few, so a busy machine still answers within 0.5 s
+    assert seq["calls"] == 6 and seq["failed"] == 0 and seq["calls_left"] == 0, seq
     assert (tmp_path / "load.md").read_text().startswith("| calls |")

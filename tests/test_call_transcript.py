@@ -3,6 +3,7 @@ known lines, "not known" otherwise, a guess only when asked for and labelled as 
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +56,14 @@ async def test_other_voices_are_not_claimed_and_guesses_are_labelled(tmp_path: P
     mouth; with approximate=True the general model's guess is written, labelled."""
     settings = test_settings(voice="en-gb")
     known = KnownLines.from_script()
-    for out, approximate in (("a", False), ("b", True)):  # a server each: transcribing runs in this loop
-        async with running_agent(settings, LocalRealtimeModel()) as agent:
+
+    async def call(out: str, approximate: bool) -> None:
+        async with running_agent(settings, LocalRealtimeModel()) as agent:  # a server each
             await run_call(agent.base_url, PUBLIC_URL, AUTH_TOKEN, [], str(tmp_path / out), max_seconds=30,
                            known_lines=known, approximate=approximate, print_fn=lambda _line: None)
+
+    # Side by side: the wall time of one call (each transcribes after its hang-up, in this loop).
+    await asyncio.gather(call("a", False), call("b", True))
     plain = (tmp_path / "a" / "transcript.txt").read_text()
     assert "words not known" in plain and "Example Dental" not in plain
     guessed = (tmp_path / "b" / "transcript.txt").read_text()

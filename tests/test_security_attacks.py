@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+import pytest_asyncio
 from attacks import (
     Target,
     bad_frame_flood,
@@ -91,23 +92,64 @@ async def test_recording_starts_with_authorisation_and_never_holds_the_token() -
         assert token not in t.log_text()
 
 
-async def test_replayed_signature_and_reused_token_open_no_provider_session() -> None:
+# One server for the attacks that measure only what changes while they run (provider sessions,
+# log lines, tracebacks, counters) and leave no call up: they run one after another on it, each
+# its own test. The others need a server of their own (an empty recordings directory, other
+# settings, a SIGTERM, descriptors used up, reservations left behind).
+module_loop = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared() -> AsyncIterator[Target]:
     async with served(TREE, python=sys.executable) as t:
-        replay = await signature_replay(t, calls=10, hold=1.0)
-        assert replay["provider_sessions"] == 0 and replay["kept_open"] == 0  # before: every one
-        reuse = await token_reuse(t, uses=3)
-        assert reuse["provider_sessions"] == 1  # before: 3
+        yield t
+
+
+@module_loop
+async def test_replayed_signature_and_reused_token_open_no_provider_session(shared: Target) -> None:
+    t = shared
+    replay = await signature_replay(t, calls=10, hold=1.0)
+    assert replay["provider_sessions"] == 0 and replay["kept_open"] == 0  # before: every one
+    reuse = await token_reuse(t, uses=3)
+    assert reuse["provider_sessions"] == 1  # before: 3
+
+
+@module_loop
+async def test_bad_frame_floods_log_a_bounded_number_of_lines_and_counters_stay_exact(shared: Target) -> None:
+    t = shared
+    before = await metrics(t)
+    result = await bad_frame_flood(t, frames=3000)
+    assert result["preauth_log_lines"] == 0, result  # before authorisation only counters move
+    assert result["call_log_lines"] <= 4, result  # one line per kind per 10 s
+    after = await metrics(t)
+    kinds = ("bad_json", "unknown_event")
+    counted = sum(after.get(f'agent_bad_input_total{{kind="{k}"}}', 0) - before.get(f'agent_bad_input_total{{kind="{k}"}}', 0)
+                  for k in kinds)
+    # The stranger's socket is closed after 32 bad frames; every frame of the call is counted.
+    assert counted == result["call_frames_sent"] + 32, (counted, result)
+
+
+@module_loop
+async def test_malformed_unsigned_webhooks_get_4xx_and_no_traceback(shared: Target) -> None:
+    t = shared
+    result = await malformed_webhooks(t)
+    for name in ("not_utf8", "multipart_no_boundary", "json", "huge"):
+        assert isinstance(result[name], int) and 400 <= result[name] < 500, result
+    assert result["tracebacks"] == 0, result
 
 
 async def test_call_limit_holds_against_every_way_in() -> None:
     async with served(TREE, python=sys.executable) as t, aiohttp.ClientSession() as http:
-        held = [asyncio.create_task(good_call(http, t, hold=8.0)) for _ in range(3)]  # AGENT_MAX_CALLS=3
+        checked = asyncio.Event()  # the three calls are held until the checks are made
+        held = [asyncio.create_task(good_call(http, t, hold=30.0, release=checked))
+                for _ in range(3)]  # AGENT_MAX_CALLS=3
         await until(lambda: t.sessions() == 3)
         _, text = await webhook(http, t, call_sid())
         assert "Reject" in text  # the webhook is busy
         assert not await stream_call(http, t, bare_url(t), call_sid(), {}, hold=0.5)  # a replayed signature
         assert t.sessions() == 3
-        assert all(await asyncio.gather(*held))
+        checked.set()
+        assert all(await asyncio.gather(*held))  # each stayed up through the checks
         for _ in range(100):  # the three calls have ended and left the registry
             if (await metrics(t)).get("agent_active_calls", 1) == 0:
                 break
@@ -135,28 +177,6 @@ async def test_running_out_of_descriptors_refuses_quietly_and_calls_still_connec
         assert result["log_lines"] <= 10, result
 
 
-async def test_bad_frame_floods_log_a_bounded_number_of_lines_and_counters_stay_exact() -> None:
-    async with served(TREE, python=sys.executable) as t:
-        before = await metrics(t)
-        result = await bad_frame_flood(t, frames=3000)
-        assert result["preauth_log_lines"] == 0, result  # before authorisation only counters move
-        assert result["call_log_lines"] <= 4, result  # one line per kind per 10 s
-        after = await metrics(t)
-        kinds = ("bad_json", "unknown_event")
-        counted = sum(after.get(f'agent_bad_input_total{{kind="{k}"}}', 0) - before.get(f'agent_bad_input_total{{kind="{k}"}}', 0)
-                      for k in kinds)
-        # The stranger's socket is closed after 32 bad frames; every frame of the call is counted.
-        assert counted == result["call_frames_sent"] + 32, (counted, result)
-
-
-async def test_malformed_unsigned_webhooks_get_4xx_and_no_traceback() -> None:
-    async with served(TREE, python=sys.executable) as t:
-        result = await malformed_webhooks(t)
-        for name in ("not_utf8", "multipart_no_boundary", "json", "huge"):
-            assert isinstance(result[name], int) and 400 <= result[name] < 500, result
-        assert result["tracebacks"] == 0, result
-
-
 async def test_caller_values_cannot_break_twiml_or_forge_log_lines() -> None:
     async with served(TREE, python=sys.executable) as t:
         result = await injection(t)
@@ -172,7 +192,8 @@ async def test_a_token_is_single_use_across_worker_processes() -> None:
 async def test_unauthenticated_cap_refuses_with_503_and_authorised_calls_do_not_count() -> None:
     env = {"AGENT_MAX_UNAUTHENTICATED_CONNECTIONS": "4", "AGENT_WS_HANDSHAKE_TIMEOUT_SECONDS": "4"}
     async with served(TREE, env=env, python=sys.executable) as t, aiohttp.ClientSession() as http:
-        calls = [asyncio.create_task(good_call(http, t, hold=10.0)) for _ in range(2)]
+        checked = asyncio.Event()  # the two calls are held until the strangers are dealt with
+        calls = [asyncio.create_task(good_call(http, t, hold=30.0, release=checked)) for _ in range(2)]
         await until(lambda: t.sessions() == 2)  # two authorised calls: they no longer count as strangers
         strangers = []
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as other:
@@ -187,6 +208,7 @@ async def test_unauthenticated_cap_refuses_with_503_and_authorised_calls_do_not_
                 msg = await ws.receive(timeout=8)
                 assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
                 assert "no start within 4s" in str(msg.extra)
+        checked.set()
         assert all(await asyncio.gather(*calls))
         assert await good_call(http, t)
         assert t.log_text().count("refusing new connections") == 1

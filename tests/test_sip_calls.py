@@ -72,6 +72,7 @@ class BridgeWatch:
         return " ".join(text for w, text in self.bridge.stats.transcript if w == who).lower()
 
 
+@pytest.mark.peers
 @pytest.mark.skipif(not have_pjsua2(), reason="pjsua2-python (cp311 wheel) is not installed")
 async def test_pjsua2_asks_hears_the_answer_then_presses_9_and_the_agent_hangs_up(tmp_path: Path) -> None:
     # greeting (~5 s) while the caller is silent, then the question, then time for the answer
@@ -97,6 +98,7 @@ async def test_pjsua2_asks_hears_the_answer_then_presses_9_and_the_agent_hangs_u
     assert active_windows(heard_pcm, rate) * 0.02 > 7.0, active_windows(heard_pcm, rate)
 
 
+@pytest.mark.peers
 @pytest.mark.skipif(not have("baresip"), reason="baresip (Debian baresip-core) is not installed")
 async def test_baresip_barges_in_and_is_answered_again(tmp_path: Path) -> None:
     # baresip's microphone is a WAV; the test switches it (ctrl_tcp `ausrc`) to speak at the right
@@ -146,6 +148,7 @@ async def test_baresip_barges_in_and_is_answered_again(tmp_path: Path) -> None:
     assert active_windows(*read_wav_pcm16(heard_wav)) * 0.02 > 6.0  # greeting, part of one answer, another
 
 
+@pytest.mark.peers
 @pytest.mark.parametrize(("law", "codecs"), [("ulaw", ["PCMU", "PCMA"]), ("alaw", ["PCMA", "PCMU"])])
 async def test_sipp_speech_is_understood_and_answered(tmp_path: Path, law: str, codecs: list[str]) -> None:
     files = speech_files(tmp_path, [QUESTION], tail_s=8.0, voice=CALLER_VOICE)

@@ -33,6 +33,10 @@ from telephony_agent.testing.speech import speech_ulaw
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian sip-tester) is not installed")
 
 SCENARIOS = Path(__file__).parent / "peers" / "sipp"
+# sipp against the endpoint (signalling interop): once per `make test`, on 3.13. The two tests at the
+# end run the listener inside the real server and stay on both Pythons, as do test_sip_server_calls.py
+# and test_sip_caller.py (whole calls through our asyncio SIP shells).
+peer = pytest.mark.peers(python="3.13")
 
 
 def free_udp_tcp_port() -> int:
@@ -202,6 +206,7 @@ def speech_file(tmp: Path, seconds_hint: str = "Hello, I would like to check the
     return path, len(data)
 
 
+@peer
 async def test_options_keepalive_gets_200_with_allow(tmp_path: Path) -> None:
     admission = StandInAdmission()
     async with endpoint(admission) as (ep, counts):
@@ -212,6 +217,7 @@ async def test_options_keepalive_gets_200_with_allow(tmp_path: Path) -> None:
     assert counts.seen[("response", "200")] == 5 and not admission.reserved
 
 
+@peer
 async def test_cancel_while_ringing_200_487_ack_and_no_call(tmp_path: Path) -> None:
     admission = StandInAdmission(start_delay=2.0)  # the provider session takes a while: we ring
     async with endpoint(admission) as (ep, counts):
@@ -228,6 +234,7 @@ async def test_cancel_while_ringing_200_487_ack_and_no_call(tmp_path: Path) -> N
     assert all(b.outcome is Outcome.CALLER_HANGUP for b in admission.started)
 
 
+@peer
 async def test_retransmitted_invite_makes_one_call(tmp_path: Path) -> None:
     admission = StandInAdmission(start_delay=0.6)  # the copy arrives while we are still ringing
     async with endpoint(admission) as (ep, counts):
@@ -241,6 +248,7 @@ async def test_retransmitted_invite_makes_one_call(tmp_path: Path) -> None:
     assert admission.started[0].outcome is Outcome.CALLER_HANGUP
 
 
+@peer
 async def test_missing_ack_2xx_retransmitted_then_bye(tmp_path: Path) -> None:
     admission = StandInAdmission()
     t1 = 0.05  # 64*T1 = 3.2 s instead of 32 s
@@ -257,6 +265,7 @@ async def test_missing_ack_2xx_retransmitted_then_bye(tmp_path: Path) -> None:
     assert admission.started[0].outcome is Outcome.CALLER_HANGUP  # the leg reported the end
 
 
+@peer
 async def test_agent_bye_after_end_call_and_caller_audio_arrives(tmp_path: Path) -> None:
     speech, n_bytes = speech_file(tmp_path)
     seconds = n_bytes / 8000
@@ -273,6 +282,7 @@ async def test_agent_bye_after_end_call_and_caller_audio_arrives(tmp_path: Path)
     assert counts.rtp and counts.rtp[0]["lost"] == 0
 
 
+@peer
 async def test_agent_bye_over_tcp(tmp_path: Path) -> None:
     speech, _n_bytes = speech_file(tmp_path)
     admission = StandInAdmission(end_after=1.0)
@@ -284,6 +294,7 @@ async def test_agent_bye_over_tcp(tmp_path: Path) -> None:
     assert admission.started[0].outcome is Outcome.AGENT_HANGUP
 
 
+@peer
 async def test_info_digit_then_refer_transfer_and_bye_after_the_sipfrag_200(tmp_path: Path) -> None:
     admission = StandInAdmission(transfer_on=("5", "sip:sales@127.0.0.1"))
     async with endpoint(admission, codecs=("PCMU", "PCMA")) as (ep, counts):
@@ -297,6 +308,7 @@ async def test_info_digit_then_refer_transfer_and_bye_after_the_sipfrag_200(tmp_
     assert counts.seen[("dtmf", "info")] == 1
 
 
+@peer
 async def test_stopping_the_endpoint_hangs_up_live_calls_with_bye(tmp_path: Path) -> None:
     speech, _ = speech_file(tmp_path)
     admission = StandInAdmission()
@@ -313,6 +325,7 @@ async def test_stopping_the_endpoint_hangs_up_live_calls_with_bye(tmp_path: Path
     assert counts.seen[("request_sent", "BYE")] == 1 and not ep.calls
 
 
+@peer
 async def test_source_not_allowed_gets_403_and_no_call(tmp_path: Path) -> None:
     scenario = tmp_path / "uac_403.xml"
     scenario.write_text((SCENARIOS / "uac_refused.xml").read_text().replace("STATUS", "403"))
@@ -324,6 +337,7 @@ async def test_source_not_allowed_gets_403_and_no_call(tmp_path: Path) -> None:
     assert counts.seen[("refused", "forbidden_source")] == 1
 
 
+@peer
 async def test_admission_refusal_gets_503_with_retry_after(tmp_path: Path) -> None:
     scenario = tmp_path / "uac_503.xml"
     scenario.write_text((SCENARIOS / "uac_refused.xml").read_text().replace("STATUS", "503"))
@@ -334,6 +348,7 @@ async def test_admission_refusal_gets_503_with_retry_after(tmp_path: Path) -> No
     assert not admission.started and counts.outcomes == ["refused_draining"]
 
 
+@peer
 async def test_digest_401_then_authorised_invite(tmp_path: Path) -> None:
     admission = StandInAdmission()
     # sipp 3.6 answers only the first challenge and knows only MD5 (SHA-256 is tested in memory).
@@ -368,6 +383,7 @@ def _mutations(rng: random.Random, template: bytes, n: int) -> list[bytes]:
     return out
 
 
+@peer
 async def test_bad_input_flood_during_a_call_loses_no_audio(tmp_path: Path) -> None:
     speech, n_bytes = speech_file(tmp_path)
     seconds = n_bytes / 8000
@@ -456,6 +472,7 @@ def _udp_port_taken(port: int) -> bool:
     return False
 
 
+@peer
 @pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is not installed")
 async def test_through_record_routing_proxy_ack_and_bye_follow_the_route_set(tmp_path: Path) -> None:
     speech, n_bytes = speech_file(tmp_path)

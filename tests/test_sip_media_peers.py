@@ -135,6 +135,7 @@ async def sip_endpoint(admission: Admission, **kw: Any) -> AsyncIterator[tuple[S
 # -- sipp
 
 
+@pytest.mark.peers(python="3.13")
 async def test_sipp_speech_arrives_byte_for_byte(tmp_path: Path) -> None:
     files = speech_files(tmp_path, SPEECH, tail_s=0.2)
     admission = Admission(echo=False)
@@ -149,6 +150,7 @@ async def test_sipp_speech_arrives_byte_for_byte(tmp_path: Path) -> None:
     assert summaries.rtp[0]["lost"] == 0 and summaries.rtp[0]["malformed"] == 0
 
 
+@pytest.mark.peers(python="3.13")
 async def test_sipp_pcma_by_preference(tmp_path: Path) -> None:
     files = speech_files(tmp_path, SPEECH, tail_s=0.2)
     admission = Admission(echo=False)
@@ -163,6 +165,7 @@ async def test_sipp_pcma_by_preference(tmp_path: Path) -> None:
     assert bytes(bridge.audio)[: len(sent) - len(sent) % 160] == sent[: len(sent) - len(sent) % 160]
 
 
+@pytest.mark.peers(python="3.13")
 async def test_sipp_goes_quiet_and_the_agent_hangs_up(tmp_path: Path) -> None:
     files = speech_files(tmp_path, SPEECH, tail_s=0.0)
     admission = Admission(echo=False)
@@ -181,6 +184,7 @@ async def test_sipp_goes_quiet_and_the_agent_hangs_up(tmp_path: Path) -> None:
 
 
 @needs_root
+@pytest.mark.peers(python="3.13")
 @pytest.mark.skipif(not SIPP_PCAPS.exists(), reason="sip-tester's DTMF pcaps are not installed")
 async def test_sipp_rfc4733_pcaps_on_another_ssrc(tmp_path: Path) -> None:
     files = speech_files(tmp_path, SPEECH, tail_s=0.2)
@@ -202,6 +206,7 @@ async def test_sipp_rfc4733_pcaps_on_another_ssrc(tmp_path: Path) -> None:
 
 
 @needs_root
+@pytest.mark.peers(python="3.13")
 async def test_sipp_play_dtmf_on_pt_96(tmp_path: Path) -> None:
     files = speech_files(tmp_path, SPEECH, tail_s=0.2)
     admission = Admission(echo=False)
@@ -220,6 +225,7 @@ async def test_sipp_play_dtmf_on_pt_96(tmp_path: Path) -> None:
 # -- pjsua2 (PJSIP)
 
 
+@pytest.mark.peers
 @pytest.mark.skipif(not have_pjsua2(), reason="pjsua2-python (cp311 wheel) is not installed")
 @pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
 async def test_pjsua2_hears_its_speech_echoed_and_its_digits_arrive(tmp_path: Path, codec: str) -> None:
@@ -247,6 +253,7 @@ async def test_pjsua2_hears_its_speech_echoed_and_its_digits_arrive(tmp_path: Pa
 # -- baresip
 
 
+@pytest.mark.peers
 @pytest.mark.skipif(not have("baresip"), reason="baresip (Debian baresip-core) is not installed")
 async def test_baresip_hears_its_speech_echoed_and_its_digit_arrives(tmp_path: Path) -> None:
     files = speech_files(tmp_path, SPEECH, tail_s=3.0)  # baresip hangs up when its WAV ends

@@ -31,7 +31,10 @@ from telephony_agent.testing.speech import speech_pcm16
 from telephony_codecs import pcm16_to_ulaw, ulaw_to_pcm16
 
 _WHY = missing()
-pytestmark = pytest.mark.skipif(_WHY is not None, reason=_WHY or "")
+pytestmark = [
+    pytest.mark.skipif(_WHY is not None, reason=_WHY or ""),
+    pytest.mark.peers(python="3.13"),  # the page and Chromium; the server side is in test_softphone_routes.py
+]
 
 MIC_RATE = 48000
 FIRST_QUESTION_AT = 7.0  # after the greeting, even on a slow machine

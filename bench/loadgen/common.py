@@ -1,15 +1,20 @@
 """Shared by the load-generator processes: stamped audio frames and the control channel.
 
-Every 20 ms mu-law frame carries an 18-byte header so a receiver in another process can tell
-which frame it is and when it was sent (CLOCK_MONOTONIC is system-wide on Linux, so the two
-processes' stamps are directly comparable; no clock skew):
+Every 20 ms mu-law frame carries a header so a receiver in another process can tell which frame
+it is and when it was sent (CLOCK_MONOTONIC is system-wide on Linux, so the two processes'
+stamps are directly comparable; no clock skew). With `audio/pcmu` the bridge passes these bytes
+through untouched in both directions.
 
-- caller -> provider: magic `CA`, call id (u32), frame sequence (u32), send time (ns, i64)
-- provider -> caller: magic `PV`, connection id (u32), response number (u16),
-  frame index in the response (u16, bit 15 set on the last frame), send time (ns, i64)
-
-The rest of the frame is mu-law silence (0xFF); with `audio/pcmu` the bridge passes these
-bytes through untouched in both directions.
+- caller -> provider (19 bytes): magic `CA`, flags (`SPEECH`: the frame is caller speech), call id
+  (u32), frame sequence (u32), send time (ns, i64). It rides in the least significant bit of the
+  first 152 mu-law bytes, so the frame stays what the caller says: near-silence (samples of 0 or
+  +-8, -72 dBFS) or real speech with one mantissa step of noise (~-30 dB under it), which the
+  server's caller-speech detector hears as what it is. A header in the bytes themselves would
+  be full-scale clicks (a mu-law 0x00 is the loudest sample) in every frame.
+- provider -> caller (18 bytes, in the bytes): magic `PV`, connection id (u32), response number
+  (u16), frame index in the response (u16, bit 15 set on the last frame), send time (ns, i64);
+  the rest is mu-law silence (0xFF). The header's bytes are loud clicks, so the agent's audio
+  is audible to the detector's echo guard and the dead-air guard (not near-silence).
 """
 
 from __future__ import annotations
@@ -24,25 +29,52 @@ from typing import Any
 
 FRAME_BYTES = 160
 FRAME_S = 0.020
-CALLER_HDR = struct.Struct("!2sIIq")
+CALLER_HDR = struct.Struct("!2sBIIq")
 PROVIDER_HDR = struct.Struct("!2sIHHq")
 CALLER_MAGIC = b"CA"
 PROVIDER_MAGIC = b"PV"
 LAST_FLAG = 0x8000
-_PAD_C = b"\xff" * (FRAME_BYTES - CALLER_HDR.size)
+SPEECH = 0x01  # caller header flag: this frame is caller speech
+HDR_BYTES = CALLER_HDR.size * 8  # the caller header's bits, one per mu-law byte
+# header byte -> its 8 bits as 8 bytes of 0/1 (most significant first), and as quiet mu-law bytes
+_BITS = [bytes((b >> (7 - i)) & 1 for i in range(8)) for b in range(256)]
+_QUIET = [bytes(0xFE | bit for bit in _BITS[b]) for b in range(256)]
+_PAD_C = b"\xff" * (FRAME_BYTES - HDR_BYTES)
+_LSB = bytes(b & 1 for b in range(256))
+_CLEAR_LSB = bytes(b & 0xFE for b in range(256))
+_GATHER = struct.Struct(f">{CALLER_HDR.size}Q")
+_MASK = int.from_bytes(b"\xfe" * HDR_BYTES, "big")
 _PAD_P = b"\xff" * (FRAME_BYTES - PROVIDER_HDR.size)
 LATE_MS = 60.0  # a frame whose one-way trip through the bridge took longer than this is "late"
 
 
-def caller_frame(call_id: int, seq: int, t_ns: int) -> bytes:
-    return CALLER_HDR.pack(CALLER_MAGIC, call_id, seq, t_ns) + _PAD_C
+def caller_frame(call_id: int, seq: int, t_ns: int, speech: bytes | None = None) -> bytes:
+    """A quiet caller frame, or `speech` (160 mu-law bytes, see `speech_frames`) stamped and flagged."""
+    if speech is None:
+        return b"".join([_QUIET[b] for b in CALLER_HDR.pack(CALLER_MAGIC, 0, call_id, seq, t_ns)]) + _PAD_C
+    bits = b"".join([_BITS[b] for b in CALLER_HDR.pack(CALLER_MAGIC, SPEECH, call_id, seq, t_ns)])
+    head = (int.from_bytes(speech[:HDR_BYTES], "big") & _MASK) | int.from_bytes(bits, "big")
+    return head.to_bytes(HDR_BYTES, "big") + speech[HDR_BYTES:]
+
+
+def read_caller_frame(frame: bytes) -> tuple[bytes, int, int, int, int]:
+    """(magic, flags, call id, sequence, send time ns) from a caller frame's low bits."""
+    words = _GATHER.unpack_from(frame[:HDR_BYTES].translate(_LSB))
+    return CALLER_HDR.unpack(bytes([((w * 0x0102040810204080) >> 56) & 0xFF for w in words]))
+
+
+def speech_frames(ulaw: bytes) -> list[bytes]:
+    """Mu-law audio cut into 20 ms frames with the header bits cleared (padded with silence)."""
+    ulaw = ulaw.translate(_CLEAR_LSB)
+    ulaw += b"\xfe" * (-len(ulaw) % FRAME_BYTES)
+    return [ulaw[i : i + FRAME_BYTES] for i in range(0, len(ulaw), FRAME_BYTES)]
 
 
 def provider_frame(conn: int, resp: int, idx: int, t_ns: int) -> bytes:
     return PROVIDER_HDR.pack(PROVIDER_MAGIC, conn, resp, idx, t_ns) + _PAD_P
 
 
-def percentiles(values: array | list, qs: tuple[float, ...] = (50, 99)) -> dict[str, float | None]:
+def percentiles(values: array | list, qs: tuple[float, ...] = (50, 99)) -> dict[str, Any]:
     if len(values) == 0:
         return {f"p{q:g}": None for q in qs} | {"max": None, "n": 0}
     import numpy as np

@@ -2,15 +2,26 @@
 WebSockets, one 20 ms scheduler for every connection.
 
 Per connection: `session.created` at once; `session.updated` for `session.update`; each
-`response.create` (the greeting) is answered instantly. After each response, a simulated
-caller turn follows (speech_started/stopped, committed, a new response). Responses are
-1-3 s of stamped mu-law frames in 40 ms deltas: the first 80 ms at once, then paced at real
-time, so the bridge's playout lead never holds a frame back and every frame's delta-in ->
-media-out time is bridge latency. A fraction of responses is barged in at a random point:
-`input_audio_buffer.speech_started` (its send time stamped) then `response.done` cancelled.
+`response.create` (the greeting) is answered instantly. Responses are 1-3 s of stamped mu-law
+frames in 40 ms deltas: the first 80 ms at once, then paced at real time, so the bridge's
+playout lead never holds a frame back and every frame's delta-in -> media-out time is bridge
+latency.
+
+Turns come from the caller's audio, the way OpenAI's server VAD makes them: the simulated
+callers (`bench/loadgen/callers.py`) speak real speech and flag those frames in their header.
+`--vad-delay-ms` (200-300) into a run of speech frames the provider sends
+`input_audio_buffer.speech_started` and, if a response is streaming, cancels it (`response.done`
+cancelled: a barge-in); `--vad-silence-ms` (500) of quiet after it ends the caller's turn:
+`speech_stopped`, `committed`, and a new response. Never a `speech_started` without speech.
+`--provider-vad off` is a peer that never sends `speech_started` and never cancels on its own (the
+server's caller-speech detector alone must catch a barge-in and cancel); it still answers turns.
+
+Audio without the callers' stamp (e.g. `bench/sip_load.py`'s sipp RTP) cannot be heard this way:
+such a connection gets the scripted turns instead (a caller turn 0.4-1.2 s after each response,
+`--barge-p` of responses "barged into" by a `speech_started` at a random point).
 
 Measures on the provider side: caller frame sent (stamp in the frame) -> append received;
-missing/reordered caller frames; the provider's own time in the handshake.
+missing/reordered caller frames; the provider's own time in the handshake; speech_started sent.
 """
 
 from __future__ import annotations
@@ -29,14 +40,16 @@ import orjson
 
 from bench.loadgen import ws
 from bench.loadgen.common import (
-    CALLER_HDR,
     CALLER_MAGIC,
     FRAME_S,
+    HDR_BYTES,
     LAST_FLAG,
     LATE_MS,
+    SPEECH,
     emit,
     percentiles,
     provider_frame,
+    read_caller_frame,
     read_commands,
 )
 
@@ -68,7 +81,7 @@ class Conn(asyncio.Protocol):
         self.id = next(_ids)
         self.buf = bytearray()
         self.open = False
-        self.t = None
+        self.t: Any = None
         self.rng = random.Random(self.id * 7919 + cfg.seed)
         self.sess = f"sess_{self.id:08d}"
         # handshake timing (ns)
@@ -91,7 +104,16 @@ class Conn(asyncio.Protocol):
         self.barge_at: int | None = None
         self.next_turn: float | None = None
         self.after_barge = False
-        self.barges: list[int] = []
+        self.speech_started: list[int] = []  # send times (ns)
+        # the caller's speech, as server VAD hears it (stamped callers only)
+        self.stamped: bool | None = None  # None: no caller audio yet
+        self.in_speech = False
+        self.started = False  # the utterance was long enough to be speech (speech_started, if sent)
+        self.speech_run = 0
+        self.quiet_run = 0
+        self.vad_delay = 0
+        self.utterances = 0
+        self.vad_cancels = 0
 
     # -- socket ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -108,7 +130,10 @@ class Conn(asyncio.Protocol):
                 "last_seq": self.last_seq,
                 "count": self.count,
                 "gaps": self.gaps,
-                "barges_ns": self.barges,
+                "speech_started_ns": self.speech_started,
+                "utterances": self.utterances,
+                "vad_cancels": self.vad_cancels,
+                "stamped": self.stamped,
                 "own_ms": (
                     (self.t_created - self.t_upgrade) + (self.t_updated - self.t_update) + (self.t_first - self.t_rc)
                 )
@@ -153,8 +178,13 @@ class Conn(asyncio.Protocol):
         if kind == "input_audio_buffer.append":
             now = _now()
             audio = _a2b(msg["audio"])
-            magic, caller, seq, t_ns = CALLER_HDR.unpack_from(audio)
-            if magic != CALLER_MAGIC:
+            magic, flags, caller, seq, t_ns = read_caller_frame(audio) if len(audio) >= HDR_BYTES else (b"", 0, 0, 0, 0)
+            if self.stamped is None:  # decided once: random audio matches the magic one frame in 65,536
+                self.stamped = magic == CALLER_MAGIC
+                if self.stamped:
+                    self.next_turn = None
+                    self.barge_at = None
+            if magic != CALLER_MAGIC or not self.stamped:
                 STATS.bad += 1
                 return
             if self.first_seq < 0:
@@ -163,6 +193,7 @@ class Conn(asyncio.Protocol):
                 self.gaps += 1
             self.last_seq = seq
             self.count += 1
+            self.hear(flags & SPEECH)
             if STATS.measuring:
                 ms = (now - t_ns) / 1e6
                 STATS.in_lat.append(ms)
@@ -186,6 +217,40 @@ class Conn(asyncio.Protocol):
             self.send({"type": "conversation.item.truncated", "item_id": msg.get("item_id"), "content_index": 0,
                        "audio_end_ms": msg.get("audio_end_ms")})
 
+    def hear(self, speech: int) -> None:
+        """One 20 ms caller frame through the provider's "server VAD" (the frame's speech flag)."""
+        if speech:
+            self.quiet_run = 0
+            if not self.in_speech:
+                self.in_speech, self.started, self.speech_run = True, False, 0
+                self.vad_delay = round(self.rng.uniform(self.cfg.vad_delay_ms, self.cfg.vad_delay_max_ms) / 20)
+            self.speech_run += 1
+            if not self.started and self.speech_run >= self.vad_delay:
+                self.started = True
+                self.utterances += 1
+                if self.cfg.provider_vad == "on":
+                    self.speech_started.append(_now())
+                    self.send({"type": "input_audio_buffer.speech_started", "event_id": "ev",
+                               "audio_start_ms": max(0, (self.last_seq - self.first_seq - self.speech_run + 1) * 20),
+                               "item_id": f"u_{self.id}_{self.resp_no + 1}"})
+                    if self.active:
+                        self.vad_cancels += 1
+                        self.finish("cancelled", time.monotonic())
+        elif self.in_speech:
+            self.quiet_run += 1
+            if self.quiet_run * 20 >= self.cfg.vad_silence_ms:
+                self.in_speech = False
+                if not self.started:
+                    return  # too short to be speech
+                uid = f"u_{self.id}_{self.resp_no + 1}"
+                end_ms = max(0, (self.last_seq - self.first_seq - self.quiet_run + 1) * 20)
+                self.send({"type": "input_audio_buffer.speech_stopped", "event_id": "ev", "audio_end_ms": end_ms, "item_id": uid})
+                self.send({"type": "input_audio_buffer.committed", "event_id": "ev", "item_id": uid, "previous_item_id": None})
+                now = time.monotonic()
+                if self.active:  # nobody cancelled it (`--provider-vad off` and the server missed the barge-in)
+                    self.finish("cancelled", now)
+                self.start_response(now)
+
     def start_response(self, now: float) -> None:
         self.resp_no += 1
         self.resp_id = f"resp_{self.id}_{self.resp_no}"
@@ -195,6 +260,8 @@ class Conn(asyncio.Protocol):
         self.barge_at = (
             rng.randint(15, max(16, self.total - 10)) if rng.random() < self.cfg.barge_p and self.total > 30 else None
         )
+        if self.stamped:
+            self.barge_at = None  # the caller barges in by speaking
         self.next_idx = 0
         self.t0 = now
         self.active = True
@@ -208,8 +275,8 @@ class Conn(asyncio.Protocol):
         """Send every delta now due; barge in or finish when the script says so."""
         due = min(self.total, BURST_FRAMES + int((now - self.t0) / FRAME_S))
         while self.active and self.next_idx < due:
-            if self.barge_at is not None and self.next_idx >= self.barge_at:
-                self.barges.append(_now())
+            if self.barge_at is not None and self.next_idx >= self.barge_at and self.stamped is False:
+                self.speech_started.append(_now())
                 self.send({"type": "input_audio_buffer.speech_started", "event_id": "ev", "audio_start_ms": 0, "item_id": f"u_{self.id}_{self.resp_no}"})
                 self.finish("cancelled", now)
                 self.after_barge = True
@@ -232,13 +299,13 @@ class Conn(asyncio.Protocol):
     def finish(self, status: str, now: float) -> None:
         self.active = False
         self.send({"type": "response.done", "event_id": "ev", "response": {"id": self.resp_id, "object": "realtime.response", "status": status, "status_details": {"type": status, "reason": "turn_detected"} if status == "cancelled" else None, "output": []}})
-        # The agent's audio plays out BURST_FRAMES after the last delta; the caller then talks.
-        self.next_turn = now + BURST_FRAMES * FRAME_S + self.rng.uniform(self.cfg.min_gap_s, self.cfg.max_gap_s)
+        if not self.stamped:  # scripted turns: the agent's audio plays out BURST_FRAMES after the last delta; the caller then talks
+            self.next_turn = now + BURST_FRAMES * FRAME_S + self.rng.uniform(self.cfg.min_gap_s, self.cfg.max_gap_s)
 
     def tick(self, now: float) -> None:
         if self.active:
             self.pump(now)
-        elif self.next_turn is not None and now >= self.next_turn:
+        elif self.next_turn is not None and now >= self.next_turn and self.stamped is False:
             uid = f"u_{self.id}_{self.resp_no + 1}"
             if not self.after_barge:
                 self.send({"type": "input_audio_buffer.speech_started", "event_id": "ev", "audio_start_ms": 0, "item_id": uid})
@@ -274,7 +341,12 @@ async def main() -> None:
     p.add_argument("--max-reply-s", type=float, default=3.0)
     p.add_argument("--min-gap-s", type=float, default=0.4)
     p.add_argument("--max-gap-s", type=float, default=1.2)
-    p.add_argument("--barge-p", type=float, default=0.4)
+    p.add_argument("--barge-p", type=float, default=0.4, help="scripted turns only (unstamped caller audio)")
+    p.add_argument("--provider-vad", choices=["on", "off"], default="on",
+                   help="off: never send speech_started nor cancel on caller speech (the server must)")
+    p.add_argument("--vad-delay-ms", type=float, default=200.0, help="speech heard before speech_started (from)")
+    p.add_argument("--vad-delay-max-ms", type=float, default=300.0, help="... (to)")
+    p.add_argument("--vad-silence-ms", type=float, default=500.0, help="quiet that ends the caller's turn")
     cfg = p.parse_args()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Conn(cfg), "127.0.0.1", cfg.port, backlog=4096)

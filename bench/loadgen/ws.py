@@ -16,7 +16,7 @@ from typing import Any
 try:
     from aiohttp._websocket.helpers import websocket_mask as _mask
 except ImportError:  # pragma: no cover - older aiohttp
-    _mask = None
+    _mask = None  # type: ignore[assignment]
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10

@@ -173,6 +173,7 @@ class SileroState:
         self._xh[:hd] = m.features(window)
         g = self._xh @ m.lstm_w
         g += m.lstm_b
+        np.clip(g, -60.0, 60.0, out=g)  # sigmoid is 0 or 1 well before; exp must not overflow
         np.negative(g, out=g)
         np.exp(g, out=g)
         g += 1.0

@@ -202,7 +202,7 @@ class EchoGuard:
         self.quiet_energy = _FULL_SCALE2 * 10.0 ** (quiet_dbfs / 10.0)  # mean square below which nothing is decided
         self._cap = self.max_delay + self.window + 8 * sample_rate  # history + what is scheduled ahead
         self._ref = np.zeros(self._cap, dtype=np.float64)
-        self._ref_base = 0  # absolute sample index of _ref[0]
+        self._ref_base = -self._cap // 2  # absolute sample index of _ref[0]: room before 0 for a late start
         self._mic = np.zeros(self.window, dtype=np.float64)  # recent caller samples, a ring
         self._mic_end = 0  # absolute index just past the last caller sample (its ring slot: % window)
         # where reference audio may be non-zero: [_ref_lo, _ref_hi) (empty when lo >= hi); outside
@@ -249,6 +249,13 @@ class EchoGuard:
         if lo < self._cap:
             self._ref[lo:] = 0.0
         self._ref_hi = min(self._ref_hi, max(at, self._ref_base))
+
+    def retime(self, shift: int) -> None:
+        """The caller's timeline was re-anchored `shift` samples earlier: everything placed on it
+        so far moves `shift` samples later (the buffer's base moves; nothing is copied)."""
+        self._ref_base += shift
+        self._ref_lo += shift
+        self._ref_hi += shift
 
     def _has_reference(self, start: int, end: int) -> bool:
         """Reference audio may be non-zero somewhere in [start, end)."""
@@ -466,6 +473,7 @@ class TurnDetector:
         self.state = TurnState.LISTENING
         self._pending = np.zeros(0, dtype=np.float64)
         self._t0: float | None = None  # clock time of caller sample 0
+        self._received = 0  # caller samples received (blocks and pending)
         self._n = 0  # caller samples consumed into blocks
         self._agent_until = -1  # caller-timeline sample where scheduled agent audio ends
         self._noise = 1e3  # residual noise floor, mean square
@@ -512,14 +520,15 @@ class TurnDetector:
 
         A chunk that starts within `_CONTIGUOUS_S` of where the last one ends is placed right
         after it: the leg plays queued frames back to back, whatever jitter the schedule has."""
-        samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
-        if self._t0 is None or samples.size == 0:
+        n = len(pcm16) // 2
+        if self._t0 is None or n == 0:
             return []
         at = self._sample_at(start)
         if self._agent_until >= 0 and abs(at - self._agent_until) <= self._CONTIGUOUS_S * self.rate:
             at = self._agent_until
-        self.echo.add_reference(samples, at)
-        self._agent_until = max(self._agent_until, at + samples.size)
+        if self.scorer is not None:  # the echo guard serves the scorer only
+            self.echo.add_reference(np.frombuffer(pcm16, dtype="<i2", count=n).astype(np.float64), at)
+        self._agent_until = max(self._agent_until, at + n)
         if self.state in (TurnState.LISTENING, TurnState.CALLER_TURN):
             self._set_state(TurnState.AGENT_SPEAKING)
             self._reset_utterance()
@@ -551,15 +560,38 @@ class TurnDetector:
 
     def caller_audio(self, pcm16: bytes, now: float) -> list[TurnDecision]:
         """Caller audio as it arrives (PCM16 at `sample_rate`); `now` is its arrival time."""
+        self._anchor(len(pcm16) // 2, now)
+        if self.scorer is None:
+            # Nothing to score with (AGENT_VAD=off): the provider's signals decide, so only the
+            # timeline moves; no blocks, no echo guard.
+            self._n += len(pcm16) // 2
+            if self.state is TurnState.AGENT_SPEAKING and not self.agent_playing:
+                self._set_state(TurnState.LISTENING)
+            return []
         samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
-        if self._t0 is None:
-            self._t0 = now - samples.size / self.rate
         self._pending = np.concatenate([self._pending, samples]) if self._pending.size else samples
         decisions: list[TurnDecision] = []
         while self._pending.size >= self.block:
             block, self._pending = self._pending[: self.block], self._pending[self.block :]
             decisions.extend(self._block(block))
         return decisions
+
+    def _anchor(self, n: int, now: float) -> None:
+        """Place caller sample 0 on the clock: audio cannot arrive before it was spoken, so the
+        earliest `arrival - duration so far` is the best estimate. A first frame that came late
+        (the loop stalled as the call began) would otherwise put every later caller sample that
+        late against the agent's schedule, and the echo guard would look in the wrong place."""
+        self._received += n
+        start = now - self._received / self.rate
+        if self._t0 is None:
+            self._t0 = start
+        elif start < self._t0:
+            shift = round((self._t0 - start) * self.rate)
+            if shift > 0:  # agent audio placed so far moves with the timeline
+                self._t0 -= shift / self.rate
+                self.echo.retime(shift)
+                if self._agent_until >= 0:
+                    self._agent_until += shift
 
     # -- the clock --------------------------------------------------------------------------
 
