@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,7 +33,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load import OUT, REPO, Proc, cpu_s, free_port, http_get, rss_mib
+from bench.load import OUT, REPO, Proc, cpu_s, free_port, http_get, rss_mib, server_env, start_server
+from bench.load import Server as LoadServer
 
 MAX_PER_CALL_MIB = 2.0
 
@@ -54,14 +53,14 @@ def proc_status(pid: int) -> dict[str, float]:
     return out
 
 
-class Server:
-    """The bench's server, provider and callers, started the way `bench/load.py` starts them."""
+class Run:
+    """One benchmark's server, provider and callers, started with `bench/load.py`'s helpers."""
 
     def __init__(self, args: argparse.Namespace, loop: str) -> None:
         self.args = args
         self.loop = loop
         self.procs: list[Proc] = []
-        self.server: subprocess.Popen[bytes] | None = None
+        self.server: LoadServer | None = None
         self.stalls: list[float] = []  # when /readyz did not answer in time (s into a wait)
 
     def start(self) -> None:
@@ -71,36 +70,14 @@ class Server:
         self.procs.append(self.provider)
         port = self.provider.read("ready")["port"]
         self.port = free_port()
-        senv = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "OPENAI_", "GEMINI_", "TWILIO_"))}
-        senv.update(
-            AGENT_PROVIDER="openai", OPENAI_API_KEY="dummy", AGENT_OPENAI_URL=f"ws://127.0.0.1:{port}/v1/realtime",
-            AGENT_OPENAI_AUDIO="pcmu", AGENT_TWILIO_VALIDATE="false", AGENT_MAX_CALLS="100000", AGENT_WORKERS="1",
-            AGENT_LOG_LEVEL="INFO", AGENT_GREETING="Hello, thanks for calling.", AGENT_HOST="127.0.0.1",
-            AGENT_PORT=str(self.port), AGENT_IDLE_TIMEOUT_SECONDS="600", AGENT_MAX_LOOP_LAG_MS="100000",
-            AGENT_DRAIN_SECONDS="1", AGENT_VAD=a.vad, AGENT_EVENT_LOOP=self.loop,
-        )
+        extra = {"AGENT_LOG_LEVEL": "INFO", "AGENT_VAD": a.vad, "AGENT_EVENT_LOOP": self.loop}
         for item in a.server_env:
             key, _, value = item.partition("=")
-            senv[key] = value
-        OUT.mkdir(parents=True, exist_ok=True)
+            extra[key] = value
         self.log_path = OUT / f"{a.name}-server-{self.loop}.log"
-        self.server_log = open(self.log_path, "wb")  # closed in stop()
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "telephony_agent", "serve"], cwd=OUT, env=senv,
-            stdout=self.server_log, stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.sched_setaffinity(0, {a.server_core}),
-        )
-        self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + a.start_timeout
-        while True:
-            try:
-                if http_get(self.base + "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if self.server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start; see {self.log_path}")
-            time.sleep(0.1)
+        self.server = start_server(server_env(f"ws://127.0.0.1:{port}/v1/realtime", self.port, **extra),
+                                   {a.server_core}, self.log_path, ready_timeout=a.start_timeout)
+        self.base = self.server.base
         self.callers = Proc([sys.executable, "-m", "bench.loadgen.callers", "--port", str(self.port)], a.gen_core, env)
         self.procs.append(self.callers)
         self.callers.read("ready")
@@ -114,14 +91,8 @@ class Server:
     def stop(self) -> None:
         for p in self.procs:
             p.stop()
-        if self.server is not None and self.server.poll() is None:
-            self.server.send_signal(signal.SIGTERM)
-            try:
-                self.server.wait(15)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
-        self.server_log.close()
+        if self.server is not None:
+            self.server.stop()
 
     def wait_idle(self, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout
@@ -201,7 +172,7 @@ def slope_per_1000(points: list[dict[str, Any]], key: str, skip_fraction: float)
 
 
 def run_one(args: argparse.Namespace, loop: str) -> dict[str, Any]:
-    srv = Server(args, loop)
+    srv = Run(args, loop)
     try:
         srv.start()
         running = [line for line in srv.log_path.read_text(errors="replace").splitlines() if "event loop" in line]
