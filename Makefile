@@ -7,7 +7,7 @@ SYS_PKGS := espeak-ng sox sipp baresip kamailio
 SYS_PKGS += chromium chromedriver  # the browser softphone's tests (Debian: chromium, chromium-driver)
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test311 test313 lint bench-codecs bench-load bench-sip bench-softphone bench-transcript bench-turns system-deps clean
+.PHONY: help run test test311 test313 lint bench-codecs bench-load bench-rss bench-sip bench-softphone bench-transcript bench-turns system-deps clean
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ bench-softphone: $(VENV)/.installed system-deps ## Softphone microphone: mu-law 
 
 bench-load: $(VENV)/.installed ## Load benchmark: concurrent calls through the bridge; CPU per call against a minimal alternative bridge; 1 and 2 workers
 	$(VENV)/bin/python bench/load.py
+
+bench-rss: $(VENV)/.installed ## Memory benchmark: server RSS over 10,000 sequential calls, RSS per call, asyncio vs uvloop (ARGS=--calls 2000)
+	$(VENV)/bin/python bench/rss.py $(ARGS)
 
 bench-sip: $(VENV)/.installed system-deps ## SIP load benchmark: sipp calls with audio, calls per core, RTP jitter (+ Twilio: ARGS=--twilio)
 	$(VENV)/bin/python bench/sip_load.py $(ARGS)

@@ -41,7 +41,10 @@ from telephony_agent.connections import (
     fd_budget,
     install_accept_error_handler,
 )
+from telephony_agent.event_loop import EventLoopUnavailable, loop_factory
+from telephony_agent.event_loop import run as run_on
 from telephony_agent.logs import configure_logging
+from telephony_agent.memory import MemoryReporter, trim_memory
 from telephony_agent.metrics import MULTIPROC_ENV
 from telephony_agent.settings import Settings
 from telephony_agent.state import STATE, AppState
@@ -127,13 +130,20 @@ async def _serve_async(settings: Settings, *, reuse_port: bool = False) -> None:
 
     app = create_app(settings)
     install_accept_error_handler(loop)
+    MemoryReporter().install(loop)
     runner, _ = await start_server(app, settings, reuse_port=reuse_port)
+    manager = app[STATE].manager
+    trimmer = asyncio.create_task(
+        trim_memory(settings.malloc_trim_seconds, lambda: manager.ended_calls, lambda: len(manager.calls)),
+        name="malloc-trim",
+    )
     try:
         freeze_startup_heap()
         log.info("listening on %s:%d", settings.host, settings.port, extra={"event": "listening"})
         await stop.wait()
         await drain(app[STATE], settings.drain_seconds)
     finally:
+        trimmer.cancel()
         await runner.cleanup()
     log.info("stopped", extra={"event": "stopped"})
 
@@ -176,7 +186,14 @@ async def start_server(
 def _run_worker(settings: Settings, *, reuse_port: bool, worker: int | None = None) -> int:
     configure_logging(settings.log_format.value, settings.log_level, worker=worker)
     try:
-        asyncio.run(_serve_async(settings, reuse_port=reuse_port))
+        loop_name, factory = loop_factory(settings.event_loop)
+    except EventLoopUnavailable as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("event loop: %s (AGENT_EVENT_LOOP=%s)", loop_name, settings.event_loop.value,
+             extra={"event": "event_loop"})
+    try:
+        run_on(_serve_async(settings, reuse_port=reuse_port), factory)
     except OSError as exc:
         log.error("cannot serve on %s:%d: %s", settings.host, settings.port, exc)
         return 1
@@ -185,6 +202,11 @@ def _run_worker(settings: Settings, *, reuse_port: bool, worker: int | None = No
 
 def serve(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT, drain, and return the process exit code (0 after a clean drain)."""
+    try:
+        loop_factory(settings.event_loop)  # a loop that cannot run stops start-up before any worker
+    except EventLoopUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if settings.workers > 1:
         return _supervise(settings)
     return _run_worker(settings, reuse_port=False)

@@ -42,6 +42,14 @@ class CallerVad(str, enum.Enum):
     OFF = "off"
 
 
+class EventLoopKind(str, enum.Enum):
+    """The server's event loop: uvloop when importable (`auto`), or one of them by name."""
+
+    AUTO = "auto"
+    ASYNCIO = "asyncio"
+    UVLOOP = "uvloop"
+
+
 def _env(name: str) -> Any:
     return AliasChoices(name)
 
@@ -133,6 +141,10 @@ class Settings(BaseSettings):
         3.0, gt=0, le=60, validation_alias=_env("AGENT_OVERLOAD_WINDOW_SECONDS")
     )
     recordings_dir: str | None = Field(None, validation_alias=_env("AGENT_RECORDINGS_DIR"))
+
+    # Event loop and memory (docs/operations.md#event-loop-and-memory).
+    event_loop: EventLoopKind = Field(EventLoopKind.AUTO, validation_alias=_env("AGENT_EVENT_LOOP"))
+    malloc_trim_seconds: float = Field(10.0, ge=0, le=3600, validation_alias=_env("AGENT_MALLOC_TRIM_SECONDS"))
 
     # Connection limits (docs/security.md): what a client that never authenticates can hold.
     http_header_timeout_seconds: float = Field(10.0, gt=0, le=300, validation_alias=_env("AGENT_HTTP_HEADER_TIMEOUT_SECONDS"))

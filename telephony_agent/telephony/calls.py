@@ -107,6 +107,7 @@ class CallManager:
         self._live: dict[str, _Live] = {}
         self._reserved: dict[str, float] = {}  # call id -> when reserved
         self._reserved_by: dict[str, str] = {}  # call id -> the transport that reserved it
+        self.ended_calls = 0  # calls that ended in this process (the server's memory trimming reads it)
 
     # -- admission --------------------------------------------------------------------------
 
@@ -241,6 +242,7 @@ class CallManager:
             if live is not None:
                 self._live[bridge.call_id] = live  # a different call with the same id: keep it
             return
+        self.ended_calls += 1
         if self.observer is not None:
             self.observer.call_ended(bridge, live.transport)
         if live.recorder is not None:
