@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ sys.path.insert(0, str(REPO))
 from bench.load import (
     OUT,
     Proc,
+    Server,
     core_busy_s,
     cpu_s,
     free_port,
@@ -44,6 +44,8 @@ from bench.load import (
     http_get,
     lag_buckets,
     rss_mib,
+    server_env,
+    start_server,
 )
 
 SCENARIO = REPO / "tests" / "peers" / "sipp" / "uac_speech.xml"
@@ -97,7 +99,7 @@ def speech_ulaw_file(directory: Path, quiet_s: float = QUIET_S) -> Path:
 class SipBench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.server: subprocess.Popen[bytes] | None = None
+        self.server: Server | None = None
         self.provider: Proc | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-sip-"))
         self.steps = 0
@@ -109,47 +111,21 @@ class SipBench:
         pport = self.provider.read("ready")["port"]
         self.port = free_port()
         self.sip_port = free_udp_port()
-        senv = {k: v for k, v in env.items() if not k.startswith(("AGENT_", "OPENAI_", "GEMINI_", "TWILIO_"))}
-        senv.update(
-            AGENT_PROVIDER="openai", OPENAI_API_KEY="dummy", AGENT_OPENAI_URL=f"ws://127.0.0.1:{pport}/v1/realtime",
-            AGENT_OPENAI_AUDIO="pcmu", AGENT_TWILIO_VALIDATE="false", AGENT_MAX_CALLS="100000", AGENT_WORKERS="1",
-            AGENT_LOG_LEVEL="WARNING", AGENT_GREETING="Hello, thanks for calling.", AGENT_HOST="127.0.0.1",
-            AGENT_PORT=str(self.port), AGENT_IDLE_TIMEOUT_SECONDS="600", AGENT_MAX_LOOP_LAG_MS="100000",
-            AGENT_DRAIN_SECONDS="1", AGENT_VAD=a.vad,
+        senv = server_env(
+            f"ws://127.0.0.1:{pport}/v1/realtime", self.port, AGENT_VAD=a.vad,
             AGENT_SIP_PORT=str(self.sip_port), AGENT_SIP_TRANSPORTS="udp", AGENT_SIP_ALLOWED_SOURCES="127.0.0.1/32",
             AGENT_SIP_RATE_LIMIT="10000", AGENT_RTP_PORTS=a.rtp_ports, AGENT_RTP_TIMEOUT_SECONDS="30",
         )
-        OUT.mkdir(parents=True, exist_ok=True)
-        self.server_log = open(OUT / "sip_server.log", "wb")
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "telephony_agent", "serve"], cwd=OUT, env=senv,
-            stdout=self.server_log, stderr=subprocess.STDOUT,
-            preexec_fn=lambda: os.sched_setaffinity(0, {a.server_core}),
-        )
-        self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if http_get(self.base + "/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if self.server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start; see bench/out/sip_server.log")
-            time.sleep(0.1)
+        self.server = start_server(senv, {a.server_core}, OUT / "sip_server.log")
+        self.base = self.server.base
         self.speech = speech_ulaw_file(self.tmp)
         os.sched_setaffinity(0, {a.gen_core})
 
     def stop(self) -> None:
         if self.provider is not None:
             self.provider.stop()
-        if self.server is not None and self.server.poll() is None:
-            self.server.send_signal(signal.SIGTERM)
-            try:
-                self.server.wait(15)
-            except subprocess.TimeoutExpired:
-                self.server.kill()
-                self.server.wait()
+        if self.server is not None:
+            self.server.stop()
 
     def active_calls(self) -> int:
         _, body = http_get(self.base + "/readyz")

@@ -54,32 +54,30 @@ async def test_the_server_serves_a_call_on_each_loop(tmp_path: Path, kind: str) 
     assert summary["outcome"] == "caller_hangup"
 
 
+async def _refused_start(tmp_path: Path, **env: str) -> str:
+    """Start the server with `env`, expect it to exit 2 at start-up; its stderr."""
+    server = start_server(tmp_path, **env)
+    try:
+        assert await server.wait_exit(40) == 2
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(5)
+    return server.stderr_path.read_text()
+
+
 async def test_uvloop_asked_for_but_missing_stops_start_up(tmp_path: Path) -> None:
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "uvloop.py").write_text("raise ImportError('hidden by the test')\n")
     pythonpath = ":".join(p for p in (str(hide), *sys.path) if p)
-    server = start_server(tmp_path, AGENT_EVENT_LOOP="uvloop", PYTHONPATH=pythonpath)
-    try:
-        assert await server.wait_exit(40) == 2
-    finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(5)
-    text = server.stderr_path.read_text()
+    text = await _refused_start(tmp_path, AGENT_EVENT_LOOP="uvloop", PYTHONPATH=pythonpath)
     assert "AGENT_EVENT_LOOP=uvloop but uvloop cannot be imported (hidden by the test)" in text
     assert "AGENT_EVENT_LOOP=auto or asyncio" in text
 
 
 async def test_a_bad_value_stops_start_up_naming_the_setting(tmp_path: Path) -> None:
-    server = start_server(tmp_path, AGENT_EVENT_LOOP="libuv")
-    try:
-        assert await server.wait_exit(40) == 2
-    finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait(5)
-    text = server.stderr_path.read_text()
+    text = await _refused_start(tmp_path, AGENT_EVENT_LOOP="libuv")
     assert "AGENT_EVENT_LOOP" in text and "'auto', 'asyncio' or 'uvloop'" in text, text
 
 
