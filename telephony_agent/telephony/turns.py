@@ -359,18 +359,16 @@ class EchoGuard:
         if float(e_seg.max()) < 1e4 * w:  # the agent was (nearly) silent: nothing to learn
             return
         e_mic = float(np.dot(mic, mic))
+        # how loud the line is against the agent: an upper bound on the echo while the caller is quiet
+        self._erl_seen = (self._erl_seen + [e_mic / float(e_seg.max())])[-15:]
+        self._erl_bound = max(1e-4, min(1.0, min(self._erl_seen) * 2.0))
         if e_mic < self.quiet_energy * w:
             # the line is (nearly) silent while the agent spoke: no echo worth finding (and no FFT)
-            self._erl_seen = (self._erl_seen + [e_mic / float(e_seg.max())])[-15:]
-            self._erl_bound = max(1e-4, min(1.0, min(self._erl_seen) * 2.0))
             if self.delay is not None and self._erl_bound < 1e-3:
                 self.delay = None  # the echo went away (speakerphone off)
             return
         j, peak = self._find_lag(ref, mic, e_seg, e_mic)
         delay = dmax - j
-        # how loud the line is against the agent: an upper bound on the echo while the caller is quiet
-        self._erl_seen = (self._erl_seen + [e_mic / float(e_seg.max())])[-15:]
-        self._erl_bound = max(1e-4, min(1.0, min(self._erl_seen) * 2.0))
         if peak < 0.5 or not 1 <= j <= lags - 2:
             if peak < 0.2 and self.delay is not None and self._erl_bound < 1e-3:
                 self.delay = None  # the echo went away (speakerphone off)
