@@ -475,7 +475,6 @@ class TurnDetector:
         self._n = 0  # caller samples consumed into blocks
         self._agent_until = -1  # caller-timeline sample where scheduled agent audio ends
         self._noise = 1e3  # residual noise floor, mean square
-
         self._quiet_blocks = 0  # in a row, for a scorer reset after long quiet
         # the utterance being tracked
         self._in_speech = False
