@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import socket
 import sys
@@ -36,6 +37,25 @@ def have_pjsua2() -> bool:
     except ImportError:
         return False
     return True
+
+
+def free_port_range(n: int = 8) -> tuple[int, int]:
+    """An even-aligned range of `n` UDP ports that are free now (each test its own)."""
+    for _ in range(200):
+        first = random.randrange(30000, 60000, 2)
+        socks = []
+        try:
+            for p in range(first, first + n):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return first, first + n - 1
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port range")
 
 
 def free_udp_port(*, even: bool = False, pair: bool = False) -> int:

@@ -16,6 +16,7 @@ import time
 from typing import Any, cast
 
 import pytest
+from sip_peers import free_port_range
 
 from telephony_agent.telephony.leg import PCMA_20MS, PCMU_20MS, PhoneFormat
 from telephony_agent.telephony.sip.media import (
@@ -135,23 +136,6 @@ def rtp(pt: int, seq: int, ts: int, ssrc: int, payload: bytes, marker: bool = Fa
     return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc) + payload
 
 
-def free_port_range(n: int = 8) -> tuple[int, int]:
-    """An even-aligned range of ports that are free now (each test its own)."""
-    for _ in range(200):
-        first = random.randrange(30000, 60000, 2)
-        socks = []
-        try:
-            for p in range(first, first + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return first, first + n - 1
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 async def call(fmt: PhoneFormat = PCMU_20MS, te_pt: int | None = 101, timeout_s: float = 30.0, **kw: Any) -> tuple[Phone, SipLeg, Events, Control, RtpPortPool]:

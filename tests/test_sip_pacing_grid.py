@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import time
+
+from sip_peers import free_port_range
 
 from telephony_agent.telephony.leg import PCMU_20MS
 from telephony_agent.telephony.sip.media import PacingTick, RtpPortPool, open_rtp
@@ -132,22 +133,6 @@ def test_discard_removes_a_call_and_the_last_one_stops_the_timer() -> None:
     assert grid.get_timer() is None
 
 
-def free_port_range(n: int) -> tuple[int, int]:
-    for _ in range(200):
-        first = random.randrange(30000, 60000, 2)
-        socks = []
-        try:
-            for p in range(first, first + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return first, first + n - 1
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
 
 
 class Sink(asyncio.DatagramProtocol):
