@@ -108,6 +108,17 @@ def test_a_late_first_caller_frame_does_not_blind_the_detector(stall_s: float) -
     assert TurnAction.BARGE_IN in run.actions()
 
 
+@pytest.mark.parametrize("jitter_s", [0.04, 0.12])
+def test_caller_frames_arriving_with_jitter_do_not_move_the_echo(jitter_s: float) -> None:
+    """Frames that come a little late, by a different amount each (a busy loop, a jittery
+    network), neither make the agent's echo an interruption nor hide the caller speaking over it."""
+    quiet = simulate([], echo_db=-10, echo_ms=150, jitter_s=jitter_s)
+    assert quiet.actions() == []
+    speech = _pcm(INTERRUPTION)
+    run = simulate([(3.0, speech)], echo_db=-10, echo_ms=150, jitter_s=jitter_s)
+    assert TurnAction.BARGE_IN in run.actions()
+
+
 def test_a_provider_signal_alone_pauses_then_resumes() -> None:
     run = simulate([], provider_speech_at=3.0)
     assert run.actions() == [TurnAction.PAUSE, TurnAction.RESUME]

@@ -252,10 +252,15 @@ class EchoGuard:
 
     def retime(self, shift: int) -> None:
         """The caller's timeline was re-anchored `shift` samples earlier: everything placed on it
-        so far moves `shift` samples later (the buffer's base moves; nothing is copied)."""
+        so far moves `shift` samples later (the buffer's base moves; nothing is copied), and the
+        echo, which stays where it is in the caller's audio, is that much closer to it."""
         self._ref_base += shift
         self._ref_lo += shift
         self._ref_hi += shift
+        if self.delay is not None:
+            self.delay -= shift
+            if self.delay < -self.lead:
+                self.delay = None
 
     def _has_reference(self, start: int, end: int) -> bool:
         """Reference audio may be non-zero somewhere in [start, end)."""
@@ -445,6 +450,7 @@ class TurnDetector:
     """
 
     _CONTIGUOUS_S = 0.06
+    _ANCHOR_S = 3.0  # caller audio over which sample 0's clock time is still refined
 
     def __init__(
         self,
@@ -577,12 +583,14 @@ class TurnDetector:
         """Place caller sample 0 on the clock: audio cannot arrive before it was spoken, so the
         earliest `arrival - duration so far` is the best estimate. A first frame that came late
         (the loop stalled as the call began) would otherwise put every later caller sample that
-        late against the agent's schedule, and the echo guard would look in the wrong place."""
+        late against the agent's schedule, and the echo guard would look in the wrong place.
+        Only over the call's first `_ANCHOR_S` of audio: later, every change of the network's
+        latency would move the reference under a learnt echo path."""
         self._received += n
         start = now - self._received / self.rate
         if self._t0 is None:
             self._t0 = start
-        elif start < self._t0:
+        elif start < self._t0 and self._received <= self._ANCHOR_S * self.rate:
             shift = round((self._t0 - start) * self.rate)
             if shift > 0:  # agent audio placed so far moves with the timeline
                 self._t0 -= shift / self.rate
