@@ -91,23 +91,6 @@ def test_caller_speech_over_the_echo_barges_in(schedule_lead_s: float) -> None:
     assert TurnAction.BARGE_IN in run.actions()
 
 
-@pytest.mark.parametrize("stall_s", [0.3, 0.8, 1.5])
-def test_a_late_first_caller_frame_does_not_blind_the_detector(stall_s: float) -> None:
-    """The first caller frames came in a burst after a stall: the caller's timeline is anchored
-    by the frames that came on time, so the echo guard still lines the agent up with its echo.
-    (While the burst is being read the timeline is not known yet: the echo it carries may pause
-    the agent once, briefly, never interrupt it.)"""
-    speech = _pcm(INTERRUPTION)
-    quiet = simulate([], echo_db=-10, echo_ms=150, stall_s=stall_s)
-    assert TurnAction.BARGE_IN not in quiet.actions()
-    assert quiet.actions() in ([], [TurnAction.PAUSE, TurnAction.RESUME])
-    assert all(d.at < stall_s + 0.6 for d in quiet.decisions)
-    run = simulate([(3.0, speech)], echo_db=-10, echo_ms=150, stall_s=stall_s)
-    pause = run.first(TurnAction.PAUSE)
-    assert pause is not None and pause.at - _onset(speech, 3.0) <= 0.3
-    assert TurnAction.BARGE_IN in run.actions()
-
-
 @pytest.mark.parametrize("jitter_s", [0.04, 0.12])
 def test_caller_frames_arriving_with_jitter_do_not_move_the_echo(jitter_s: float) -> None:
     """Frames that come a little late, by a different amount each (a busy loop, a jittery

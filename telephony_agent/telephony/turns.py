@@ -202,7 +202,7 @@ class EchoGuard:
         self.quiet_energy = _FULL_SCALE2 * 10.0 ** (quiet_dbfs / 10.0)  # mean square below which nothing is decided
         self._cap = self.max_delay + self.window + 8 * sample_rate  # history + what is scheduled ahead
         self._ref = np.zeros(self._cap, dtype=np.float64)
-        self._ref_base = -self._cap // 2  # absolute sample index of _ref[0]: room before 0 for a late start
+        self._ref_base = 0  # absolute sample index of _ref[0]
         self._mic = np.zeros(self.window, dtype=np.float64)  # recent caller samples, a ring
         self._mic_end = 0  # absolute index just past the last caller sample (its ring slot: % window)
         # where reference audio may be non-zero: [_ref_lo, _ref_hi) (empty when lo >= hi); outside
@@ -249,18 +249,6 @@ class EchoGuard:
         if lo < self._cap:
             self._ref[lo:] = 0.0
         self._ref_hi = min(self._ref_hi, max(at, self._ref_base))
-
-    def retime(self, shift: int) -> None:
-        """The caller's timeline was re-anchored `shift` samples earlier: everything placed on it
-        so far moves `shift` samples later (the buffer's base moves; nothing is copied), and the
-        echo, which stays where it is in the caller's audio, is that much closer to it."""
-        self._ref_base += shift
-        self._ref_lo += shift
-        self._ref_hi += shift
-        if self.delay is not None:
-            self.delay -= shift
-            if self.delay < -self.lead:
-                self.delay = None
 
     def _has_reference(self, start: int, end: int) -> bool:
         """Reference audio may be non-zero somewhere in [start, end)."""
@@ -450,7 +438,6 @@ class TurnDetector:
     """
 
     _CONTIGUOUS_S = 0.06
-    _ANCHOR_S = 3.0  # caller audio over which sample 0's clock time is still refined
 
     def __init__(
         self,
@@ -477,7 +464,6 @@ class TurnDetector:
         self.state = TurnState.LISTENING
         self._pending = np.zeros(0, dtype=np.float64)
         self._t0: float | None = None  # clock time of caller sample 0
-        self._received = 0  # caller samples received (blocks and pending)
         self._n = 0  # caller samples consumed into blocks
         self._agent_until = -1  # caller-timeline sample where scheduled agent audio ends
         self._noise = 1e3  # residual noise floor, mean square
@@ -580,23 +566,9 @@ class TurnDetector:
         return decisions
 
     def _anchor(self, n: int, now: float) -> None:
-        """Place caller sample 0 on the clock: audio cannot arrive before it was spoken, so the
-        earliest `arrival - duration so far` is the best estimate. A first frame that came late
-        (the loop stalled as the call began) would otherwise put every later caller sample that
-        late against the agent's schedule, and the echo guard would look in the wrong place.
-        Only over the call's first `_ANCHOR_S` of audio: later, every change of the network's
-        latency would move the reference under a learnt echo path."""
-        self._received += n
-        start = now - self._received / self.rate
+        """Place caller sample 0 on the clock at the first frame's arrival."""
         if self._t0 is None:
-            self._t0 = start
-        elif start < self._t0 and self._received <= self._ANCHOR_S * self.rate:
-            shift = round((self._t0 - start) * self.rate)
-            if shift > 0:  # agent audio placed so far moves with the timeline
-                self._t0 -= shift / self.rate
-                self.echo.retime(shift)
-                if self._agent_until >= 0:
-                    self._agent_until += shift
+            self._t0 = now - n / self.rate
 
     # -- the clock --------------------------------------------------------------------------
 

@@ -75,14 +75,12 @@ def simulate(
     provider_speech_at: float | None = None,
     noise_dbfs: float = -65.0,
     seed: int = 7,
-    stall_s: float = 0.0,
     jitter_s: float = 0.0,
 ) -> Run:
     """Play `agent` (PCM16 8 kHz samples, already through mu-law); the caller leg carries
     `caller` sounds (at their offsets in seconds), the agent's echo when `echo_db` is set, and
     white line noise at `noise_dbfs`. The bridge's schedule runs `schedule_lead_s` ahead (+-20 %).
-    `stall_s`: the caller frames of the first `stall_s` all arrive at its end (a loop that
-    stalled as the call began). `jitter_s`: each caller frame arrives up to that much late."""
+    `jitter_s`: each caller frame arrives up to that much late."""
     detector = detector or TurnDetector(settings or TurnSettings())
     n = int(seconds * 8000)
     track = np.random.default_rng(seed).normal(0, 32768 * 10 ** (noise_dbfs / 20), n)
@@ -109,7 +107,7 @@ def simulate(
         if chunk is not None:
             detector.agent_audio(chunk.astype("<i2").tobytes(), i * 0.02 + scheduled)
         late = jitter_s * ((i * 2654435761) % 1000) / 1000  # a fixed pseudo-random spread
-        decisions = detector.caller_audio(frame, max(now, stall_s) + late)
+        decisions = detector.caller_audio(frame, now + late)
         if provider_speech_at is not None and abs(now - provider_speech_at) < 0.01:
             decisions += detector.provider_speech(now)
         deadline = detector.get_timer()
