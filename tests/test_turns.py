@@ -102,6 +102,56 @@ def test_caller_frames_arriving_with_jitter_do_not_move_the_echo(jitter_s: float
     assert TurnAction.BARGE_IN in run.actions()
 
 
+ECHO_MOVES = {
+    "slip": ((2.5, 270),),
+    "catch-up": ((2.5, 60),),
+    "long slip": ((2.5, 400),),
+    "there and back": ((2.0, 300), (4.0, 150)),
+    "drift": ((1.5, 230), (3.0, 310), (4.5, 390)),
+}
+
+
+@pytest.mark.parametrize(
+    ("moves", "echo_db"),
+    [(moves, -10) for moves in ECHO_MOVES.values()] + [(ECHO_MOVES["slip"], -6), (ECHO_MOVES["catch-up"], -6)],
+    ids=[f"{name}, -10 dB" for name in ECHO_MOVES] + ["slip, -6 dB", "catch-up, -6 dB"],
+)
+def test_an_echo_path_that_moves_is_still_not_an_interruption(moves: tuple[tuple[float, int], ...], echo_db: float) -> None:
+    """The leg's playout slips or catches up mid-answer (a stalled event loop, a jitter buffer
+    that grew), so the echo comes back at a new delay before the path estimate follows it: that
+    is no interruption, and the caller speaking just after it still is one."""
+    quiet = simulate([], echo_db=echo_db, echo_ms=150, echo_moves=moves)
+    assert quiet.actions() == []
+    speech = _pcm(INTERRUPTION)
+    at = moves[-1][0] + 0.3
+    run = simulate([(at, speech)], seconds=at + 2.0, echo_db=echo_db, echo_ms=150, echo_moves=moves)
+    pause = run.first(TurnAction.PAUSE)
+    assert pause is not None and 0.0 <= pause.at - _onset(speech, at) <= 0.3
+    assert TurnAction.BARGE_IN in run.actions()
+
+
+@pytest.mark.parametrize(
+    "timeline",
+    [{"late_start_s": 0.3}, {"late_start_s": 1.0}, {"lost": (2.0, 0.3)}, {"lost": (1.5, 1.0)}],
+    ids=["start 0.3 s late", "start 1 s late", "0.3 s lost", "1 s lost"],
+)
+def test_a_stalled_start_or_lost_audio_does_not_move_the_echo(timeline: dict[str, Any]) -> None:
+    """The first caller frames arrive late in a burst (a stalled start), or the leg loses a
+    stretch of the caller's audio: caller sample 0, or the samples after the gap, would sit
+    late on the clock for the rest of the call, out of the echo guard's reach. The detector
+    finds that from when frames arrive, corrects its timeline, and stays right: the echo is
+    no interruption, and the caller speaking later still is."""
+    detector = TurnDetector(TurnSettings())
+    quiet = simulate([], echo_db=-6, echo_ms=150, detector=detector, **timeline)
+    assert quiet.actions() == [] and detector.timeline_moves == 1
+    assert detector.echo.delay is not None and abs(detector.echo.delay - 150 * 8) <= 2
+    speech = _pcm(INTERRUPTION)
+    run = simulate([(4.0, speech)], seconds=6.0, echo_db=-6, echo_ms=150, **timeline)
+    pause = run.first(TurnAction.PAUSE)
+    assert pause is not None and 0.0 <= pause.at - _onset(speech, 4.0) <= 0.3
+    assert TurnAction.BARGE_IN in run.actions()
+
+
 def test_a_provider_signal_alone_pauses_then_resumes() -> None:
     run = simulate([], provider_speech_at=3.0)
     assert run.actions() == [TurnAction.PAUSE, TurnAction.RESUME]

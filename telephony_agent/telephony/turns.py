@@ -188,6 +188,9 @@ class EchoGuard:
         max_delay_ms: int = 500,
         lead_ms: int = 100,
         window_ms: int = 600,
+        check_ms: int = 240,
+        explained: float = 0.75,
+        explained_moving: float = 0.5,
         update_ms: int = 200,
         initial_erl_db: float = -6.0,
         margin_db: float = 6.0,
@@ -197,12 +200,16 @@ class EchoGuard:
         self.max_delay = sample_rate * max_delay_ms // 1000
         self.lead = sample_rate * lead_ms // 1000
         self.window = sample_rate * window_ms // 1000
+        self.check = sample_rate * check_ms // 1000
+        self.check_min = sample_rate * 30 // 1000
+        self.explained = explained
+        self.explained_moving = explained_moving
         self.update_every = sample_rate * update_ms // 1000
         self.margin = 10.0 ** (margin_db / 10.0)
         self.quiet_energy = _FULL_SCALE2 * 10.0 ** (quiet_dbfs / 10.0)  # mean square below which nothing is decided
         self._cap = self.max_delay + self.window + 8 * sample_rate  # history + what is scheduled ahead
         self._ref = np.zeros(self._cap, dtype=np.float64)
-        self._ref_base = 0  # absolute sample index of _ref[0]
+        self._ref_base = -2 * sample_rate  # absolute sample index of _ref[0]: agent audio may come first
         self._mic = np.zeros(self.window, dtype=np.float64)  # recent caller samples, a ring
         self._mic_end = 0  # absolute index just past the last caller sample (its ring slot: % window)
         # where reference audio may be non-zero: [_ref_lo, _ref_hi) (empty when lo >= hi); outside
@@ -212,10 +219,14 @@ class EchoGuard:
         self._since_update = 0
         # the echo path: `delay` in samples, `taps` at delay-1, delay, delay+1; None: unknown
         self.delay: int | None = None
+        self._moving_until = 0  # caller sample until which the path is known to be moving
+        self._blind_until = 0  # caller sample until which the estimate window holds lost audio
+        self._moved_from: int | None = None  # the delay it moved from
         self.taps = np.zeros(3)
         self.ncc = 0.0
         self._residual_ratio = 0.05  # residual energy / predicted echo energy, in echo-only windows
-        self._erl_bound = 10.0 ** (initial_erl_db / 10.0)  # echo energy / reference energy, upper bound
+        self._initial_erl = 10.0 ** (initial_erl_db / 10.0)
+        self._erl_bound = self._initial_erl  # echo energy / reference energy, upper bound
         self._erl_seen: list[float] = []
 
     # -- the reference ------------------------------------------------------------------------
@@ -242,6 +253,29 @@ class EchoGuard:
             if self._ref_lo >= self._ref_hi or lo < self._ref_lo:
                 self._ref_lo = lo if self._ref_lo >= self._ref_hi else min(lo, self._ref_lo)
             self._ref_hi = max(self._ref_hi, end)
+
+    def shift(self, d: int) -> None:
+        """The caller timeline moved: the reference placed so far plays `d` samples later on it,
+        so the echo of it comes `d` sooner after it."""
+        self._ref_base += d
+        self._ref_lo += d
+        self._ref_hi += d
+        self._forget_level()
+        if self.delay is not None:
+            self.delay -= d
+            if not -self.lead < self.delay < self.max_delay:
+                self.delay = None
+
+    def lost(self, n: int) -> None:
+        """The next `n` caller samples are silence put in for audio the leg lost: no echo path or
+        line level is learnt from a window that holds them."""
+        self._blind_until = self._mic_end + n + self.window
+        self._forget_level()
+
+    def _forget_level(self) -> None:
+        """How quiet the line was against the agent was learnt on a timeline that was off."""
+        self._erl_seen = []
+        self._erl_bound = self._initial_erl
 
     def cut_reference(self, at: int) -> None:
         """Nothing scheduled from sample `at` on will play (clear, pause)."""
@@ -301,6 +335,86 @@ class EchoGuard:
         moved = 0.05 * self._erl_bound * worst
         return residual, self.margin * max(expected, moved)
 
+    def explains(self) -> bool:
+        """Is the caller sound that set off this onset only the agent's echo, on a path that moved?
+
+        Asked of a speech onset while the agent talks, before it pauses the agent. When the echo
+        path moves (the leg's playout slipped or caught up), the subtraction at the learnt delay
+        goes wrong until the next estimate finds the new path: the echo at the new delay starts
+        (alone after a slip, over the old one after a catch-up), and the echo at the old delay
+        stops at some point, after which the subtraction takes away what is no longer there.
+        So up to the moment the old echo stopped, what the subtraction left is the new echo;
+        from then on, what the line carries is. One echo, as strong as the learnt one, that
+        started somewhere in the last `check_ms`, explains nearly all of that. The caller
+        speaking over the agent is not the reference at any delay, and what the subtraction
+        leaves of them is barely explained, so they still pause the agent."""
+        w, dmax, lead, end = self.check, self.max_delay, self.lead, self._mic_end
+        if end < w or not self._has_reference(end - w - dmax, end + lead):
+            return False
+        mic = self._recent()[-w:]
+        ref = self._ref_slice(end - w - dmax, end + lead)  # ref[k] plays at sample end - w - dmax + k
+        residual, skip = mic, None
+        if self.delay is not None:
+            k = dmax - self.delay  # lag j: mic[i] lines up with ref[j + i], a delay of dmax - j
+            echo = self.taps[0] * ref[k + 1 : k + 1 + w] + self.taps[1] * ref[k : k + w] + self.taps[2] * ref[k - 1 : k - 1 + w]
+            residual, skip = mic - echo, k
+        # per 10 ms: the detector subtracts nothing from quiet sound, so neither does this
+        sub = self.rate // 100
+        e_mic = np.einsum("ij,ij->i", m := mic.reshape(-1, sub), m)
+        quiet = e_mic < self.quiet_energy * sub
+        residual = np.where(np.repeat(quiet, sub), mic, residual)
+        e_res = np.where(quiet, e_mic, np.einsum("ij,ij->i", r := residual.reshape(-1, sub), r))
+        # from where the sound that set off the onset starts (its last run of loud 10 ms, gaps of
+        # up to 20 ms bridged): what came before would only dilute the fit
+        loud = e_res >= max(self.quiet_energy * sub, float(e_res.max()) / 8)
+        first = loud.size
+        while first > 0 and loud[max(0, first - 3) : first].any():
+            first -= 1
+        first = min(first, loud.size - self.check_min // sub)
+        mic, residual, ref = mic[first * sub :], residual[first * sub :], ref[first * sub :]
+        e_mic, e_res = e_mic[first:], e_res[first:]
+        n, lags = mic.size, dmax + lead + 1
+        cum = np.concatenate([[0.0], np.cumsum(ref * ref)])
+        e_seg = cum[n : n + lags] - cum[:lags]  # energy of ref[j : j + n]
+        if float(e_seg.max()) < 1e4 * n:
+            return False
+        # the lags worth a closer look: the best-correlated, for the line and for the residual
+        size = scipy.fft.next_fast_len(ref.size, real=True)
+        spectra = np.fft.rfft(np.stack([mic, residual]), size, axis=1)
+        corr = np.fft.irfft(np.fft.rfft(ref, size) * np.conj(spectra), size, axis=1)[:, :lags]
+        ncc = corr / np.sqrt(np.maximum(e_seg, 1.0))
+        top = min(lags, 24)
+        lag = np.unique(np.argpartition(-ncc, top - 1, axis=1)[:, :top])
+        # ... there, one echo from any 10 ms block on, with the old echo gone from any block on
+        segs = np.lib.stride_tricks.sliding_window_view(ref, n)[lag]  # (lags looked at, n)
+        blocks = n // sub
+        c_mic = np.einsum("lbs,bs->bl", segs.reshape(-1, blocks, sub), mic.reshape(blocks, sub))
+        c_res = np.einsum("lbs,bs->bl", segs.reshape(-1, blocks, sub), residual.reshape(blocks, sub))
+        e_ref = np.einsum("lbs,lbs->bl", s := segs.reshape(-1, blocks, sub), s)
+        e_suffix = np.maximum(np.cumsum(e_ref[::-1], axis=0)[::-1], 1.0)  # from block b to the end
+        if self.delay is not None:
+            gain = float(np.abs(self.taps).sum())
+            lo, hi = 0.5 * gain, 2.0 * gain  # a path that moved keeps its loss
+        else:
+            lo, hi = 0.0, 2.0 * math.sqrt(self._erl_bound)
+        near_old = np.abs(lag - skip) <= 8 if skip is not None else np.zeros(lag.size, dtype=bool)
+        best = 0.0
+        for stop in range(blocks + 1):  # the old echo stopped before block `stop` (all: it has not)
+            c_suffix = np.cumsum(np.concatenate([c_res[:stop], c_mic[stop:]])[::-1], axis=0)[::-1]
+            g = c_suffix / e_suffix  # the least-squares gain; a sound louder than the echo is no echo
+            gained = np.where((g >= lo) & (g <= hi), g * c_suffix, 0.0)  # energy g * the reference takes away
+            if stop < blocks:
+                gained[:, near_old] = 0.0  # the old echo still there: that is the subtraction's job
+            total = float(e_res[:stop].sum() + e_mic[stop:].sum())
+            best = max(best, float(gained.max()) / max(total, 1.0))
+        if best < (self.explained_moving if end < self._moving_until else self.explained):
+            return False
+        # the path moved: until an estimate finds where to (at most `window`), onsets that the
+        # moving echo explains less well are still taken for it
+        self._moving_until, self._moved_from = end + self.window, self.delay
+        self._since_update = self.update_every
+        return True
+
     def _remember(self, block: np.ndarray) -> None:
         """Keep the last `window` caller samples (a ring, no copy of the rest)."""
         n, w = block.size, self.window
@@ -341,7 +455,7 @@ class EchoGuard:
     def _estimate(self) -> None:
         """Re-find the echo path from the last `window` caller samples."""
         w, dmax, lead = self.window, self.max_delay, self.lead
-        if self._mic_end < w or not self._has_reference(self._mic_end - w - dmax, self._mic_end + lead):
+        if self._mic_end < max(w, self._blind_until) or not self._has_reference(self._mic_end - w - dmax, self._mic_end + lead):
             return
         mic = self._recent()
         start = self._mic_end - w
@@ -362,6 +476,9 @@ class EchoGuard:
             return
         j, peak = self._find_lag(ref, mic, e_seg, e_mic)
         delay = dmax - j
+        import os
+        if os.environ.get("DBG"):
+            print(f"est t={self._mic_end/8000:.2f} lag={delay/8:.1f}ms peak={peak:.2f} j={j} lags={lags} erl={self._erl_bound:.3f}", flush=True)
         if peak < 0.5 or not 1 <= j <= lags - 2:
             if peak < 0.2 and self.delay is not None and self._erl_bound < 1e-3:
                 self.delay = None  # the echo went away (speakerphone off)
@@ -374,6 +491,8 @@ class EchoGuard:
         echo = basis @ taps
         echo_e = _energy(echo)
         self.ncc = peak
+        if peak >= 0.8 and self._moving_until and (self._moved_from is None or abs(delay - self._moved_from) > 8):
+            self._moving_until = 0  # found where it moved to
         if peak >= 0.8 or self.delay is None or abs(delay - self.delay) > 8:
             self.delay, self.taps = delay, taps
             if peak >= 0.8 and echo_e > 0:
@@ -438,6 +557,9 @@ class TurnDetector:
     """
 
     _CONTIGUOUS_S = 0.06
+    _WINDOW_S = 0.25  # arrivals are judged over this much audio and clock time alike
+    _EARLY_S = 0.04  # frames all this much early: caller sample 0 was placed late
+    _LOST_S = 0.25  # ... all this much late: the leg lost audio
 
     def __init__(
         self,
@@ -465,6 +587,14 @@ class TurnDetector:
         self._pending = np.zeros(0, dtype=np.float64)
         self._t0: float | None = None  # clock time of caller sample 0
         self._n = 0  # caller samples consumed into blocks
+        self._received = 0  # caller samples received, and silence put in for audio the leg lost
+        self._window_at = 0.0  # when the current second of arrivals started
+        self._window_n = 0  # samples received in it
+        self._earliest = math.inf  # the earliest arrival in it, against the timeline (s; < 0: early)
+        self._late = False  # the last frame came later than the leg can lose to jitter
+        self._settled = False  # the first arrivals have been judged (caller sample 0 may move)
+        self._early_agent: list[tuple[bytes, float]] = []  # agent audio before any caller audio
+        self.timeline_moves = 0
         self._agent_until = -1  # caller-timeline sample where scheduled agent audio ends
         self._noise = 1e3  # residual noise floor, mean square
         self._quiet_blocks = 0  # in a row, for a scorer reset after long quiet
@@ -510,7 +640,11 @@ class TurnDetector:
         A chunk that starts within `_CONTIGUOUS_S` of where the last one ends is placed right
         after it: the leg plays queued frames back to back, whatever jitter the schedule has."""
         n = len(pcm16) // 2
-        if self._t0 is None or n == 0:
+        if n == 0:
+            return []
+        if self._t0 is None:  # no caller audio yet to place it against: placed with the first
+            if sum(len(p) for p, _ in self._early_agent) < self.rate * 2 * 2:  # at most 2 s
+                self._early_agent.append((pcm16, start))
             return []
         at = self._sample_at(start)
         if self._agent_until >= 0 and abs(at - self._agent_until) <= self._CONTIGUOUS_S * self.rate:
@@ -549,15 +683,18 @@ class TurnDetector:
 
     def caller_audio(self, pcm16: bytes, now: float) -> list[TurnDecision]:
         """Caller audio as it arrives (PCM16 at `sample_rate`); `now` is its arrival time."""
-        self._anchor(len(pcm16) // 2, now)
+        n = len(pcm16) // 2
+        lost = self._timeline(n, now)
         if self.scorer is None:
             # Nothing to score with (AGENT_VAD=off): the provider's signals decide, so only the
             # timeline moves; no blocks, no echo guard.
-            self._n += len(pcm16) // 2
+            self._n += lost + n
             if self.state is TurnState.AGENT_SPEAKING and not self.agent_playing:
                 self._set_state(TurnState.LISTENING)
             return []
         samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
+        if lost:  # silence where the leg lost audio, so what follows sits where it was heard
+            samples = np.concatenate([np.zeros(lost), samples])
         self._pending = np.concatenate([self._pending, samples]) if self._pending.size else samples
         decisions: list[TurnDecision] = []
         while self._pending.size >= self.block:
@@ -565,10 +702,47 @@ class TurnDetector:
             decisions.extend(self._block(block))
         return decisions
 
-    def _anchor(self, n: int, now: float) -> None:
-        """Place caller sample 0 on the clock at the first frame's arrival."""
+    def _timeline(self, n: int, now: float) -> int:
+        """Keep caller sample k at the clock time it was heard: `_t0 + k / rate`.
+
+        Caller sample 0 goes where the first frame arrived. Every `_WINDOW_S` (of audio and of
+        clock alike, so a burst after a stall counts as the catching up it is), the frames that came
+        earliest tell how that holds: all of them early means the first frame was itself late
+        (a stalled start), and sample 0 moves back; all of them late by more than network jitter
+        means the leg lost that much audio (a gap in the stream), and that much silence is put
+        in. Both keep the agent's echo where the echo guard expects it. Returns the samples of
+        silence to put in before this frame."""
         if self._t0 is None:
-            self._t0 = now - n / self.rate
+            self._t0, self._received = now - n / self.rate, n
+            self._window_at, self._window_n, self._earliest = now, 0, math.inf
+            early, self._early_agent = self._early_agent, []
+            for pcm16, start in early:
+                self.agent_audio(pcm16, start)
+            return 0
+        self._received += n
+        self._window_n += n
+        late = now - (self._t0 + self._received / self.rate)
+        self._late = late > self._LOST_S
+        self._earliest = min(self._earliest, late)
+        if self._window_n < self.rate * self._WINDOW_S or now - self._window_at < self._WINDOW_S:
+            return 0
+        earliest = self._earliest
+        self._window_at, self._window_n, self._earliest = now, 0, math.inf
+        self._settled = True
+        if earliest < -self._EARLY_S:
+            d = round(-earliest * self.rate)
+            self._t0 -= d / self.rate
+            self.echo.shift(d)
+            if self._agent_until >= 0:
+                self._agent_until += d
+            self.timeline_moves += 1
+        elif earliest > self._LOST_S:
+            lost = int(earliest * self.rate)
+            self._received += lost
+            self.echo.lost(lost)
+            self.timeline_moves += 1
+            return lost
+        return 0
 
     # -- the clock --------------------------------------------------------------------------
 
@@ -625,6 +799,17 @@ class TurnDetector:
         else:
             self._quiet_blocks += 1
         voiced = prob >= (s.sustain_threshold if self._in_speech else s.speech_threshold)
+        if (
+            voiced
+            and not self._in_speech
+            and self.state is TurnState.AGENT_SPEAKING
+            and self.echo.audible(start_n)
+            and (self._late or not self._settled or self.echo.explains())
+        ):  # an onset that is only the agent's echo, on a path that moved since it was learnt,
+            # or that came before the timeline could be trusted (the first arrivals, or after a
+            # gap in the caller's audio): the provider's signal still pauses the agent
+            voiced = False
+            self.echo_rejected_blocks += 1
         return self._advance(voiced, start_n, now)
 
     def _advance(self, voiced: bool, start_n: int, now: float) -> list[TurnDecision]:

@@ -76,11 +76,17 @@ def simulate(
     noise_dbfs: float = -65.0,
     seed: int = 7,
     jitter_s: float = 0.0,
+    echo_moves: tuple[tuple[float, int], ...] = (),
+    late_start_s: float = 0.0,
+    lost: tuple[float, float] | None = None,
 ) -> Run:
     """Play `agent` (PCM16 8 kHz samples, already through mu-law); the caller leg carries
     `caller` sounds (at their offsets in seconds), the agent's echo when `echo_db` is set, and
     white line noise at `noise_dbfs`. The bridge's schedule runs `schedule_lead_s` ahead (+-20 %).
-    `jitter_s`: each caller frame arrives up to that much late."""
+    `jitter_s`: each caller frame arrives up to that much late. `echo_moves`: (at seconds, new
+    echo_ms) pairs, the echo path moving mid-call (the leg's playout slipped or caught up).
+    `late_start_s`: the caller frames of the first that many seconds all arrive then, in a burst
+    (a stalled start). `lost`: (at, seconds) of caller frames the leg never delivers."""
     detector = detector or TurnDetector(settings or TurnSettings())
     n = int(seconds * 8000)
     track = np.random.default_rng(seed).normal(0, 32768 * 10 ** (noise_dbfs / 20), n)
@@ -96,6 +102,9 @@ def simulate(
     for i in range(n // FRAME):
         now = (i + 1) * 0.02
         chunk = None
+        for at, moved_ms in echo_moves:
+            if abs(i * 0.02 - at) < 0.01:
+                delay = moved_ms * 8
         if playing and not stopped and pos < agent.size:
             chunk = agent[pos : pos + FRAME]
             run.played.append(pos)
@@ -107,7 +116,10 @@ def simulate(
         if chunk is not None:
             detector.agent_audio(chunk.astype("<i2").tobytes(), i * 0.02 + scheduled)
         late = jitter_s * ((i * 2654435761) % 1000) / 1000  # a fixed pseudo-random spread
-        decisions = detector.caller_audio(frame, now + late)
+        if lost is not None and lost[0] <= i * 0.02 < lost[0] + lost[1]:
+            decisions = []
+        else:
+            decisions = detector.caller_audio(frame, max(now + late, late_start_s))
         if provider_speech_at is not None and abs(now - provider_speech_at) < 0.01:
             decisions += detector.provider_speech(now)
         deadline = detector.get_timer()

@@ -24,6 +24,7 @@ import base64
 import contextlib
 import json
 import secrets
+import time
 import xml.etree.ElementTree as ET
 from collections import deque
 from typing import Any, Self
@@ -60,6 +61,7 @@ class IndependentTwilioCall:
         self.marks_echoed = 0
         self.clears = 0
         self.heard_at_clear: list[float] = []  # ms heard when each `clear` arrived
+        self.clear_wall: list[float] = []  # and when (time.time(), the clock log records carry)
         self.closed_at: float | None = None
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -183,6 +185,7 @@ class IndependentTwilioCall:
                 self.clears += 1
                 pending = self._advance(asyncio.get_running_loop().time())  # up to this instant
                 self.heard_at_clear.append(self.heard_ms)
+                self.clear_wall.append(time.time())
                 pending += [value for kind, value in self._buffer if kind == "mark"]
                 self._buffer.clear()
                 for name in pending:
