@@ -476,9 +476,6 @@ class EchoGuard:
             return
         j, peak = self._find_lag(ref, mic, e_seg, e_mic)
         delay = dmax - j
-        import os
-        if os.environ.get("DBG"):
-            print(f"est t={self._mic_end/8000:.2f} lag={delay/8:.1f}ms peak={peak:.2f} j={j} lags={lags} erl={self._erl_bound:.3f}", flush=True)
         if peak < 0.5 or not 1 <= j <= lags - 2:
             if peak < 0.2 and self.delay is not None and self._erl_bound < 1e-3:
                 self.delay = None  # the echo went away (speakerphone off)
