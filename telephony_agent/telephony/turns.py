@@ -469,12 +469,18 @@ class EchoGuard:
             return
         e_mic = float(np.dot(mic, mic))
         # how loud the line is against the agent: an upper bound on the echo while the caller is quiet
-        self._erl_seen = (self._erl_seen + [e_mic / float(e_seg.max())])[-15:]
+        level = e_mic / float(e_seg.max())
+        self._erl_seen = (self._erl_seen + [level])[-15:]
         self._erl_bound = max(1e-4, min(1.0, min(self._erl_seen) * 2.0))
         if e_mic < self.quiet_energy * w:
             # the line is (nearly) silent while the agent spoke: no echo worth finding (and no FFT)
             if self.delay is not None and self._erl_bound < 1e-3:
                 self.delay = None  # the echo went away (speakerphone off)
+            return
+        if level > 0.5 and level > 8.0 * self._erl_bound:
+            # the caller talks over the agent, louder than any echo (3 dB under the agent at most)
+            # and than what the line carried while only the agent spoke: no path to find under
+            # them, as echo cancellers freeze adaptation in double talk (and no FFT)
             return
         j, peak = self._find_lag(ref, mic, e_seg, e_mic)
         delay = dmax - j
