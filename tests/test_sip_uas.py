@@ -177,6 +177,31 @@ def test_our_bye_retransmitted_until_answered_and_follows_route_set() -> None:
     assert u.active_calls == 0
 
 
+def test_our_bye_waits_for_the_ack_of_our_2xx() -> None:
+    """RFC 3261 section 15: no BYE on a dialog whose 2xx is not yet acknowledged; it goes out
+    with the ACK, or when the 2xx's transaction times out without one."""
+    u = uas()
+    call_id, ok = answered_call(u)
+    assert sent(u.bye(call_id, 0.2)) == []
+    retrans = u.handle_timer(0.5)  # the 2xx is still retransmitted meanwhile
+    assert statuses(retrans) == [200]
+    out = u.receive(ack_for(ok), CALLER, 0.6)
+    assert not any(isinstance(a, CallConfirmed) for a in out)
+    assert [m.method for m in sent(out) if isinstance(m, Request)] == ["BYE"]
+    assert u.bye(call_id, 0.7) == []  # once is enough
+    v = uas()
+    never_acked, _ = answered_call(v, 0.0)
+    assert sent(v.bye(never_acked, 0.1)) == []
+    now, ended = 0.1, []
+    while not ended and now < 40:
+        deadline = v.get_timer()
+        assert deadline is not None
+        now = deadline
+        out = v.handle_timer(now)
+        ended = [a for a in out if isinstance(a, CallEnded)]
+    assert [m.method for m in sent(out) if isinstance(m, Request)] == ["BYE"] and 31.9 <= now <= 32.1
+
+
 def test_refer_then_notify_sipfrag_reports_transfer() -> None:
     u = uas()
     call_id, ok = answered_call(u)

@@ -192,6 +192,7 @@ class _Call:
     pending_2xx: InviteServerTransaction | None = None
     bye_branch: str | None = None
     refer_branch: str | None = None
+    bye_on_ack: bool = False  # hang up as soon as the 2xx is acknowledged
 
 
 @dataclass
@@ -371,6 +372,10 @@ class SipUas:
         if call.pending_2xx is not None:
             call.pending_2xx.on_2xx_ack(now)
             call.pending_2xx = None
+        if call.bye_on_ack and call.state is CallState.ANSWERED:
+            call.state = CallState.ENDING
+            call.bye_branch = self._send_request(call, "BYE", now, out)
+            return
         if call.state is CallState.ANSWERED:
             call.state = CallState.CONFIRMED
             out.append(CallConfirmed(call.id))
@@ -501,16 +506,21 @@ class SipUas:
         return out
 
     def bye(self, call_id: str, now: float) -> list[Action]:
-        """End the call from our side: BYE (retransmitted until answered), or 480 if not answered."""
+        """End the call from our side: BYE (retransmitted until answered), or 480 if not answered.
+
+        Answered but not yet acknowledged: the BYE waits for the ACK (RFC 3261 section 15: the
+        callee must not send BYE before the ACK of its 2xx, or before that transaction times out,
+        when it is sent anyway). A caller whose ACK crosses our BYE would otherwise get a BYE for
+        a dialog it has not confirmed, and sipp, for one, fails the call."""
         out: list[Action] = []
         call = self._calls.get(call_id)
         if call is None or call.state in (CallState.ENDING, CallState.ENDED):
             return out
         if call.state is CallState.OFFERED:
             return self.reject(call_id, 480, now)
-        if call.pending_2xx is not None:  # no ACK yet: stop retransmitting the 2xx, say goodbye
-            call.pending_2xx.on_2xx_ack(now)
-            call.pending_2xx = None
+        if call.pending_2xx is not None:
+            call.bye_on_ack = True
+            return out
         call.state = CallState.ENDING
         call.bye_branch = self._send_request(call, "BYE", now, out)
         return out
