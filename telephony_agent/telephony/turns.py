@@ -224,7 +224,6 @@ class EchoGuard:
         self._moved_from: int | None = None  # the delay it moved from
         self.taps = np.zeros(3)
         self.ncc = 0.0
-        self.last_explained = 0.0  # what the last onset check explained (for the benchmarks)
         self._residual_ratio = 0.05  # residual energy / predicted echo energy, in echo-only windows
         self._initial_erl = 10.0 ** (initial_erl_db / 10.0)
         self._erl_bound = self._initial_erl  # echo energy / reference energy, upper bound
@@ -408,7 +407,6 @@ class EchoGuard:
                 gained[:, near_old] = 0.0  # the old echo still there: that is the subtraction's job
             total = float(e_res[:stop].sum() + e_mic[stop:].sum())
             best = max(best, float(gained.max()) / max(total, 1.0))
-        self.last_explained = best
         if best < (self.explained_moving if end < self._moving_until else self.explained):
             return False
         # the path moved: until an estimate finds where to (at most `window`), onsets that the
@@ -593,7 +591,7 @@ class TurnDetector:
         self._t0: float | None = None  # clock time of caller sample 0
         self._n = 0  # caller samples consumed into blocks
         self._received = 0  # caller samples received, and silence put in for audio the leg lost
-        self._window_at = 0.0  # when the current second of arrivals started
+        self._window_at = 0.0  # when the current window of arrivals started
         self._window_n = 0  # samples received in it
         self._earliest = math.inf  # the earliest arrival in it, against the timeline (s; < 0: early)
         self._late = False  # the last frame came later than the leg can lose to jitter
