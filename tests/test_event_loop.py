@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from test_ops_process import (
     CALL_SID,
-    PhoneLeg,
     _active,
     json_log,
+    live_call,
     running,
     start_server,
     wait_for,
@@ -29,12 +29,7 @@ async def test_the_server_serves_a_call_on_each_loop(tmp_path: Path, kind: str) 
     if kind == "uvloop":
         pytest.importorskip("uvloop")
     async with running(tmp_path, AGENT_EVENT_LOOP=kind) as (server, http):
-        ws = await http.ws_connect(f"ws://127.0.0.1:{server.port}/twilio/media")
-        leg = PhoneLeg(ws)
-        pump = asyncio.create_task(leg.pump())
-        try:
-            await leg.open()
-            await wait_for(lambda: _active(server, http, 1), 20, "the call to start")
+        async with live_call(server, http, start_timeout=20) as leg:
             await leg.media(10)
 
             async def greeted() -> bool:
@@ -43,9 +38,6 @@ async def test_the_server_serves_a_call_on_each_loop(tmp_path: Path, kind: str) 
             await wait_for(greeted, 30, "the agent's greeting audio")  # the local engine speaks first
             await leg.stop()
             await asyncio.wait_for(leg.closed.wait(), 15)
-        finally:
-            pump.cancel()
-            await ws.close()
         await wait_for(lambda: _active(server, http, 0), 10, "the call to end")
     records = json_log(server)
     loops = [r["msg"] for r in records if r.get("event") == "event_loop"]

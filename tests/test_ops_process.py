@@ -226,12 +226,7 @@ async def test_drain_waits_for_the_active_call_then_exits_0(tmp_path: Path) -> N
     async with running(tmp_path, AGENT_DRAIN_SECONDS="15") as (server, http):
         status, body = await readyz(server, http)
         assert (status, body["ready"]) == (200, True)
-        ws = await http.ws_connect(f"ws://127.0.0.1:{server.port}/twilio/media")
-        leg = PhoneLeg(ws)
-        pump = asyncio.create_task(leg.pump())
-        try:
-            await leg.open()
-            await wait_for(lambda: _active(server, http, 1), 10, "the call to start")
+        async with live_call(server, http) as leg:
             # Per-call counters are live: frames show up while the call is still going.
             await leg.media(25)
             await wait_for(lambda: _metric_at_least(server, http, "agent_frames_in_total", 25), 20, "live frames_in")
@@ -248,9 +243,6 @@ async def test_drain_waits_for_the_active_call_then_exits_0(tmp_path: Path) -> N
             await leg.stop()
             assert await server.wait_exit(8) == 0
             assert time.monotonic() - hung_up < 8  # well before AGENT_DRAIN_SECONDS=15
-        finally:
-            pump.cancel()
-            await ws.close()
 
     records = json_log(server)
     call_events = [r for r in records if r.get("call_id") == CALL_SID]
@@ -265,21 +257,13 @@ async def test_drain_waits_for_the_active_call_then_exits_0(tmp_path: Path) -> N
 
 async def test_drain_deadline_says_goodbye_hangs_up_and_exits_0(tmp_path: Path) -> None:
     async with running(tmp_path, AGENT_DRAIN_SECONDS="1") as (server, http):
-        ws = await http.ws_connect(f"ws://127.0.0.1:{server.port}/twilio/media")
-        leg = PhoneLeg(ws)
-        pump = asyncio.create_task(leg.pump())
-        try:
-            await leg.open()
-            await wait_for(lambda: _active(server, http, 1), 10, "the call to start")
+        async with live_call(server, http) as leg:
             before = leg.media_received
             server.proc.send_signal(signal.SIGTERM)
             # Past the deadline the caller hears the goodbye prompt, then the server hangs up.
             await asyncio.wait_for(leg.closed.wait(), 15)
             assert leg.media_received - before > 100  # ~5 s of goodbye at 50 frames/s
             assert await server.wait_exit(10) == 0
-        finally:
-            pump.cancel()
-            await ws.close()
     summary = [r for r in json_log(server) if r.get("event") == "call_summary"]
     assert summary and summary[0]["outcome"] == "server_shutdown" and summary[0]["call_id"] == CALL_SID
     assert any(r.get("event") == "drain_deadline" for r in json_log(server))
@@ -321,6 +305,21 @@ async def test_sigterm_with_no_calls_exits_0_at_once(tmp_path: Path) -> None:
 
 async def _active(server: Server, http: aiohttp.ClientSession, n: int) -> bool:
     return await metric_value(server, http, "agent_active_calls") == n
+
+
+@asynccontextmanager
+async def live_call(server: Server, http: aiohttp.ClientSession, start_timeout: float = 10) -> AsyncIterator[PhoneLeg]:
+    """A media stream to the served agent, its call started; the socket is closed on the way out."""
+    ws = await http.ws_connect(f"ws://127.0.0.1:{server.port}/twilio/media")
+    leg = PhoneLeg(ws)
+    pump = asyncio.create_task(leg.pump())
+    try:
+        await leg.open()
+        await wait_for(lambda: _active(server, http, 1), start_timeout, "the call to start")
+        yield leg
+    finally:
+        pump.cancel()
+        await ws.close()
 
 
 async def _metric_at_least(server: Server, http: aiohttp.ClientSession, name: str, value: float) -> bool:
