@@ -52,6 +52,7 @@ from telephony_agent.realtime import (
 from telephony_agent.telephony.assets import prompt_audio
 from telephony_agent.telephony.call_tools import register_call_tools
 from telephony_agent.telephony.leg import AudioLaw, PhoneLeg
+from telephony_agent.telephony.loop_timer import fired_at
 from telephony_agent.telephony.pacing import Confirmer, PacingClock
 from telephony_agent.telephony.playout import Playout
 from telephony_agent.telephony.turns import (
@@ -915,7 +916,9 @@ class CallTimer:
         self._handle = None
         bridge = self._bridge
         try:
-            bridge.handle_timer(bridge.clock())  # re-arms through `update` as it finishes
+            # never before the deadline it was armed for (uvloop fires up to 1 ms early by its
+            # own clock, and acting on nothing would re-arm and spin: loop_timer.py)
+            bridge.handle_timer(fired_at(bridge.clock(), self._due))  # re-arms through `update`
         except Exception:
             bridge.log.exception("call timer failed")
         if self._handle is None:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from telephony_agent.telephony.loop_timer import LoopTimer
 from telephony_agent.telephony.sip.auth import DigestAuthenticator
 from telephony_agent.telephony.sip.dtmf import parse_info_dtmf
 from telephony_agent.telephony.sip.leg_control import TransferFailed
@@ -231,8 +232,7 @@ class SipEndpoint:
         self._tcp_server: asyncio.base_events.Server | None = None
         self._tcp: dict[tuple[str, int], asyncio.StreamWriter] = {}
         self._tcp_tasks: set[asyncio.Task[None]] = set()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer: LoopTimer | None = None  # on the loop the endpoint starts on
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -435,21 +435,15 @@ class SipEndpoint:
         await read_loop()
 
     def _arm_timer(self) -> None:
-        deadline = self.uas.get_timer()
-        if deadline == self._timer_at:
+        if self._loop is None:
             return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = deadline
-        if deadline is not None and self._loop is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        if self._timer is None:
+            self._timer = LoopTimer(self._loop, self._on_timer)
+        self._timer.arm(self.uas.get_timer())
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
+    def _on_timer(self, now: float) -> None:
         try:
-            actions = self.uas.handle_timer(self.now())
+            actions = self.uas.handle_timer(now)
         except Exception:
             log.exception("SIP timer handling failed")
             actions = []

@@ -29,6 +29,7 @@ from typing import Any, cast
 from telephony_agent.wiretap import IN, LEG_PHONE, OUT, WIRETAP, Wiretap
 
 from ..leg import AudioLaw, LegEvents, PhoneFormat
+from ..loop_timer import LoopTimer
 from .dtmf import DtmfReceiver
 from .jitter import JitterBuffer
 from .leg_control import SipCallControl
@@ -132,8 +133,7 @@ class PacingTick:
     def __init__(self, loop: asyncio.AbstractEventLoop, *, ptime: float = 0.02) -> None:
         self._loop = loop
         self.grid: PacingGrid[RtpSession] = PacingGrid(ptime=ptime)
-        self._handle: asyncio.TimerHandle | None = None
-        self._armed_at: float | None = None
+        self._timer = LoopTimer(loop, self._on_timer)
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop) -> PacingTick:
@@ -152,22 +152,15 @@ class PacingTick:
 
     def discard(self, session: RtpSession) -> None:
         self.grid.discard(session)
-        if self.grid.get_timer() is None and self._handle is not None:
-            self._handle.cancel()
-            self._handle = self._armed_at = None
+        if self.grid.get_timer() is None:
+            self._timer.cancel()
 
     def _arm(self) -> None:
         deadline = self.grid.get_timer()
-        if deadline is None or deadline == self._armed_at:
-            return
-        if self._handle is not None:
-            self._handle.cancel()
-        self._armed_at = deadline
-        self._handle = self._loop.call_at(deadline, self._on_timer)
+        if deadline is not None:
+            self._timer.arm(deadline)
 
-    def _on_timer(self) -> None:
-        self._handle = self._armed_at = None
-        now = self._loop.time()
+    def _on_timer(self, now: float) -> None:
         try:
             for session, frames in self.grid.handle_timer(now):
                 try:
@@ -227,8 +220,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self._last_tx: float | None = None
         self._tick = PacingTick.for_loop(self._loop)
         self._start_handle: asyncio.TimerHandle | None = None  # a talk spurt's first frame
-        self._jitter_handle: asyncio.TimerHandle | None = None
-        self._idle_handle: asyncio.TimerHandle | None = None
+        self._jitter_timer = LoopTimer(self._loop, self._on_jitter_timer)
+        self._idle_timer = LoopTimer(self._loop, self._on_idle_timer)
         self._sending = False
         self._held: list[bytes] = []  # frames sent before start_sending()
         self._metrics = metrics  # telephony_agent.metrics.Metrics (duck-typed: no upward import)
@@ -314,27 +307,25 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def _arm_jitter(self) -> None:
         deadline = self.jitter.get_timer()
-        if deadline is None or self._jitter_handle is not None:
+        if deadline is None or self._jitter_timer.armed:
             return
-        self._jitter_handle = self._loop.call_at(deadline, self._on_jitter_timer)
+        self._jitter_timer.arm(deadline)
 
-    def _on_jitter_timer(self) -> None:
-        self._jitter_handle = None
+    def _on_jitter_timer(self, now: float) -> None:
         if self.state is not _SessionState.OPEN:
             return
-        for payload in self.jitter.handle_timer(self._loop.time()):
+        for payload in self.jitter.handle_timer(now):
             self.on_audio(payload)
         self._arm_jitter()
 
     def _arm_idle(self, deadline: float) -> None:
-        self._idle_handle = self._loop.call_at(deadline, self._on_idle_timer)
+        self._idle_timer.arm(deadline)
 
-    def _on_idle_timer(self) -> None:
-        self._idle_handle = None
+    def _on_idle_timer(self, now: float) -> None:
         if self.state is not _SessionState.OPEN:
             return
         deadline = self._last_rx + self.timeout_s
-        if self._loop.time() < deadline:
+        if now < deadline:
             self._arm_idle(deadline)
             return
         self.log.warning("no RTP for %.0fs: ending the call", self.timeout_s)
@@ -465,10 +456,11 @@ class RtpSession(asyncio.DatagramProtocol):
         self._flush_metrics(self._loop.time(), final=True)
         self.pacer.stop()
         self._tick.discard(self)
-        for handle in (self._start_handle, self._jitter_handle, self._idle_handle):
-            if handle is not None:
-                handle.cancel()
-        self._start_handle = self._jitter_handle = self._idle_handle = None
+        if self._start_handle is not None:
+            self._start_handle.cancel()
+            self._start_handle = None
+        self._jitter_timer.cancel()
+        self._idle_timer.cancel()
         if self._transport is not None:
             self._transport.close()
         if self._pool is not None and self.local_port:
