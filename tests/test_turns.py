@@ -11,6 +11,7 @@ import pytest
 from telephony_agent.telephony.turns import (
     DeadAirAction,
     DeadAirGuard,
+    EchoGuard,
     TurnAction,
     TurnDecision,
     TurnDetector,
@@ -200,6 +201,45 @@ def test_caller_turn_end_is_reported_when_the_agent_is_silent() -> None:
     assert detector.last_speech_end is not None and abs(detector.last_speech_end - speech_end) < 0.6
     assert end.at - detector.last_speech_end >= 0.6
 
+
+
+def test_path_estimates_back_off_while_they_find_no_echo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller talks over the agent on a leg with no echo: the FFT path search finds nothing,
+    so it runs every 200, then 400, then 800 ms; with an echo it keeps its 200 ms."""
+    calls: list[float] = []
+    find_lag = EchoGuard._find_lag
+
+    def counted(*args: Any) -> tuple[int, float]:
+        j, peak = find_lag(*args)
+        calls.append(peak)
+        return j, peak
+
+    monkeypatch.setattr(EchoGuard, "_find_lag", staticmethod(counted))
+    talk = law(_pcm("I would like to book a table for two people tonight please, at eight") * 0.3)
+    simulate([(0.5, talk)], seconds=4.5, provider_speech_at=None,
+             settings=TurnSettings(min_interruption_ms=10_000, max_pause_ms=10_000))  # never barges in
+    no_echo = len(calls)
+    assert calls and max(calls) < 0.5, calls
+    calls.clear()
+    assert simulate([], seconds=4.5, echo_db=-10).actions() == []
+    assert len(calls) >= 15 and no_echo <= len(calls) // 2, (no_echo, len(calls))
+
+
+@pytest.mark.parametrize("echo_db", [None, -10.0])
+@pytest.mark.parametrize("gap_s", [0.2, 0.4, 1.0])
+def test_a_caller_answering_promptly_starts_their_turn(gap_s: float, echo_db: float | None) -> None:
+    """The caller speaks `gap_s` after the answer played out, while its echo could still come
+    back: no pause (nothing is left to interrupt), their turn starts and ends (the dead-air guard
+    needs the end), and Silero scores the onset only, not every block of the turn."""
+    agent = law(_pcm("Our opening hours are nine to five on weekdays.", voice="en-us+f3"))
+    caller = law(_pcm("I would like to book a table for two people tonight please") * 0.7)
+    at = agent.size / 8000 + gap_s
+    detector = TurnDetector(TurnSettings())
+    run = turn_sim.simulate(agent, [(at, caller)], seconds=at + caller.size / 8000 + 1.0, detector=detector,
+                            noise_dbfs=-70.0, echo_db=echo_db)
+    assert [d.action for d in run.decisions] == [TurnAction.CALLER_STARTED, TurnAction.CALLER_ENDED]
+    assert abs(run.decisions[0].onset - _onset(caller, at)) < 0.1  # type: ignore[operator]
+    assert detector.scored_blocks <= 15, detector.scored_blocks  # the onset; the whole turn is ~110 blocks
 
 def test_16khz_caller_audio() -> None:
     detector = TurnDetector(TurnSettings(), sample_rate=16000)

@@ -217,6 +217,10 @@ class EchoGuard:
         self._ref_lo = 0
         self._ref_hi = 0
         self._since_update = 0
+        # path estimates in a row that found no echo on a loud line (the caller talking near the
+        # agent, no echo on the leg): the next ones wait 2x, 4x longer, as cancellers freeze in
+        # double talk; an echo that appears meanwhile is still caught by `explains`
+        self._fruitless = 0
         # the echo path: `delay` in samples, `taps` at delay-1, delay, delay+1; None: unknown
         self.delay: int | None = None
         self._moving_until = 0  # caller sample until which the path is known to be moving
@@ -274,6 +278,7 @@ class EchoGuard:
 
     def _forget_level(self) -> None:
         """How quiet the line was against the agent was learnt on a timeline that was off."""
+        self._fruitless = 0
         self._erl_seen = []
         self._erl_bound = self._initial_erl
 
@@ -314,7 +319,7 @@ class EchoGuard:
         start = self._mic_end
         self._remember(block)
         self._since_update += n
-        if self._since_update >= self.update_every:
+        if self._since_update >= self.update_every << min(self._fruitless, 2):
             self._since_update = 0
             self._estimate()
         lo, hi = start - self.max_delay - 1, start + n + self.lead + 1  # every lag's reference
@@ -412,7 +417,7 @@ class EchoGuard:
         # the path moved: until an estimate finds where to (at most `window`), onsets that the
         # moving echo explains less well are still taken for it
         self._moving_until, self._moved_from = end + self.window, self.delay
-        self._since_update = self.update_every
+        self._since_update, self._fruitless = self.update_every, 0
         return True
 
     def _remember(self, block: np.ndarray) -> None:
@@ -481,6 +486,7 @@ class EchoGuard:
             # them, as echo cancellers freeze adaptation in double talk (and no FFT)
             return
         j, peak = self._find_lag(ref, mic, e_seg, e_mic)
+        self._fruitless = self._fruitless + 1 if peak < 0.2 else 0
         delay = dmax - j
         if peak < 0.5 or not 1 <= j <= lags - 2:
             if peak < 0.2 and self.delay is not None and self._erl_bound < 1e-3:
@@ -824,6 +830,11 @@ class TurnDetector:
                 self._provider_onset = False
                 self._onset = self._time_at(start_n)
                 self._voiced_ms = 0
+                if self.state is TurnState.AGENT_SPEAKING and self._agent_until <= start_n and not self.echo.audible(start_n):
+                    # the answer has played out and only its echo could still come back: the
+                    # caller answering promptly starts their turn (and, confirmed, is not
+                    # scored block by block all the way through it)
+                    self._set_state(TurnState.LISTENING)
                 if self.state is TurnState.LISTENING and not self._caller_turn_open:
                     self._caller_turn_open = True
                     out.append(TurnDecision(TurnAction.CALLER_STARTED, now, self._onset))
