@@ -438,6 +438,13 @@ class EchoGuard:
         at = self._mic_end % self.window
         return np.concatenate([self._mic[at:], self._mic[:at]])
 
+    def _learn_level(self, level: float) -> float:
+        """How loud the line is against the agent (one window's energy ratio): the least of the
+        last 15, doubled, bounds the echo while the caller is quiet. Returns the new bound."""
+        self._erl_seen = (self._erl_seen + [level])[-15:]
+        self._erl_bound = max(1e-4, min(1.0, min(self._erl_seen) * 2.0))
+        return self._erl_bound
+
     @staticmethod
     def _block_energy_max(ref: np.ndarray, n: int) -> float:
         if ref.size <= n:
@@ -462,24 +469,28 @@ class EchoGuard:
         w, dmax, lead = self.window, self.max_delay, self.lead
         if self._mic_end < max(w, self._blind_until) or not self._has_reference(self._mic_end - w - dmax, self._mic_end + lead):
             return
-        mic = self._recent()
         start = self._mic_end - w
+        e_mic = float(np.dot(self._mic, self._mic))  # the ring holds exactly the window (in any order)
         ref = self._ref_slice(start - dmax, self._mic_end + lead)  # ref[k] plays at start - dmax + k
+        if e_mic < self.quiet_energy * w:
+            # the line is (nearly) silent while the agent spoke: no echo worth finding (no FFT),
+            # and the loudest `w` of reference is needed only to 10 ms (most of a call, so cheap)
+            sub = self.rate // 100
+            e_sub = np.einsum("ij,ij->i", r := ref[: ref.size // sub * sub].reshape(-1, sub), r)
+            c = np.cumsum(e_sub)
+            k = w // sub
+            loudest = float(max(c[k - 1], float((c[k:] - c[:-k]).max()) if c.size > k else 0.0))
+            if loudest >= 1e4 * w and self._learn_level(e_mic / loudest) < 1e-3 and self.delay is not None:
+                self.delay = None  # the echo went away (speakerphone off)
+            return
         lags = dmax + lead + 1
         cum = np.concatenate([[0.0], np.cumsum(ref * ref)])
         e_seg = cum[w : w + lags] - cum[:lags]  # energy of ref[j : j + w], the reference at delay dmax - j
         if float(e_seg.max()) < 1e4 * w:  # the agent was (nearly) silent: nothing to learn
             return
-        e_mic = float(np.dot(mic, mic))
-        # how loud the line is against the agent: an upper bound on the echo while the caller is quiet
         level = e_mic / float(e_seg.max())
-        self._erl_seen = (self._erl_seen + [level])[-15:]
-        self._erl_bound = max(1e-4, min(1.0, min(self._erl_seen) * 2.0))
-        if e_mic < self.quiet_energy * w:
-            # the line is (nearly) silent while the agent spoke: no echo worth finding (and no FFT)
-            if self.delay is not None and self._erl_bound < 1e-3:
-                self.delay = None  # the echo went away (speakerphone off)
-            return
+        self._learn_level(level)
+        mic = self._recent()
         if level > 0.5 and level > 8.0 * self._erl_bound:
             # the caller talks over the agent, louder than any echo (3 dB under the agent at most)
             # and than what the line carried while only the agent spoke: no path to find under
@@ -593,7 +604,7 @@ class TurnDetector:
         self.block_ms = block_ms
         self.echo = EchoGuard(sample_rate, quiet_dbfs=self.settings.min_level_dbfs - 6.0)
         self.state = TurnState.LISTENING
-        self._pending = np.zeros(0, dtype=np.float64)
+        self._pending = bytearray()  # caller PCM16 not yet in a block (converted a block at a time)
         self._t0: float | None = None  # clock time of caller sample 0
         self._n = 0  # caller samples consumed into blocks
         self._received = 0  # caller samples received, and silence put in for audio the leg lost
@@ -701,13 +712,17 @@ class TurnDetector:
             if self.state is TurnState.AGENT_SPEAKING and not self.agent_playing:
                 self._set_state(TurnState.LISTENING)
             return []
-        samples = np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
+        pending = self._pending
         if lost:  # silence where the leg lost audio, so what follows sits where it was heard
-            samples = np.concatenate([np.zeros(lost), samples])
-        self._pending = np.concatenate([self._pending, samples]) if self._pending.size else samples
+            pending += bytes(2 * lost)
+        pending += pcm16
+        size = 2 * self.block
+        if len(pending) < size:
+            return []
         decisions: list[TurnDecision] = []
-        while self._pending.size >= self.block:
-            block, self._pending = self._pending[: self.block], self._pending[self.block :]
+        while len(pending) >= size:
+            block = np.frombuffer(pending, dtype="<i2", count=self.block).astype(np.float64)
+            del pending[:size]
             decisions.extend(self._block(block))
         return decisions
 
