@@ -230,7 +230,7 @@ class EchoGuard:
         self.ncc = 0.0
         self._residual_ratio = 0.05  # residual energy / predicted echo energy, in echo-only windows
         self._initial_erl = 10.0 ** (initial_erl_db / 10.0)
-        self._erl_bound = self._initial_erl  # echo energy / reference energy, upper bound
+        self._erl_bound: float = self._initial_erl  # echo energy / reference energy, upper bound
         self._erl_seen: list[float] = []
 
     # -- the reference ------------------------------------------------------------------------
@@ -442,7 +442,7 @@ class EchoGuard:
         """How loud the line is against the agent (one window's energy ratio): the least of the
         last 15, doubled, bounds the echo while the caller is quiet. Returns the new bound."""
         self._erl_seen = (self._erl_seen + [level])[-15:]
-        self._erl_bound = max(1e-4, min(1.0, min(self._erl_seen) * 2.0))
+        self._erl_bound = max(1e-4, min(1.0, float(min(self._erl_seen)) * 2.0))
         return self._erl_bound
 
     @staticmethod
