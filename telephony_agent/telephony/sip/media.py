@@ -183,24 +183,21 @@ class AudioSlices:
 
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AudioSlices] = weakref.WeakKeyDictionary()
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, slice_s: float = 0.002) -> None:
-        self._loop = loop
+    def __init__(self, slice_s: float = 0.002) -> None:  # holds no loop: the loop is the weak key
         self.slice_s = slice_s
         self._spent = 0.0  # in this pass
         self._scheduled = False  # `_new_pass` runs first in the next pass
-        self.deferred = 0  # times a leg waited for a later pass
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop) -> AudioSlices:
         slices = cls._by_loop.get(loop)
         if slices is None:
-            slices = cls._by_loop[loop] = cls(loop)
+            slices = cls._by_loop[loop] = cls()
         return slices
 
     async def turn(self) -> None:
         """Return once this pass has room for another leg's audio (at once, unless a burst used it)."""
         while self._spent >= self.slice_s:
-            self.deferred += 1
             await asyncio.sleep(0)  # the next pass, after the reset `spend` scheduled
 
     def spend(self, seconds: float) -> None:
@@ -208,7 +205,7 @@ class AudioSlices:
         self._spent += seconds
         if not self._scheduled:  # a callback scheduled now runs in the next pass, after its timers
             self._scheduled = True
-            self._loop.call_soon(self._new_pass)
+            asyncio.get_running_loop().call_soon(self._new_pass)
 
     def _new_pass(self) -> None:
         self._spent, self._scheduled = 0.0, False
