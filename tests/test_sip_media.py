@@ -528,3 +528,47 @@ async def test_a_burst_of_every_calls_packet_does_not_hold_the_timers() -> None:
     for _, _, events in legs:  # every frame, in order
         assert [a[0] for a in events.audio] == [seq % 200 + 1 for seq in range(bursts)]
     assert max(per_pass) <= 10, f"up to {max(per_pass)} deliveries (0.4 ms each) in one pass of the loop"
+
+
+async def test_legs_that_close_or_hang_up_while_waiting_for_a_slice_leave_the_others_whole() -> None:
+    """Mid-burst, half the callers hang up (BYE) or have their leg closed while their audio waits
+    for a later pass: no error, the hang-ups still reach their bridges, and every other caller's
+    audio arrives whole and in order."""
+    loop = asyncio.get_running_loop()
+    calls = 20
+    pool = RtpPortPool(*free_port_range(2 * calls))
+    legs: list[tuple[Phone, SipLeg, SlowEvents]] = []
+    for _ in range(calls):
+        phone = Phone()
+        await loop.create_datagram_endpoint(lambda phone=phone: phone, local_addr=("127.0.0.1", 0))  # type: ignore[misc]
+        session = await open_rtp("127.0.0.1", pool, PCMU_20MS, 101, phone.address, 30.0)
+        leg = SipLeg(session, Control())
+        events = SlowEvents(0.0005)
+        leg.attach(events)
+        legs.append((phone, leg, events))
+    bursts = 10
+    try:
+        for seq in range(bursts):
+            for phone, leg, _ in legs:
+                phone.send(rtp(0, seq, seq * 160, 7, bytes([seq + 1]) * 160), leg.rtp.local_port)
+            if seq == 4:
+                await asyncio.sleep(0.003)  # the burst is being handed over, a slice at a time
+                for i, (_, leg, _) in enumerate(legs[calls // 2 :]):  # the later ones wait for a slice
+                    if i % 2:
+                        leg.deliver_hangup()
+                    else:
+                        await leg.close()
+            await asyncio.sleep(0.02)
+        for _, _, events in legs[: calls // 2]:
+            await events.wait(lambda events=events: len(events.audio) == bursts)  # type: ignore[misc]
+        for i, (_, _, events) in enumerate(legs[calls // 2 :]):
+            if i % 2:
+                await events.wait(lambda events=events: events.hangups == 1)  # type: ignore[misc]
+    finally:
+        for phone, leg, _ in legs:
+            await stop(phone, leg)
+    for _, leg, events in legs[: calls // 2]:
+        assert [a[0] for a in events.audio] == list(range(1, bursts + 1))
+        assert leg.bridge_errors == 0
+    for _, leg, events in legs[calls // 2 :]:
+        assert len(events.audio) <= 5 and leg.bridge_errors == 0  # nothing after the hang-up
