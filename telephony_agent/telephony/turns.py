@@ -474,7 +474,9 @@ class EchoGuard:
         ref = self._ref_slice(start - dmax, self._mic_end + lead)  # ref[k] plays at start - dmax + k
         if e_mic < self.quiet_energy * w:
             # the line is (nearly) silent while the agent spoke: no echo worth finding (no FFT),
-            # and the loudest `w` of reference is needed only to 10 ms (most of a call, so cheap)
+            # and the loudest `w` of reference is needed only to 10 ms (most of a call, so cheap);
+            # the cadence goes back to `update_ms`, so the line level is learnt at the usual pace
+            self._fruitless = 0
             sub = self.rate // 100
             e_sub = np.einsum("ij,ij->i", r := ref[: ref.size // sub * sub].reshape(-1, sub), r)
             c = np.cumsum(e_sub)
