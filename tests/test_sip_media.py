@@ -473,6 +473,22 @@ class SlowEvents(Events):
         await super().on_caller_audio(payload)
 
 
+async def slow_legs(events: list[SlowEvents]) -> list[tuple[Phone, SipLeg, SlowEvents]]:
+    """A caller's phone and a SIP leg for each of `events`, on one RTP port pool with room for
+    the sockets other tests open meanwhile."""
+    loop = asyncio.get_running_loop()
+    pool = RtpPortPool(*free_port_range(4 * len(events)))
+    legs = []
+    for bridge in events:
+        phone = Phone()
+        await loop.create_datagram_endpoint(lambda phone=phone: phone, local_addr=("127.0.0.1", 0))  # type: ignore[misc]
+        session = await open_rtp("127.0.0.1", pool, PCMU_20MS, 101, phone.address, 30.0)
+        leg = SipLeg(session, Control())
+        leg.attach(bridge)
+        legs.append((phone, leg, bridge))
+    return legs
+
+
 async def test_a_burst_of_every_calls_packet_does_not_hold_the_timers() -> None:
     """40 callers' packets arrive in the same millisecond, every 20 ms (a media relay, sipp),
     and each costs the bridge 0.4 ms: 16 ms of work per burst. Taken in one pass of the loop it
@@ -482,10 +498,7 @@ async def test_a_burst_of_every_calls_packet_does_not_hold_the_timers() -> None:
     Counted, not timed (the machine may be busy): a probe timer due at once re-arms itself, so
     it runs once per pass, and the deliveries between two of its runs are one pass's."""
     loop = asyncio.get_running_loop()
-    calls = 40
-    pool = RtpPortPool(*free_port_range(4 * calls))  # even ports for RTP, and room for sockets other tests open
     delivered = 0
-    legs: list[tuple[Phone, SipLeg, SlowEvents]] = []
 
     class Counted(SlowEvents):
         async def on_caller_audio(self, payload: bytes) -> None:
@@ -493,14 +506,7 @@ async def test_a_burst_of_every_calls_packet_does_not_hold_the_timers() -> None:
             delivered += 1
             await super().on_caller_audio(payload)
 
-    for _ in range(calls):
-        phone = Phone()
-        await loop.create_datagram_endpoint(lambda phone=phone: phone, local_addr=("127.0.0.1", 0))  # type: ignore[misc]
-        session = await open_rtp("127.0.0.1", pool, PCMU_20MS, 101, phone.address, 30.0)
-        leg = SipLeg(session, Control())
-        counted = Counted(0.0004)
-        leg.attach(counted)
-        legs.append((phone, leg, counted))
+    legs = await slow_legs([Counted(0.0004) for _ in range(40)])
     per_pass: list[int] = []
     seen = 0
 
@@ -534,18 +540,8 @@ async def test_legs_that_close_or_hang_up_while_waiting_for_a_slice_leave_the_ot
     """Mid-burst, half the callers hang up (BYE) or have their leg closed while their audio waits
     for a later pass: no error, the hang-ups still reach their bridges, and every other caller's
     audio arrives whole and in order."""
-    loop = asyncio.get_running_loop()
     calls = 20
-    pool = RtpPortPool(*free_port_range(4 * calls))  # even ports for RTP, and room for sockets other tests open
-    legs: list[tuple[Phone, SipLeg, SlowEvents]] = []
-    for _ in range(calls):
-        phone = Phone()
-        await loop.create_datagram_endpoint(lambda phone=phone: phone, local_addr=("127.0.0.1", 0))  # type: ignore[misc]
-        session = await open_rtp("127.0.0.1", pool, PCMU_20MS, 101, phone.address, 30.0)
-        leg = SipLeg(session, Control())
-        events = SlowEvents(0.0005)
-        leg.attach(events)
-        legs.append((phone, leg, events))
+    legs = await slow_legs([SlowEvents(0.0005) for _ in range(calls)])
     bursts = 10
     try:
         for seq in range(bursts):
