@@ -446,6 +446,15 @@ class EchoGuard:
         return self._erl_bound
 
     @staticmethod
+    def _loudest(ref: np.ndarray, n: int, sub: int) -> float:
+        """The most energy any `n` samples of `ref` hold, windows moved `sub` samples at a time
+        (`_block_energy_max` moves them a sample at a time and gives the mean: 4x the cost here)."""
+        e_sub = np.einsum("ij,ij->i", r := ref[: ref.size // sub * sub].reshape(-1, sub), r)
+        c = np.concatenate([[0.0], np.cumsum(e_sub)])
+        k = n // sub
+        return float((c[k:] - c[:-k]).max())
+
+    @staticmethod
     def _block_energy_max(ref: np.ndarray, n: int) -> float:
         if ref.size <= n:
             return _energy(ref)
@@ -477,11 +486,7 @@ class EchoGuard:
             # and the loudest `w` of reference is needed only to 10 ms (most of a call, so cheap);
             # the cadence goes back to `update_ms`, so the line level is learnt at the usual pace
             self._fruitless = 0
-            sub = self.rate // 100
-            e_sub = np.einsum("ij,ij->i", r := ref[: ref.size // sub * sub].reshape(-1, sub), r)
-            c = np.cumsum(e_sub)
-            k = w // sub
-            loudest = float(max(c[k - 1], float((c[k:] - c[:-k]).max()) if c.size > k else 0.0))
+            loudest = self._loudest(ref, w, self.rate // 100)
             if loudest >= 1e4 * w and self._learn_level(e_mic / loudest) < 1e-3 and self.delay is not None:
                 self.delay = None  # the echo went away (speakerphone off)
             return
