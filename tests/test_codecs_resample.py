@@ -147,6 +147,27 @@ def test_chunked_equals_whole_random_chunkings(pair: tuple[int, int], sizes: lis
     _assert_same(_chunked(a, b, data, sizes), _whole(a, b, data))
 
 
+@pytest.mark.parametrize(("a", "b"), [(8000, 16000), (8000, 24000), (24000, 8000), (8000, 8000)])
+def test_samples_in_floats_are_the_same_stream_unrounded(a: int, b: int) -> None:
+    """`process_samples` (what the speech model is fed) gives the samples `process` gives, before
+    they are rounded and clipped to 16 bits, for any chunking: they round to the same PCM16."""
+    data = _speech(a)
+    whole = _i16(StreamResampler(a, b).process(data))
+    x = _i16(data)
+    r = StreamResampler(a, b)
+    out, at = [], 0
+    for size in itertools.cycle([a // 50, 1, a * 32 // 1000, 7, 999]):
+        if at >= x.size:
+            break
+        out.append(r.process_samples(x[at : at + size]))
+        at += size
+    y = np.concatenate(out)
+    assert y.dtype == np.float64 and y.size == whole.size
+    assert np.abs(y - whole).max() <= 0.5 + 1e-6
+    assert np.array_equal(np.clip(np.rint(y), -32768, 32767), whole)
+    assert np.abs(y - np.rint(y)).max() > 0.01 or a == b  # really not rounded
+
+
 @pytest.mark.parametrize(("a", "b"), ALL_PAIRS)
 def test_20ms_frames_give_20ms_frames(a: int, b: int) -> None:
     r = StreamResampler(a, b)

@@ -225,6 +225,31 @@ def test_path_estimates_back_off_while_they_find_no_echo(monkeypatch: pytest.Mon
     assert len(calls) >= 15 and no_echo <= len(calls) // 2, (no_echo, len(calls))
 
 
+def test_the_loudest_reference_block_is_bounded_from_cells_within_a_cell() -> None:
+    """The echo guard's bound on the loudest block of reference in range comes from per-cell
+    energies kept as the reference is written, moved and cut: never below the exact value (a
+    sample at a time) and above it by at most a cell's share, through every way the reference
+    changes (chunks at any offset, overwrites, cuts, the timeline moving, the window sliding)."""
+    rng = np.random.default_rng(3)
+    guard = EchoGuard(8000)
+    n = 256
+    for step in range(400):
+        at = guard._mic_end + int(rng.integers(-600, 4000))
+        guard.add_reference(rng.normal(0, float(rng.choice([30.0, 3000.0])), int(rng.integers(1, 400))), at)
+        if step % 37 == 5:
+            guard.cut_reference(guard._mic_end + int(rng.integers(-200, 2000)))
+        if step % 53 == 7:
+            guard.shift(int(rng.integers(-300, 300)))
+        guard.process(rng.normal(0, 100, n))
+        lo, hi = guard._mic_end - guard.max_delay - 1, guard._mic_end + n + guard.lead + 1
+        span = guard._ref_slice(lo, hi)
+        c = np.concatenate([[0.0], np.cumsum(span * span)])
+        exact = float((c[n:] - c[:-n]).max()) / n
+        bound = guard._loudest_block(lo, hi, n)
+        assert exact <= bound * (1 + 1e-9) + 1e-9, (step, exact, bound)
+        assert bound <= exact * (1 + 2 * 8 / n) + 1e-6 * 3000**2, (step, exact, bound)
+
+
 @pytest.mark.parametrize("echo_db", [None, -10.0])
 @pytest.mark.parametrize("gap_s", [0.2, 0.4, 1.0])
 def test_a_caller_answering_promptly_starts_their_turn(gap_s: float, echo_db: float | None) -> None:

@@ -36,6 +36,15 @@ def _clip_ufunc() -> np.ufunc:
 
 
 _clip = _clip_ufunc()
+_EMPTY = np.zeros(0)
+
+
+def _to_pcm16(y: np.ndarray) -> bytes:
+    """Round and clip filter outputs (modified in place) to PCM16 bytes."""
+    np.rint(y, out=y)
+    _clip(y, -32768.0, 32767.0, out=y)
+    out: bytes = y.astype("<i2").tobytes()
+    return out
 
 
 class StreamResampler:
@@ -97,7 +106,16 @@ class StreamResampler:
             pcm16 = pcm16[:-1]
         if self._plan is None:
             return bytes(pcm16)
-        return self._run(np.frombuffer(pcm16, dtype="<i2"), None)
+        return _to_pcm16(self._run(np.frombuffer(pcm16, dtype="<i2"), None))
+
+    def process_samples(self, x: np.ndarray) -> np.ndarray:
+        """Feed samples as numbers (PCM16 scale); return the outputs they complete, float64,
+        neither rounded nor clipped. For a consumer that computes in floats (a speech model):
+        the same stream as `process` without the round trip through 16-bit integers. Do not mix
+        the two on one stream."""
+        if self._plan is None:
+            return np.asarray(x, dtype=np.float64)
+        return self._run(x, None)
 
     def flush(self) -> bytes:
         """End of stream: return the rest of the output, then reset.
@@ -117,7 +135,7 @@ class StreamResampler:
             self.reset()
             return b""
         m_final = (2 * n_in * p.up + p.down) // (2 * p.down) + self._delay_out
-        out = self._run(np.zeros(p.phase_taps, dtype=np.int16), m_final) if m_final > self._m_out else b""
+        out = _to_pcm16(self._run(np.zeros(p.phase_taps, dtype=np.int16), m_final)) if m_final > self._m_out else b""
         self.reset()
         return out
 
@@ -128,7 +146,7 @@ class StreamResampler:
         assert p is not None
         return int(p.delay_s * p.out_rate + 1e-9)
 
-    def _run(self, x: np.ndarray, stop: int | None) -> bytes:
+    def _run(self, x: np.ndarray, stop: int | None) -> np.ndarray:
         up, down, rows, step, span, mat = self._k
         n = len(x)
         fill = self._fill
@@ -145,7 +163,7 @@ class StreamResampler:
         if stop is not None and stop < m_end:
             m_end = stop
         if m_end <= m_out:
-            return b""
+            return _EMPTY
         b0 = m_out // rows
         nb = (m_end - 1) // rows - b0 + 1
         start = self._start
@@ -153,16 +171,13 @@ class StreamResampler:
         if need > fill:  # partial last superblock: zero its not-yet-arrived inputs
             buf[fill:need] = 0.0
         window = np.ndarray((nb, span), np.float64, buf, start * _F8, (step * _F8, _F8))
-        y = window @ mat
+        y: np.ndarray = (window @ mat).reshape(-1)
         skip = m_out - b0 * rows
         if skip or m_end != (b0 + nb) * rows:
-            y = y.reshape(-1)[skip : m_end - b0 * rows]
-        np.rint(y, out=y)
-        _clip(y, -32768.0, 32767.0, out=y)
+            y = y[skip : m_end - b0 * rows]
         self._m_out = m_end
         self._start = start + (m_end // rows - b0) * step
-        out: bytes = y.astype("<i2").tobytes()
-        return out
+        return y
 
     def _make_room(self, n: int) -> None:
         """Move the live part of the buffer to the front, growing it if a big chunk needs more."""
