@@ -250,6 +250,23 @@ def test_the_loudest_reference_block_is_bounded_from_cells_within_a_cell() -> No
         assert bound <= exact * (1 + 2 * 8 / n) + 1e-6 * 3000**2, (step, exact, bound)
 
 
+def test_speech_that_did_enough_is_scored_sparingly() -> None:
+    """Silero is most of the detector's cost: a barge-in that already has `min_interruption_ms`
+    of speech is scored every other block while the pause waits to confirm it, and a caller
+    turn while the agent is silent is scored only until 128 ms of it are speech (energy follows
+    it from there), with the same decisions (18 and 11 blocks scored before)."""
+    talk = law(_pcm(INTERRUPTION))
+    detector = TurnDetector(TurnSettings())
+    run = simulate([(1.5, talk)], seconds=5.0, detector=detector)
+    assert run.actions() == [TurnAction.PAUSE, TurnAction.BARGE_IN]
+    assert abs(run.decisions[0].onset - _onset(talk, 1.5)) < 0.1  # type: ignore[operator]
+    assert detector.scored_blocks <= 15, detector.scored_blocks
+    detector = TurnDetector(TurnSettings())
+    run = turn_sim.simulate(np.zeros(0), [(0.5, talk)], seconds=4.0, detector=detector)
+    assert [d.action for d in run.decisions] == [TurnAction.CALLER_STARTED, TurnAction.CALLER_ENDED]
+    assert detector.scored_blocks <= 8, detector.scored_blocks
+
+
 @pytest.mark.parametrize("echo_db", [None, -10.0])
 @pytest.mark.parametrize("gap_s", [0.2, 0.4, 1.0])
 def test_a_caller_answering_promptly_starts_their_turn(gap_s: float, echo_db: float | None) -> None:

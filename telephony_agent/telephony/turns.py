@@ -597,6 +597,9 @@ class TurnDetector:
     """
 
     _CONTIGUOUS_S = 0.06
+    # A caller turn while the agent is silent interrupts nothing: this much speech the scorer
+    # heard makes it speech, and energy alone follows it from then on (to its end)
+    _TURN_CONFIRM_MS = 128
     _WINDOW_S = 0.25  # arrivals are judged over this much audio and clock time alike
     _EARLY_S = 0.04  # frames all this much early: caller sample 0 was placed late
     _LOST_S = 0.25  # ... all this much late: the leg lost audio
@@ -647,6 +650,7 @@ class TurnDetector:
         self._provider_seen = False
         self._caller_turn_open = False
         self._provider_onset = False  # the pause came from the provider alone
+        self._last_prob = 0.0  # the last block's speech probability
         self.blocks = 0
         self.scored_blocks = 0
         self.echo_rejected_blocks = 0
@@ -827,13 +831,15 @@ class TurnDetector:
         # the residual noise floor follows quiet blocks fast and loud ones slowly
         self._noise += (0.2 if energy < self._noise else 0.002) * (energy - self._noise)
         prob = 0.0
-        if (
-            level_ok
-            and self._in_speech
-            and self._voiced_ms >= s.min_interruption_ms
-            and self.state in (TurnState.LISTENING, TurnState.CALLER_TURN)
-        ):
+        confirmed = self._in_speech and self._voiced_ms >= (
+            self._TURN_CONFIRM_MS if self.state is TurnState.LISTENING else s.min_interruption_ms
+        )
+        if level_ok and confirmed and self.state in (TurnState.LISTENING, TurnState.CALLER_TURN):
             prob = 1.0  # a confirmed caller turn, agent silent: only its end matters, and energy tells it
+        elif level_ok and confirmed and self.state is TurnState.PAUSED and self.blocks & 1 and self._gap_ms == 0:
+            # speech that already did enough to interrupt, in a pause waiting to see if it goes
+            # on: every other block is scored, the one between holds the last block's verdict
+            prob = self._last_prob
         elif level_ok and self.scorer is not None:
             if self._quiet_blocks > 20:
                 self.scorer.reset()
@@ -842,6 +848,7 @@ class TurnDetector:
             self._quiet_blocks = 0
         else:
             self._quiet_blocks += 1
+        self._last_prob = prob
         voiced = prob >= (s.sustain_threshold if self._in_speech else s.speech_threshold)
         if (
             voiced
