@@ -223,6 +223,11 @@ class EchoGuard:
         # agent, no echo on the leg): the next ones wait 2x, 4x longer, as cancellers freeze in
         # double talk; an echo that appears meanwhile is still caught by `explains`
         self._fruitless = 0
+        # path estimates in a row that found the same path again, clearly: the next one waits
+        # 2x longer (the FFT search is most of the guard's cost on a leg with echo); a path
+        # that moves in between is caught by `explains` at the onset it sets off, which asks
+        # for the next estimate at once
+        self._steady = 0
         # the echo path: `delay` in samples, `taps` at delay-1, delay, delay+1; None: unknown
         self.delay: int | None = None
         self._moving_until = 0  # caller sample until which the path is known to be moving
@@ -286,7 +291,7 @@ class EchoGuard:
 
     def _forget_level(self) -> None:
         """How quiet the line was against the agent was learnt on a timeline that was off."""
-        self._fruitless = 0
+        self._fruitless = self._steady = 0
         self._erl_seen = []
         self._erl_bound = self._initial_erl
 
@@ -349,7 +354,7 @@ class EchoGuard:
         start = self._mic_end
         self._remember(block)
         self._since_update += n
-        if self._since_update >= self.update_every << min(self._fruitless, 2):
+        if self._since_update >= self.update_every << max(min(self._fruitless, 2), min(self._steady, 1)):
             self._since_update = 0
             self._estimate()
         lo, hi = start - self.max_delay - 1, start + n + self.lead + 1  # every lag's reference
@@ -446,7 +451,7 @@ class EchoGuard:
         # the path moved: until an estimate finds where to (at most `window`), onsets that the
         # moving echo explains less well are still taken for it
         self._moving_until, self._moved_from = end + self.window, self.delay
-        self._since_update, self._fruitless = self.update_every, 0
+        self._since_update, self._fruitless, self._steady = self.update_every, 0, 0
         return True
 
     def _remember(self, block: np.ndarray) -> None:
@@ -497,7 +502,7 @@ class EchoGuard:
             # the line is (nearly) silent while the agent spoke: no echo worth finding (no FFT),
             # and the loudest `w` of reference comes from the cells (most of a call, so cheap);
             # the cadence goes back to `update_ms`, so the line level is learnt at the usual pace
-            self._fruitless = 0
+            self._fruitless = self._steady = 0
             loudest = w * self._loudest_block(start - dmax, self._mic_end + lead, w)
             if loudest >= 1e4 * w and self._learn_level(e_mic / loudest) < 1e-3 and self.delay is not None:
                 self.delay = None  # the echo went away (speakerphone off)
@@ -519,6 +524,8 @@ class EchoGuard:
         j, peak = self._find_lag(ref, mic, e_seg, e_mic)
         self._fruitless = self._fruitless + 1 if peak < 0.2 else 0
         delay = dmax - j
+        same = peak >= 0.8 and self.delay is not None and abs(delay - self.delay) <= 1
+        self._steady = self._steady + 1 if same else 0
         if peak < 0.5 or not 1 <= j <= lags - 2:
             if peak < 0.2 and self.delay is not None and self._erl_bound < 1e-3:
                 self.delay = None  # the echo went away (speakerphone off)
