@@ -209,8 +209,11 @@ class EchoGuard:
         self._cap = -(-cap // _CELL) * _CELL
         self._ref = np.zeros(self._cap, dtype=np.float64)
         # the reference's energy per `_CELL` samples (cell i: _ref[i * _CELL : (i + 1) * _CELL]),
-        # kept as the reference is written, so the loudest block in range is a short sum per block
+        # so the loudest block in range is a short sum per block; cells over _ref[_stale_lo:
+        # _stale_hi] are brought up to date when next asked for (a loud caller block, a path
+        # estimate), in one pass, not per agent chunk
         self._ref_e = np.zeros(self._cap // _CELL, dtype=np.float64)
+        self._stale_lo, self._stale_hi = self._cap, 0
         self._ref_base = -2 * sample_rate  # absolute sample index of _ref[0]: agent audio may come first
         self._mic = np.zeros(self.window, dtype=np.float64)  # recent caller samples, a ring
         self._mic_end = 0  # absolute index just past the last caller sample (its ring slot: % window)
@@ -253,18 +256,20 @@ class EchoGuard:
                 if shift >= self._cap:
                     self._ref[:] = 0.0
                     self._ref_e[:] = 0.0
+                    self._stale_lo, self._stale_hi = self._cap, 0
                 else:
                     self._ref[:-shift] = self._ref[shift:]
                     self._ref[-shift:] = 0.0
                     cells = shift // _CELL
                     self._ref_e[:-cells] = self._ref_e[cells:]
                     self._ref_e[-cells:] = 0.0
+                    self._stale_lo, self._stale_hi = max(0, self._stale_lo - shift), max(0, self._stale_hi - shift)
                 self._ref_base += shift
         lo = max(start, self._ref_base)
         if end > lo:
             a, b = lo - self._ref_base, end - self._ref_base
             self._ref[a:b] = samples[lo - start :]
-            self._cell_energies(a, b)
+            self._stale_lo, self._stale_hi = min(self._stale_lo, a), max(self._stale_hi, b)
             if _energy(samples) < self.quiet_energy:
                 return  # silence (between sentences, or a model "speaking" silence): no echo to expect
             if self._ref_lo >= self._ref_hi or lo < self._ref_lo:
@@ -300,19 +305,21 @@ class EchoGuard:
         lo = max(at, self._ref_base) - self._ref_base
         if lo < self._cap:
             self._ref[lo:] = 0.0
-            self._ref_e[lo // _CELL + 1 :] = 0.0
-            self._cell_energies(lo, lo + 1)
+            self._ref_e[lo // _CELL + 1 :] = 0.0  # zeros from here on: those cells are up to date
+            self._stale_lo, self._stale_hi = min(self._stale_lo, lo), lo + 1
         self._ref_hi = min(self._ref_hi, max(at, self._ref_base))
 
     def _has_reference(self, start: int, end: int) -> bool:
         """Reference audio may be non-zero somewhere in [start, end)."""
         return start < self._ref_hi and end > self._ref_lo and self._ref_lo < self._ref_hi
 
-    def _cell_energies(self, a: int, b: int) -> None:
-        """Recompute the energy of the cells that hold `_ref[a:b]`."""
-        i0, i1 = a // _CELL, min(-(-b // _CELL), self._ref_e.size)
-        cells = self._ref[i0 * _CELL : i1 * _CELL].reshape(-1, _CELL)
-        self._ref_e[i0:i1] = np.einsum("ij,ij->i", cells, cells)
+    def _refresh_cells(self) -> None:
+        """Recompute the energy of the cells over `_ref[_stale_lo:_stale_hi]`."""
+        if self._stale_lo < self._stale_hi:
+            i0, i1 = self._stale_lo // _CELL, min(-(-self._stale_hi // _CELL), self._ref_e.size)
+            cells = self._ref[i0 * _CELL : i1 * _CELL].reshape(-1, _CELL)
+            self._ref_e[i0:i1] = np.einsum("ij,ij->i", cells, cells)
+        self._stale_lo, self._stale_hi = self._cap, 0
 
     def _loudest_block(self, start: int, end: int, n: int) -> float:
         """The highest mean energy of `n` reference samples in [start, end), from whole cells:
@@ -321,6 +328,7 @@ class EchoGuard:
         a, b = max(start - self._ref_base, 0), min(end - self._ref_base, self._cap)
         if b <= a:
             return 0.0
+        self._refresh_cells()
         e = self._ref_e[a // _CELL : -(-b // _CELL)]
         k = (n + 2 * _CELL - 2) // _CELL
         if e.size <= k:
