@@ -29,7 +29,9 @@ In the same run, with the same load generator and fake provider:
   lost/late, and the ratio ours/alt;
 - `--workers 1,2`: the product server with AGENT_WORKERS=1 on one core and 2 on both cores (which
   then also run the load generator): CPU-seconds per call-second summed over every server
-  process from /proc, and calls per core (100 % of a core / CPU % per call);
+  process from /proc, and calls per core (100 % of a core / CPU % per call). `--workers-cores
+  server` keeps every worker on the server core instead: with two cores and a load generator,
+  that is how to see what running several processes costs per call, free of the generator;
 - `--loop auto,asyncio,uvloop`: AGENT_EVENT_LOOP for the servers (uvicorn's `loop` for `alt`);
   whether uvloop was really loaded is read from /proc/<pid>/maps and reported.
 
@@ -350,11 +352,13 @@ class Bench:
         """Start `bridge` (ours/alt) with this many workers and event loop, and callers aimed at it.
 
         One worker runs on the server core alone; more run on the server core and the load
-        generator's (this machine has two)."""
+        generator's (this machine has two), or on the server core alone with `--workers-cores
+        server`."""
         a = self.args
         self.release()
         self.bridge, self.workers, self.loop = bridge, workers, loop
-        self.cores = {a.server_core} if workers == 1 else {a.server_core, a.gen_core}
+        spread = workers > 1 and getattr(a, "workers_cores", "spread") == "spread"
+        self.cores = {a.server_core, a.gen_core} if spread else {a.server_core}
         self.port = free_port()
         env = server_env(f"ws://127.0.0.1:{self.provider_port}/v1/realtime", self.port, AGENT_VAD=a.vad,
                          AGENT_WORKERS=str(workers), AGENT_EVENT_LOOP=loop)
@@ -693,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="calls for the bridge comparison (also measured at half, for the marginal cost; 0: skip)")
     p.add_argument("--workers", default="1,2", help="AGENT_WORKERS values for calls per core ('': skip)")
     p.add_argument("--workers-at", type=int, default=None, help="calls for the workers steps (default --compare-at)")
+    p.add_argument("--workers-cores", choices=["spread", "server"], default="spread",
+                   help="several workers on the server and generator cores (spread), or all on the server core")
     p.add_argument("--loop", default="asyncio,uvloop",
                    help="AGENT_EVENT_LOOP values (auto, asyncio, uvloop): the comparison runs once for each, both "
                         "bridges on the same loop; the series, sequential calls and workers use the first")
