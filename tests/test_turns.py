@@ -81,7 +81,7 @@ def test_agent_echo_is_not_an_interruption(echo_db: float, echo_ms: int) -> None
     assert run.actions() == []
 
 
-@pytest.mark.parametrize("schedule_lead_s", [0.0, 0.2])
+@pytest.mark.parametrize("schedule_lead_s", [0.0, 0.2, 2.0])  # 2 s: the longest AGENT_PLAYOUT_LEAD_MS
 def test_caller_speech_over_the_echo_barges_in(schedule_lead_s: float) -> None:
     speech = _pcm(INTERRUPTION)
     quiet = simulate([], echo_db=-10, echo_ms=150, schedule_lead_s=schedule_lead_s)
@@ -407,3 +407,23 @@ def test_turn_stats_reach_the_metrics() -> None:
     assert 'agent_response_problems_total{kind="response_timeout"} 1.0' in text
     assert "agent_dead_air_seconds_total 1.5" in text
     assert "agent_tool_round_caps_total 1.0" in text
+
+
+def test_a_calls_detector_holds_under_450_kib() -> None:
+    """The echo guard's reference buffer is most of a call's memory: it holds the history an echo
+    can come from and what the playout schedules ahead (AGENT_PLAYOUT_LEAD_MS, at most 2 s), not
+    8 s ahead as it did (650 KiB a call then)."""
+    import tracemalloc
+
+    TurnDetector(TurnSettings())  # the shared Silero weights, loaded once per process
+    rng = np.random.default_rng(5)
+    tracemalloc.start()
+    try:
+        detector = TurnDetector(TurnSettings())
+        for k in range(150):  # 3 s of both sides, so every buffer has been touched
+            detector.agent_audio(rng.normal(0, 3000, 160).astype("<i2").tobytes(), k * 0.02)
+            detector.caller_audio(rng.normal(0, 3000, 160).astype("<i2").tobytes(), (k + 1) * 0.02)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 450 * 1024, held // 1024

@@ -193,6 +193,7 @@ class EchoGuard:
         initial_erl_db: float = -6.0,
         margin_db: float = 6.0,
         quiet_dbfs: float = -56.0,
+        ahead_ms: int = 3000,
     ) -> None:
         self.rate = sample_rate
         self.max_delay = sample_rate * max_delay_ms // 1000
@@ -205,7 +206,9 @@ class EchoGuard:
         self.update_every = sample_rate * update_ms // 1000
         self.margin = 10.0 ** (margin_db / 10.0)
         self.quiet_energy = _FULL_SCALE2 * 10.0 ** (quiet_dbfs / 10.0)  # mean square below which nothing is decided
-        cap = self.max_delay + self.window + 8 * sample_rate  # history + what is scheduled ahead
+        # history, and agent audio scheduled ahead of the caller's timeline: the playout keeps at
+        # most AGENT_PLAYOUT_LEAD_MS (up to 2 s) outstanding; the buffer is most of a call's memory
+        cap = self.max_delay + self.window + sample_rate * ahead_ms // 1000
         self._cap = -(-cap // _CELL) * _CELL
         self._ref = np.zeros(self._cap, dtype=np.float64)
         # the reference's energy per `_CELL` samples (cell i: _ref[i * _CELL : (i + 1) * _CELL]),
