@@ -175,3 +175,43 @@ async def test_many_real_sessions_share_one_timer_and_a_clear_flushes_at_once() 
             s.close()
         transport.close()
     assert len(tick.grid) == 0 and tick.grid.get_timer() is None  # closed calls leave the pass
+
+
+def test_the_tick_leaves_the_registry_with_its_last_session_so_the_loop_can_go() -> None:
+    """The tick holds its loop, the registry's key: registered for good, it kept every event
+    loop that ever carried a SIP call alive (one per test, here). It leaves when the last
+    session on it closes, and comes back with the next one."""
+    import gc
+    import weakref
+
+    async def calls() -> None:
+        loop = asyncio.get_running_loop()
+        sink = Sink()
+        transport, _ = await loop.create_datagram_endpoint(lambda: sink, local_addr=("127.0.0.1", 0))
+        remote = transport.get_extra_info("sockname")[:2]
+        pool = RtpPortPool(*free_port_range(8))
+        try:
+            for _ in range(2):  # the second round: a new tick for new calls
+                sessions = [await open_rtp("127.0.0.1", pool, PCMU_20MS, 101, remote, 30.0) for _ in range(2)]
+                tick = PacingTick.for_loop(loop)
+                for s in sessions:
+                    s.send([b"\x01" * 160] * 5)
+                    s.start_sending()
+                await asyncio.sleep(0.1)
+                assert all(s.local_port in sink.arrivals for s in sessions), "nothing was paced"
+                sessions[0].close()
+                assert PacingTick.for_loop(loop) is tick  # a call is still up on it
+                sessions[1].close()
+                assert loop not in PacingTick._by_loop
+        finally:
+            transport.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(calls())
+    finally:
+        loop.close()
+    ref = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert ref() is None, gc.get_referrers(ref())

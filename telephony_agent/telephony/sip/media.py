@@ -127,7 +127,9 @@ class RtpStats:
 
 class PacingTick:
     """The asyncio shell of the process's `PacingGrid`: one `call_at` timer for every call's
-    outbound packets (one per event loop; `for_loop` finds it)."""
+    outbound packets (one per event loop; `for_loop` finds it). It holds its loop, the registry's
+    key, so it leaves the registry when the last session holding it closes: an entry that
+    outlived its calls would keep the loop alive for good."""
 
     _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PacingTick] = weakref.WeakKeyDictionary()
 
@@ -135,6 +137,7 @@ class PacingTick:
         self._loop = loop
         self.grid: PacingGrid[RtpSession] = PacingGrid(ptime=ptime)
         self._timer = LoopTimer(loop, self._on_timer)
+        self._holders = 0  # open sessions
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop) -> PacingTick:
@@ -142,6 +145,16 @@ class PacingTick:
         if tick is None:
             tick = cls._by_loop[loop] = cls(loop)
         return tick
+
+    def hold(self) -> None:
+        """A session opened on this tick."""
+        self._holders += 1
+
+    def release(self) -> None:
+        """A session on this tick closed; the last one takes the tick out of the registry."""
+        self._holders -= 1
+        if self._holders <= 0 and self._by_loop.get(self._loop) is self:
+            del self._by_loop[self._loop]
 
     def slot(self) -> float:
         """The grid point now (anchor pacers here so their frames fall on the grid)."""
@@ -273,6 +286,8 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)  # asyncio's is no subclass
+        self._tick = PacingTick.for_loop(self._loop)  # the registered one (a bound socket holds it)
+        self._tick.hold()
         self._arm_idle(self._loop.time() + self.timeout_s)
 
     def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
@@ -496,6 +511,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self._flush_metrics(self._loop.time(), final=True)
         self.pacer.stop()
         self._tick.discard(self)
+        if self._transport is not None:  # it held the tick from connection_made
+            self._tick.release()
         if self._start_handle is not None:
             self._start_handle.cancel()
             self._start_handle = None
