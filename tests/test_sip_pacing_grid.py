@@ -143,11 +143,16 @@ class Sink(asyncio.DatagramProtocol):
         self.arrivals.setdefault(addr[1], []).append((time.monotonic(), data))
 
 
+async def listening_sink() -> tuple[Sink, asyncio.DatagramTransport, tuple[str, int]]:
+    """A loopback UDP socket that records what arrives, and its address."""
+    sink = Sink()
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: sink, local_addr=("127.0.0.1", 0))
+    return sink, transport, transport.get_extra_info("sockname")[:2]
+
+
 async def test_many_real_sessions_share_one_timer_and_a_clear_flushes_at_once() -> None:
     loop = asyncio.get_running_loop()
-    sink = Sink()
-    transport, _ = await loop.create_datagram_endpoint(lambda: sink, local_addr=("127.0.0.1", 0))
-    remote = transport.get_extra_info("sockname")[:2]
+    sink, transport, remote = await listening_sink()
     pool = RtpPortPool(*free_port_range(40))
     sessions = [await open_rtp("127.0.0.1", pool, PCMU_20MS, 101, remote, 30.0) for _ in range(20)]
     tick = PacingTick.for_loop(loop)
@@ -186,9 +191,7 @@ def test_the_tick_leaves_the_registry_with_its_last_session_so_the_loop_can_go()
 
     async def calls() -> None:
         loop = asyncio.get_running_loop()
-        sink = Sink()
-        transport, _ = await loop.create_datagram_endpoint(lambda: sink, local_addr=("127.0.0.1", 0))
-        remote = transport.get_extra_info("sockname")[:2]
+        sink, transport, remote = await listening_sink()
         pool = RtpPortPool(*free_port_range(8))
         try:
             for _ in range(2):  # the second round: a new tick for new calls
