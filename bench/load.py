@@ -357,7 +357,7 @@ class Bench:
         a = self.args
         self.release()
         self.bridge, self.workers, self.loop = bridge, workers, loop
-        spread = workers > 1 and getattr(a, "workers_cores", "spread") == "spread"
+        spread = workers > 1 and a.workers_cores == "spread"
         self.cores = {a.server_core, a.gen_core} if spread else {a.server_core}
         self.port = free_port()
         env = server_env(f"ws://127.0.0.1:{self.provider_port}/v1/realtime", self.port, AGENT_VAD=a.vad,
