@@ -44,6 +44,7 @@ from telephony_agent.telephony.twilio.stream import (
     media_message,
 )
 from telephony_agent.telephony.twilio.stream_auth import redact_start
+from telephony_agent.websocket_write import WRITE_ERRORS, WriteBatch, write_now
 from telephony_agent.wiretap import WIRETAP, Wiretap
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,6 @@ CLOSE_REASON_BYTES = 123  # RFC 6455: a close frame's reason fits in 125 bytes w
 def close_reason(text: str) -> bytes:
     """A WebSocket close reason: UTF-8, cut to what a close frame can carry."""
     return text.encode("utf-8")[:CLOSE_REASON_BYTES].decode("utf-8", "ignore").encode("utf-8")
-WRITE_NOW_LIMIT = 64 * 1024  # past this much unsent, writes go through the writer task, which waits for drain
 
 
 @dataclass
@@ -98,6 +98,8 @@ class TwilioMediaSocket:
         self._outbox: deque[str] = deque()
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self._writing = False
+        self._pending: list[str] = []  # sent in this pass, written at its end (`WriteBatch`)
         self._closed = False
         self._tap: Wiretap | None = None  # the call's WIRETAP, read once the call is authorised
         self.authorized = False
@@ -138,37 +140,35 @@ class TwilioMediaSocket:
         if sid is None or self._closed:
             return
         self._outbox.clear()
+        self._pending.clear()
         self._send([clear_message(sid)])
 
     def _send(self, messages: list[str]) -> None:
-        """Write now when nothing is queued and the socket takes it; else queue for the writer task.
+        """Written at the end of this pass of the event loop, with every other socket's frames
+        (`WriteBatch`): at once while nothing is queued and the socket takes data (no hop to the
+        writer task: at a few hundred calls a loop pass is milliseconds, and barge-in, `clear`,
+        is measured in them), else queued for the writer task."""
+        if not self._pending:
+            WriteBatch.for_loop(asyncio.get_running_loop()).add(self)
+        self._pending.extend(messages)
 
-        Writing in the caller's turn of the event loop saves the hop to the writer task: at a few
-        hundred calls a loop pass is milliseconds, and barge-in (`clear`) is measured in them.
-        """
-        if not self._outbox and self._write_now(messages):
+    def flush(self) -> None:
+        messages, self._pending = self._pending, []
+        if not messages or self._closed:
+            return
+        try:
+            written = not self._outbox and not self._writing and write_now(self.ws, messages)
+        except WRITE_ERRORS as exc:
+            self.log.debug("media socket write failed: %s", exc)
+            return
+        if written:
+            tap = self._tap
+            if tap is not None:
+                for text in messages:
+                    tap.record("phone", "out", text)
             return
         self._outbox.extend(messages)
         self._wake.set()
-
-    def _write_now(self, messages: list[str]) -> bool:
-        writer = getattr(self.ws, "_writer", None)
-        write = getattr(writer, "_write_websocket_frame", None)  # aiohttp's synchronous frame write
-        transport = getattr(writer, "transport", None)
-        if (
-            write is None
-            or transport is None
-            or transport.is_closing()
-            or getattr(writer, "_closing", True)
-            or transport.get_write_buffer_size() > WRITE_NOW_LIMIT
-        ):
-            return False
-        tap = self._tap
-        for text in messages:
-            if tap is not None:
-                tap.record("phone", "out", text)
-            write(text.encode(), aiohttp.WSMsgType.TEXT, 0)
-        return True
 
     async def hangup(self) -> None:
         call_sid = self.protocol.call_sid
@@ -198,17 +198,20 @@ class TwilioMediaSocket:
                     tap = self._tap
                     if tap is not None:
                         tap.record("phone", "out", text)
+                    self._writing = True  # `_send` must not write past it while it waits for drain
                     await ws.send_str(text)
+                    self._writing = False
                 if self._closed:
                     return
                 self._wake.clear()
                 await self._wake.wait()
-        except (ConnectionResetError, aiohttp.ClientError, RuntimeError) as exc:
+        except WRITE_ERRORS as exc:
             self.log.debug("media socket write failed: %s", exc)
 
     async def close(self) -> None:
         if self._closed:
             return
+        self.flush()
         self._closed = True
         self._wake.set()
         if self._writer is not None:
