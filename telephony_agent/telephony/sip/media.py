@@ -582,7 +582,8 @@ async def open_rtp(
         except OSError as exc:  # taken by another process: try the next port
             last_error = exc
             pool.release(port)
-            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+            # uvloop raises its own OSError ("could not bind", no errno) from the socket's
+            if (exc.errno or getattr(exc.__cause__, "errno", None)) not in (errno.EADDRINUSE, errno.EACCES):
                 raise
             continue
         return session
