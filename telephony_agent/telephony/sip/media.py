@@ -620,7 +620,7 @@ class SipLeg:
         self._queue: collections.deque[tuple[str, Any]] = collections.deque()
         self._pending_audio = 0
         self._max_pending_audio = max_pending_audio
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # `_deliver` waits on it for the next event
         self._task: asyncio.Task[None] | None = None
         self.dropped_audio = 0
         self.bridge_errors = 0
@@ -720,16 +720,21 @@ class SipLeg:
 
     def _push(self, kind: str, value: Any) -> None:
         self._queue.append((kind, value))
-        self._wake.set()
+        waiter = self._waiter  # a bare future, not an asyncio.Event: this runs 50 times a second per call
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def _deliver(self) -> None:
         events = self._events
         assert events is not None
-        slices = AudioSlices.for_loop(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        slices = AudioSlices.for_loop(loop)
         while True:
             while not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
+                self._waiter = waiter = loop.create_future()
+                await waiter
             if self._queue[0][0] == _AUDIO:
                 await slices.turn()
             kind, value = self._queue.popleft()
