@@ -327,7 +327,9 @@ class CallBridge:
         if session is None or phase is CallPhase.PROMPTING or phase is CallPhase.ENDED:
             return
         if phase is CallPhase.LIVE:
-            await self._on_turns(self.turns.caller_audio(self._to_pcm(payload), self._leg_seen))
+            decisions = self.turns.caller_audio(self._to_pcm(payload), self._leg_seen)
+            if decisions:  # rarely: no coroutine for the 50 frames a second that decide nothing
+                await self._on_turns(decisions)
         await self._send_inbound(session, payload)
 
     async def _send_inbound(self, session: RealtimeSession, payload: bytes) -> None:

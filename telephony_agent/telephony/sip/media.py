@@ -208,6 +208,11 @@ class AudioSlices:
             slices = cls._by_loop[loop] = cls()
         return slices
 
+    @property
+    def full(self) -> bool:
+        """This pass has spent its slice: `turn` would wait for the next."""
+        return self._spent >= self.slice_s
+
     async def turn(self) -> None:
         """Return once this pass has room for another leg's audio (at once, unless a burst used it)."""
         while self._spent >= self.slice_s:
@@ -735,7 +740,7 @@ class SipLeg:
             while not self._queue:
                 self._waiter = waiter = loop.create_future()
                 await waiter
-            if self._queue[0][0] == _AUDIO:
+            if self._queue[0][0] == _AUDIO and slices.full:
                 await slices.turn()
             kind, value = self._queue.popleft()
             try:
