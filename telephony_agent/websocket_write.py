@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Iterable
 from typing import Protocol
 
 import aiohttp
+
+from telephony_agent.per_loop import PerLoop
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +64,12 @@ class WriteBatch:
     difference on both ends: writing each frame at once cost the server and the peer more CPU
     than the writer-task hop it saved."""
 
-    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WriteBatch] = weakref.WeakKeyDictionary()
-
     def __init__(self) -> None:  # holds no loop: the loop is the weak key
         self._owners: list[BatchedWriter] = []
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop) -> WriteBatch:
-        batch = cls._by_loop.get(loop)
-        if batch is None:
-            batch = cls._by_loop[loop] = cls()
-        return batch
+        return _BATCHES.get(loop)
 
     def add(self, owner: BatchedWriter) -> None:
         """`owner` has frames to write: its `flush` runs once, in the next pass."""
@@ -88,3 +84,6 @@ class WriteBatch:
                 owner.flush()
             except Exception:  # one socket's bug must not keep the others' frames
                 log.exception("flushing a socket's frames failed")
+
+
+_BATCHES: PerLoop[WriteBatch] = PerLoop(lambda _loop: WriteBatch())

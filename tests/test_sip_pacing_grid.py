@@ -10,7 +10,7 @@ import time
 from sip_peers import free_port_range
 
 from telephony_agent.telephony.leg import PCMU_20MS
-from telephony_agent.telephony.sip.media import PacingTick, RtpPortPool, open_rtp
+from telephony_agent.telephony.sip.media import PACING_TICKS, PacingTick, RtpPortPool, open_rtp
 from telephony_agent.telephony.sip.pacer import OutboundPacer, PacedFrame, PacerState
 from telephony_agent.telephony.sip.pacing_grid import PacingGrid
 
@@ -205,7 +205,7 @@ def test_the_tick_leaves_the_registry_with_its_last_session_so_the_loop_can_go()
                 sessions[0].close()
                 assert PacingTick.for_loop(loop) is tick  # a call is still up on it
                 sessions[1].close()
-                assert loop not in PacingTick._by_loop
+                assert loop not in PACING_TICKS
         finally:
             transport.close()
 

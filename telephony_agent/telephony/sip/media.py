@@ -22,11 +22,11 @@ import errno
 import logging
 import socket
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from telephony_agent.per_loop import PerLoop
 from telephony_agent.wiretap import IN, LEG_PHONE, OUT, WIRETAP, Wiretap
 
 from ..leg import AudioLaw, LegEvents, PhoneFormat
@@ -131,8 +131,6 @@ class PacingTick:
     key, so it leaves the registry when the last session holding it closes: an entry that
     outlived its calls would keep the loop alive for good."""
 
-    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PacingTick] = weakref.WeakKeyDictionary()
-
     def __init__(self, loop: asyncio.AbstractEventLoop, *, ptime: float = 0.02) -> None:
         self._loop = loop
         self.grid: PacingGrid[RtpSession] = PacingGrid(ptime=ptime)
@@ -141,10 +139,7 @@ class PacingTick:
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop) -> PacingTick:
-        tick = cls._by_loop.get(loop)
-        if tick is None:
-            tick = cls._by_loop[loop] = cls(loop)
-        return tick
+        return PACING_TICKS.get(loop)
 
     def hold(self) -> None:
         """A session opened on this tick."""
@@ -153,8 +148,8 @@ class PacingTick:
     def release(self) -> None:
         """A session on this tick closed; the last one takes the tick out of the registry."""
         self._holders -= 1
-        if self._holders <= 0 and self._by_loop.get(self._loop) is self:
-            del self._by_loop[self._loop]
+        if self._holders <= 0:
+            PACING_TICKS.drop(self._loop, self)
 
     def slot(self) -> float:
         """The grid point now (anchor pacers here so their frames fall on the grid)."""
@@ -194,8 +189,6 @@ class AudioSlices:
     `slice_s`, the legs after it wait for the next pass (after the timers); queued audio is never
     dropped or reordered, only handed over a few milliseconds later."""
 
-    _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AudioSlices] = weakref.WeakKeyDictionary()
-
     def __init__(self, slice_s: float = 0.002) -> None:  # holds no loop: the loop is the weak key
         self.slice_s = slice_s
         self._spent = 0.0  # in this pass
@@ -203,10 +196,7 @@ class AudioSlices:
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop) -> AudioSlices:
-        slices = cls._by_loop.get(loop)
-        if slices is None:
-            slices = cls._by_loop[loop] = cls()
-        return slices
+        return _AUDIO_SLICES.get(loop)
 
     @property
     def full(self) -> bool:
@@ -227,6 +217,10 @@ class AudioSlices:
 
     def _new_pass(self) -> None:
         self._spent, self._scheduled = 0.0, False
+
+
+PACING_TICKS: PerLoop[PacingTick] = PerLoop(PacingTick)
+_AUDIO_SLICES: PerLoop[AudioSlices] = PerLoop(lambda _loop: AudioSlices())
 
 
 class _SessionState(enum.Enum):
