@@ -139,6 +139,49 @@ def test_in_order_packets_pass_straight_through() -> None:
     assert jb.get_timer() is None and jb.stats.lost == 0
 
 
+class _AlwaysPlaced(JitterBuffer):
+    """The buffer without its in-order shortcut: every packet held and released."""
+
+    def push(self, packet: RtpPacket, now: float) -> list[bytes]:
+        return self._place(self._arrival(packet, now), packet, now)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_in_order_shortcut_plays_what_holding_every_packet_plays(seed: int) -> None:
+    """Runs in order, reordering, duplicates, losses, renumbering and a second SSRC, with timers."""
+    rng = random.Random(seed)
+    fast, slow = JitterBuffer(), _AlwaysPlaced()
+    seq, now, out_fast, out_slow = 0, 0.0, [], []
+    for _ in range(600):
+        now += 0.02
+        r = rng.random()
+        if r < 0.7:
+            seqs = [seq]
+        elif r < 0.8:
+            seqs = [seq + 1, seq]  # swapped
+            seq += 1
+        elif r < 0.87:
+            seqs = [seq, seq]  # duplicated
+        elif r < 0.93:
+            seqs = []  # lost
+        elif r < 0.95:
+            seq += rng.choice([5000, 40000])  # the sender renumbers
+            seqs = [seq]
+        else:
+            seqs = [seq - rng.randint(1, 4)]  # late
+        seq += 1
+        ssrc = 7 if rng.random() < 0.97 else 8
+        for s in seqs:
+            packet = _pkt(s % 65536, ssrc=ssrc)
+            out_fast += fast.push(packet, now)
+            out_slow += slow.push(packet, now)
+        out_fast += fast.handle_timer(now)
+        out_slow += slow.handle_timer(now)
+        assert fast.get_timer() == slow.get_timer()
+    assert out_fast == out_slow
+    assert fast.stats == slow.stats
+
+
 def test_reordered_packets_come_out_in_order() -> None:
     jb = JitterBuffer()
     played: list[bytes] = []

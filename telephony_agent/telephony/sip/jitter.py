@@ -76,6 +76,13 @@ class JitterBuffer:
 
     def push(self, packet: RtpPacket, now: float) -> list[bytes]:
         """Take one speech packet; return the payloads now ready, in order (maybe none)."""
+        src = self._arrival(packet, now)
+        if packet.sequence == src.expected and not src.held:  # in order, nothing waiting: most packets
+            return self._emit(src, packet)
+        return self._place(src, packet, now)
+
+    def _arrival(self, packet: RtpPacket, now: float) -> _Source:
+        """Count a speech packet and its jitter; its source (new, or the most recent again)."""
         self.stats.packets += 1
         src = self._sources.get(packet.ssrc)
         if packet.ssrc != self._current:
@@ -87,7 +94,7 @@ class JitterBuffer:
         else:
             self._sources.move_to_end(packet.ssrc)
         self._update_jitter(src, packet, now)
-        return self._place(src, packet, now)
+        return src
 
     def skip(self, packet: RtpPacket, now: float) -> list[bytes]:
         """A packet of the speech SSRC that carries no speech (an RFC 4733 event sharing its
