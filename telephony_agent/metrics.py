@@ -152,6 +152,25 @@ class Metrics:
         )
         self._seen: dict[str, _Seen] = {}
 
+    def add_rtp_departures(self, counts: list[int], total_ms: float) -> None:
+        """Add outbound RTP departures counted per `RTP_DEPARTURE_BUCKETS_MS` bucket (the last:
+        above the largest) by a SIP call, about once a second: an `observe` per packet was 1-2 %
+        of a core at 200 calls. prometheus-client has no public bulk add, so this adds to the
+        histogram's own values (guarded: per observation if they are not there); they are
+        shared files in multiprocess mode, as `observe` would write."""
+        h = self.rtp_departure
+        buckets, total = getattr(h, "_buckets", None), getattr(h, "_sum", None)
+        if buckets is None or total is None or len(buckets) != len(counts):
+            bounds = (*RTP_DEPARTURE_BUCKETS_MS, RTP_DEPARTURE_BUCKETS_MS[-1] * 2)
+            for bound, n in zip(bounds, counts, strict=True):
+                for _ in range(n):
+                    h.observe(bound)
+            return
+        for value, n in zip(buckets, counts, strict=True):
+            if n:
+                value.inc(n)
+        total.inc(total_ms)
+
     # -- per-call stats -----------------------------------------------------------------------
 
     def observe_call(self, call: Any, *, final: bool = False) -> None:

@@ -14,7 +14,7 @@ import pytest
 from agent_server import running_agent, test_settings
 
 from telephony_agent.logs import JsonFormatter, call_logger, configure_logging
-from telephony_agent.metrics import Metrics
+from telephony_agent.metrics import RTP_DEPARTURE_BUCKETS_MS, Metrics
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -157,3 +157,29 @@ def test_configure_logging_json_adds_worker(capsys: pytest.CaptureFixture[str]) 
         root.setLevel(level)
     record = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert record["worker"] == 3 and record["msg"] == "hello"
+
+
+def test_rtp_departures_are_added_in_bulk_or_observed_one_by_one() -> None:
+
+    m = Metrics()
+    counts = [3, 0, 1] + [0] * (len(RTP_DEPARTURE_BUCKETS_MS) - 3) + [2]  # the last: above 100 ms
+    m.add_rtp_departures(counts, 500.0)
+    m.add_rtp_departures(counts, 500.0)
+    text = m.render().decode()
+    assert 'agent_rtp_departure_deviation_ms_bucket{le="0.25"} 6.0' in text
+    assert 'agent_rtp_departure_deviation_ms_bucket{le="1.0"} 8.0' in text
+    assert 'agent_rtp_departure_deviation_ms_bucket{le="100.0"} 8.0' in text
+    assert "agent_rtp_departure_deviation_ms_count 12.0" in text
+    assert "agent_rtp_departure_deviation_ms_sum 1000.0" in text
+
+    class WithoutInternals:  # a prometheus-client whose histogram keeps its values elsewhere
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.seen.append(value)
+
+    stand_in = WithoutInternals()
+    m.rtp_departure = stand_in  # type: ignore[assignment]
+    m.add_rtp_departures(counts, 500.0)
+    assert stand_in.seen == [0.25, 0.25, 0.25, 1.0, 200.0, 200.0]

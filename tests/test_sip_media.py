@@ -20,6 +20,7 @@ from sip_peers import free_port_range
 
 from telephony_agent.telephony.leg import PCMA_20MS, PCMU_20MS, PhoneFormat
 from telephony_agent.telephony.sip.media import (
+    DEPARTURE_BUCKETS_MS,
     RtpPortPool,
     SipLeg,
     open_rtp,
@@ -410,7 +411,7 @@ async def test_rtp_metrics_count_packets_loss_dtmf_and_departures() -> None:
         phone.send(rtp(101, 50, 9999, 2, struct.pack("!BBH", 4, 0x80 | 10, 800)), port)
     phone.send(b"\x00" * 20, port)
     await events.wait(lambda: len(events.digits) == 1)
-    await phone.wait_for(10)
+    await phone.wait_for(65)  # 1.3 s of (silence) packets out: a flush of the counters while sending, then the last
     await leg.close()
     text = metrics.render().decode()
     values = {
@@ -423,6 +424,12 @@ async def test_rtp_metrics_count_packets_loss_dtmf_and_departures() -> None:
     assert values["agent_rtp_lost_total"] == 1 and values["agent_rtp_dtmf_total"] == 1
     assert values['agent_rtp_malformed_total{kind="bad_version"}'] == 1
     assert values["agent_rtp_departure_deviation_ms_count"] >= 9
+    # the departures, added in bulk about once a second and at the end: every bucket as counted
+    counts = leg.rtp.stats.departure_ms
+    assert values["agent_rtp_departure_deviation_ms_count"] == sum(counts)
+    assert values["agent_rtp_departure_deviation_ms_sum"] == pytest.approx(leg.rtp.stats.departure_sum_ms)
+    for i, bound in enumerate(DEPARTURE_BUCKETS_MS):
+        assert values[f'agent_rtp_departure_deviation_ms_bucket{{le="{float(bound)}"}}'] == sum(counts[: i + 1])
     assert values["agent_rtp_jitter_ms_count"] == 1
     assert phone.transport is not None
     phone.transport.close()

@@ -119,6 +119,7 @@ class RtpStats:
     send_errors: int = 0
     departure_ms: list[int] = field(default_factory=lambda: [0] * (len(DEPARTURE_BUCKETS_MS) + 1))
     """Counts per `DEPARTURE_BUCKETS_MS` bucket (last: above the largest) of |interval - ptime|."""
+    departure_sum_ms: float = 0.0
 
     @property
     def malformed_total(self) -> int:
@@ -278,6 +279,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self._held: list[bytes] = []  # frames sent before start_sending()
         self._metrics = metrics  # telephony_agent.metrics.Metrics (duck-typed: no upward import)
         self._reported: dict[str, int] = {}
+        self._departures_reported = [0] * len(self.stats.departure_ms)
+        self._departure_sum_reported = 0.0
         self._flushed_at = self._loop.time()
         self.state = _SessionState.OPEN
 
@@ -457,8 +460,7 @@ class RtpSession(asyncio.DatagramProtocol):
     def _record_departure(self, now: float) -> None:
         if self._last_tx is not None:
             dev = abs((now - self._last_tx) - 0.02) * 1000
-            if self._metrics is not None:
-                self._metrics.rtp_departure.observe(dev)
+            self.stats.departure_sum_ms += dev
             buckets = self.stats.departure_ms
             for i, bound in enumerate(DEPARTURE_BUCKETS_MS):
                 if dev <= bound:
@@ -497,6 +499,14 @@ class RtpSession(asyncio.DatagramProtocol):
                 m.rtp_dtmf.inc(gained)
             else:
                 m.rtp_malformed.labels(key.split(":", 1)[1]).inc(gained)
+        departures = self.stats.departure_ms
+        if sum(departures) > sum(self._departures_reported):
+            m.add_rtp_departures(
+                [a - b for a, b in zip(departures, self._departures_reported, strict=True)],
+                self.stats.departure_sum_ms - self._departure_sum_reported,
+            )
+            self._departures_reported = list(departures)
+            self._departure_sum_reported = self.stats.departure_sum_ms
         if final and self.jitter.stats.packets:
             m.rtp_jitter.observe(self.jitter.stats.jitter_ms)
 
