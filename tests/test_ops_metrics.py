@@ -160,7 +160,6 @@ def test_configure_logging_json_adds_worker(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_rtp_departures_are_added_in_bulk_or_observed_one_by_one() -> None:
-
     m = Metrics()
     counts = [3, 0, 1] + [0] * (len(RTP_DEPARTURE_BUCKETS_MS) - 3) + [2]  # the last: above 100 ms
     m.add_rtp_departures(counts, 500.0)
