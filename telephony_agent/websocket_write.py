@@ -1,13 +1,14 @@
-"""Synchronous WebSocket writes: a frame written in the sender's turn of the event loop.
+"""WebSocket writes without a writer task: what a pass of the event loop sends, written together
+at its end.
 
 aiohttp's `send_str` is a coroutine because it may wait for the socket to drain. Sockets that
 send 50 small messages a second per call (caller audio to the provider, agent audio to the
 phone) went through a writer task for that, and the hop to it (a queue, a wake-up, a task step)
 cost as much as the write. aiohttp builds and writes a frame synchronously
 (`_write_websocket_frame`, masking included on the client side); `send_str` only adds the wait
-for drain. So while the socket takes data, we write at once; past `WRITE_NOW_LIMIT` unsent
-bytes, or if that aiohttp method is missing, the caller queues for its writer task, which waits
-for drain as before.
+for drain. So while the socket takes data, `write_now` writes at once; past `WRITE_NOW_LIMIT`
+unsent bytes, or if that aiohttp method is missing, the caller queues for its writer task, which
+waits for drain as before. `WriteBatch` gathers the writes of a pass into one callback.
 """
 
 from __future__ import annotations

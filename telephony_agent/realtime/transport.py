@@ -1,5 +1,6 @@
-"""A WebSocket client connection, shared by the cloud providers: writes in the sender's turn
-while the socket takes them, through one writer task (which waits for drain) when it does not."""
+"""A WebSocket client connection, shared by the cloud providers: what a pass of the event loop
+sends is written at its end, through a writer task (which waits for drain) only while the socket
+is backed up."""
 
 from __future__ import annotations
 

@@ -198,7 +198,7 @@ class TwilioMediaSocket:
                     tap = self._tap
                     if tap is not None:
                         tap.record("phone", "out", text)
-                    self._writing = True  # `_send` must not write past it while it waits for drain
+                    self._writing = True  # `flush` must not write past it while it waits for drain
                     await ws.send_str(text)
                     self._writing = False
                 if self._closed:
