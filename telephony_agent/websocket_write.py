@@ -8,14 +8,16 @@ cost as much as the write. aiohttp builds and writes a frame synchronously
 (`_write_websocket_frame`, masking included on the client side); `send_str` only adds the wait
 for drain. So while the socket takes data, `write_now` writes at once; past `WRITE_NOW_LIMIT`
 unsent bytes, or if that aiohttp method is missing, the caller queues for its writer task, which
-waits for drain as before. `WriteBatch` gathers the writes of a pass into one callback.
+waits for drain as before. `WriteBatch` gathers the writes of a pass into one callback, and
+`FrameWriter` is one socket's side of it (the provider transport's and the Twilio media socket's).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import aiohttp
@@ -88,3 +90,110 @@ class WriteBatch:
 
 
 _BATCHES: PerLoop[WriteBatch] = PerLoop(lambda _loop: WriteBatch())
+
+
+class FrameWriter:
+    """One WebSocket's outgoing text frames. What a pass sends is written at its end
+    (`WriteBatch`): at once while nothing is queued and the socket takes data; else queued for the
+    writer task (`start`), which waits for drain, and later frames queue behind it, so frames keep
+    their order. A write that fails marks the writer `failed`; what was queued is dropped."""
+
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketResponse,
+        what: str,
+        log: logging.Logger | logging.LoggerAdapter[logging.Logger] = log,
+        on_write: Callable[[str], None] | None = None,
+    ) -> None:
+        self.ws = ws
+        self.what = what  # "provider socket", "media socket": the writer task's name and log lines
+        self.log = log
+        self._on_write = on_write  # each frame as it is written
+        self._pending: list[str] = []  # sent in this pass, written at its end
+        self._outbox: deque[str] = deque()  # for the writer task
+        self._wake = asyncio.Event()
+        self._writing = False  # the writer task holds a frame while it waits for drain
+        self._closing = False
+        self.failed = False
+        self.sent = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the writer task (on the running loop)."""
+        self.task = asyncio.create_task(self._write_loop(), name=f"{self.what} writer")
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the writer task."""
+        return len(self._outbox)
+
+    @property
+    def unwritten(self) -> bool:
+        return bool(self._pending or self._outbox or self._writing)
+
+    def send(self, texts: Iterable[str]) -> None:
+        if not self._pending:
+            WriteBatch.for_loop(asyncio.get_running_loop()).add(self)
+        self._pending.extend(texts)
+
+    def drop_unsent(self) -> None:
+        """Forget every frame not yet written (a frame the writer task holds still goes)."""
+        self._pending.clear()
+        self._outbox.clear()
+
+    def flush(self) -> None:
+        """Write what was sent this pass (`WriteBatch` calls it)."""
+        texts, self._pending = self._pending, []
+        if not texts or self.failed or self._closing:
+            return
+        if not self._outbox and not self._writing:
+            try:
+                written = write_now(self.ws, texts)
+            except WRITE_ERRORS as exc:
+                self._failed(exc)
+                return
+            if written:
+                self.sent += len(texts)
+                if self._on_write is not None:
+                    for text in texts:
+                        self._on_write(text)
+                return
+        self._outbox.extend(texts)
+        self._wake.set()
+
+    async def close(self, timeout: float) -> None:
+        """Write what was sent, then stop the writer task once it has written its queue (bounded
+        by `timeout`: then it is cancelled)."""
+        self.flush()
+        self._closing = True
+        task = self.task
+        if task is not None and not task.done():
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+
+    def _failed(self, exc: BaseException) -> None:
+        self.log.debug("%s write failed: %s", self.what, exc)
+        self.failed = True
+        self._outbox.clear()
+
+    async def _write_loop(self) -> None:
+        ws = self.ws
+        try:
+            while True:
+                while self._outbox:
+                    text = self._outbox.popleft()
+                    if self._on_write is not None:
+                        self._on_write(text)
+                    self._writing = True  # `flush` must not write past it while it waits for drain
+                    await ws.send_str(text)
+                    self._writing = False
+                    self.sent += 1
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+        except WRITE_ERRORS as exc:
+            self._failed(exc)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import Any
 
 import aiohttp
@@ -18,7 +17,7 @@ from telephony_agent.realtime.errors import (
     RealtimeTimeoutError,
     SessionClosedError,
 )
-from telephony_agent.websocket_write import WRITE_ERRORS, WriteBatch, write_now
+from telephony_agent.websocket_write import FrameWriter
 from telephony_agent.wiretap import WIRETAP, Wiretap
 
 log = logging.getLogger(__name__)
@@ -28,7 +27,7 @@ CLOSE_TIMEOUT_S = 2.0
 
 class WebSocketTransport:
     """Owns one socket: `send()` never blocks the caller. What is sent in a pass of the event loop
-    is written at its end, with every other socket's (`websocket_write.WriteBatch`): at once while
+    is written at its end, with every other socket's (`websocket_write.FrameWriter`): at once while
     nothing is queued and the socket takes data, otherwise through the writer task, which waits
     for drain; later messages queue behind, so frames keep their order.
 
@@ -51,18 +50,15 @@ class WebSocketTransport:
         self._connect_timeout = connect_timeout
         self._max_msg_size = max_msg_size
         self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._outbox: deque[str] = deque()
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self._writing = False  # the writer task holds a message while it waits for drain
-        self._pending: list[str] = []  # sent in this pass, written at its end (`WriteBatch`)
-        self._batch: WriteBatch | None = None  # the loop's, from `connect`
+        self._frames: FrameWriter | None = None  # from `connect`
         self._closing = False
-        self._failed = False  # a write failed: the socket is as good as closed
         self.close_code: int | None = None
         self.close_reason: str = ""
-        self.sent_messages = 0
         self._tap: Wiretap | None = WIRETAP.get()
+
+    @property
+    def sent_messages(self) -> int:
+        return 0 if self._frames is None else self._frames.sent
 
     @property
     def open(self) -> bool:
@@ -88,61 +84,25 @@ class WebSocketTransport:
             raise RealtimeConnectionError(f"{_safe_url(self._url)} refused the upgrade ({exc.status})") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise RealtimeConnectionError(f"cannot reach {_safe_url(self._url)}: {exc}") from None
-        self._batch = WriteBatch.for_loop(asyncio.get_running_loop())
-        self._writer = asyncio.create_task(self._write_loop(), name="ws-writer")
+        self._frames = FrameWriter(self._ws, "provider socket", log)
+        self._frames.start()
 
     def send(self, message: dict[str, Any] | str) -> None:
-        ws = self._ws
-        if ws is None or ws.closed or self._failed or self._closing or self._writer is None or self._writer.done():
+        ws, frames = self._ws, self._frames
+        if (
+            ws is None
+            or ws.closed
+            or self._closing
+            or frames is None
+            or frames.failed
+            or frames.task is None
+            or frames.task.done()
+        ):
             raise SessionClosedError("the provider connection is closed")
         text = message if isinstance(message, str) else orjson.dumps(message).decode()
         if self._tap is not None:
             self._tap.record("provider", "out", text)
-        if not self._pending and self._batch is not None:
-            self._batch.add(self)
-        self._pending.append(text)
-
-    def flush(self) -> None:
-        """Write what was sent this pass (`WriteBatch` calls it): at once while nothing is queued
-        and the socket takes data, else queued for the writer task, behind what is there."""
-        texts, self._pending = self._pending, []
-        ws = self._ws
-        if not texts or ws is None or self._failed:
-            return
-        if not self._outbox and not self._writing:
-            try:
-                written = write_now(ws, texts)
-            except WRITE_ERRORS as exc:
-                self._write_failed(exc)
-                return
-            if written:
-                self.sent_messages += len(texts)
-                return
-        self._outbox.extend(texts)
-        self._wake.set()
-
-    def _write_failed(self, exc: BaseException) -> None:
-        log.debug("provider socket write failed: %s", exc)
-        self._failed = True
-        self._outbox.clear()
-
-    async def _write_loop(self) -> None:
-        ws = self._ws
-        assert ws is not None
-        try:
-            while True:
-                while self._outbox:
-                    text = self._outbox.popleft()
-                    self._writing = True
-                    await ws.send_str(text)
-                    self._writing = False
-                    self.sent_messages += 1
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-        except WRITE_ERRORS as exc:
-            self._write_failed(exc)
+        frames.send((text,))
 
     async def receive(self) -> str | bytes | None:
         ws = self._ws
@@ -167,32 +127,29 @@ class WebSocketTransport:
 
     async def drain(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Wait until everything queued has been written (bounded)."""
-        if self._writer is None or self._writer.done():
+        frames = self._frames
+        if frames is None or frames.task is None or frames.task.done():
             return
         deadline = asyncio.get_running_loop().time() + timeout
-        self.flush()
-        while (self._outbox or self._writing) and asyncio.get_running_loop().time() < deadline:
+        frames.flush()
+        while frames.unwritten and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.005)
 
     async def close(self, code: int = 1000, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Flush queued messages, close the socket, stop the writer; bounded by `timeout`."""
-        self.flush()
         self._closing = True
-        if self._writer is not None and not self._writer.done():
-            self._wake.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(self._writer), timeout)
-            except (TimeoutError, asyncio.CancelledError):
-                self._writer.cancel()
+        writer = None if self._frames is None else self._frames.task
+        if self._frames is not None:
+            await self._frames.close(timeout)
         if self._ws is not None and not self._ws.closed:
             try:
                 await asyncio.wait_for(self._ws.close(code=code), timeout)
             except (TimeoutError, aiohttp.ClientError, OSError):
                 pass
-        if self._writer is not None and not self._writer.done():
-            self._writer.cancel()
+        if writer is not None and not writer.done():
+            writer.cancel()
             try:
-                await self._writer
+                await writer
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - we are tearing down
                 pass
         if self._ws is not None:

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -44,7 +43,7 @@ from telephony_agent.telephony.twilio.stream import (
     media_message,
 )
 from telephony_agent.telephony.twilio.stream_auth import redact_start
-from telephony_agent.websocket_write import WRITE_ERRORS, WriteBatch, write_now
+from telephony_agent.websocket_write import FrameWriter
 from telephony_agent.wiretap import WIRETAP, Wiretap
 
 log = logging.getLogger(__name__)
@@ -95,11 +94,7 @@ class TwilioMediaSocket:
         self.protocol = MediaStreamProtocol()
         self.bridge: CallBridge | None = None
         self.log: logging.Logger | logging.LoggerAdapter[logging.Logger] = log
-        self._outbox: deque[str] = deque()
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self._writing = False
-        self._pending: list[str] = []  # sent in this pass, written at its end (`WriteBatch`)
+        self._frames = FrameWriter(ws, "media socket", self.log, self._record_out)
         self._closed = False
         self._tap: Wiretap | None = None  # the call's WIRETAP, read once the call is authorised
         self.authorized = False
@@ -139,36 +134,20 @@ class TwilioMediaSocket:
         sid = self.protocol.stream_sid
         if sid is None or self._closed:
             return
-        self._outbox.clear()
-        self._pending.clear()
+        self._frames.drop_unsent()
         self._send([clear_message(sid)])
 
     def _send(self, messages: list[str]) -> None:
         """Written at the end of this pass of the event loop, with every other socket's frames
-        (`WriteBatch`): at once while nothing is queued and the socket takes data (no hop to the
+        (`FrameWriter`): at once while nothing is queued and the socket takes data (no hop to the
         writer task: at a few hundred calls a loop pass is milliseconds, and barge-in, `clear`,
         is measured in them), else queued for the writer task."""
-        if not self._pending:
-            WriteBatch.for_loop(asyncio.get_running_loop()).add(self)
-        self._pending.extend(messages)
+        self._frames.send(messages)
 
-    def flush(self) -> None:
-        messages, self._pending = self._pending, []
-        if not messages or self._closed:
-            return
-        try:
-            written = not self._outbox and not self._writing and write_now(self.ws, messages)
-        except WRITE_ERRORS as exc:
-            self.log.debug("media socket write failed: %s", exc)
-            return
-        if written:
-            tap = self._tap
-            if tap is not None:
-                for text in messages:
-                    tap.record("phone", "out", text)
-            return
-        self._outbox.extend(messages)
-        self._wake.set()
+    def _record_out(self, text: str) -> None:
+        tap = self._tap
+        if tap is not None:
+            tap.record("phone", "out", text)
 
     async def hangup(self) -> None:
         call_sid = self.protocol.call_sid
@@ -189,34 +168,11 @@ class TwilioMediaSocket:
 
     # -- the socket -------------------------------------------------------------------------
 
-    async def _write_loop(self) -> None:
-        ws = self.ws
-        try:
-            while True:
-                while self._outbox:
-                    text = self._outbox.popleft()
-                    tap = self._tap
-                    if tap is not None:
-                        tap.record("phone", "out", text)
-                    self._writing = True  # `flush` must not write past it while it waits for drain
-                    await ws.send_str(text)
-                    self._writing = False
-                if self._closed:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-        except WRITE_ERRORS as exc:
-            self.log.debug("media socket write failed: %s", exc)
-
     async def close(self) -> None:
         if self._closed:
             return
-        self.flush()
         self._closed = True
-        self._wake.set()
-        if self._writer is not None:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._writer), 2.0)
+        await self._frames.close(2.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ws.close(), 2.0)
 
@@ -255,7 +211,7 @@ class TwilioMediaSocket:
 
     async def run(self) -> None:
         """Serve the socket until the stream stops, the caller hangs up or the bridge ends the call."""
-        self._writer = asyncio.create_task(self._write_loop(), name="twilio-writer")
+        self._frames.start()
         try:
             if await self._await_start():
                 await self._stream()
@@ -266,8 +222,9 @@ class TwilioMediaSocket:
                     await bridge.on_hangup()
                 self.hooks.on_call_end(bridge)
             await self.close()
-            if self._writer is not None and not self._writer.done():
-                self._writer.cancel()
+            writer = self._frames.task
+            if writer is not None and not writer.done():
+                writer.cancel()
 
     async def _await_start(self) -> bool:
         """Until an authorised `start`: nothing logged, recorded or kept beyond a few small frames."""
@@ -309,7 +266,7 @@ class TwilioMediaSocket:
         refusal = self.hooks.authorize(start)
         if refusal is not None:
             return await self._refuse(1008, f"refused: {refusal}")
-        self.log = call_logger(__name__, start.call_sid)
+        self.log = self._frames.log = call_logger(__name__, start.call_sid)
         try:
             self.bridge = await self.hooks.make_bridge(start, self)
         except CallRefused as exc:
