@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from telephony_agent.settings import Settings, SettingsError, load_settings
+# One BLAS thread (set before numpy loads it): a process serves its calls from one event loop on
+# one core, and a BLAS thread pool would only compete with it for that core, spinning while it
+# waits. Silero's batched matrix products are big enough to start one otherwise.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from telephony_agent.settings import Settings, SettingsError, load_settings  # noqa: E402
 
 
 def _config(settings: Settings) -> int:

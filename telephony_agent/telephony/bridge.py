@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from telephony_agent.per_loop import PerLoop
 from telephony_agent.realtime import (
     AudioChunk,
     AudioDelta,
@@ -52,13 +53,15 @@ from telephony_agent.realtime import (
 from telephony_agent.telephony.assets import prompt_audio
 from telephony_agent.telephony.call_tools import register_call_tools
 from telephony_agent.telephony.leg import AudioLaw, PhoneLeg
-from telephony_agent.telephony.loop_timer import fired_at
+from telephony_agent.telephony.loop_timer import SharedTimer, fired_at
 from telephony_agent.telephony.pacing import Confirmer, PacingClock
 from telephony_agent.telephony.playout import Playout
 from telephony_agent.telephony.turns import (
+    BatchedSileroScorer,
     DeadAirAction,
     DeadAirDecision,
     DeadAirGuard,
+    SileroBatch,
     TurnAction,
     TurnDecision,
     TurnDetector,
@@ -127,6 +130,9 @@ class BridgeOptions:
     response_timeout_seconds: float = 4.0
     max_tool_rounds: int = 5
     filler_after_seconds: float = 2.0
+    # Silero's windows are scored with other calls' on the loop (`speech_scorers.SileroBatch`),
+    # waiting up to this long for company under load (0: what one pass of the loop brings)
+    vad_batch_ms: int = 10
 
 
 @dataclass
@@ -145,6 +151,20 @@ class CallStats:
 
 
 DtmfHook = Callable[[str], Awaitable[None] | None]
+
+
+def _silero_batch(_loop: asyncio.AbstractEventLoop) -> SileroBatch:
+    """A loop's Silero batch, run by its own timer. Neither holds the loop (`SharedTimer`)."""
+    batch = SileroBatch(_loop_time)
+    batch.on_add = SharedTimer(batch).changed
+    return batch
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
+_SILERO_BATCHES: PerLoop[SileroBatch] = PerLoop(_silero_batch)
 
 
 class CallBridge:
@@ -276,7 +296,12 @@ class CallBridge:
         if self.options.vad != "off":
             # A few ms of model loading, once the provider is there (never for a refused or failed
             # call), in line: a thread would make a replayed call's timing depend on the machine.
-            self.turns.attach_scorer(make_scorer(self.options.vad, self.format.sample_rate))
+            batch = _SILERO_BATCHES.get(asyncio.get_running_loop())
+            batch.max_wait_s = self.options.vad_batch_ms / 1000  # one process's calls share the setting
+            scorer = make_scorer(self.options.vad, self.format.sample_rate, batch)
+            if isinstance(scorer, BatchedSileroScorer):
+                scorer.on_score = self._on_score
+            self.turns.attach_scorer(scorer)
         try:
             self._inbound = self._inbound_transcoder(session.input_format)
         except RealtimeError as exc:
@@ -501,18 +526,37 @@ class CallBridge:
     async def _on_turns(self, decisions: list[TurnDecision]) -> None:
         """Act on the turn detector's decisions (pause / resume / barge-in / the caller's turn)."""
         for d in decisions:
-            if d.action is TurnAction.PAUSE:
-                self._pause(d)
-            elif d.action is TurnAction.RESUME:
-                self._resume(d)
-            elif d.action is TurnAction.BARGE_IN:
+            if d.action is TurnAction.BARGE_IN:
                 await self._barge_in(d.at, d)
-            elif d.action is TurnAction.CALLER_STARTED:
-                self._caller_spoke()
-            elif d.action is TurnAction.CALLER_ENDED:
-                self.dead_air.caller_turn_ended(self.turns.last_speech_end or d.at)
+            else:
+                self._on_turn(d)
         if decisions:
             self._timer_changed()  # a pause has a deadline; a caller turn that ended, an answer owed
+
+    def _on_turn(self, d: TurnDecision) -> None:
+        """Every decision but a barge-in, which awaits the provider."""
+        if d.action is TurnAction.PAUSE:
+            self._pause(d)
+        elif d.action is TurnAction.RESUME:
+            self._resume(d)
+        elif d.action is TurnAction.CALLER_STARTED:
+            self._caller_spoke()
+        elif d.action is TurnAction.CALLER_ENDED:
+            self.dead_air.caller_turn_ended(self.turns.last_speech_end or d.at)
+
+    def _on_score(self, prob: float) -> None:
+        """The loop's Silero batch scored the caller block the detector waited on: act on what
+        that block and the input held behind it decided, now, up to a barge-in, which goes to a
+        task with whatever follows it (it awaits the provider)."""
+        decisions = self.turns.scored(prob)
+        if self.phase is not CallPhase.LIVE:
+            return
+        for i, d in enumerate(decisions):
+            if d.action is TurnAction.BARGE_IN:
+                self._spawn(self._on_turns(decisions[i:]))
+                break
+            self._on_turn(d)
+        self._timer_changed()  # the detector's deadline, hidden while it waited
 
     async def _on_provider_speech(self, received: float) -> None:
         """The provider heard the caller: the detector confirms or rejects it; agent audio that

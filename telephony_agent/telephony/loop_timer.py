@@ -1,4 +1,5 @@
-"""`LoopTimer`: the asyncio shell of a sans-I/O deadline (`get_timer()` / `handle_timer(now)`).
+"""`LoopTimer`: the asyncio shell of a sans-I/O deadline (`get_timer()` / `handle_timer(now)`);
+`SharedTimer`: the same for an object every call on a loop shares.
 
 Why a class for something as small as `loop.call_at`: the time handed to `handle_timer` must not
 be earlier than the deadline the timer was armed for. uvloop's clock (libuv's) moves in whole
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
-__all__ = ["LoopTimer", "fired_at"]
+__all__ = ["LoopTimer", "SharedTimer", "Timed", "fired_at"]
 
 
 def fired_at(now: float, due: float | None) -> float:
@@ -56,3 +58,42 @@ class LoopTimer:
     def _fire(self) -> None:
         due, self._handle, self.due = self.due, None, None
         self._callback(fired_at(self._loop.time(), due))
+
+
+class Timed(Protocol):
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+
+class SharedTimer:
+    """Runs `target.handle_timer` when `target.get_timer()` says, on the running loop's clock; call
+    `changed()` after anything that may have moved that deadline. A deadline already past runs
+    in a callback of this pass (`call_soon`), once however often `changed` is called.
+
+    It holds no loop and no timer handle, so a per-loop registry (`per_loop.PerLoop`) can keep
+    it without keeping its loop alive: it only remembers the deadline it armed. A timer that an
+    earlier deadline made stale still fires, and finds nothing due, or less than it was armed for."""
+
+    __slots__ = ("_armed", "_target")
+
+    def __init__(self, target: Timed) -> None:
+        self._target = target
+        self._armed: float | None = None
+
+    def changed(self) -> None:
+        due = self._target.get_timer()
+        if due is None or (self._armed is not None and self._armed <= due):
+            return
+        loop = asyncio.get_running_loop()
+        self._armed = due
+        if due <= loop.time():
+            loop.call_soon(self._fire, due)
+        else:
+            loop.call_at(due, self._fire, due)
+
+    def _fire(self, due: float) -> None:
+        if self._armed == due:
+            self._armed = None
+        self._target.handle_timer(fired_at(asyncio.get_running_loop().time(), due))
+        self.changed()

