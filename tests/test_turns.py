@@ -49,6 +49,31 @@ def test_a_real_interruption_pauses_at_once_and_barges_in(vad: str) -> None:
     assert barge.source == "local"
 
 
+def test_a_caller_louder_than_any_echo_the_line_allows_is_no_echo_without_an_fft(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No echo on the line (it stayed quiet while only the agent spoke): the onset is bounded out
+    of being the agent's echo before any correlation is computed, and still pauses the agent."""
+    counts = {"explains": 0, "fft": 0, "inside": 0}
+    real_rfft, real_explains = np.fft.rfft, EchoGuard.explains
+
+    def rfft(*args: Any, **kwargs: Any) -> Any:
+        counts["fft"] += counts["inside"]
+        return real_rfft(*args, **kwargs)
+
+    def explains(self: EchoGuard) -> bool:
+        counts["explains"] += 1
+        counts["inside"] = 1
+        try:
+            return real_explains(self)
+        finally:
+            counts["inside"] = 0
+
+    monkeypatch.setattr(np.fft, "rfft", rfft)
+    monkeypatch.setattr(EchoGuard, "explains", explains)
+    run = simulate([(3.0, _pcm(INTERRUPTION))])
+    assert run.actions() == [TurnAction.PAUSE, TurnAction.BARGE_IN]
+    assert counts["explains"] >= 1 and counts["fft"] == 0
+
+
 @pytest.mark.parametrize("vad", ["silero", "energy"])
 @pytest.mark.parametrize("noise", NAMES)
 def test_noise_over_agent_speech_leaves_the_agent_talking(noise: str, vad: str) -> None:

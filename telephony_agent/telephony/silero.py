@@ -18,6 +18,7 @@ differ from the package's by a few thousandths (checked in tests/test_silero.py)
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 import struct
 from collections.abc import Sequence
@@ -162,8 +163,8 @@ class SileroModel:
         x[:, _PAD : _PAD + _WINDOW] = windows
         x[:, :_PAD] = windows[:, _PAD:0:-1]
         x[:, _PAD + _WINDOW :] = windows[:, -2 : -_PAD - 2 : -1]
-        s = x.strides
-        frames = np.lib.stride_tricks.as_strided(x, (count, 4, 256), (s[0], _HOP * s[1], s[1]), writeable=False)
+        hops = x.reshape(count, 5, _HOP)  # frame j is hops j and j + 1
+        frames = np.concatenate([hops[:, :4], hops[:, 1:]], axis=2)  # (windows, 4, 256)
         spec = frames.reshape(count * 4, 256) @ self.basis_t  # (windows * 4 frames, 258)
         firsts: np.ndarray = self._encode(spec.reshape(count, 4, -1))[..., 0, :]
         return firsts
@@ -204,29 +205,32 @@ class SileroModel:
         """For each (stream, its next windows): the highest speech probability of those windows,
         as `probability` one window at a time would give (to float rounding). Every stream
         appears once. The encoder runs on all the windows at once; the LSTM steps once per round,
-        for every stream with a window left in that round."""
+        for every stream with a window left in that round (nearly always one round)."""
+        counts = [len(ws) for _, ws in requests]
         windows = [w for _, ws in requests for w in ws]
+        best = [0.0] * len(requests)
         if not windows:
-            return [0.0] * len(requests)
+            return best
         feats = self.features_batch(np.stack(windows))
         hd = self.hidden
-        best = np.zeros(len(requests))
-        first = np.cumsum([0] + [len(ws) for _, ws in requests])  # each request's first window in `feats`
-        rounds = max(len(ws) for _, ws in requests)
-        for r in range(rounds):
-            rows = [i for i, (_, ws) in enumerate(requests) if len(ws) > r]
-            states = [requests[i][0] for i in rows]
-            xh = np.stack([s._xh for s in states])
-            c = np.stack([s._c for s in states])
-            xh[:, :hd] = feats[first[rows] + r]
-            z = self.lstm_step(xh, c)
-            for k, s in enumerate(states):
-                s._xh[:] = xh[k]
-                s._c[:] = c[k]
-            p = 1.0 / (1.0 + np.exp(-np.maximum(z, -30.0)))
-            p[z <= -30.0] = 0.0
-            best[rows] = np.maximum(best[rows], p)
-        return best.tolist()
+        starts = list(itertools.accumulate(counts, initial=0))  # each request's first row in `feats`
+        for r in range(max(counts)):
+            rows = [i for i, k in enumerate(counts) if k > r]
+            xh = np.empty((len(rows), 2 * hd), dtype=np.float32)
+            c = np.empty((len(rows), hd), dtype=np.float32)
+            xh[:, :hd] = feats[[starts[i] + r for i in rows]]
+            for k, i in enumerate(rows):
+                state = requests[i][0]
+                xh[k, hd:] = state._xh[hd:]
+                c[k] = state._c
+            z = self.lstm_step(xh, c).tolist()
+            for k, i in enumerate(rows):
+                state = requests[i][0]
+                state._xh[:] = xh[k]
+                state._c[:] = c[k]
+                if z[k] > -30.0:
+                    best[i] = max(best[i], 1.0 / (1.0 + math.exp(-z[k])))
+        return best
 
 
 class SileroState:

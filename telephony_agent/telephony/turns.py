@@ -343,6 +343,21 @@ class EchoGuard:
         e_seg = cum[n : n + lags] - cum[:lags]  # energy of ref[j : j + n]
         if float(e_seg.max()) < 1e4 * n:
             return False
+        if self.delay is not None:
+            gain = float(np.abs(self.taps).sum())
+            lo, hi = 0.5 * gain, 2.0 * gain  # a path that moved keeps its loss
+        else:
+            lo, hi = 0.0, 2.0 * math.sqrt(self._erl_bound)
+        threshold = self.explained_moving if end < self._moving_until else self.explained
+        # What an echo can take away is at most hi * sqrt(its reference's energy * the energy it
+        # is fitted to) (Cauchy-Schwarz, with the gain at most `hi`), so the share it explains
+        # is at most hi * sqrt(reference / sound). A caller clearly louder than any echo the
+        # path allows is no echo: most onsets end here, before the FFTs below.
+        res_before = np.concatenate([[0.0], np.cumsum(e_res)])
+        mic_before = np.concatenate([[0.0], np.cumsum(e_mic)])
+        least = float((res_before + (mic_before[-1] - mic_before)).min())  # the least `total` below
+        if least >= 1.0 and hi * math.sqrt(max(float(e_seg.max()), 1.0) / least) < threshold:
+            return False
         # the lags worth a closer look: the best-correlated, for the line and for the residual
         size = scipy.fft.next_fast_len(ref.size, real=True)
         spectra = np.fft.rfft(np.stack([mic, residual]), size, axis=1)
@@ -357,11 +372,6 @@ class EchoGuard:
         c_res = np.einsum("lbs,bs->bl", segs.reshape(-1, blocks, sub), residual.reshape(blocks, sub))
         e_ref = np.einsum("lbs,lbs->bl", s := segs.reshape(-1, blocks, sub), s)
         e_suffix = np.maximum(np.cumsum(e_ref[::-1], axis=0)[::-1], 1.0)  # from block b to the end
-        if self.delay is not None:
-            gain = float(np.abs(self.taps).sum())
-            lo, hi = 0.5 * gain, 2.0 * gain  # a path that moved keeps its loss
-        else:
-            lo, hi = 0.0, 2.0 * math.sqrt(self._erl_bound)
         near_old = np.abs(lag - skip) <= 8 if skip is not None else np.zeros(lag.size, dtype=bool)
         best = 0.0
         for stop in range(blocks + 1):  # the old echo stopped before block `stop` (all: it has not)
@@ -372,7 +382,7 @@ class EchoGuard:
                 gained[:, near_old] = 0.0  # the old echo still there: that is the subtraction's job
             total = float(e_res[:stop].sum() + e_mic[stop:].sum())
             best = max(best, float(gained.max()) / max(total, 1.0))
-        if best < (self.explained_moving if end < self._moving_until else self.explained):
+        if best < threshold:
             return False
         # the path moved: until an estimate finds where to (at most `window`), onsets that the
         # moving echo explains less well are still taken for it
