@@ -119,6 +119,15 @@ class Metrics:
         self.tool_round_caps = Counter(
             "agent_tool_round_caps", "Tool rounds refused because a caller turn hit AGENT_MAX_TOOL_ROUNDS", registry=r
         )
+        self.vad_windows = Counter(
+            "agent_vad_windows", "Silero windows scored (32 ms of caller audio each)", registry=r
+        )
+        self.vad_batches = Counter(
+            "agent_vad_batches", "Silero batches run: windows / batches is the mean batch size (AGENT_VAD_BATCH_MS)", registry=r
+        )
+        self.vad_batch_failures = Counter(
+            "agent_vad_batch_failures", "Silero batches whose arithmetic failed (scored as no speech)", registry=r
+        )
         # SIP trunk (telephony/sip). Labels are closed sets: methods, status codes, kinds, reasons.
         self.sip_calls = Counter("agent_sip_calls", "SIP calls by outcome", ["outcome"], registry=r)
         self.sip_requests = Counter("agent_sip_requests", "SIP requests received, by method", ["method"], registry=r)
@@ -151,6 +160,7 @@ class Metrics:
             registry=r,
         )
         self._seen: dict[str, _Seen] = {}
+        self._vad_seen = (0, 0, 0)  # the Silero batch's batches, windows, failures already added
 
     def add_rtp_departures(self, counts: list[int], total_ms: float) -> None:
         """Add outbound RTP departures counted per `RTP_DEPARTURE_BUCKETS_MS` bucket (the last:
@@ -227,6 +237,14 @@ class Metrics:
         add("false", self.false_interruptions, t.false_interruptions)
         add("dead_air", self.dead_air, t.dead_air_seconds)
         add("caps", self.tool_round_caps, t.tool_round_caps)
+
+    def observe_vad_batch(self, batch: Any) -> None:
+        """Add what the process's Silero batch (duck-typed `SileroBatch`) ran since the last look."""
+        now = (int(batch.batches), int(batch.windows_scored), int(batch.failures))
+        for counter, before, after in zip((self.vad_batches, self.vad_windows, self.vad_batch_failures), self._vad_seen, now, strict=True):
+            if after > before:
+                counter.inc(after - before)
+        self._vad_seen = now
 
     def observe_calls(self, calls: Any) -> None:
         """`observe_call` for every live call; forgets calls that vanished without a final look."""

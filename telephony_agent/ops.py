@@ -26,6 +26,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from telephony_agent.state import STATE, AppState
+from telephony_agent.telephony.bridge import loop_silero_batch
 from telephony_agent.telephony.sip.endpoint import SIP_ENDPOINT
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,9 @@ def flush_calls(state: AppState) -> None:
     """Add live calls' new frames, barge-ins, latencies and errors to the counters."""
     try:
         state.metrics.observe_calls(state.calls.values())
+        batch = loop_silero_batch(asyncio.get_running_loop())
+        if batch is not None:
+            state.metrics.observe_vad_batch(batch)
     except Exception:
         log.exception("metrics flush failed")
 

@@ -307,3 +307,24 @@ def test_the_shared_timer_runs_the_batch_after_the_pass_or_the_wait_and_keeps_no
     del loop
     gc.collect()
     assert ref() is None
+
+
+def test_the_batch_reaches_the_metrics_as_deltas() -> None:
+    from telephony_agent.metrics import Metrics
+
+    metrics = Metrics()
+    batch = SileroBatch(Clock())
+    calls = [_Scored(batch) for _ in range(3)]
+    for call in calls:
+        call.submit()
+    batch.run()
+    metrics.observe_vad_batch(batch)
+    calls[0].submit()
+    batch.run()
+    batch.failures += 1
+    metrics.observe_vad_batch(batch)
+    metrics.observe_vad_batch(batch)
+    text = metrics.render().decode()
+    assert "agent_vad_batches_total 2.0" in text
+    assert f"agent_vad_windows_total {float(batch.windows_scored)}" in text and batch.windows_scored >= 4
+    assert "agent_vad_batch_failures_total 1.0" in text

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from itertools import pairwise
 from typing import Any
 
+import aiohttp
 import numpy as np
 from agent_server import AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
 from peers.fake_gemini import FakeGemini, Reply
@@ -243,6 +244,10 @@ async def test_agent_echo_is_not_a_barge_in_but_the_caller_over_it_is() -> None:
             await call.wait_for(lambda: bridge.turn_stats.barge_ins, 5, "barge-in")
             scorer = bridge.turns.scorer
             assert isinstance(scorer, BatchedSileroScorer) and scorer._batch.windows_scored > 0  # scored with the loop's batch
+            async with aiohttp.ClientSession() as http, http.get(agent.base_url + "/metrics") as r:
+                text = await r.text()
+            windows = [line for line in text.splitlines() if line.startswith("agent_vad_windows_total ")]
+            assert windows and float(windows[0].split()[1]) >= 1, windows
 
 
 # -- dead air -------------------------------------------------------------------------------------

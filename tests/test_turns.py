@@ -395,6 +395,38 @@ def test_near_silent_output_is_no_answer() -> None:
     assert [(d.action, d.reason) for d in guard.handle_timer(2.0)] == [(DeadAirAction.RETRY, "near_silent")]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_audio_the_guard_does_not_need_changes_nothing(seed: int) -> None:
+    """The bridge skips converting agent audio for the guard while `needs_audio` is False: in
+    random sequences of everything the guard hears, agent audio then changes none of its state."""
+    rng = np.random.default_rng(seed)
+    guard = DeadAirGuard(response_timeout=4.0, filler_after=2.0)
+    now, skipped = 0.0, 0
+    for _ in range(400):
+        now += float(rng.uniform(0.0, 0.7))
+        kind = int(rng.integers(0, 9))
+        if kind <= 2:
+            needed, before = guard.needs_audio, dict(vars(guard))
+            out = guard.agent_audio(SILENT if rng.integers(0, 2) else LOUD, now)
+            if not needed:
+                skipped += 1
+                assert out == [] and vars(guard) == before
+        elif kind == 3:
+            guard.caller_turn_ended(now)
+        elif kind == 4:
+            guard.caller_spoke()
+        elif kind == 5:
+            guard.response_started()
+            guard.response_done(now)
+        elif kind == 6:
+            guard.tool_started(now)
+        elif kind == 7:
+            guard.tools_finished(now)
+        elif guard.get_timer() is not None and now >= guard.get_timer():  # type: ignore[operator]
+            guard.handle_timer(now)
+    assert skipped > 20
+
+
 def test_a_slow_tool_gets_one_filler_and_holds_the_timeout() -> None:
     guard = DeadAirGuard(response_timeout=4.0, filler_after=2.0)
     guard.caller_turn_ended(0.0)

@@ -81,6 +81,7 @@ __all__ = [
     "CallStats",
     "CallTimer",
     "DtmfHook",
+    "loop_silero_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,11 @@ def _loop_time() -> float:
 
 
 _SILERO_BATCHES: PerLoop[SileroBatch] = PerLoop(_silero_batch)
+
+
+def loop_silero_batch(loop: asyncio.AbstractEventLoop) -> SileroBatch | None:
+    """The loop's Silero batch, if a call on it has scored with one (for the metrics)."""
+    return _SILERO_BATCHES.get(loop) if loop in _SILERO_BATCHES else None
 
 
 class CallBridge:
@@ -396,7 +402,8 @@ class CallBridge:
                 received = self.clock()
                 if isinstance(event, AudioDelta):
                     self._on_audio(event)
-                    await self._on_dead_air(self.dead_air.agent_audio(self._pcm_of(event.data, event.format), received))
+                    if self.dead_air.needs_audio:
+                        await self._on_dead_air(self.dead_air.agent_audio(self._pcm_of(event.data, event.format), received))
                 elif isinstance(event, (SpeechStarted, Interrupted)):
                     self._cancel_idle_timer()
                     await self._on_provider_speech(received)

@@ -1043,6 +1043,18 @@ class DeadAirGuard:
     def response_started(self) -> None:
         self._audible = False
 
+    @property
+    def needs_audio(self) -> bool:
+        """Would `agent_audio` change anything? Not once an audible answer has settled every
+        wait: then the bridge need not convert each delta for it (most of a call's audio)."""
+        return not (
+            self._audible
+            and self._wait is _Wait.IDLE
+            and self._deadline is None
+            and self._quiet_since is None
+            and self.dead_air_started is None
+        )
+
     def agent_audio(self, pcm16: bytes, now: float) -> list[DeadAirDecision]:
         """Agent output audio arrived (PCM16, any rate); near-silent audio is not an answer."""
         if near_silent(pcm16):
