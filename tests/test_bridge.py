@@ -46,6 +46,7 @@ from telephony_agent.telephony.bridge import (
     CallPhase,
 )
 from telephony_agent.telephony.leg import PCMA_20MS, PCMU_20MS, AudioLaw, PhoneFormat
+from telephony_agent.telephony.speech_scorers import BatchedSileroScorer
 from telephony_agent.testing.speech import speech_pcm16
 from telephony_codecs import (
     StreamResampler,
@@ -645,3 +646,47 @@ async def test_a_tool_call_that_arrives_after_the_call_ended_is_not_run() -> Non
     assert ran == [] and call.session.tool_outputs == []
     assert call.bridge.runner is not None and call.bridge.runner.dropped_after_close == 1
     await call.bridge._close_down(hangup=False)
+
+
+# -- the caller-speech detector's batched scores ----------------------------------------------------
+
+
+async def _waiting_call(**options: object) -> Call:
+    """A call whose caller talks over the agent, its Silero blocks scored in the loop's batch,
+    which waits (as under load) until the test runs it."""
+    call = await make_call(vad="silero", vad_batch_ms=50, **options)
+    scorer = call.bridge.turns.scorer
+    assert isinstance(scorer, BatchedSileroScorer)
+    scorer._batch.rate = 1e6  # under load: a block waits for company
+    call.session.say("item-1", speech_pcm16(
+        "Our opening hours are nine to five on weekdays and ten to four on Saturdays.", 24000))
+    await call.run(1.0)
+    call.caller_payload = speech_ulaw("Wait, stop, I have a different question about my booking.")
+    for _ in range(100):
+        await call.run(0.02)
+        if call.bridge.turns.waiting:
+            return call
+    raise AssertionError("no caller block waited for its score")
+
+
+async def test_batched_scores_pause_and_barge_in_when_the_batch_runs() -> None:
+    call = await _waiting_call()
+    batch = call.bridge.turns.scorer._batch  # type: ignore[union-attr]
+    for _ in range(150):  # the batch runs every 20 ms of the call
+        batch.run()
+        await call.run(0.02)
+        if call.bridge.stats.barge_ins:
+            break
+    assert call.bridge.turn_stats.pauses >= 1 and len(call.leg.clears) >= 1
+    assert call.bridge.stats.barge_ins == 1 and call.session.interrupts
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+
+
+async def test_a_call_that_ends_while_a_block_waits_for_its_score_acts_on_nothing() -> None:
+    call = await _waiting_call()
+    clears = len(call.leg.clears)
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+    call.bridge.turns.scorer._batch.run()  # type: ignore[union-attr]
+    await call.settle()
+    assert len(call.leg.clears) == clears and call.bridge.stats.barge_ins == 0
+    assert not call.bridge.turns.waiting
