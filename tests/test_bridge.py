@@ -651,10 +651,10 @@ async def test_a_tool_call_that_arrives_after_the_call_ended_is_not_run() -> Non
 # -- the caller-speech detector's batched scores ----------------------------------------------------
 
 
-async def _waiting_call(**options: object) -> Call:
+async def _waiting_call() -> Call:
     """A call whose caller talks over the agent, its Silero blocks scored in the loop's batch,
     which waits (as under load) until the test runs it."""
-    call = await make_call(vad="silero", vad_batch_ms=50, **options)
+    call = await make_call(vad="silero", vad_batch_ms=50)
     scorer = call.bridge.turns.scorer
     assert isinstance(scorer, BatchedSileroScorer)
     scorer._batch.rate = 1e6  # under load: a block waits for company
