@@ -302,8 +302,10 @@ class CallBridge:
         if self.options.vad != "off":
             # A few ms of model loading, once the provider is there (never for a refused or failed
             # call), in line: a thread would make a replayed call's timing depend on the machine.
-            batch = _SILERO_BATCHES.get(asyncio.get_running_loop())
-            batch.max_wait_s = self.options.vad_batch_ms / 1000  # one process's calls share the setting
+            batch = None
+            if self.options.vad == "silero":
+                batch = _SILERO_BATCHES.get(asyncio.get_running_loop())
+                batch.max_wait_s = self.options.vad_batch_ms / 1000  # one process's calls share the setting
             scorer = make_scorer(self.options.vad, self.format.sample_rate, batch)
             if isinstance(scorer, BatchedSileroScorer):
                 scorer.on_score = self._on_score
