@@ -48,6 +48,14 @@ class _Seen:
     turns: dict[str, float] = field(default_factory=dict)  # turn-taking counts already added, by key
 
 
+def _add_growth(seen: dict[str, float], key: str, counter: Any, now: float) -> None:
+    """Add to `counter` what the count `key` grew by since `seen` last recorded it."""
+    before = seen.get(key, 0)
+    if now > before:
+        counter.inc(now - before)
+        seen[key] = now
+
+
 class Metrics:
     """Owns its registry so several apps (tests, workers) never share counters by accident."""
 
@@ -160,7 +168,7 @@ class Metrics:
             registry=r,
         )
         self._seen: dict[str, _Seen] = {}
-        self._vad_seen = (0, 0, 0)  # the Silero batch's batches, windows, failures already added
+        self._vad_seen: dict[str, float] = {}  # what of the Silero batch's counts was already added
 
     def add_rtp_departures(self, counts: list[int], total_ms: float) -> None:
         """Add outbound RTP departures counted per `RTP_DEPARTURE_BUCKETS_MS` bucket (the last:
@@ -224,27 +232,21 @@ class Metrics:
             del self._seen[key]
 
     def _observe_turns(self, t: Any, seen: _Seen) -> None:
-        def add(key: str, counter: Any, now: float) -> None:
-            before = seen.turns.get(key, 0)
-            if now > before:
-                counter.inc(now - before)
-                seen.turns[key] = now
-
+        grown = seen.turns
         for source, n in t.barge_ins.items():
-            add(f"barge:{source}", self.turn_barge_ins.labels(source), n)
+            _add_growth(grown, f"barge:{source}", self.turn_barge_ins.labels(source), n)
         for kind, n in t.response_problems.items():
-            add(f"problem:{kind}", self.response_problems.labels(kind), n)
-        add("false", self.false_interruptions, t.false_interruptions)
-        add("dead_air", self.dead_air, t.dead_air_seconds)
-        add("caps", self.tool_round_caps, t.tool_round_caps)
+            _add_growth(grown, f"problem:{kind}", self.response_problems.labels(kind), n)
+        _add_growth(grown, "false", self.false_interruptions, t.false_interruptions)
+        _add_growth(grown, "dead_air", self.dead_air, t.dead_air_seconds)
+        _add_growth(grown, "caps", self.tool_round_caps, t.tool_round_caps)
 
     def observe_vad_batch(self, batch: Any) -> None:
         """Add what the process's Silero batch (duck-typed `SileroBatch`) ran since the last look."""
-        now = (int(batch.batches), int(batch.windows_scored), int(batch.failures))
-        for counter, before, after in zip((self.vad_batches, self.vad_windows, self.vad_batch_failures), self._vad_seen, now, strict=True):
-            if after > before:
-                counter.inc(after - before)
-        self._vad_seen = now
+        seen = self._vad_seen
+        _add_growth(seen, "batches", self.vad_batches, batch.batches)
+        _add_growth(seen, "windows", self.vad_windows, batch.windows_scored)
+        _add_growth(seen, "failures", self.vad_batch_failures, batch.failures)
 
     def observe_calls(self, calls: Any) -> None:
         """`observe_call` for every live call; forgets calls that vanished without a final look."""

@@ -85,6 +85,14 @@ def _read_tensors(data: bytes) -> dict[str, np.ndarray]:
     return tensors
 
 
+def _reflect_pad(windows: np.ndarray, out: np.ndarray) -> None:
+    """`out[..., :]` = each 512-sample window reflect-padded by 64 on both sides (the model's own
+    padding), for one window (512,) -> (640,) or many (count, 512) -> (count, 640)."""
+    out[..., _PAD : _PAD + _WINDOW] = windows
+    out[..., :_PAD] = windows[..., _PAD:0:-1]
+    out[..., _PAD + _WINDOW :] = windows[..., -2 : -_PAD - 2 : -1]
+
+
 @dataclass(frozen=True)
 class _Conv:
     """A 3-tap conv layer (padding 1) as one matrix: `x @ weight` gives every tap's output at
@@ -148,10 +156,7 @@ class SileroModel:
 
     def features(self, window: np.ndarray) -> np.ndarray:
         """The encoder's output for one window: 128 values (float32, samples in -1..1)."""
-        x = self._padded  # reflect padding, written in place: `_frames` views it
-        x[_PAD : _PAD + _WINDOW] = window
-        x[:_PAD] = window[_PAD:0:-1]
-        x[_PAD + _WINDOW :] = window[-2 : -_PAD - 2 : -1]
+        _reflect_pad(window, self._padded)  # written in place: `_frames` views it
         first: np.ndarray = self._encode(self._frames @ self.basis_t)[0]
         return first
 
@@ -160,9 +165,7 @@ class SileroModel:
         for all of them, so the weights are read once for the batch, not once per window."""
         count = windows.shape[0]
         x = np.empty((count, _WINDOW + 2 * _PAD), dtype=np.float32)
-        x[:, _PAD : _PAD + _WINDOW] = windows
-        x[:, :_PAD] = windows[:, _PAD:0:-1]
-        x[:, _PAD + _WINDOW :] = windows[:, -2 : -_PAD - 2 : -1]
+        _reflect_pad(windows, x)
         hops = x.reshape(count, 5, _HOP)  # frame j is hops j and j + 1
         frames = np.concatenate([hops[:, :4], hops[:, 1:]], axis=2)  # (windows, 4, 256)
         spec = frames.reshape(count * 4, 256) @ self.basis_t  # (windows * 4 frames, 258)

@@ -30,6 +30,7 @@ from telephony_codecs import StreamResampler
 from .silero import SileroModel, shared_model
 
 __all__ = [
+    "FULL_SCALE2",
     "BatchedSileroScorer",
     "EnergyScorer",
     "SileroBatch",
@@ -42,12 +43,12 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_FULL_SCALE2 = 32768.0**2
+FULL_SCALE2 = 32768.0**2  # the mean square of a full-scale PCM16 square wave: 0 dBFS
 
 
 def dbfs(energy: float) -> float:
     """Mean-square energy of PCM16 samples as dBFS."""
-    return 10.0 * math.log10(energy / _FULL_SCALE2 + 1e-12)
+    return 10.0 * math.log10(energy / FULL_SCALE2 + 1e-12)
 
 
 def mean_square(x: np.ndarray) -> float:

@@ -41,6 +41,7 @@ import numpy as np
 import scipy.fft
 
 from .speech_scorers import (
+    FULL_SCALE2,
     BatchedSileroScorer,
     EnergyScorer,
     SileroBatch,
@@ -73,10 +74,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_FULL_SCALE2 = 32768.0**2
 _CELL = 8  # samples per energy cell of the echo guard's reference
-_db = dbfs
-_energy = mean_square
 
 
 # -- echo guard ---------------------------------------------------------------------------------
@@ -120,7 +118,7 @@ class EchoGuard:
         self.explained_moving = explained_moving
         self.update_every = sample_rate * update_ms // 1000
         self.margin = 10.0 ** (margin_db / 10.0)
-        self.quiet_energy = _FULL_SCALE2 * 10.0 ** (quiet_dbfs / 10.0)  # mean square below which nothing is decided
+        self.quiet_energy = FULL_SCALE2 * 10.0 ** (quiet_dbfs / 10.0)  # mean square below which nothing is decided
         # history, and agent audio scheduled ahead of the caller's timeline: the playout keeps at
         # most AGENT_PLAYOUT_LEAD_MS (up to 2 s) outstanding; the buffer is most of a call's memory
         cap = self.max_delay + self.window + sample_rate * ahead_ms // 1000
@@ -188,7 +186,7 @@ class EchoGuard:
             a, b = lo - self._ref_base, end - self._ref_base
             self._ref[a:b] = samples[lo - start :]
             self._stale_lo, self._stale_hi = min(self._stale_lo, a), max(self._stale_hi, b)
-            if _energy(samples) < self.quiet_energy:
+            if mean_square(samples) < self.quiet_energy:
                 return  # silence (between sentences, or a model "speaking" silence): no echo to expect
             if self._ref_lo >= self._ref_hi or lo < self._ref_lo:
                 self._ref_lo = lo if self._ref_lo >= self._ref_hi else min(lo, self._ref_lo)
@@ -268,7 +266,7 @@ class EchoGuard:
         if not self._has_reference(at - back, at + ahead):
             return False
         ref = self._ref_slice(at - back, at + ahead)
-        return ref.size > 0 and _db(_energy(ref)) > -55.0
+        return ref.size > 0 and dbfs(mean_square(ref)) > -55.0
 
     # -- the caller ---------------------------------------------------------------------------
 
@@ -295,7 +293,7 @@ class EchoGuard:
         ref = self._ref_slice(start - d - 1, start - d + 1 + n)  # ref[k + 1] lines up with block[k] at delay d
         echo = self.taps[0] * ref[2:] + self.taps[1] * ref[1:-1] + self.taps[2] * ref[:-2]
         residual = block - echo
-        expected = self._residual_ratio * _energy(echo)
+        expected = self._residual_ratio * mean_square(echo)
         # and what an echo on a path that moved a little could leave before the next estimate
         moved = 0.05 * self._erl_bound * worst
         return residual, self.margin * max(expected, moved)
@@ -472,14 +470,14 @@ class EchoGuard:
         gram[np.diag_indices(3)] += 1e-9 * max(1.0, float(np.trace(gram)))
         taps = np.linalg.solve(gram, basis.T @ mic)
         echo = basis @ taps
-        echo_e = _energy(echo)
+        echo_e = mean_square(echo)
         self.ncc = peak
         if peak >= 0.8 and self._moving_until and (self._moved_from is None or abs(delay - self._moved_from) > 8):
             self._moving_until = 0  # found where it moved to
         if peak >= 0.8 or self.delay is None or abs(delay - self.delay) > 8:
             self.delay, self.taps = delay, taps
             if peak >= 0.8 and echo_e > 0:
-                ratio = _energy(mic - echo) / echo_e
+                ratio = mean_square(mic - echo) / echo_e
                 self._residual_ratio = min(0.5, max(0.01, 0.7 * self._residual_ratio + 0.3 * ratio))
 
 
@@ -810,12 +808,12 @@ class TurnDetector:
         now = self._time_at(self._n)
         if self.state is TurnState.AGENT_SPEAKING and not self.agent_playing and not self._in_speech:
             self._set_state(TurnState.LISTENING)
-        energy = _energy(block)
+        energy = mean_square(block)
         # far below the speech level the echo guard has nothing to decide (it only remembers)
         residual, echo_bound = self.echo.process(block, quiet=energy < self.echo.quiet_energy)
         if residual is not block:
-            energy = _energy(residual)
-        level_ok = _db(energy) >= s.min_level_dbfs and energy > 2.0 * self._noise
+            energy = mean_square(residual)
+        level_ok = dbfs(energy) >= s.min_level_dbfs and energy > 2.0 * self._noise
         if energy < echo_bound:
             if level_ok:
                 self.echo_rejected_blocks += 1
@@ -972,7 +970,7 @@ class TurnStats:
 def near_silent(pcm16: bytes, level_dbfs: float = -55.0) -> bool:
     """True when PCM16 audio is quieter than `level_dbfs` throughout (a model "speaking" silence)."""
     x = np.frombuffer(pcm16[: len(pcm16) // 2 * 2], dtype="<i2").astype(np.float64)
-    return x.size == 0 or _db(_energy(x)) < level_dbfs
+    return x.size == 0 or dbfs(mean_square(x)) < level_dbfs
 
 
 class DeadAirAction(str, enum.Enum):
