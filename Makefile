@@ -54,19 +54,23 @@ run: $(VENV)/.serve ## Serve calls (offline local engine when no provider key is
 # version-specific code of ours: `make test` runs each once, on the Python its marker names, which
 # also evens out the two runs. `make test311` / `make test313` alone run everything (PEERS=all).
 PEERS ?= all
+# Worker processes per Python (pytest-xdist), each taking whole test files: most tests wait on calls
+# played in real time, so 2 per Python (4 in `make test`) halve the time on 2 cores. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+PYTEST_ARGS = -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test: system-deps ## Run the test suite on Python 3.11 and 3.13 (side by side: the tests mostly wait on real-time audio)
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test311 test313 PEERS=split
 
 test311: $(VENV)/.installed lint
-	$(VENV)/bin/python -m pytest -q --durations=15 --peers=$(if $(filter split,$(PEERS)),3.11,$(PEERS))
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS) --peers=$(if $(filter split,$(PEERS)),3.11,$(PEERS))
 
 lint: $(VENV)/.installed ## ruff and mypy (strict on telephony_codecs, telephony/ and realtime/); part of `make test`
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 test313: $(VENV313)/.installed
-	$(VENV313)/bin/python -m pytest -q --durations=15 --peers=$(if $(filter split,$(PEERS)),3.13,$(PEERS))
+	$(VENV313)/bin/python -m pytest $(PYTEST_ARGS) --peers=$(if $(filter split,$(PEERS)),3.13,$(PEERS))
 
 bench-codecs: $(VENV)/.installed ## Codec benchmark: StreamResampler vs soxr vs audioop.ratecv
 	$(VENV)/bin/python bench/codecs.py

@@ -14,6 +14,8 @@ import tempfile
 import wave
 from pathlib import Path
 
+from telephony_agent.testing.speech import scratch_path
+
 __all__ = ["NAMES", "RECIPES", "noise_pcm16"]
 
 _CACHE = Path(os.environ.get("TEST_SPEECH_CACHE", Path(tempfile.gettempdir()) / "telephony-agent-speech"))
@@ -51,10 +53,10 @@ def noise_pcm16(name: str) -> bytes:
     out = _CACHE / f"noise-{name}-{key}.wav"
     if not out.exists():
         _CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp.wav")
+        tmp = scratch_path(out, "tmp")
         if name == "keyboard":
             # eight key clicks, 90-170 ms apart
-            parts = [out.with_suffix(f".k{i}.wav") for i in range(8)]
+            parts = [scratch_path(out, f"k{i}") for i in range(8)]
             for i, part in enumerate(parts):
                 _sox(["-D", "-n", "-r", "8000", "-b", "16", "-c", "1", str(part), "synth", "0.012", "whitenoise",
                       "highpass", "1500", "fade", "q", "0.001", "0.012", "0.01", "gain", "-n", "-14",

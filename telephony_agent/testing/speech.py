@@ -23,6 +23,13 @@ def _require(tool: str) -> str:
     return path
 
 
+def scratch_path(out: Path, part: str) -> Path:
+    """A file next to `out` that only this process writes: test workers (pytest-xdist, and the
+    3.11 and 3.13 runs side by side) may make the same cached clip at the same time, and each
+    renames its own finished file into place."""
+    return out.with_name(f"{out.stem}.{os.getpid()}.{part}.wav")
+
+
 def speech_wav(text: str, rate: int = 8000, voice: str = "en-us", speed: int = 160) -> Path:
     """A mono PCM16 WAV of `text` spoken by eSpeak NG, resampled by sox to `rate`."""
     key = hashlib.sha1(f"{text}|{rate}|{voice}|{speed}".encode()).hexdigest()[:16]
@@ -30,12 +37,12 @@ def speech_wav(text: str, rate: int = 8000, voice: str = "en-us", speed: int = 1
     if out.exists():
         return out
     _CACHE.mkdir(parents=True, exist_ok=True)
-    raw = out.with_suffix(".raw.wav")
+    raw = scratch_path(out, "raw")
     subprocess.run(
         [_require("espeak-ng"), "-v", voice, "-s", str(speed), "-w", str(raw), text],
         check=True, capture_output=True, timeout=30,
     )
-    tmp = out.with_suffix(".tmp.wav")
+    tmp = scratch_path(out, "tmp")
     subprocess.run(
         [_require("sox"), "-D", str(raw), "-r", str(rate), "-c", "1", "-b", "16", "-e", "signed-integer", str(tmp)],
         check=True, capture_output=True, timeout=30,
