@@ -59,7 +59,7 @@ PEERS ?= all
 TEST_WORKERS ?= 2
 PYTEST_ARGS = -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
-test: system-deps ## Run the test suite on Python 3.11 and 3.13 (side by side: the tests mostly wait on real-time audio)
+test: system-deps ## Run the test suite on Python 3.11 and 3.13 (side by side, TEST_WORKERS=2 processes each: the tests mostly wait on real-time audio)
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test311 test313 PEERS=split
 
 test311: $(VENV)/.installed lint
