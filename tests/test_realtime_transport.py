@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 import aiohttp
 import pytest
 from aiohttp import web
+from loopback_app import serving
 
 from telephony_agent.realtime.errors import SessionClosedError
 from telephony_agent.realtime.transport import WebSocketTransport
@@ -47,12 +48,7 @@ async def peer_and_transport() -> AsyncIterator[tuple[Peer, WebSocketTransport]]
     peer = Peer()
     app = web.Application()
     app.router.add_get("/ws", peer.handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    async with aiohttp.ClientSession() as http:
+    async with serving(app) as port, aiohttp.ClientSession() as http:
         transport = WebSocketTransport(http, f"http://127.0.0.1:{port}/ws", {})
         await transport.connect()
         try:
@@ -60,7 +56,6 @@ async def peer_and_transport() -> AsyncIterator[tuple[Peer, WebSocketTransport]]
         finally:
             peer.reading.set()
             await transport.close()
-            await runner.cleanup()
 
 
 async def test_a_passes_messages_are_written_together_when_it_ends() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
+from loopback_app import serving
 
 from telephony_agent.telephony.twilio.media_socket import MediaSocketHooks, TwilioMediaSocket
 from telephony_agent.telephony.twilio.stream import start_message
@@ -36,26 +37,21 @@ async def test_clear_drops_the_frames_its_pass_had_not_written() -> None:
 
     app = web.Application()
     app.router.add_get("/media", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/media") as phone:
-            sock = await asyncio.wait_for(ready, 5)
-            sock.send_audio([b"\x01" * 160], "a")
-            await asyncio.sleep(0)  # the end of the pass: "a" is written
-            sock.send_audio([b"\x02" * 160], "b")
-            sock.send_clear()  # same pass: "b" was not written yet, so it never is
-            sock.send_audio([b"\x03" * 160], "c")
-            await asyncio.sleep(0)
-            got: list[str] = []
-            for _ in range(5):
-                msg = orjson.loads((await asyncio.wait_for(phone.receive(), 5)).data)
-                got.append(msg["event"] + ":" + (msg.get("mark", {}).get("name") or msg.get("media", {}).get("payload", "")[:4]))
-            assert got == ["media:AQEB", "mark:a", "clear:", "media:AwMD", "mark:c"]
+    async with serving(app) as port:
+        try:
+            async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/media") as phone:
+                sock = await asyncio.wait_for(ready, 5)
+                sock.send_audio([b"\x01" * 160], "a")
+                await asyncio.sleep(0)  # the end of the pass: "a" is written
+                sock.send_audio([b"\x02" * 160], "b")
+                sock.send_clear()  # same pass: "b" was not written yet, so it never is
+                sock.send_audio([b"\x03" * 160], "c")
+                await asyncio.sleep(0)
+                got: list[str] = []
+                for _ in range(5):
+                    msg = orjson.loads((await asyncio.wait_for(phone.receive(), 5)).data)
+                    got.append(msg["event"] + ":" + (msg.get("mark", {}).get("name") or msg.get("media", {}).get("payload", "")[:4]))
+                assert got == ["media:AQEB", "mark:a", "clear:", "media:AwMD", "mark:c"]
+                done.set()
+        finally:
             done.set()
-    finally:
-        done.set()
-        await runner.cleanup()

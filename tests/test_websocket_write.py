@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp._websocket.writer import WebSocketWriter
+from loopback_app import serving
 
 from telephony_agent.websocket_write import FrameWriter, text_frame
 
@@ -73,21 +74,15 @@ async def test_a_server_sockets_frames_of_a_pass_go_in_one_write_and_arrive_in_o
 
     app = web.Application()
     app.router.add_get("/ws", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     received: list[str] = []
-    try:
-        async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
-            while len(received) < 15:
-                msg = await asyncio.wait_for(ws.receive(), 5.0)
-                assert msg.type is aiohttp.WSMsgType.TEXT
-                received.append(msg.data)
+    async with serving(app) as port:
+        try:
+            async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                while len(received) < 15:
+                    msg = await asyncio.wait_for(ws.receive(), 5.0)
+                    assert msg.type is aiohttp.WSMsgType.TEXT
+                    received.append(msg.data)
+        finally:
             done.set()
-    finally:
-        done.set()
-        await runner.cleanup()
     assert received == sent
     assert len(before_close) == 3, before_close  # one write per pass, not one per frame
