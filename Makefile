@@ -54,10 +54,11 @@ run: $(VENV)/.serve ## Serve calls (offline local engine when no provider key is
 # version-specific code of ours: `make test` runs each once, on the Python its marker names, which
 # also evens out the two runs. `make test311` / `make test313` alone run everything (PEERS=all).
 PEERS ?= all
-# Worker processes per Python (pytest-xdist), each taking whole test files: most tests wait on calls
-# played in real time, so 2 per Python (4 in `make test`) halve the time on 2 cores. TEST_WORKERS=0: one process.
+# Worker processes per Python (pytest-xdist): most tests wait on calls played in real time, so 2 per
+# Python (4 in `make test`) halve the time on 2 cores. Tests marked `xdist_group` (the local engine's
+# whole calls, heavy on the CPU) run in one worker, one after the other. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-PYTEST_ARGS = -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+PYTEST_ARGS = -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
 test: system-deps ## Run the test suite on Python 3.11 and 3.13 (side by side, TEST_WORKERS=2 processes each: the tests mostly wait on real-time audio)
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test311 test313 PEERS=split

@@ -11,6 +11,10 @@ from telephony_agent.realtime.providers.local import LocalRealtimeModel
 from telephony_agent.testing.speech import speech_ulaw
 from telephony_agent.testing.twilio_caller import TwilioCaller
 
+# Whole calls with the local engine in real time (speech recognition and synthesis on the CPU): one
+# pytest-xdist worker runs them all, one after the other, so no two of them compete for the cores.
+pytestmark = pytest.mark.xdist_group("local_engine")
+
 # The greeting has a pause between its sentences: only a longer silence means it is over.
 GREETING_GAP_MS = 900
 

@@ -7,12 +7,17 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
 from agent_server import AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
 
 from telephony_agent.call_command import run_call, text_to_ulaw
 from telephony_agent.realtime.providers.local import LocalRealtimeModel
 from telephony_agent.realtime.providers.local.asr import normalise
 from telephony_agent.testing.known_lines import KnownLines
+
+# Whole calls with the local engine in real time (speech recognition and synthesis on the CPU): one
+# pytest-xdist worker runs them all, one after the other, so no two of them compete for the cores.
+pytestmark = pytest.mark.xdist_group("local_engine")
 
 
 def wer(reference: str, hypothesis: str) -> float:

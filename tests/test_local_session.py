@@ -38,6 +38,10 @@ from telephony_agent.realtime.providers.local import OUTPUT_FORMAT, LocalRealtim
 from telephony_agent.realtime.providers.local.asr import normalise
 from telephony_agent.realtime.session import RealtimeSession
 
+# Whole calls with the local engine in real time (speech recognition and synthesis on the CPU): one
+# pytest-xdist worker runs them all, one after the other, so no two of them compete for the cores.
+pytestmark = pytest.mark.xdist_group("local_engine")
+
 TOOLS = (
     ToolDefinition("transfer_call", "Transfer the caller.", {"type": "object", "properties": {"target": {"type": "string"}}}),
     ToolDefinition("end_call", "Hang up."),
