@@ -1,0 +1,124 @@
+"""Two revisions of the code, benchmarked in alternation: the before/after behind every "moved"
+figure in the README.
+
+This VM's speed drifts by 10-20 % over an hour, so a series run today cannot be compared with
+one from yesterday, nor even with one from an hour ago. Runs of the two trees taken turn about,
+in the same minutes, can. Each revision is checked out into a temporary `git worktree`, and
+its own `bench/load.py` (or `bench/sip_load.py`) runs from there, so the server runs that tree's
+code. The trees take turns, `--rounds` times. Every step of every run is printed, then the
+per-step means:
+
+    .venv/bin/python bench/alternate.py f480afc HEAD --rounds 4 -- --series 200 --bridges ours \\
+        --workers '' --loop uvloop --sequential 0 --steady 8
+    .venv/bin/python bench/alternate.py f480afc HEAD --bench sip -- --series 150,200 --steady 8 --keep-going
+
+`.` names the working tree as it is, uncommitted changes included. The arguments after `--` go
+to the benchmark of each tree, so both trees must know them. Worktrees are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+# per benchmark: its script, the JSON it writes, and the fields of a step worth comparing
+BENCHES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "load": ("bench/load.py", "load.json",
+             ("cpu_pct", "in_p99_ms", "out_p99_ms", "bargein_p50_ms", "bargein_p99_ms", "frames_late")),
+    "sip": ("bench/sip_load.py", "sip_load.json", ("cpu_pct", "departure_p99_ms", "failed")),
+}
+
+
+@contextmanager
+def checkout(rev: str, into: Path) -> Iterator[Path]:
+    """The tree of `rev` (`.`: this working tree, as it is), for the duration of the block."""
+    if rev == ".":
+        yield REPO
+        return
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(into), rev],
+                   check=True, capture_output=True)
+    try:
+        yield into
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(into)], check=False,
+                       capture_output=True)
+        subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=False, capture_output=True)
+
+
+def steps(report: dict[str, Any], fields: tuple[str, ...]) -> dict[int, dict[str, float]]:
+    """Each step of a benchmark's report (by number of calls): the fields compared."""
+    out: dict[int, dict[str, float]] = {}
+    for row in report.get("series") or []:
+        out[int(row["calls"])] = {f: float(row[f]) for f in fields if isinstance(row.get(f), (int, float))}
+    return out
+
+
+def means(runs: list[dict[int, dict[str, float]]]) -> dict[int, dict[str, float]]:
+    """Per step and field, the mean over the runs that have it."""
+    out: dict[int, dict[str, float]] = {}
+    for calls in sorted({c for run in runs for c in run}):
+        values: dict[str, list[float]] = {}
+        for run in runs:
+            for field, value in run.get(calls, {}).items():
+                values.setdefault(field, []).append(value)
+        out[calls] = {f: statistics.fmean(v) for f, v in values.items()}
+    return out
+
+
+def line(label: str, calls: int, values: dict[str, float]) -> str:
+    return f"{label:>16} {calls:5d} calls  " + "  ".join(f"{k} {v:.2f}" for k, v in values.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    bench_args: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, bench_args = argv[:at], argv[at + 1 :]
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("base", help="the revision before (a commit, branch or tag; '.': the working tree)")
+    p.add_argument("head", nargs="?", default=".", help="the revision after (default: the working tree)")
+    p.add_argument("--rounds", type=int, default=3, help="runs of each tree, taken turn about")
+    p.add_argument("--bench", choices=sorted(BENCHES), default="load")
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
+    script, result, fields = BENCHES[args.bench]
+    runs: dict[str, list[dict[int, dict[str, float]]]] = {args.base: [], args.head: []}
+    with tempfile.TemporaryDirectory(prefix="alternate-") as tmp:
+        root = Path(tmp)
+        with checkout(args.base, root / "base") as base_tree, checkout(args.head, root / "head") as head_tree:
+            trees = [(args.base, base_tree), (args.head, head_tree)]
+            for round_ in range(1, args.rounds + 1):
+                for rev, tree in trees:
+                    out = root / f"out-{'base' if tree is base_tree else 'head'}-{round_}"
+                    cmd = [sys.executable, str(tree / script), *bench_args, "--out", str(out)]
+                    done = subprocess.run(cmd, cwd=tree, check=False, stdout=subprocess.DEVNULL)
+                    try:
+                        report = json.loads((out / result).read_text())
+                    except (OSError, ValueError):
+                        print(f"{rev}: round {round_} wrote no {result} (exit {done.returncode})", flush=True)
+                        continue
+                    run = steps(report, fields)
+                    runs[rev].append(run)
+                    for calls, values in run.items():
+                        print(line(f"{rev} #{round_}", calls, values), flush=True)
+    print("means:")
+    for rev in (args.base, args.head):
+        for calls, values in means(runs[rev]).items():
+            print(line(rev, calls, values))
+    return 0 if all(runs.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

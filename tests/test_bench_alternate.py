@@ -1,0 +1,41 @@
+"""bench/alternate.py: two trees of the code benchmarked turn about, each from its own worktree,
+with the worktrees gone afterwards."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def worktrees() -> list[str]:
+    out = subprocess.run(["git", "-C", str(REPO), "worktree", "list", "--porcelain"], capture_output=True, text=True)
+    return [line for line in out.stdout.splitlines() if line.startswith("worktree ")]
+
+
+@pytest.mark.timeout(120)
+def test_two_trees_take_turns_and_leave_no_worktree() -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores (server and load generators are pinned apart)")
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    cores = sorted(os.sched_getaffinity(0))
+    before = worktrees()
+    cmd = [sys.executable, str(REPO / "bench" / "alternate.py"), "HEAD", ".", "--rounds", "1", "--",
+           "--series", "2", "--steady", "2", "--settle", "0.5", "--compare-at", "0", "--workers", "",
+           "--sequential", "0", "--no-plot", "--server-core", str(cores[0]), "--gen-core", str(cores[1])]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    runs, _, summary = proc.stdout.partition("means:")
+    # one run of each tree, in turn: the revision first, then the working tree
+    assert re.findall(r"^\s*(\S+) #1\s+2 calls", runs, re.M) == ["HEAD", "."], proc.stdout
+    for label in ("HEAD", "."):
+        m = re.search(rf"^\s*{re.escape(label)}\s+2 calls\s+cpu_pct ([0-9.]+) .*bargein_p99_ms", summary, re.M)
+        assert m is not None and float(m.group(1)) > 0, proc.stdout
+    assert worktrees() == before
