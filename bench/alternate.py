@@ -50,9 +50,9 @@ def checkout(rev: str, into: Path) -> Iterator[Path]:
     try:
         yield into
     finally:
+        # no `worktree prune`: it would drop another run's worktree that is being made right now
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(into)], check=False,
                        capture_output=True)
-        subprocess.run(["git", "-C", str(REPO), "worktree", "prune"], check=False, capture_output=True)
 
 
 def steps(report: dict[str, Any], fields: tuple[str, ...]) -> dict[int, dict[str, float]]:

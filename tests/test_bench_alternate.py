@@ -1,10 +1,12 @@
 """bench/alternate.py: two trees of the code benchmarked turn about, each from its own worktree,
-with the worktrees gone afterwards."""
+with the worktrees gone afterwards. It runs in a clone of this checkout, so the 3.11 and 3.13
+runs of the suite, side by side, each see only their own worktrees."""
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,23 +16,26 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def worktrees() -> list[str]:
-    out = subprocess.run(["git", "-C", str(REPO), "worktree", "list", "--porcelain"], capture_output=True, text=True)
+def worktrees(repo: Path) -> list[str]:
+    out = subprocess.run(["git", "-C", str(repo), "worktree", "list", "--porcelain"], capture_output=True, text=True)
     return [line for line in out.stdout.splitlines() if line.startswith("worktree ")]
 
 
 @pytest.mark.timeout(120)
-def test_two_trees_take_turns_and_leave_no_worktree() -> None:
+def test_two_trees_take_turns_and_leave_no_worktree(tmp_path: Path) -> None:
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores (server and load generators are pinned apart)")
     if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
         pytest.skip("not a git checkout")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--shared", str(REPO), str(clone)], check=True, timeout=60)
+    shutil.copy(REPO / "bench" / "alternate.py", clone / "bench" / "alternate.py")  # the tool as it is here
     cores = sorted(os.sched_getaffinity(0))
-    before = worktrees()
-    cmd = [sys.executable, str(REPO / "bench" / "alternate.py"), "HEAD", ".", "--rounds", "1", "--",
+    before = worktrees(clone)
+    cmd = [sys.executable, str(clone / "bench" / "alternate.py"), "HEAD", ".", "--rounds", "1", "--",
            "--series", "2", "--steady", "2", "--settle", "0.5", "--compare-at", "0", "--workers", "",
            "--sequential", "0", "--no-plot", "--server-core", str(cores[0]), "--gen-core", str(cores[1])]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=110)
+    proc = subprocess.run(cmd, cwd=clone, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     runs, _, summary = proc.stdout.partition("means:")
     # one run of each tree, in turn: the revision first, then the working tree
@@ -38,4 +43,4 @@ def test_two_trees_take_turns_and_leave_no_worktree() -> None:
     for label in ("HEAD", "."):
         m = re.search(rf"^\s*{re.escape(label)}\s+2 calls\s+cpu_pct ([0-9.]+) .*bargein_p99_ms", summary, re.M)
         assert m is not None and float(m.group(1)) > 0, proc.stdout
-    assert worktrees() == before
+    assert worktrees(clone) == before == [f"worktree {clone}"]
