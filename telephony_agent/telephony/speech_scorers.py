@@ -111,8 +111,6 @@ class BatchedSileroScorer(SileroScorer):
     None otherwise: the probability comes later, through `on_score`, when the batch runs. One
     block at a time: the turn detector waits for a score before it goes on."""
 
-    deferred = True
-
     def __init__(self, batch: SileroBatch, sample_rate: int = 8000) -> None:
         super().__init__(sample_rate)
         self._batch = batch

@@ -558,17 +558,16 @@ class TurnDetector:
         the provider's signal alone decides, as with `vad="off"`."""
         self.settings = settings or TurnSettings()
         self.rate = sample_rate
-        self.scorer: SpeechScorer | None
-        if scorer is not None or not load or self.settings.vad == "off":
-            self.scorer = scorer
-        else:
-            self.scorer = make_scorer(self.settings.vad, sample_rate)
-        block_ms = self.scorer.block_ms if self.scorer is not None else (32 if self.settings.vad == "silero" else 30)
-        self.block = sample_rate * block_ms // 1000
-        self.block_ms = block_ms
+        self.scorer: SpeechScorer | None = None
         # a scorer that scores later (`BatchedSileroScorer`): while a block waits for its score,
         # every input is held, in order, and `scored(prob)` goes on from there
-        self._deferred = self.scorer if isinstance(self.scorer, BatchedSileroScorer) else None
+        self._deferred: BatchedSileroScorer | None = None
+        self.block_ms = 32 if self.settings.vad == "silero" else 30  # the scorer's, once there is one
+        self.block = sample_rate * self.block_ms // 1000
+        if scorer is None and load and self.settings.vad != "off":
+            scorer = make_scorer(self.settings.vad, sample_rate)
+        if scorer is not None:
+            self.attach_scorer(scorer)
         self._waiting: tuple[int, float] | None = None  # (start sample, time) of the block waiting
         self._held: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
         self.echo = EchoGuard(sample_rate, quiet_dbfs=self.settings.min_level_dbfs - 6.0)
