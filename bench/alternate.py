@@ -94,29 +94,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     script, result, fields = BENCHES[args.bench]
-    runs: dict[str, list[dict[int, dict[str, float]]]] = {args.base: [], args.head: []}
+    labels = {"base": args.base, "head": args.head}  # by role: both may name the same revision
+    runs: dict[str, list[dict[int, dict[str, float]]]] = {"base": [], "head": []}
     with tempfile.TemporaryDirectory(prefix="alternate-") as tmp:
         root = Path(tmp)
         with checkout(args.base, root / "base") as base_tree, checkout(args.head, root / "head") as head_tree:
-            trees = [(args.base, base_tree), (args.head, head_tree)]
+            trees = {"base": base_tree, "head": head_tree}
             for round_ in range(1, args.rounds + 1):
-                for rev, tree in trees:
-                    out = root / f"out-{'base' if tree is base_tree else 'head'}-{round_}"
+                for role, tree in trees.items():
+                    out = root / f"out-{role}-{round_}"
                     cmd = [sys.executable, str(tree / script), *bench_args, "--out", str(out)]
                     done = subprocess.run(cmd, cwd=tree, check=False, stdout=subprocess.DEVNULL)
                     try:
                         report = json.loads((out / result).read_text())
                     except (OSError, ValueError):
-                        print(f"{rev}: round {round_} wrote no {result} (exit {done.returncode})", flush=True)
+                        print(f"{labels[role]}: round {round_} wrote no {result} (exit {done.returncode})", flush=True)
                         continue
                     run = steps(report, fields)
-                    runs[rev].append(run)
+                    runs[role].append(run)
                     for calls, values in run.items():
-                        print(line(f"{rev} #{round_}", calls, values), flush=True)
+                        print(line(f"{labels[role]} #{round_}", calls, values), flush=True)
     print("means:")
-    for rev in (args.base, args.head):
-        for calls, values in means(runs[rev]).items():
-            print(line(rev, calls, values))
+    for role, label in labels.items():
+        for calls, values in means(runs[role]).items():
+            print(line(label, calls, values))
     return 0 if all(runs.values()) else 1
 
 
