@@ -279,7 +279,8 @@ def test_the_loudest_reference_block_is_bounded_from_cells_within_a_cell() -> No
         bound = guard._loudest_block(lo, hi, n)
         # the same bound from cells computed afresh
         a, b = max(lo - guard._ref_base, 0), min(hi - guard._ref_base, guard._cap)
-        fresh = np.add.reduceat(guard._ref * guard._ref, np.arange(0, guard._cap, cell))[a // cell : -(-b // cell)]
+        ref = guard._ref.astype(np.float64)
+        fresh = np.add.reduceat(ref * ref, np.arange(0, guard._cap, cell))[a // cell : -(-b // cell)]
         k = (n + 2 * cell - 2) // cell
         sums = np.convolve(fresh, np.ones(k), "valid") if fresh.size > k else np.array([fresh.sum()])
         assert bound == pytest.approx(float(sums.max()) / n, rel=1e-9, abs=1e-6), step

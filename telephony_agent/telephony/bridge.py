@@ -224,6 +224,7 @@ class CallBridge:
                 vad=self.options.vad,
                 min_interruption_ms=self.options.min_interruption_ms,
                 backchannel_ms=self.options.backchannel_ms,
+                agent_ahead_ms=self.options.playout_lead_ms + 1000,  # the lead, and arrival jitter
             ),
             self.format.sample_rate,
             load=False,  # start() loads the VAD model once the provider session is open

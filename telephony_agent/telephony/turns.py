@@ -119,11 +119,13 @@ class EchoGuard:
         self.update_every = sample_rate * update_ms // 1000
         self.margin = 10.0 ** (margin_db / 10.0)
         self.quiet_energy = FULL_SCALE2 * 10.0 ** (quiet_dbfs / 10.0)  # mean square below which nothing is decided
-        # history, and agent audio scheduled ahead of the caller's timeline: the playout keeps at
-        # most AGENT_PLAYOUT_LEAD_MS (up to 2 s) outstanding; the buffer is most of a call's memory
+        # history, and agent audio scheduled ahead of the caller's timeline (`ahead_ms`: the
+        # playout lead and a margin). The buffer is most of a call's memory, and every loud caller
+        # block reads from it, so it is float32: PCM16 samples, exact in it, at half the size;
+        # what is computed from it is float64
         cap = self.max_delay + self.window + sample_rate * ahead_ms // 1000
         self._cap = -(-cap // _CELL) * _CELL
-        self._ref = np.zeros(self._cap, dtype=np.float64)
+        self._ref = np.zeros(self._cap, dtype=np.float32)
         # the reference's energy per `_CELL` samples (cell i: _ref[i * _CELL : (i + 1) * _CELL]),
         # so the loudest block in range is a short sum per block; cells over _ref[_stale_lo:
         # _stale_hi] are brought up to date when next asked for (a loud caller block, a path
@@ -234,7 +236,7 @@ class EchoGuard:
         if self._stale_lo < self._stale_hi:
             i0, i1 = self._stale_lo // _CELL, min(-(-self._stale_hi // _CELL), self._ref_e.size)
             cells = self._ref[i0 * _CELL : i1 * _CELL].reshape(-1, _CELL)
-            self._ref_e[i0:i1] = np.einsum("ij,ij->i", cells, cells)
+            self._ref_e[i0:i1] = np.einsum("ij,ij->i", cells, cells, dtype=np.float64)
         self._stale_lo, self._stale_hi = self._cap, 0
 
     def _loudest_block(self, start: int, end: int, n: int) -> float:
@@ -526,6 +528,9 @@ class TurnSettings:
     speech_threshold: float = 0.5
     sustain_threshold: float = 0.35
     min_level_dbfs: float = -50.0
+    # how far ahead of the caller's audio agent audio may be scheduled: the bridge's playout lead
+    # and a margin (the default covers the longest lead, 2 s); sizes the echo guard's buffer
+    agent_ahead_ms: int = 3000
 
 
 class TurnDetector:
@@ -570,7 +575,7 @@ class TurnDetector:
             self.attach_scorer(scorer)
         self._waiting: tuple[int, float] | None = None  # (start sample, time) of the block waiting
         self._held: deque[tuple[Callable[..., Any], tuple[Any, ...]]] = deque()
-        self.echo = EchoGuard(sample_rate, quiet_dbfs=self.settings.min_level_dbfs - 6.0)
+        self.echo = EchoGuard(sample_rate, quiet_dbfs=self.settings.min_level_dbfs - 6.0, ahead_ms=self.settings.agent_ahead_ms)
         self.state = TurnState.LISTENING
         self._pending = bytearray()  # caller PCM16 not yet in a block (converted a block at a time)
         self._t0: float | None = None  # clock time of caller sample 0
