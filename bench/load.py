@@ -33,7 +33,9 @@ In the same run, with the same load generator and fake provider:
   server` keeps every worker on the server core instead: with two cores and a load generator,
   that is how to see what running several processes costs per call, free of the generator;
 - `--loop auto,asyncio,uvloop`: AGENT_EVENT_LOOP for the servers (uvicorn's `loop` for `alt`);
-  whether uvloop was really loaded is read from /proc/<pid>/maps and reported.
+  whether uvloop was really loaded is read from /proc/<pid>/maps and reported;
+- `--native auto|off`: AGENT_NATIVE for the server (the compiled call-path modules, `make native`,
+  or the Python source); whether they were loaded is read from /proc/<pid>/maps ("compiled").
 
 Writes bench/out/load.json, load.png and load.md.
 """
@@ -173,6 +175,17 @@ def uvloop_loaded(pids: list[int]) -> bool:
     for pid in pids:
         try:
             if "/uvloop/" in Path(f"/proc/{pid}/maps").read_text():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def native_loaded(pids: list[int]) -> bool:
+    """Whether the compiled call-path modules (`make native`) are mapped into any of these processes."""
+    for pid in pids:
+        try:
+            if "telephony_agent_native__mypyc" in Path(f"/proc/{pid}/maps").read_text():
                 return True
         except OSError:
             pass
@@ -361,7 +374,7 @@ class Bench:
         self.cores = {a.server_core, a.gen_core} if spread else {a.server_core}
         self.port = free_port()
         env = server_env(f"ws://127.0.0.1:{self.provider_port}/v1/realtime", self.port, AGENT_VAD=a.vad,
-                         AGENT_WORKERS=str(workers), AGENT_EVENT_LOOP=loop)
+                         AGENT_WORKERS=str(workers), AGENT_EVENT_LOOP=loop, AGENT_NATIVE=a.native)
         self.server = start_server(env, self.cores, Path(a.out) / f"server-{bridge}-w{workers}-{loop}.log",
                                    cmd=BRIDGES[bridge])
         self.base = self.server.base
@@ -456,6 +469,7 @@ class Bench:
                              max(rss), hist_quantile(lag0, lag1, 0.99) if lag0 and lag1 else None, left)
         row["processes_cpu_pct"] = [round((b - a_) / (w1 - w0) * 100, 1) for a_, b in zip(per0, per1, strict=True)]
         row["uvloop_loaded"] = uvloop_loaded(pids)
+        row["native_loaded"] = native_loaded(pids)
         return row
 
     def summarise(self, n: int, up: dict[str, Any], crep: dict[str, Any], prep: dict[str, Any], cpu_pct: float,
@@ -674,7 +688,8 @@ def print_row(label: str, row: dict[str, Any]) -> None:
         f"(overhead {row['ttfa_overhead_p50_ms']}) ms  cpu {row['cpu_pct']}% ({row['cpu_pct_per_call']}/call)  "
         f"rss/call {row['rss_per_call_mib']} MiB  lag p99 {row['loop_lag_p99_ms']} ms  lost {row['frames_lost']} "
         f"late {row['frames_late']}  loadgen cpu {row['loadgen_cpu_pct']}%  "
-        f"other load on server core {row['other_load_on_server_core_pct']}%",
+        f"other load on server core {row['other_load_on_server_core_pct']}%"
+        f"{'  compiled' if row.get('native_loaded') else ''}",
         flush=True,
     )
 
@@ -711,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-flags", default="--nonblocking", help="extra py-spy flags, e.g. '--idle --native'")
     p.add_argument("--keep-going", action="store_true", help="run the whole series even past real time")
     p.add_argument("--vad", default="silero", choices=["silero", "energy", "off"], help="AGENT_VAD for the server")
+    p.add_argument("--native", default="auto", choices=["auto", "off"],
+                   help="AGENT_NATIVE for the server: the compiled call-path modules (`make native`) or the source")
     p.add_argument("--provider-vad", default="on", choices=["on", "off"],
                    help="off: the fake provider never sends speech_started (the server's detector alone barges in)")
     p.add_argument("--barge-p", type=float, default=0.4, help="share of answers a caller barges into (by speaking)")
@@ -840,7 +857,7 @@ def main(argv: list[str] | None = None) -> int:
                         "python": sys.version.split()[0], "platform": sys.platform,
                         "loadavg": Path("/proc/loadavg").read_text().split()[:3]},
             "settings": {"steady_s": args.steady, "settle_s": args.settle, "playout_lead_ms": 200,
-                         "audio": "pcmu passthrough", "late_threshold_ms": 60, "vad": args.vad},
+                         "audio": "pcmu passthrough", "late_threshold_ms": 60, "vad": args.vad, "native": args.native},
             "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
             "idle_rss_mib": bench.rss0 if rows else None,
             "series": rows,

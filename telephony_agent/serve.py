@@ -35,6 +35,7 @@ import time
 
 from aiohttp import web
 
+from telephony_agent import native
 from telephony_agent.connections import (
     ConnectionLimits,
     GuardedRunner,
@@ -190,8 +191,8 @@ def _run_worker(settings: Settings, *, reuse_port: bool, worker: int | None = No
     except EventLoopUnavailable as exc:
         log.error("%s", exc)
         return 2
-    log.info("event loop: %s (AGENT_EVENT_LOOP=%s)", loop_name, settings.event_loop.value,
-             extra={"event": "event_loop"})
+    log.info("event loop: %s (AGENT_EVENT_LOOP=%s); compiled modules: %s", loop_name, settings.event_loop.value,
+             native.status(), extra={"event": "event_loop"})
     try:
         run_on(_serve_async(settings, reuse_port=reuse_port), factory)
     except OSError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -145,6 +145,8 @@ class Settings(BaseSettings):
 
     # Event loop and memory (docs/operations.md#event-loop-and-memory).
     event_loop: EventLoopKind = Field(EventLoopKind.AUTO, validation_alias=_env("AGENT_EVENT_LOOP"))
+    # read when the package is imported (telephony_agent/native.py); here so a wrong value is an error
+    native: Literal["auto", "off"] = Field("auto", validation_alias=_env("AGENT_NATIVE"))
     malloc_trim_seconds: float = Field(10.0, ge=0, le=3600, validation_alias=_env("AGENT_MALLOC_TRIM_SECONDS"))
 
     # Connection limits (docs/security.md): what a client that never authenticates can hold.

@@ -156,6 +156,13 @@ class EchoGuard:
         self._moved_from: int | None = None  # the delay it moved from
         self.taps = np.zeros(3)
         self.ncc = 0.0
+        # what the guard did, for tests and tuning: FFT path searches and the best and worst peak
+        # they found; onsets asked about (`explains`) and how many of those needed its FFTs
+        self.searches = 0
+        self.best_peak = 0.0
+        self.worst_peak = 1.0
+        self.explains_asked = 0
+        self.explains_searched = 0
         self._residual_ratio = 0.05  # residual energy / predicted echo energy, in echo-only windows
         self._initial_erl = 10.0 ** (initial_erl_db / 10.0)
         self._erl_bound: float = self._initial_erl  # echo energy / reference energy, upper bound
@@ -313,6 +320,7 @@ class EchoGuard:
         started somewhere in the last `check_ms`, explains nearly all of that. The caller
         speaking over the agent is not the reference at any delay, and what the subtraction
         leaves of them is barely explained, so they still pause the agent."""
+        self.explains_asked += 1
         w, dmax, lead, end = self.check, self.max_delay, self.lead, self._mic_end
         if end < w or not self._has_reference(end - w - dmax, end + lead):
             return False
@@ -359,6 +367,7 @@ class EchoGuard:
         if least >= 1.0 and hi * math.sqrt(max(float(e_seg.max()), 1.0) / least) < threshold:
             return False
         # the lags worth a closer look: the best-correlated, for the line and for the residual
+        self.explains_searched += 1
         size = scipy.fft.next_fast_len(ref.size, real=True)
         spectra = np.fft.rfft(np.stack([mic, residual]), size, axis=1)
         corr = np.fft.irfft(np.fft.rfft(ref, size) * np.conj(spectra), size, axis=1)[:, :lags]
@@ -458,6 +467,8 @@ class EchoGuard:
             # them, as echo cancellers freeze adaptation in double talk (and no FFT)
             return
         j, peak = self._find_lag(ref, mic, e_seg, e_mic)
+        self.searches += 1
+        self.best_peak, self.worst_peak = max(self.best_peak, peak), min(self.worst_peak, peak)
         self._fruitless = self._fruitless + 1 if peak < 0.2 else 0
         delay = dmax - j
         same = peak >= 0.8 and self.delay is not None and abs(delay - self.delay) <= 1
@@ -628,7 +639,10 @@ class TurnDetector:
         out = self._after_score(prob, start_n, now)
         out += self._blocks()
         held = self._held
-        while held and self._waiting is None:
+        # `self.waiting`, not `self._waiting is None`: a held input may start a wait again, and
+        # the assignment above narrows `_waiting` to None for the type checker, so mypyc's code
+        # would not look at it again
+        while held and not self.waiting:
             method, args = held.popleft()
             out += method(*args) or []
         return out

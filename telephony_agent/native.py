@@ -1,0 +1,126 @@
+"""Compiled builds of the call path's hot modules, used only while they match the source.
+
+Most of a call's CPU is Python bytecode spread over small sans-I/O state machines: the turn
+detector, the playout and pacing accounting, the Media Streams parser, the write batcher. These
+are fully typed, so mypyc (part of mypy) compiles them, unchanged, into C extensions that run
+the same code with far less interpreter overhead (the load benchmark's server: about 15 % less
+CPU per call; `bench/load.py --native off` against the default measures it).
+
+`scripts/build_native.py` (run by `make run` and `make test`) compiles `MODULES` into
+`build/native/<interpreter>/` beside the package and writes a stamp with each source file's
+hash. `enable()`, called when the package is first imported, puts an import finder in front of
+the source for exactly those modules, and only when every hash still matches: a module edited
+since the build is never shadowed by a stale one (the source runs, and a warning says so).
+`AGENT_NATIVE=off` always runs the source. No build (an installed wheel, no C compiler): the
+source runs, as it always could.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["MODULES", "NativeFinder", "build_dir", "enable", "source_hashes", "status"]
+
+log = logging.getLogger(__name__)
+
+# Pure-Python, typed, no monkeypatching in production; each is on the per-frame path of every call.
+MODULES: tuple[str, ...] = (
+    "telephony_agent.telephony.turns",
+    "telephony_agent.telephony.speech_scorers",
+    "telephony_agent.telephony.playout",
+    "telephony_agent.telephony.pacing",
+    "telephony_agent.telephony.loop_timer",
+    "telephony_agent.telephony.twilio.stream",
+    "telephony_agent.websocket_write",
+)
+STAMP = "native.json"
+ROOT = Path(__file__).resolve().parent.parent  # the directory holding the package (a checkout)
+
+_status = "not enabled"
+
+
+def build_dir(root: Path = ROOT) -> Path:
+    """Where this interpreter's build lives: one per Python version (extensions are per ABI)."""
+    return root / "build" / "native" / sys.implementation.cache_tag
+
+
+def source_hashes(modules: Sequence[str] = MODULES, root: Path = ROOT) -> dict[str, str]:
+    """SHA-256 of each module's source file, by module name."""
+    return {
+        name: hashlib.sha256((root / (name.replace(".", "/") + ".py")).read_bytes()).hexdigest()
+        for name in modules
+    }
+
+
+class NativeFinder(importlib.abc.MetaPathFinder):
+    """Finds the compiled extension for each module it was given (and the shared library the
+    extensions import), nothing else."""
+
+    def __init__(self, files: dict[str, Path], root: Path) -> None:
+        self.files = files
+        self.root = root
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        file = self.files.get(fullname)
+        if file is None:
+            return None
+        loader = importlib.machinery.ExtensionFileLoader(fullname, str(file))
+        return importlib.util.spec_from_file_location(fullname, file, loader=loader)
+
+
+def status() -> str:
+    """What `enable()` found: "enabled (N modules)", "off", "no build", "stale: ...", ..."""
+    return _status
+
+
+def enable(root: Path = ROOT) -> bool:
+    """Use the compiled modules if there is a build for this interpreter that matches the
+    source, none of them is imported yet, and `AGENT_NATIVE` is not `off`."""
+    global _status
+    if os.environ.get("AGENT_NATIVE", "auto").strip().lower() == "off":  # any other value: Settings refuses it
+        _status = "off"
+        return False
+    if any(isinstance(f, NativeFinder) and f.root == root for f in sys.meta_path):
+        return True  # already (the package's import did it)
+    where = build_dir(root)
+    try:
+        stamp = json.loads((where / STAMP).read_text())
+    except (OSError, ValueError):
+        _status = "no build"
+        return False
+    built = stamp.get("modules", {}) if isinstance(stamp, dict) else {}
+    if set(built) != set(MODULES):
+        _status = "stale: the build is of other modules"
+    else:
+        try:
+            current = source_hashes(MODULES, root)
+        except OSError as exc:
+            _status = f"no source to check against ({exc.__class__.__name__})"
+            return False
+        changed = [name for name in MODULES if built[name].get("sha256") != current[name]]
+        if changed:
+            _status = "stale: " + ", ".join(changed) + " changed since the build"
+        else:
+            files = {name: where / entry["file"] for name, entry in {**built, **stamp.get("libraries", {})}.items()}
+            if not all(f.is_file() for f in files.values()):
+                _status = "incomplete build"
+            elif any(name in sys.modules for name in MODULES):
+                _status = "too late: the source modules are already imported"
+            else:
+                sys.meta_path.insert(0, NativeFinder(files, root))
+                _status = f"enabled ({len(MODULES)} modules)"
+                return True
+    log.warning("compiled modules not used (%s): running the Python source; `make native` rebuilds them", _status)
+    return False

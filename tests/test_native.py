@@ -1,0 +1,123 @@
+"""The compiled (mypyc) hot modules: used only when built from the very source, and the same
+decisions as the source."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from telephony_agent import native
+
+REPO = Path(__file__).resolve().parent.parent
+CAN_BUILD = importlib.util.find_spec("mypyc") is not None and any(shutil.which(cc) for cc in ("cc", "gcc"))
+
+
+def _fake_checkout(root: Path, *, stale: str | None = None, files: bool = True) -> Path:
+    """A checkout with each module's source and a build stamped with their hashes (`stale`: that
+    module's hash is wrong); `files`: the extension files exist."""
+    for name in native.MODULES:
+        src = root / (name.replace(".", "/") + ".py")
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_text(f"# {name}\n")
+    hashes = native.source_hashes(native.MODULES, root)
+    where = native.build_dir(root)
+    where.mkdir(parents=True)
+    modules = {}
+    for name in native.MODULES:
+        rel = name.replace(".", "/") + ".so"
+        modules[name] = {"file": rel, "sha256": "0" * 64 if name == stale else hashes[name]}
+        if files:
+            (where / rel).parent.mkdir(parents=True, exist_ok=True)
+            (where / rel).write_bytes(b"")
+    (where / native.STAMP).write_text(json.dumps({"modules": modules, "libraries": {}}))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _keep_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What this process itself runs stays reported as it was."""
+    monkeypatch.setattr(native, "_status", native.status())
+
+
+def test_no_build_runs_the_source(tmp_path: Path) -> None:
+    assert native.enable(tmp_path) is False
+    assert native.status() == "no build"
+
+
+def test_a_module_edited_since_the_build_is_not_shadowed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    edited = native.MODULES[0]
+    assert native.enable(_fake_checkout(tmp_path, stale=edited)) is False
+    assert native.status() == f"stale: {edited} changed since the build"
+    assert "running the Python source" in caplog.text
+
+
+def test_a_build_missing_files_is_not_used(tmp_path: Path) -> None:
+    assert native.enable(_fake_checkout(tmp_path, files=False)) is False
+    assert native.status() == "incomplete build"
+
+
+def test_a_matching_build_is_not_used_once_the_source_is_imported(tmp_path: Path) -> None:
+    """This process imported the modules already (from source or from the real build): a second
+    finder must not load other copies beside them."""
+    import telephony_agent.telephony.turns  # noqa: F401
+
+    assert native.enable(_fake_checkout(tmp_path)) is False
+    assert native.status() == "too late: the source modules are already imported"
+
+
+def test_native_off_runs_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENT_NATIVE", "off")
+    assert native.enable() is False
+    assert native.status() == "off"
+
+
+_SCENARIO = """
+import json, numpy as np
+import telephony_agent.telephony.turns as turns
+from telephony_agent.testing.turn_sim import AGENT_TEXT, law, simulate
+from telephony_agent.testing.speech import speech_pcm16
+pcm = lambda text: np.frombuffer(speech_pcm16(text), "<i2").astype(np.float64)
+agent = law(pcm(AGENT_TEXT))
+out = {"file": turns.__file__, "runs": []}
+for caller, kwargs in [
+    ([(3.0, pcm("wait, stop, I have a different question"))], {}),
+    ([(2.5, pcm("mhm"))], {"echo_db": -12.0}),
+    ([(2.0, pcm("no no, that is not what I asked"))], {"echo_db": -10.0, "echo_moves": ((2.5, 190),)}),
+    ([], {"echo_db": -6.0, "jitter_s": 0.03}),
+]:
+    det = turns.TurnDetector(turns.TurnSettings(vad="energy"))
+    run = simulate(agent, caller, seconds=6.0, detector=det, **kwargs)
+    out["runs"].append([[d.action.value, round(d.at, 6), d.onset and round(d.onset, 6), d.source, d.voiced_ms, d.reason]
+                        for d in run.decisions] + [det.echo.delay, det.echo.searches, round(det.echo.ncc, 9)])
+print(json.dumps(out))
+"""
+
+
+def _scenario(env: dict[str, str]) -> dict[str, object]:
+    done = subprocess.run([sys.executable, "-c", _SCENARIO], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=120, check=True)
+    result: dict[str, object] = json.loads(done.stdout.splitlines()[-1])
+    return result
+
+
+@pytest.mark.skipif(not CAN_BUILD, reason="no mypyc or C compiler: the source is all there is")
+def test_the_compiled_detector_decides_exactly_as_the_source() -> None:
+    """`make test` builds the modules first; they are then what every test's server runs. Here the
+    turn simulator runs both ways on the same calls (barge-in, backchannel over echo, a moving
+    echo path, jitter): the same decisions at the same times, the same echo path found."""
+    check = subprocess.run([sys.executable, str(REPO / "scripts" / "build_native.py"), "--check"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, f"no build matching the source: run `make native` ({check.stdout.strip()})"
+    env = {k: v for k, v in os.environ.items() if k != "AGENT_NATIVE"}
+    compiled = _scenario(env)
+    source = _scenario({**env, "AGENT_NATIVE": "off"})
+    assert str(compiled["file"]).endswith(".so") and str(source["file"]).endswith(".py")
+    assert compiled["runs"] == source["runs"]
+    assert any(run[:-3] for run in source["runs"])  # type: ignore[union-attr, index]  # decisions were made
