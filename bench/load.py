@@ -170,26 +170,25 @@ def tree_rss_mib(pids: list[int]) -> float:
     return total
 
 
-def uvloop_loaded(pids: list[int]) -> bool:
-    """Whether uvloop's extension is mapped into any of these processes (the loop really in use)."""
+def mapped(pids: list[int], needle: str) -> bool:
+    """Whether a file whose path holds `needle` is mapped into any of these processes."""
     for pid in pids:
         try:
-            if "/uvloop/" in Path(f"/proc/{pid}/maps").read_text():
+            if needle in Path(f"/proc/{pid}/maps").read_text():
                 return True
         except OSError:
             pass
     return False
+
+
+def uvloop_loaded(pids: list[int]) -> bool:
+    """Whether uvloop's extension is mapped in (the loop really in use)."""
+    return mapped(pids, "/uvloop/")
 
 
 def native_loaded(pids: list[int]) -> bool:
-    """Whether the compiled call-path modules (`make native`) are mapped into any of these processes."""
-    for pid in pids:
-        try:
-            if "telephony_agent_native__mypyc" in Path(f"/proc/{pid}/maps").read_text():
-                return True
-        except OSError:
-            pass
-    return False
+    """Whether the compiled call-path modules (`make native`) are mapped in."""
+    return mapped(pids, "telephony_agent_native__mypyc")
 
 
 def listeners(port: int) -> int:
@@ -261,9 +260,11 @@ BRIDGES = {
 
 def server_env(provider_url: str, port: int, **extra: str) -> dict[str, str]:
     """The benchmark's server environment: this process's, minus any AGENT_/provider/Twilio
-    setting, plus a fake OpenAI provider at `provider_url` (audio/pcmu passthrough), no request
+    setting but AGENT_NATIVE (so `AGENT_NATIVE=off` runs any benchmark's server on the Python
+    source), plus a fake OpenAI provider at `provider_url` (audio/pcmu passthrough), no request
     validation, no call limit, quiet logs; `extra` adds or overrides settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "OPENAI_", "GEMINI_", "TWILIO_"))}
+    env = {k: v for k, v in os.environ.items()
+           if k == "AGENT_NATIVE" or not k.startswith(("AGENT_", "OPENAI_", "GEMINI_", "TWILIO_"))}
     env.update(
         PYTHONPATH=f"{REPO}{os.pathsep}{REPO / 'codecs'}",  # this checkout's code, not an installed copy
         AGENT_PROVIDER="openai", OPENAI_API_KEY="dummy", AGENT_OPENAI_URL=provider_url,
@@ -726,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-flags", default="--nonblocking", help="extra py-spy flags, e.g. '--idle --native'")
     p.add_argument("--keep-going", action="store_true", help="run the whole series even past real time")
     p.add_argument("--vad", default="silero", choices=["silero", "energy", "off"], help="AGENT_VAD for the server")
-    p.add_argument("--native", default="auto", choices=["auto", "off"],
+    p.add_argument("--native", default=os.environ.get("AGENT_NATIVE", "auto"), choices=["auto", "off"],
                    help="AGENT_NATIVE for the server: the compiled call-path modules (`make native`) or the source")
     p.add_argument("--provider-vad", default="on", choices=["on", "off"],
                    help="off: the fake provider never sends speech_started (the server's detector alone barges in)")
