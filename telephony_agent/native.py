@@ -42,6 +42,11 @@ MODULES: tuple[str, ...] = (
     "telephony_agent.telephony.loop_timer",
     "telephony_agent.telephony.twilio.stream",
     "telephony_agent.websocket_write",
+    "telephony_agent.telephony.sip.rtp",
+    "telephony_agent.telephony.sip.jitter",
+    "telephony_agent.telephony.sip.pacer",
+    "telephony_agent.telephony.sip.pacing_grid",
+    "telephony_agent.telephony.sip.dtmf",
 )
 STAMP = "native.json"
 ROOT = Path(__file__).resolve().parent.parent  # the directory holding the package (a checkout)
