@@ -1,10 +1,12 @@
 """Compiled builds of the call path's hot modules, used only while they match the source.
 
 Most of a call's CPU is Python bytecode spread over small sans-I/O state machines: the turn
-detector, the playout and pacing accounting, the Media Streams parser, the write batcher. These
-are fully typed, so mypyc (part of mypy) compiles them, unchanged, into C extensions that run
-the same code with far less interpreter overhead (the load benchmark's server: about 15 % less
-CPU per call; `bench/load.py --native off` against the default measures it).
+detector, the playout and pacing accounting, the Media Streams parser, the write batcher, and on
+SIP calls the RTP path. These are fully typed, so mypyc (part of mypy) compiles them, unchanged,
+into C extensions that run the same code with far less interpreter overhead (the load
+benchmark's server: about 15 % less CPU per Twilio call, 12 % per SIP call; `AGENT_NATIVE=off`
+against the default measures it). The asynchronous shells around them (the bridge, the sockets,
+the provider sessions) gained nothing compiled and stay Python.
 
 `scripts/build_native.py` (run by `make run` and `make test`) compiles `MODULES` into
 `build/native/<interpreter>/` beside the package and writes a stamp with each source file's
@@ -33,7 +35,7 @@ __all__ = ["MODULES", "NativeFinder", "build_dir", "enable", "source_hashes", "s
 
 log = logging.getLogger(__name__)
 
-# Pure-Python, typed, no monkeypatching in production; each is on the per-frame path of every call.
+# Typed, synchronous, never monkeypatched or subclassed outside; each is on the per-frame path.
 MODULES: tuple[str, ...] = (
     "telephony_agent.telephony.turns",
     "telephony_agent.telephony.speech_scorers",
