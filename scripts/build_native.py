@@ -29,19 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["AGENT_NATIVE"] = "off"  # this process checks the build itself: no warning about it
 
-from telephony_agent.native import MODULES, STAMP, build_dir, source_hashes  # noqa: E402
+from telephony_agent.native import MODULES, STAMP, build_dir, check_build, source_hashes  # noqa: E402
 
 GROUP = "telephony_agent_native"  # the shared library's name (mypyc's default is a hash of the modules)
-
-
-def matches(where: Path) -> bool:
-    try:
-        stamp = json.loads((where / STAMP).read_text())
-    except (OSError, ValueError):
-        return False
-    current = source_hashes()
-    built = stamp.get("modules", {})
-    return set(built) == set(MODULES) and all(built[m].get("sha256") == current[m] for m in MODULES)
 
 
 def build(where: Path, jobs: int) -> None:
@@ -99,11 +89,11 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="C files compiled at once")
     args = p.parse_args()
     where = build_dir()
+    problem = check_build()[1]
     if args.check:
-        ok = matches(where)
-        print(f"{where}: {'matches the source' if ok else 'missing or stale'}")
-        return 0 if ok else 1
-    if matches(where) and not args.force:
+        print(f"{where}: {problem or 'matches the source'}")
+        return 1 if problem else 0
+    if not problem and not args.force:
         print(f"{where}: up to date")
         return 0
     started = time.monotonic()

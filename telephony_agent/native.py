@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["MODULES", "NativeFinder", "build_dir", "enable", "source_hashes", "status"]
+__all__ = ["MODULES", "NativeFinder", "build_dir", "check_build", "enable", "source_hashes", "status"]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,30 @@ def status() -> str:
     return _status
 
 
+def check_build(root: Path = ROOT) -> tuple[dict[str, Path], str]:
+    """The files of this interpreter's build by module name (and the shared library's), and ""
+    when they may be used; else nothing and why not ("no build", "stale: ...", ...)."""
+    where = build_dir(root)
+    try:
+        stamp = json.loads((where / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}, "no build"
+    built = stamp.get("modules", {}) if isinstance(stamp, dict) else {}
+    if set(built) != set(MODULES):
+        return {}, "stale: the build is of other modules"
+    try:
+        current = source_hashes(MODULES, root)
+    except OSError as exc:
+        return {}, f"no source to check against ({exc.__class__.__name__})"
+    changed = [name for name in MODULES if built[name].get("sha256") != current[name]]
+    if changed:
+        return {}, "stale: " + ", ".join(changed) + " changed since the build"
+    files = {name: where / entry["file"] for name, entry in {**built, **stamp.get("libraries", {})}.items()}
+    if not all(f.is_file() for f in files.values()):
+        return {}, "incomplete build"
+    return files, ""
+
+
 def enable(root: Path = ROOT) -> bool:
     """Use the compiled modules if there is a build for this interpreter that matches the
     source, none of them is imported yet, and `AGENT_NATIVE` is not `off`."""
@@ -101,33 +125,16 @@ def enable(root: Path = ROOT) -> bool:
         return False
     if any(isinstance(f, NativeFinder) and f.root == root for f in sys.meta_path):
         return True  # already (the package's import did it)
-    where = build_dir(root)
-    try:
-        stamp = json.loads((where / STAMP).read_text())
-    except (OSError, ValueError):
-        _status = "no build"
+    files, problem = check_build(root)
+    if problem == "no build":
+        _status = problem
         return False
-    built = stamp.get("modules", {}) if isinstance(stamp, dict) else {}
-    if set(built) != set(MODULES):
-        _status = "stale: the build is of other modules"
-    else:
-        try:
-            current = source_hashes(MODULES, root)
-        except OSError as exc:
-            _status = f"no source to check against ({exc.__class__.__name__})"
-            return False
-        changed = [name for name in MODULES if built[name].get("sha256") != current[name]]
-        if changed:
-            _status = "stale: " + ", ".join(changed) + " changed since the build"
-        else:
-            files = {name: where / entry["file"] for name, entry in {**built, **stamp.get("libraries", {})}.items()}
-            if not all(f.is_file() for f in files.values()):
-                _status = "incomplete build"
-            elif any(name in sys.modules for name in MODULES):
-                _status = "too late: the source modules are already imported"
-            else:
-                sys.meta_path.insert(0, NativeFinder(files, root))
-                _status = f"enabled ({len(MODULES)} modules)"
-                return True
-    log.warning("compiled modules not used (%s): running the Python source; `make native` rebuilds them", _status)
-    return False
+    if not problem and any(name in sys.modules for name in MODULES):
+        problem = "too late: the source modules are already imported"
+    if problem:
+        _status = problem
+        log.warning("compiled modules not used (%s): running the Python source; `make native` rebuilds them", problem)
+        return False
+    sys.meta_path.insert(0, NativeFinder(files, root))
+    _status = f"enabled ({len(MODULES)} modules)"
+    return True
