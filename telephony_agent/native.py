@@ -10,7 +10,8 @@ the provider sessions) gained nothing compiled and stay Python.
 
 `scripts/build_native.py` (run by `make run` and `make test`) compiles `MODULES` into
 `build/native/<interpreter>/` beside the package and writes a stamp with each source file's
-hash. `enable()`, called when the package is first imported, puts an import finder in front of
+hash, and the hash of every module of ours they import (their types are built in).
+`enable()`, called when the package is first imported, puts an import finder in front of
 the source for exactly those modules, and only when every hash still matches: a module edited
 since the build is never shadowed by a stale one (the source runs, and a warning says so).
 `AGENT_NATIVE=off` always runs the source. No build (an installed wheel, no C compiler): the
@@ -31,7 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["MODULES", "NativeFinder", "build_dir", "check_build", "enable", "source_hashes", "status"]
+__all__ = ["MODULES", "NativeFinder", "build_dir", "check_build", "enable", "source_file", "source_hashes", "status"]
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,16 @@ def build_dir(root: Path = ROOT) -> Path:
     return root / "build" / "native" / sys.implementation.cache_tag
 
 
+def source_file(name: str, root: Path = ROOT) -> Path:
+    """The source of one of our modules (or packages): `telephony_codecs` lives under `codecs/`."""
+    base = root / "codecs" if name.split(".")[0] == "telephony_codecs" else root
+    path = base / name.replace(".", "/")
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
 def source_hashes(modules: Sequence[str] = MODULES, root: Path = ROOT) -> dict[str, str]:
     """SHA-256 of each module's source file, by module name."""
-    return {
-        name: hashlib.sha256((root / (name.replace(".", "/") + ".py")).read_bytes()).hexdigest()
-        for name in modules
-    }
+    return {name: hashlib.sha256(source_file(name, root).read_bytes()).hexdigest() for name in modules}
 
 
 class NativeFinder(importlib.abc.MetaPathFinder):
@@ -101,13 +106,16 @@ def check_build(root: Path = ROOT) -> tuple[dict[str, Path], str]:
     except (OSError, ValueError):
         return {}, "no build"
     built = stamp.get("modules", {}) if isinstance(stamp, dict) else {}
-    if set(built) != set(MODULES):
+    sources: dict[str, str] = stamp.get("sources", {}) if isinstance(stamp, dict) else {}
+    if set(built) != set(MODULES) or not set(MODULES) <= set(sources):
         return {}, "stale: the build is of other modules"
+    # the compiled modules and every module of ours they import, directly or not: the compiled
+    # code was built against their types
     try:
-        current = source_hashes(MODULES, root)
+        current = source_hashes(list(sources), root)
     except OSError as exc:
         return {}, f"no source to check against ({exc.__class__.__name__})"
-    changed = [name for name in MODULES if built[name].get("sha256") != current[name]]
+    changed = [name for name in sources if sources[name] != current[name]]
     if changed:
         return {}, "stale: " + ", ".join(changed) + " changed since the build"
     files = {name: where / entry["file"] for name, entry in {**built, **stamp.get("libraries", {})}.items()}

@@ -32,11 +32,13 @@ def _fake_checkout(root: Path, *, stale: str | None = None, files: bool = True) 
     modules = {}
     for name in native.MODULES:
         rel = name.replace(".", "/") + ".so"
-        modules[name] = {"file": rel, "sha256": "0" * 64 if name == stale else hashes[name]}
+        modules[name] = {"file": rel}
         if files:
             (where / rel).parent.mkdir(parents=True, exist_ok=True)
             (where / rel).write_bytes(b"")
-    (where / native.STAMP).write_text(json.dumps({"modules": modules, "libraries": {}}))
+    if stale is not None:
+        hashes[stale] = "0" * 64
+    (where / native.STAMP).write_text(json.dumps({"modules": modules, "libraries": {}, "sources": hashes}))
     return root
 
 
