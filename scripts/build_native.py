@@ -16,7 +16,6 @@ one-line reason when it cannot build: the server then runs the Python source, as
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib.machinery
 import json
 import os
@@ -30,36 +29,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["AGENT_NATIVE"] = "off"  # this process checks the build itself: no warning about it
 
-from telephony_agent.native import MODULES, STAMP, build_dir, check_build, source_file, source_hashes  # noqa: E402
+from telephony_agent.native import MODULES, STAMP, build_dir, check_build, dependencies, source_hashes  # noqa: E402
 
 GROUP = "telephony_agent_native"  # the shared library's name (mypyc's default is a hash of the modules)
-
-
-OURS = ("telephony_agent", "telephony_codecs")
-
-
-def dependencies(modules: tuple[str, ...]) -> list[str]:
-    """`modules` and every module of ours they import, directly or not (mypyc builds their types
-    into the compiled code, so a change to any of them makes the build stale)."""
-    seen: list[str] = []
-    todo = list(modules)
-    while todo:
-        name = todo.pop()
-        if name in seen or not source_file(name).is_file():
-            continue
-        seen.append(name)
-        package = name.split(".") if source_file(name).name == "__init__.py" else name.split(".")[:-1]
-        for node in ast.walk(ast.parse(source_file(name).read_text())):
-            if isinstance(node, ast.ImportFrom):
-                base = ".".join([*package[: len(package) - node.level + 1], *([node.module] if node.module else [])]) \
-                    if node.level else (node.module or "")
-                found = [base] + [f"{base}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                found = [a.name for a in node.names]
-            else:
-                continue
-            todo += [n for n in found if n.split(".")[0] in OURS]
-    return sorted(seen)
 
 
 def build(where: Path, jobs: int) -> None:

@@ -20,6 +20,7 @@ source runs, as it always could.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.abc
 import importlib.machinery
@@ -32,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["MODULES", "NativeFinder", "build_dir", "check_build", "enable", "source_file", "source_hashes", "status"]
+__all__ = ["MODULES", "NativeFinder", "build_dir", "check_build", "dependencies", "enable", "source_file", "source_hashes", "status"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,33 @@ def source_file(name: str, root: Path = ROOT) -> Path:
 def source_hashes(modules: Sequence[str] = MODULES, root: Path = ROOT) -> dict[str, str]:
     """SHA-256 of each module's source file, by module name."""
     return {name: hashlib.sha256(source_file(name, root).read_bytes()).hexdigest() for name in modules}
+
+
+OURS = ("telephony_agent", "telephony_codecs")
+
+
+def dependencies(modules: Sequence[str], root: Path = ROOT) -> list[str]:
+    """`modules` and every module of ours they import, directly or not (mypyc builds their types
+    into the compiled code, so a change to any of them makes the build stale)."""
+    seen: list[str] = []
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in seen or not source_file(name, root).is_file():
+            continue
+        seen.append(name)
+        package = name.split(".") if source_file(name, root).name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(source_file(name, root).read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = ".".join([*package[: len(package) - node.level + 1], *([node.module] if node.module else [])]) \
+                    if node.level else (node.module or "")
+                found = [base] + [f"{base}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            else:
+                continue
+            todo += [n for n in found if n.split(".")[0] in OURS]
+    return sorted(seen)
 
 
 class NativeFinder(importlib.abc.MetaPathFinder):

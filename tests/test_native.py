@@ -74,6 +74,16 @@ def test_a_matching_build_is_not_used_once_the_source_is_imported(tmp_path: Path
     assert native.status() == "too late: the source modules are already imported"
 
 
+def test_a_change_to_a_module_the_compiled_ones_import_makes_the_build_stale() -> None:
+    """The stamp covers what the compiled code was built against: the modules it imports, however
+    (relative, from a package, within functions), and what those import in turn."""
+    deps = native.dependencies(native.MODULES)
+    assert set(native.MODULES) <= set(deps)
+    assert "telephony_agent.telephony.silero" in deps  # `from .silero import ...` in speech_scorers
+    assert "telephony_codecs.resample" in deps  # through the `telephony_codecs` package
+    assert "telephony_agent.telephony.bridge" not in deps  # nothing compiled imports it
+
+
 def test_native_off_runs_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENT_NATIVE", "off")
     assert native.enable() is False
