@@ -56,12 +56,15 @@ def build(where: Path, jobs: int) -> None:
             extensions = mypycify(
                 [f"--config-file={config}", *sources], opt_level="3", group_name=GROUP, target_dir=str(tmp_path / "c")
             )
-            setup(
-                name=GROUP,
-                ext_modules=extensions,
-                script_args=["-q", "build_ext", "--build-lib", str(staging), "--build-temp", str(tmp_path / "o"),
-                             "--parallel", str(jobs)],
-            )
+            try:
+                setup(
+                    name=GROUP,
+                    ext_modules=extensions,
+                    script_args=["-q", "build_ext", "--build-lib", str(staging), "--build-temp", str(tmp_path / "o"),
+                                 "--parallel", str(jobs)],
+                )
+            except SystemExit as exc:  # setuptools exits on a compiler error
+                raise RuntimeError(f"the C compiler failed: {exc}") from None
         finally:
             os.chdir(cwd)
         suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -100,8 +103,8 @@ def main() -> int:
     try:
         build(where, args.jobs)
     except Exception as exc:  # noqa: BLE001 - any failure: the source still runs
-        print(f"native build failed ({exc.__class__.__name__}: {exc}); the server runs the Python source",
-              file=sys.stderr)
+        runs = "the build already there" if not check_build()[1] else "the Python source"
+        print(f"native build failed ({exc.__class__.__name__}: {exc}); the server runs {runs}", file=sys.stderr)
         return 1
     print(f"{where}: {len(MODULES)} modules compiled in {time.monotonic() - started:.0f} s")
     return 0
