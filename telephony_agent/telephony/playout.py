@@ -223,7 +223,7 @@ class Playout:
     def drop_queued(self, item_id: str) -> int:
         """Drop locally queued frames of one item (its output was cancelled)."""
         before = len(self._queue)
-        self._queue = deque(entry for entry in self._queue if entry[0] != item_id)
+        self._queue = deque([entry for entry in self._queue if entry[0] != item_id])
         dropped = before - len(self._queue)
         self.stats.frames_dropped += dropped
         return dropped * self.frame_ms
