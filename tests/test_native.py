@@ -44,8 +44,10 @@ def _fake_checkout(root: Path, *, stale: str | None = None, files: bool = True) 
 
 @pytest.fixture(autouse=True)
 def _keep_status(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What this process itself runs stays reported as it was."""
+    """What this process itself runs stays reported as it was; the suite may run with
+    `AGENT_NATIVE=off`, which these tests set themselves where they mean it."""
     monkeypatch.setattr(native, "_status", native.status())
+    monkeypatch.delenv("AGENT_NATIVE", raising=False)
 
 
 def test_no_build_runs_the_source(tmp_path: Path) -> None:
