@@ -29,7 +29,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["AGENT_NATIVE"] = "off"  # this process checks the build itself: no warning about it
 
-from telephony_agent.native import MODULES, STAMP, build_dir, check_build, dependencies, source_hashes  # noqa: E402
+from telephony_agent.native import (  # noqa: E402
+    MODULES,
+    STAMP,
+    build_dir,
+    check_build,
+    dependencies,
+    source_file,
+    source_hashes,
+)
 
 GROUP = "telephony_agent_native"  # the shared library's name (mypyc's default is a hash of the modules)
 
@@ -39,7 +47,7 @@ def build(where: Path, jobs: int) -> None:
     from setuptools import setup
 
     hashes = source_hashes(dependencies(MODULES))  # before compiling: an edit made meanwhile makes the stamp stale
-    sources = [str(ROOT / (m.replace(".", "/") + ".py")) for m in MODULES]
+    sources = [str(source_file(m)) for m in MODULES]
     with tempfile.TemporaryDirectory(prefix="native-") as tmp:
         tmp_path = Path(tmp)
         # mypy's settings for the compile: the project's, with absolute paths (it runs in `tmp`,

@@ -85,11 +85,12 @@ def dependencies(modules: Sequence[str], root: Path = ROOT) -> list[str]:
     todo = list(modules)
     while todo:
         name = todo.pop()
-        if name in seen or not source_file(name, root).is_file():
+        path = source_file(name, root)
+        if name in seen or not path.is_file():
             continue
         seen.append(name)
-        package = name.split(".") if source_file(name, root).name == "__init__.py" else name.split(".")[:-1]
-        for node in ast.walk(ast.parse(source_file(name, root).read_text())):
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 base = ".".join([*package[: len(package) - node.level + 1], *([node.module] if node.module else [])]) \
                     if node.level else (node.module or "")
@@ -133,8 +134,9 @@ def check_build(root: Path = ROOT) -> tuple[dict[str, Path], str]:
         stamp = json.loads((where / STAMP).read_text())
     except (OSError, ValueError):
         return {}, "no build"
-    built = stamp.get("modules", {}) if isinstance(stamp, dict) else {}
-    sources: dict[str, str] = stamp.get("sources", {}) if isinstance(stamp, dict) else {}
+    if not isinstance(stamp, dict):
+        return {}, "no build"
+    built, sources = stamp.get("modules", {}), stamp.get("sources", {})
     if set(built) != set(MODULES) or not set(MODULES) <= set(sources):
         return {}, "stale: the build is of other modules"
     # the compiled modules and every module of ours they import, directly or not: the compiled
