@@ -14,12 +14,18 @@ per-step means:
 
 `.` names the working tree as it is, uncommitted changes included. The arguments after `--` go
 to the benchmark of each tree, so both trees must know them. Worktrees are removed at the end.
+
+Each tree's compiled modules are built first (its own `scripts/build_native.py`, into its own
+`build/`), so both servers run what `make run` would: a fresh worktree has no build, and its
+server would run the Python source against the other tree's compiled code. With
+`AGENT_NATIVE=off` nothing is built and both run the source.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -53,6 +59,21 @@ def checkout(rev: str, into: Path) -> Iterator[Path]:
         # no `worktree prune`: it would drop another run's worktree that is being made right now
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(into)], check=False,
                        capture_output=True)
+
+
+def build_native(tree: Path) -> str:
+    """Compile `tree`'s hot modules for this interpreter (a no-op while its build is current);
+    what happened, in a few words."""
+    script = tree / "scripts" / "build_native.py"
+    if os.environ.get("AGENT_NATIVE", "auto") == "off":
+        return "AGENT_NATIVE=off: the source runs"
+    if not script.exists():
+        return "no compiled modules in this revision"
+    done = subprocess.run([sys.executable, str(script)], cwd=tree, check=False, capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no reason given"]
+        return f"compiled build FAILED, its server runs the source: {reason[0]}"
+    return "compiled modules built"
 
 
 def steps(report: dict[str, Any], fields: tuple[str, ...]) -> dict[int, dict[str, float]]:
@@ -100,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         with checkout(args.base, root / "base") as base_tree, checkout(args.head, root / "head") as head_tree:
             trees = {"base": base_tree, "head": head_tree}
+            for role, tree in trees.items():
+                print(f"{labels[role]}: {build_native(tree)}", flush=True)
             for round_ in range(1, args.rounds + 1):
                 for role, tree in trees.items():
                     out = root / f"out-{role}-{round_}"

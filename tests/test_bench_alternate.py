@@ -35,12 +35,40 @@ def test_two_trees_take_turns_and_leave_no_worktree(tmp_path: Path) -> None:
     cmd = [sys.executable, str(clone / "bench" / "alternate.py"), "HEAD", ".", "--rounds", "1", "--",
            "--series", "2", "--steady", "2", "--settle", "0.5", "--compare-at", "0", "--workers", "",
            "--sequential", "0", "--no-plot", "--server-core", str(cores[0]), "--gen-core", str(cores[1])]
-    proc = subprocess.run(cmd, cwd=clone, capture_output=True, text=True, timeout=110)
+    env = dict(os.environ, AGENT_NATIVE="off")  # no compiled build per tree (half a minute each)
+    proc = subprocess.run(cmd, cwd=clone, capture_output=True, text=True, timeout=110, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     runs, _, summary = proc.stdout.partition("means:")
+    assert re.findall(r"^(\S+): AGENT_NATIVE=off: the source runs$", runs, re.M) == ["HEAD", "."], proc.stdout
     # one run of each tree, in turn: the revision first, then the working tree
     assert re.findall(r"^\s*(\S+) #1\s+2 calls", runs, re.M) == ["HEAD", "."], proc.stdout
     for label in ("HEAD", "."):
         m = re.search(rf"^\s*{re.escape(label)}\s+2 calls\s+cpu_pct ([0-9.]+) .*bargein_p99_ms", summary, re.M)
         assert m is not None and float(m.group(1)) > 0, proc.stdout
     assert worktrees(clone) == before == [f"worktree {clone}"]
+
+
+def test_each_tree_gets_its_own_compiled_build_or_says_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh worktree has no build: without one its server would run the source against the
+    other tree's compiled code. `build_native` runs the tree's own build script there."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import alternate
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    monkeypatch.delenv("AGENT_NATIVE", raising=False)
+    old, built, broken = tmp_path / "old", tmp_path / "built", tmp_path / "broken"
+    for tree, body in ((built, "import pathlib; pathlib.Path('built').write_text('yes')"),
+                       (broken, "import sys; print('native build failed: no C compiler'); sys.exit(1)")):
+        (tree / "scripts").mkdir(parents=True)
+        (tree / "scripts" / "build_native.py").write_text(body)
+    old.mkdir()
+    assert alternate.build_native(old) == "no compiled modules in this revision"
+    assert alternate.build_native(built) == "compiled modules built"
+    assert (built / "built").read_text() == "yes"  # ran in the tree itself
+    assert alternate.build_native(broken) == (
+        "compiled build FAILED, its server runs the source: native build failed: no C compiler")
+    monkeypatch.setenv("AGENT_NATIVE", "off")
+    (built / "built").unlink()
+    assert alternate.build_native(built) == "AGENT_NATIVE=off: the source runs"
+    assert not (built / "built").exists()
