@@ -32,8 +32,9 @@ In the same run, with the same load generator and fake provider:
   process from /proc, and calls per core (100 % of a core / CPU % per call). `--workers-cores
   server` keeps every worker on the server core instead: with two cores and a load generator,
   that is how to see what running several processes costs per call, free of the generator;
-- `--loop auto,asyncio,uvloop`: AGENT_EVENT_LOOP for the servers (uvicorn's `loop` for `alt`);
-  whether uvloop was really loaded is read from /proc/<pid>/maps and reported;
+- `--loop uvloop,asyncio` (the default; `auto` too): AGENT_EVENT_LOOP for the servers (uvicorn's
+  `loop` for `alt`), the comparison once per loop, the rest on the first; whether uvloop was
+  really loaded is read from /proc/<pid>/maps and reported;
 - `--native auto|off`: AGENT_NATIVE for the server (the compiled call-path modules, `make native`,
   or the Python source); whether they were loaded is read from /proc/<pid>/maps ("compiled").
 
@@ -715,9 +716,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers-at", type=int, default=None, help="calls for the workers steps (default --compare-at)")
     p.add_argument("--workers-cores", choices=["spread", "server"], default="spread",
                    help="several workers on the server and generator cores (spread), or all on the server core")
-    p.add_argument("--loop", default="asyncio,uvloop",
+    p.add_argument("--loop", default="uvloop,asyncio",
                    help="AGENT_EVENT_LOOP values (auto, asyncio, uvloop): the comparison runs once for each, both "
-                        "bridges on the same loop; the series, sequential calls and workers use the first")
+                        "bridges on the same loop; the series, sequential calls and workers use the first (by "
+                        "default uvloop, which the product runs where it is installed: AGENT_EVENT_LOOP=auto)")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--gen-core", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
