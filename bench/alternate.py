@@ -13,7 +13,14 @@ per-step means:
     .venv/bin/python bench/alternate.py f480afc HEAD --bench sip -- --series 150,200 --steady 8 --keep-going
 
 `.` names the working tree as it is, uncommitted changes included. The arguments after `--` go
-to the benchmark of each tree, so both trees must know them. Worktrees are removed at the end.
+to the benchmark of each tree, so both trees must know them; `--base-args` and `--head-args`
+add arguments for one side only, so one tree can be run against itself with a setting changed
+(what turn detection costs, the compiled modules against the source):
+
+    .venv/bin/python bench/alternate.py . . --base-args='--vad off' --rounds 2 -- --series 200 \\
+        --bridges ours --workers '' --sequential 0 --compare-at 0
+
+Worktrees are removed at the end.
 
 Each tree's compiled modules are built first (its own `scripts/build_native.py`, into its own
 `build/`), so both servers run what `make run` would: a fresh worktree has no build, and its
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -96,6 +104,11 @@ def means(runs: list[dict[int, dict[str, float]]]) -> dict[int, dict[str, float]
     return out
 
 
+def side_label(rev: str, extra: list[str]) -> str:
+    """How a side is named in the output: its revision, and its own arguments if it has any."""
+    return f"{rev} [{shlex.join(extra)}]" if extra else rev
+
+
 def line(label: str, calls: int, values: dict[str, float]) -> str:
     return f"{label:>16} {calls:5d} calls  " + "  ".join(f"{k} {v:.2f}" for k, v in values.items())
 
@@ -111,11 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("head", nargs="?", default=".", help="the revision after (default: the working tree)")
     p.add_argument("--rounds", type=int, default=3, help="runs of each tree, taken turn about")
     p.add_argument("--bench", choices=sorted(BENCHES), default="load")
+    p.add_argument("--base-args", default="", help="benchmark arguments for the base's runs only, e.g. '--vad off'")
+    p.add_argument("--head-args", default="", help="benchmark arguments for the head's runs only")
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     script, result, fields = BENCHES[args.bench]
-    labels = {"base": args.base, "head": args.head}  # by role: both may name the same revision
+    extra = {"base": shlex.split(args.base_args), "head": shlex.split(args.head_args)}
+    # by role: both may name the same revision, and then only their arguments tell them apart
+    labels = {role: side_label(rev, extra[role]) for role, rev in (("base", args.base), ("head", args.head))}
     runs: dict[str, list[dict[int, dict[str, float]]]] = {"base": [], "head": []}
     with tempfile.TemporaryDirectory(prefix="alternate-") as tmp:
         root = Path(tmp)
@@ -126,13 +143,14 @@ def main(argv: list[str] | None = None) -> int:
             for round_ in range(1, args.rounds + 1):
                 for role, tree in trees.items():
                     out = root / f"out-{role}-{round_}"
-                    cmd = [sys.executable, str(tree / script), *bench_args, "--out", str(out)]
+                    cmd = [sys.executable, str(tree / script), *bench_args, *extra[role], "--out", str(out)]
                     done = subprocess.run(cmd, cwd=tree, check=False, stdout=subprocess.DEVNULL)
                     try:
                         report = json.loads((out / result).read_text())
                     except (OSError, ValueError):
                         print(f"{labels[role]}: round {round_} wrote no {result} (exit {done.returncode})", flush=True)
                         continue
+                    print(f"{labels[role]} #{round_}: {report.get('command', ' '.join(cmd[1:]))}", flush=True)
                     run = steps(report, fields)
                     runs[role].append(run)
                     for calls, values in run.items():

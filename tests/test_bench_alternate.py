@@ -32,18 +32,22 @@ def test_two_trees_take_turns_and_leave_no_worktree(tmp_path: Path) -> None:
     shutil.copy(REPO / "bench" / "alternate.py", clone / "bench" / "alternate.py")  # the tool as it is here
     cores = sorted(os.sched_getaffinity(0))
     before = worktrees(clone)
-    cmd = [sys.executable, str(clone / "bench" / "alternate.py"), "HEAD", ".", "--rounds", "1", "--",
+    # the working tree runs with one more argument of its own, as a setting is compared with itself
+    cmd = [sys.executable, str(clone / "bench" / "alternate.py"), "HEAD", ".", "--head-args=--vad off", "--rounds", "1", "--",
            "--series", "2", "--steady", "2", "--settle", "0.5", "--compare-at", "0", "--workers", "",
            "--sequential", "0", "--no-plot", "--server-core", str(cores[0]), "--gen-core", str(cores[1])]
     env = dict(os.environ, AGENT_NATIVE="off")  # no compiled build per tree (half a minute each)
     proc = subprocess.run(cmd, cwd=clone, capture_output=True, text=True, timeout=110, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     runs, _, summary = proc.stdout.partition("means:")
-    assert re.findall(r"^(\S+): AGENT_NATIVE=off: the source runs$", runs, re.M) == ["HEAD", "."], proc.stdout
-    # one run of each tree, in turn: the revision first, then the working tree
-    assert re.findall(r"^\s*(\S+) #1\s+2 calls", runs, re.M) == ["HEAD", "."], proc.stdout
-    for label in ("HEAD", "."):
-        m = re.search(rf"^\s*{re.escape(label)}\s+2 calls\s+cpu_pct ([0-9.]+) .*bargein_p99_ms", summary, re.M)
+    head = ". [--vad off]"
+    assert re.findall(r"^(.+?): AGENT_NATIVE=off: the source runs$", runs, re.M) == ["HEAD", head], proc.stdout
+    # one run of each tree, in turn: the revision first, then the working tree with its argument
+    assert re.findall(r"^\s*(.+?) #1\s+2 calls", runs, re.M) == ["HEAD", head], proc.stdout
+    commands = dict(re.findall(r"^(.+?) #1: (load\.py .*)$", runs, re.M))  # as each benchmark recorded it
+    assert "--vad off" in commands[head] and "--vad" not in commands["HEAD"], proc.stdout
+    for label in ("HEAD", head):
+        m = re.search(rf"^\s*{re.escape(label)}\s+2 calls\s+cpu_pct ([0-9.]+) .*frames_late", summary, re.M)
         assert m is not None and float(m.group(1)) > 0, proc.stdout
     assert worktrees(clone) == before == [f"worktree {clone}"]
 
