@@ -86,7 +86,7 @@ bench-codecs: $(VENV)/.installed ## Codec benchmark: StreamResampler vs soxr vs 
 	$(VENV)/bin/python bench/codecs.py
 
 bench-softphone: $(VENV)/.installed system-deps ## Softphone microphone: mu-law in the page vs PCM to the server (CPU, bytes)
-	$(VENV)/bin/python bench/softphone.py --write
+	$(VENV)/bin/python bench/softphone_mic.py --write
 
 bench-load: $(VENV)/.installed native ## Load benchmark: concurrent calls through the bridge; CPU per call against a minimal alternative bridge; 1 and 2 workers
 	$(VENV)/bin/python bench/load.py

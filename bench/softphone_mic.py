@@ -294,7 +294,7 @@ def main() -> None:
         doc = ROOT / "docs" / "bench-softphone.md"
         doc.write_text(
             "# Softphone microphone: mu-law in the page or on the server\n\n"
-            "Measured by `make bench-softphone` (bench/softphone.py).\n\n" + table + "\n"
+            "Measured by `make bench-softphone` (bench/softphone_mic.py).\n\n" + table + "\n"
         )
         print(f"wrote {doc}")
 
