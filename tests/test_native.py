@@ -23,7 +23,7 @@ def _fake_checkout(root: Path, *, stale: str | None = None, files: bool = True) 
     """A checkout with each module's source and a build stamped with their hashes (`stale`: that
     module's hash is wrong); `files`: the extension files exist."""
     for name in native.MODULES:
-        src = root / (name.replace(".", "/") + ".py")
+        src = native.source_file(name, root)
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_text(f"# {name}\n")
     hashes = native.source_hashes(native.MODULES, root)
