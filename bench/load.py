@@ -28,8 +28,10 @@ In the same run, with the same load generator and fake provider:
   `--compare-at` calls and half that: CPU per call, marginal CPU per added call, p99 both ways,
   lost/late, and the ratio ours/alt;
 - `--workers 1,2`: the product server with AGENT_WORKERS=1 on one core and 2 on both cores (which
-  then also run the load generator): CPU-seconds per call-second summed over every server
-  process from /proc, and calls per core (100 % of a core / CPU % per call). `--workers-cores
+  then also run the load generator), each worker carrying `--workers-at` calls (a process's CPU
+  per call falls as its calls rise, so linear scaling is the same CPU per call at the same load
+  per worker; `--workers-load total` shares them instead): CPU-seconds per call-second summed
+  over every server process from /proc, and calls per core (100 % of a core / CPU % per call). `--workers-cores
   server` keeps every worker on the server core instead: with two cores and a load generator,
   that is how to see what running several processes costs per call, free of the generator;
 - `--loop uvloop,asyncio` (the default; `auto` too): AGENT_EVENT_LOOP for the servers (uvicorn's
@@ -713,7 +715,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare-at", type=int, default=100,
                    help="calls for the bridge comparison (also measured at half, for the marginal cost; 0: skip)")
     p.add_argument("--workers", default="1,2", help="AGENT_WORKERS values for calls per core ('': skip)")
-    p.add_argument("--workers-at", type=int, default=None, help="calls for the workers steps (default --compare-at)")
+    p.add_argument("--workers-at", type=int, default=None,
+                   help="calls per worker for the workers steps (default --compare-at): N workers carry N times this")
+    p.add_argument("--workers-load", choices=["per-worker", "total"], default="per-worker",
+                   help="per-worker: each worker carries --workers-at calls, as one did alone (linear scaling "
+                        "means the same CPU per call); total: --workers-at calls shared by all of them")
     p.add_argument("--workers-cores", choices=["spread", "server"], default="spread",
                    help="several workers on the server and generator cores (spread), or all on the server core")
     p.add_argument("--loop", default="uvloop,asyncio",
@@ -834,14 +840,13 @@ def main(argv: list[str] | None = None) -> int:
                     if o["marginal_cpu_pct_per_call"] and a["marginal_cpu_pct_per_call"] else None,
                 })
         for w in workers:
-            reuse = by.get(("ours", loops[0])) if w == 1 and workers_at == args.compare_at else None
-            if reuse is not None:
-                row, cores = reuse["steps"][-1], [args.server_core]
-            else:
-                bench.use("ours", w, loops[0])
-                warm_up()
-                row, cores = measure(f"ours/{loops[0]}/workers={w}", workers_at), sorted(bench.cores)
-                bench.release()
+            # each measured here, one right after the other (not the comparison's step, minutes
+            # earlier: the VM's speed drifts more than the difference looked for)
+            calls = workers_at * w if args.workers_load == "per-worker" else workers_at
+            bench.use("ours", w, loops[0])
+            warm_up()
+            row, cores = measure(f"ours/{loops[0]}/workers={w}", calls), sorted(bench.cores)
+            bench.release()
             per_call = row["cpu_pct"] / 100 / row["calls"]
             scaling.append({
                 "workers": w, "cores": cores, "calls": row["calls"], "calls_up": row["calls_up"],
