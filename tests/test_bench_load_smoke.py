@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(150)
 def test_bench_load_smoke(tmp_path: Path) -> None:
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores (server and load generators are pinned apart)")
@@ -29,7 +29,7 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
            "--workers", "2", "--workers-at", "2", "--loop", "auto",
            # most answers barged into (callers never cut in during a call's first second)
            "--series", "3", "--steady", "5", "--barge-p", "0.8", "--vad", "silero"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=85)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=140)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "load.json").read_text())
     (row,) = report["series"]
