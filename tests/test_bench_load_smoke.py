@@ -26,7 +26,7 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
            "--server-core", str(cores[0]), "--gen-core", str(cores[1]),
            "--compare-at", "0",  # the product alone (tests/test_bench_alt_bridge.py: the alternative)
            # two workers, each carrying as many calls as one would alone: 2 x 2
-           "--workers", "2", "--workers-at", "2", "--loop", "auto",
+           "--workers", "2", "--workers-at", "2",
            # most answers barged into (callers never cut in during a call's first second)
            "--series", "3", "--steady", "5", "--barge-p", "0.8", "--vad", "silero"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=140)
