@@ -31,9 +31,10 @@ In the same run, with the same load generator and fake provider:
   then also run the load generator), each worker carrying `--workers-at` calls (a process's CPU
   per call falls as its calls rise, so linear scaling is the same CPU per call at the same load
   per worker; `--workers-load total` shares them instead): CPU-seconds per call-second summed
-  over every server process from /proc, and calls per core (100 % of a core / CPU % per call). `--workers-cores
-  server` keeps every worker on the server core instead: with two cores and a load generator,
-  that is how to see what running several processes costs per call, free of the generator;
+  over every server process from /proc, and calls per core (100 % of a core / CPU % per call).
+  `--workers-cores server` keeps every worker on the server core instead: with two cores and a
+  load generator, that is how to see what running several processes costs per call, free of the
+  generator;
 - `--loop uvloop,asyncio` (the default; `auto` too): AGENT_EVENT_LOOP for the servers (uvicorn's
   `loop` for `alt`), the comparison once per loop, the rest on the first; whether uvloop was
   really loaded is read from /proc/<pid>/maps and reported;
