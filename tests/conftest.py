@@ -25,20 +25,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--peers", choices=PEER_SHARES, default="all",
         help="tests marked `peers` (interop with an external program: sipp, pjsua2, baresip, kamailio, "
-             "Chromium): all (default), none, or only the share of the Python named (`make test` runs "
-             "each of them once, on 3.11 or 3.13 as its marker says)",
+             "Chromium) or `once` (a benchmark tool's own test): all (default), none, or only the share "
+             "of the Python named (`make test` runs each of them once, on 3.11 or 3.13 as its marker says)",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`--peers=3.11|3.13`: keep the unmarked tests and the peer tests of that Python's share."""
+    """`--peers=3.11|3.13`: keep the unmarked tests and the `peers` / `once` tests of that Python's share."""
     share = config.getoption("--peers")
     if share == "all":
         return
     kept: list[pytest.Item] = []
     dropped: list[pytest.Item] = []
     for item in items:
-        marker = item.get_closest_marker("peers")
+        marker = item.get_closest_marker("peers") or item.get_closest_marker("once")
         on = None if marker is None else marker.kwargs.get("python", "3.11")
         (kept if on is None or on == share else dropped).append(item)
     if dropped:

@@ -21,6 +21,7 @@ def worktrees(repo: Path) -> list[str]:
     return [line for line in out.stdout.splitlines() if line.startswith("worktree ")]
 
 
+@pytest.mark.once(python="3.13")  # checks the runner; the server on each Python is test_bench_load_smoke's
 @pytest.mark.timeout(120)
 def test_two_trees_take_turns_and_leave_no_worktree(tmp_path: Path) -> None:
     if len(os.sched_getaffinity(0)) < 2:
