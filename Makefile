@@ -61,7 +61,8 @@ run: $(VENV)/.serve native ## Serve calls (offline local engine when no provider
 
 # The external-peer interop tests (marker `peers`: sipp, pjsua2, baresip, kamailio, Chromium) run no
 # version-specific code of ours: `make test` runs each once, on the Python its marker names, which
-# also evens out the two runs; so do two benchmark tools' own tests (marker `once`). `make test311` / `make test313` alone run everything (PEERS=all).
+# also evens out the two runs; so do two benchmark tools' own tests (marker `once`). `make test311` /
+# `make test313` alone run everything (PEERS=all).
 PEERS ?= all
 # Worker processes per Python (pytest-xdist): most tests wait on calls played in real time, so 2 per
 # Python (4 in `make test`) halve the time on 2 cores. Tests marked `xdist_group` (the local engine's

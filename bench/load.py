@@ -262,6 +262,11 @@ BRIDGES = {
 }
 
 
+def command_line(argv: list[str] | None) -> str:
+    """How the benchmark was run, for its report: the script's name and its arguments."""
+    return " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
+
+
 def server_env(provider_url: str, port: int, **extra: str) -> dict[str, str]:
     """The benchmark's server environment: this process's, minus any AGENT_/provider/Twilio
     setting but AGENT_NATIVE (so `AGENT_NATIVE=off` runs any benchmark's server on the Python
@@ -867,7 +872,7 @@ def main(argv: list[str] | None = None) -> int:
                         "loadavg": Path("/proc/loadavg").read_text().split()[:3]},
             "settings": {"steady_s": args.steady, "settle_s": args.settle, "playout_lead_ms": 200,
                          "audio": "pcmu passthrough", "late_threshold_ms": 60, "vad": args.vad, "native": args.native},
-            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+            "command": command_line(argv),
             "idle_rss_mib": bench.rss0 if rows else None,
             "series": rows,
             "stopped_by": stopped_by,

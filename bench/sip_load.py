@@ -37,6 +37,7 @@ from bench.load import (
     OUT,
     Proc,
     Server,
+    command_line,
     core_busy_s,
     cpu_s,
     free_port,
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     passing = [r for r in rows if not r.get("failed_because")]
     best = max(passing, key=lambda r: r["calls"]) if passing else None
     report: dict[str, Any] = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": command_line(argv),
         "machine": {"cpus": os.cpu_count(), "server_core": args.server_core, "loadgen_core": args.gen_core,
                     "python": sys.version.split()[0]},
         "settings": {"rate": args.rate, "steady_s": args.steady, "settle_s": args.settle, "codec": "PCMU", "vad": args.vad,
