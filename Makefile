@@ -61,7 +61,7 @@ run: $(VENV)/.serve native ## Serve calls (offline local engine when no provider
 
 # The external-peer interop tests (marker `peers`: sipp, pjsua2, baresip, kamailio, Chromium) run no
 # version-specific code of ours: `make test` runs each once, on the Python its marker names, which
-# also evens out the two runs; so do two benchmark tools' own tests (marker `once`). `make test311` /
+# also evens out the two runs; so do three benchmark tools' own tests (marker `once`). `make test311` /
 # `make test313` alone run everything (PEERS=all).
 PEERS ?= all
 # Worker processes per Python (pytest-xdist): most tests wait on calls played in real time, so 2 per
@@ -89,7 +89,7 @@ bench-codecs: $(VENV)/.installed ## Codec benchmark: StreamResampler vs soxr vs 
 bench-softphone: $(VENV)/.installed system-deps ## Softphone microphone: mu-law in the page vs PCM to the server (CPU, bytes)
 	$(VENV)/bin/python bench/softphone_mic.py --write
 
-bench-load: $(VENV)/.installed native ## Load benchmark: concurrent calls through the bridge; CPU per call against a minimal alternative bridge; 1 and 2 workers
+bench-load: $(VENV)/.installed native ## Load benchmark: concurrent calls through the bridge; CPU per call against a minimal alternative bridge and a bare-protocol floor; 1 and 2 workers
 	$(VENV)/bin/python bench/load.py
 
 bench-rss: $(VENV)/.installed native ## Memory benchmark: server RSS over 10,000 sequential calls, RSS per call, asyncio vs uvloop (ARGS=--calls 2000)

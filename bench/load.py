@@ -23,10 +23,12 @@ It stops when the server can no longer keep real time, then runs 1,000 short seq
 calls to check RSS growth.
 
 In the same run, with the same load generator and fake provider:
-- `--bridges ours,alt`: each bridge in turn on the same server core (`alt` is
-  `bench/alt_bridge.py`, the common public sample's approach: parse, forward, no pacing), at
+- `--bridges ours,alt,floor`: each bridge in turn on the same server core (`alt` is
+  `bench/alt_bridge.py`, the common public sample's approach: parse, forward, no pacing, on
+  FastAPI and `websockets`; `floor` is `bench/floor_bridge.py`, the same per message on bare
+  asyncio protocols, the least a Python process can spend on these messages), at
   `--compare-at` calls and half that: CPU per call, marginal CPU per added call, p99 both ways,
-  lost/late, and the ratio ours/alt;
+  lost/late, the ratio ours/alt, and each bridge's CPU per call over the floor's;
 - `--workers 1,2`: the product server with AGENT_WORKERS=1 on one core and 2 on both cores (which
   then also run the load generator), each worker carrying `--workers-at` calls (a process's CPU
   per call falls as its calls rise, so linear scaling is the same CPU per call at the same load
@@ -259,6 +261,7 @@ def pct(values: list[float], q: float) -> float | None:
 BRIDGES = {
     "ours": [sys.executable, "-m", "telephony_agent", "serve"],
     "alt": [sys.executable, "-m", "bench.alt_bridge"],
+    "floor": [sys.executable, "-m", "bench.floor_bridge"],
 }
 
 
@@ -372,7 +375,7 @@ class Bench:
         os.sched_setaffinity(0, {a.gen_core})
 
     def use(self, bridge: str, workers: int = 1, loop: str = "auto") -> None:
-        """Start `bridge` (ours/alt) with this many workers and event loop, and callers aimed at it.
+        """Start `bridge` (ours, alt or floor) with this many workers and event loop, and callers aimed at it.
 
         One worker runs on the server core alone; more run on the server core and the load
         generator's (this machine has two), or on the server core alone with `--workers-cores
@@ -657,6 +660,20 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def add_floor_ratios(compare: list[dict[str, Any]]) -> None:
+    """Each bridge's CPU per call (and per added call) over the floor's on the same loop, where the
+    floor was measured: how far a bridge is from the least a Python process spends on its messages."""
+    floors = {e["loop"]: e for e in compare if e["bridge"] == "floor" and e["cpu_pct_per_call"]}
+    for e in compare:
+        floor = floors.get(e["loop"])
+        if floor is None or e is floor:
+            continue
+        e["over_floor"] = round(e["cpu_pct_per_call"] / floor["cpu_pct_per_call"], 3)
+        e["marginal_over_floor"] = (
+            round(e["marginal_cpu_pct_per_call"] / floor["marginal_cpu_pct_per_call"], 3)
+            if e["marginal_cpu_pct_per_call"] and floor["marginal_cpu_pct_per_call"] else None)
+
+
 def compare_table(entries: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> str:
     lines = ["| bridge | loop (uvloop loaded) | calls | CPU % (per call) | marginal CPU %/call | in p99 ms | out p99 ms "
              "| barge-in p99 ms | lost/late | other load on core % | kept real time |",
@@ -668,6 +685,10 @@ def compare_table(entries: list[dict[str, Any]], ratios: list[dict[str, Any]]) -
             f"| {_fmt(e['in_p99_ms'])} | {_fmt(e['out_p99_ms'])} | {_fmt(e['bargein_p99_ms'])} "
             f"| {e['frames_lost']} / {e['frames_late']} | {_fmt(e['other_load_on_server_core_pct'])} "
             f"| {'yes' if e['kept_real_time'] else 'no'} |")
+    for e in entries:
+        if "over_floor" in e:
+            lines.append(f"\n{e['bridge']}/floor ({e['loop']}): CPU per call {_fmt(e['over_floor'])}, "
+                         f"marginal {_fmt(e['marginal_over_floor'])}")
     for r in ratios:
         same = r["uvloop_loaded"]["ours"] == r["uvloop_loaded"]["alt"]
         lines.append(f"\nours/alt ({r['loop']}): CPU per call {_fmt(r['cpu_per_call'])}, "
@@ -716,8 +737,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settle", type=float, default=2.0)
     p.add_argument("--ramp-rate", type=float, default=100.0, help="calls started per second")
     p.add_argument("--sequential", type=int, default=1000, help="short sequential calls for the RSS check (0: skip)")
-    p.add_argument("--bridges", default="ours,alt",
-                   help="bridges compared at --compare-at calls: ours (the product), alt (bench/alt_bridge.py)")
+    p.add_argument("--bridges", default="ours,alt,floor",
+                   help="bridges compared at --compare-at calls: ours (the product), alt (bench/alt_bridge.py), "
+                        "floor (bench/floor_bridge.py)")
     p.add_argument("--compare-at", type=int, default=100,
                    help="calls for the bridge comparison (also measured at half, for the marginal cost; 0: skip)")
     p.add_argument("--workers", default="1,2", help="AGENT_WORKERS values for calls per core ('': skip)")
@@ -845,6 +867,7 @@ def main(argv: list[str] | None = None) -> int:
                     "marginal_cpu_per_call": round(o["marginal_cpu_pct_per_call"] / a["marginal_cpu_pct_per_call"], 3)
                     if o["marginal_cpu_pct_per_call"] and a["marginal_cpu_pct_per_call"] else None,
                 })
+        add_floor_ratios(compare)
         for w in workers:
             # each measured here, one right after the other (not the comparison's step, minutes
             # earlier: the VM's speed drifts more than the difference looked for)

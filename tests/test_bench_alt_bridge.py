@@ -1,8 +1,9 @@
-"""Smoke run of the load benchmark's alternative bridge (bench/alt_bridge.py, the common public
-sample's approach): bench/load.py starts it with the fake provider and a few simulated Twilio
-callers; audio must cross it both ways (no frame lost), barge-ins must reach the caller as
-`clear`, and the comparison must come out in the report. If the alternative stopped carrying
-audio, the CPU ratio against it would be meaningless."""
+"""Smoke runs of the load benchmark's other bridges: the alternative (bench/alt_bridge.py, the
+common public sample's approach) and the floor (bench/floor_bridge.py, the same on bare asyncio
+protocols). bench/load.py starts each with the fake provider and a few simulated Twilio callers;
+audio must cross it both ways (no frame lost), barge-ins must reach the caller as `clear`, and
+the comparison must come out in the report. If either stopped carrying audio, the CPU figures
+against it would be meaningless."""
 
 from __future__ import annotations
 
@@ -17,11 +18,19 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.once(python="3.13")  # the alternative runs none of our code
 @pytest.mark.timeout(60)
-def test_alt_bridge_carries_audio_both_ways(tmp_path: Path) -> None:
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
+@pytest.mark.parametrize(("bridge", "loop"), [
+    # neither runs our code, so each runs once: the alternative where the benchmark extras
+    # (FastAPI, uvicorn, websockets) are installed, which `make test` does for 3.11 only
+    pytest.param("alt", "asyncio", marks=pytest.mark.once(python="3.11")),
+    pytest.param("floor", "uvloop", marks=pytest.mark.once(python="3.13")),
+])
+def test_bridge_carries_audio_both_ways(tmp_path: Path, bridge: str, loop: str) -> None:
+    if bridge == "alt":
+        pytest.importorskip("fastapi")
+        pytest.importorskip("uvicorn")
+    else:
+        pytest.importorskip("uvloop")
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two cores (server and load generators are pinned apart)")
     cores = sorted(os.sched_getaffinity(0))
@@ -30,14 +39,14 @@ def test_alt_bridge_carries_audio_both_ways(tmp_path: Path) -> None:
     usage = subprocess.run([*load, "--help"], cwd=REPO, capture_output=True, text=True, timeout=30).stdout
     barge = ["--barge-p", "0.8"] if "--barge-p" in usage else []
     cmd = [*load, "--series", "", "--sequential", "0", "--workers", "", *barge,
-           "--bridges", "alt", "--loop", "asyncio", "--compare-at", "5", "--steady", "4", "--settle", "0.5", "--no-plot",
+           "--bridges", bridge, "--loop", loop, "--compare-at", "5", "--steady", "4", "--settle", "0.5", "--no-plot",
            "--out", str(tmp_path), "--server-core", str(cores[0]), "--gen-core", str(cores[1])]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "load.json").read_text())
     (alt,) = report["comparison"]["bridges"]
-    assert alt["bridge"] == "alt" and [s["calls"] for s in alt["steps"]] == [2, 5]
-    assert alt["loop"] == "asyncio" and not alt["uvloop_loaded"]  # AGENT_EVENT_LOOP reached uvicorn
+    assert alt["bridge"] == bridge and [s["calls"] for s in alt["steps"]] == [2, 5]
+    assert alt["loop"] == loop and alt["uvloop_loaded"] == (loop == "uvloop")  # AGENT_EVENT_LOOP was honoured
     for step in alt["steps"]:
         assert step["calls_up"] == step["calls"]
         assert step["frames_lost_in"] == 0 and step["frames_lost_out"] == 0, step
@@ -51,4 +60,22 @@ def test_alt_bridge_carries_audio_both_ways(tmp_path: Path) -> None:
         assert step["bargein_missed"] == 0, step  # a barge-in the provider signalled reached the caller as `clear`
     assert sum(s["bargeins"] for s in alt["steps"]) > 0
     assert alt["cpu_pct_per_call"] > 0 and alt["marginal_cpu_pct_per_call"] is not None
-    assert "| alt |" in (tmp_path / "load.md").read_text()
+    assert f"| {bridge} |" in (tmp_path / "load.md").read_text()
+
+
+def test_bridges_are_set_against_the_floor_on_their_own_loop() -> None:
+    from bench.load import add_floor_ratios, compare_table
+
+    def entry(bridge: str, loop: str, per_call: float, marginal: float | None) -> dict[str, object]:
+        return {"bridge": bridge, "loop": loop, "uvloop_loaded": loop == "uvloop", "calls": 100, "cpu_pct": per_call * 100,
+                "cpu_pct_per_call": per_call, "marginal_cpu_pct_per_call": marginal, "in_p99_ms": 1.0,
+                "out_p99_ms": 1.0, "bargein_p99_ms": 100.0, "frames_lost": 0, "frames_late": 0,
+                "other_load_on_server_core_pct": 0.0, "kept_real_time": True}
+
+    compare = [entry("ours", "uvloop", 0.45, 0.36), entry("floor", "uvloop", 0.18, 0.12),
+               entry("ours", "asyncio", 0.50, None), entry("alt", "asyncio", 0.48, 0.40)]
+    add_floor_ratios(compare)
+    assert compare[0]["over_floor"] == 2.5 and compare[0]["marginal_over_floor"] == 3.0
+    assert "over_floor" not in compare[1]  # the floor itself
+    assert "over_floor" not in compare[2] and "over_floor" not in compare[3]  # no floor on asyncio
+    assert "ours/floor (uvloop): CPU per call 2.50, marginal 3.00" in compare_table(compare, [])
