@@ -61,7 +61,7 @@ run: $(VENV)/.serve native ## Serve calls (offline local engine when no provider
 
 # The external-peer interop tests (marker `peers`: sipp, pjsua2, baresip, kamailio, Chromium) run no
 # version-specific code of ours: `make test` runs each once, on the Python its marker names, which
-# also evens out the two runs; so do three benchmark tools' own tests (marker `once`). `make test311` /
+# also evens out the two runs; so do the benchmark tools' own tests (marker `once`). `make test311` /
 # `make test313` alone run everything (PEERS=all).
 PEERS ?= all
 # Worker processes per Python (pytest-xdist): most tests wait on calls played in real time, so 2 per

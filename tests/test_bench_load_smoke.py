@@ -25,8 +25,7 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
            "--sequential", "6", "--no-plot", "--out", str(tmp_path),
            "--server-core", str(cores[0]), "--gen-core", str(cores[1]),
            "--compare-at", "0",  # the product alone (tests/test_bench_alt_bridge.py: the alternative)
-           # two workers, each carrying as many calls as one would alone: 2 x 2
-           "--workers", "2", "--workers-at", "2",
+           "--workers", "",  # below
            # most answers barged into (callers never cut in during a call's first second)
            "--series", "3", "--steady", "5", "--barge-p", "0.8", "--vad", "silero"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=140)
@@ -47,9 +46,27 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     seq = report["sequential"]
     # all at once (each loads its Silero model in line): few, so a busy machine still answers within 0.5 s
     assert seq["calls"] == 6 and seq["failed"] == 0 and seq["calls_left"] == 0, seq
+    assert (tmp_path / "load.md").read_text().startswith("| calls |")
+
+
+# The benchmark's workers step, once: two worker processes of the server are the product's own
+# (tests/test_ops_process.py runs them on both Pythons); this checks the benchmark's accounting.
+@pytest.mark.once(python="3.13")
+@pytest.mark.timeout(100)
+def test_bench_load_workers_smoke(tmp_path: Path) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two cores (server and load generators are pinned apart)")
+    cores = sorted(os.sched_getaffinity(0))
+    cmd = [sys.executable, str(REPO / "bench" / "load.py"), "--settle", "0.5", "--sequential", "0", "--no-plot",
+           "--out", str(tmp_path), "--server-core", str(cores[0]), "--gen-core", str(cores[1]),
+           "--compare-at", "0", "--series", "", "--steady", "4",
+           # two workers, each carrying as many calls as one would alone: 2 x 2
+           "--workers", "2", "--workers-at", "2"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "load.json").read_text())
     (workers,) = report["workers"]
     assert workers["workers"] == 2 and workers["calls"] == 4 and workers["calls_up"] == 4, workers
     assert workers["frames_lost"] == 0 and workers["cpu_s_per_call_s"] > 0, workers
     procs = workers["processes_cpu_pct"]  # the supervisor, then each worker
     assert len(procs) == 3, workers
-    assert (tmp_path / "load.md").read_text().startswith("| calls |")

@@ -60,11 +60,14 @@ def test_batched_scores_match_one_window_at_a_time() -> None:
             expected.append(max((alone[i].probability(w) for w in windows), default=0.0))
             requests.append((together[i], windows))
         got = model.score_batch(requests)
-        assert got == pytest.approx(expected, abs=1e-5)
+        # float32 either way, but a batch goes through matrix-matrix products and one window through
+        # matrix-vector ones: BLAS sums in another order, by kernel and CPU (on an AVX-512 host one
+        # score of 54 differed by 1.06e-5, carried through the LSTM state); decisions sit at 0.3-0.5
+        assert got == pytest.approx(expected, abs=1e-4)
         seen += [p for p in expected if p > 0]
     assert max(seen) > 0.9 and min(seen) < 0.1  # speech and quiet both scored
     for a, b in zip(alone, together, strict=True):
-        assert np.allclose(a._xh, b._xh, atol=1e-5) and np.allclose(a._c, b._c, atol=1e-5)
+        assert np.allclose(a._xh, b._xh, atol=1e-4) and np.allclose(a._c, b._c, atol=1e-4)
 
 
 # -- turn decisions -------------------------------------------------------------------------------
