@@ -97,12 +97,10 @@ class Provider(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         if not self.open:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
+            head = ws.take_head(self.buf)
+            if head is None:
                 return
-            status = bytes(self.buf[: self.buf.find(b"\r\n")])
-            del self.buf[: end + 4]
-            if b" 101 " not in status:
+            if not ws.switched(head):
                 self.t.close()
                 return
             self.open = True
@@ -161,13 +159,11 @@ class TwilioCall(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         if not self.open:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
+            head = ws.take_head(self.buf)
+            if head is None:
                 if len(self.buf) > MAX_HEAD:
                     self.t.close()
                 return
-            head = bytes(self.buf[:end])
-            del self.buf[: end + 4]
             self.upgrade(head)
             if not self.open:
                 return

@@ -165,12 +165,10 @@ class Call(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         if not self.open:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
+            head = ws.take_head(self.buf)
+            if head is None:
                 return
-            head = bytes(self.buf[:end])
-            del self.buf[: end + 4]
-            if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            if not ws.switched(head):
                 self.t.close()
                 return
             self.open = True

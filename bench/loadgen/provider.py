@@ -153,11 +153,9 @@ class Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         if not self.open:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
+            request = ws.take_head(self.buf)
+            if request is None:
                 return
-            request = bytes(self.buf[: end + 4])
-            del self.buf[: end + 4]
             self.t_upgrade = _now()
             answer = ws.server_handshake_response(request)
             if answer is None:

@@ -96,6 +96,22 @@ def dispatch(buf: bytearray, transport: Any, on_text: Callable[[bytes], None], *
     return True
 
 
+def take_head(buf: bytearray) -> bytes | None:
+    """The HTTP head at the front of `buf` (consumed with its blank line), or None until all of
+    it has arrived."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end])
+    del buf[: end + 4]
+    return head
+
+
+def switched(head: bytes) -> bool:
+    """A client's upgrade request was answered with 101 Switching Protocols."""
+    return b" 101 " in head.split(b"\r\n", 1)[0]
+
+
 def client_handshake(host: str, path: str) -> tuple[bytes, bytes]:
     key = base64.b64encode(os.urandom(16))
     req = (
