@@ -46,6 +46,7 @@ from bench.loadgen.common import (
     emit,
     percentiles,
     read_commands,
+    run,
 )
 from bench.loadgen.speech import Spurts
 
@@ -491,4 +492,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

@@ -51,6 +51,7 @@ from bench.loadgen.common import (
     provider_frame,
     read_caller_frame,
     read_commands,
+    run,
 )
 
 BURST_FRAMES = 4  # 80 ms sent at once at the start of a response
@@ -383,4 +384,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())
