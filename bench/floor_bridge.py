@@ -20,7 +20,7 @@ can reach per call. Per message, like `alt_bridge`:
 
 It greets at once (`AGENT_GREETING`), closes both sockets on Twilio's `stop` or either side's
 close, and answers `/healthz` and `/readyz` (`active_calls`). Client frames to the provider are
-masked with a random key, as a client must (aiohttp's C helper does the XOR).
+masked with a random key, as a client must (`ws.frame`: aiohttp's C helper does the XOR).
 
 Configured like the product server: `AGENT_OPENAI_URL` (ws:// only), `OPENAI_API_KEY`,
 `AGENT_HOST`, `AGENT_PORT`, `AGENT_GREETING`, `AGENT_EVENT_LOOP` (auto|asyncio|uvloop). Run:
@@ -37,7 +37,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from aiohttp._websocket.helpers import websocket_mask  # the C XOR aiohttp masks its own frames with
 
 from bench.loadgen import ws
 
@@ -46,21 +45,6 @@ __all__ = ["main"]
 MAX_HEAD = 16 * 1024  # an HTTP request head longer than this is refused
 ACTIVE = 0  # calls in this process, for /readyz
 _KEY = struct.Struct("!I").pack
-
-
-def client_frame(payload: bytes) -> bytes:
-    """A masked text frame (RFC 6455 5.3: a client masks every frame with a fresh key)."""
-    key = _KEY(random.getrandbits(32))
-    data = bytearray(payload)
-    websocket_mask(key, data)
-    n = len(data)
-    if n < 126:
-        head = bytes((0x81, 0x80 | n))
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x81, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
-    return head + key + bytes(data)
 
 
 class Provider(asyncio.Protocol):
@@ -84,7 +68,8 @@ class Provider(asyncio.Protocol):
         self.call.close()
 
     def send(self, message: dict[str, Any]) -> None:
-        frame = client_frame(orjson.dumps(message))
+        # a client masks every frame with a fresh key (RFC 6455 5.3)
+        frame = ws.frame(orjson.dumps(message), masked=True, key=_KEY(random.getrandbits(32)))
         if self.open:
             self.t.write(frame)
         else:

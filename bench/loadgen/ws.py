@@ -24,7 +24,12 @@ _H2 = struct.Struct("!BBH")
 _H8 = struct.Struct("!BBQ")
 
 
-def frame(payload: bytes, opcode: int = OP_TEXT, *, masked: bool = False) -> bytes:
+ZERO_KEY = b"\0\0\0\0"
+
+
+def frame(payload: bytes, opcode: int = OP_TEXT, *, masked: bool = False, key: bytes = ZERO_KEY) -> bytes:
+    """One final frame. `masked`: a client's, masked with `key` (the all-zero default leaves the
+    payload as it is; a real client's key is random, RFC 6455 5.3)."""
     n = len(payload)
     b0 = 0x80 | opcode
     m = 0x80 if masked else 0
@@ -35,8 +40,18 @@ def frame(payload: bytes, opcode: int = OP_TEXT, *, masked: bool = False) -> byt
     else:
         head = _H8.pack(b0, m | 127, n)
     if masked:
-        return head + b"\0\0\0\0" + payload
+        return head + key + (payload if key == ZERO_KEY else bytes(_xor(key, bytearray(payload))))
     return head + payload
+
+
+def _xor(key: bytes, data: bytearray) -> bytearray:
+    """`data` masked (or unmasked) with `key`, in place where aiohttp's C helper is there."""
+    if _mask is not None:
+        _mask(key, data)
+        return data
+    n = len(data)  # pragma: no cover - older aiohttp
+    k = int.from_bytes((key * (n // 4 + 1))[:n], "little")
+    return bytearray((int.from_bytes(data, "little") ^ k).to_bytes(n, "little"))
 
 
 def parse(buf: bytearray) -> list[tuple[int, bytes]]:
@@ -68,12 +83,8 @@ def parse(buf: bytearray) -> list[tuple[int, bytes]]:
         if n - p < ln:
             break
         payload = buf[p : p + ln]
-        if key is not None and key != b"\0\0\0\0":
-            if _mask is not None:
-                _mask(key, payload)
-            else:  # pragma: no cover
-                k = int.from_bytes((key * (ln // 4 + 1))[:ln], "little")
-                payload = bytearray((int.from_bytes(payload, "little") ^ k).to_bytes(ln, "little"))
+        if key is not None and key != ZERO_KEY:
+            payload = _xor(key, payload)
         out.append((b0 & 0x0F, bytes(payload)))
         pos = p + ln
     if pos:
