@@ -44,10 +44,10 @@ def test_bridge_carries_audio_both_ways(tmp_path: Path, bridge: str, loop: str) 
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=55)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "load.json").read_text())
-    (alt,) = report["comparison"]["bridges"]
-    assert alt["bridge"] == bridge and [s["calls"] for s in alt["steps"]] == [2, 5]
-    assert alt["loop"] == loop and alt["uvloop_loaded"] == (loop == "uvloop")  # AGENT_EVENT_LOOP was honoured
-    for step in alt["steps"]:
+    (entry,) = report["comparison"]["bridges"]
+    assert entry["bridge"] == bridge and [s["calls"] for s in entry["steps"]] == [2, 5]
+    assert entry["loop"] == loop and entry["uvloop_loaded"] == (loop == "uvloop")  # AGENT_EVENT_LOOP was honoured
+    for step in entry["steps"]:
         assert step["calls_up"] == step["calls"]
         assert step["frames_lost_in"] == 0 and step["frames_lost_out"] == 0, step
         # caller frames reached the provider and agent frames (several per message) reached the callers
@@ -58,8 +58,8 @@ def test_bridge_carries_audio_both_ways(tmp_path: Path, bridge: str, loop: str) 
         # late (> 60 ms one way) is a benchmark figure; on a busy machine a stall can make a few late
         assert step["frames_late"] <= 0.02 * (step["in_frames"] + step["out_frames"]), step
         assert step["bargein_missed"] == 0, step  # a barge-in the provider signalled reached the caller as `clear`
-    assert sum(s["bargeins"] for s in alt["steps"]) > 0
-    assert alt["cpu_pct_per_call"] > 0 and alt["marginal_cpu_pct_per_call"] is not None
+    assert sum(s["bargeins"] for s in entry["steps"]) > 0
+    assert entry["cpu_pct_per_call"] > 0 and entry["marginal_cpu_pct_per_call"] is not None
     assert f"| {bridge} |" in (tmp_path / "load.md").read_text()
 
 
