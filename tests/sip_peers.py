@@ -7,6 +7,7 @@ wait is bounded and each child is stopped by its pid.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -58,20 +59,26 @@ def free_port_range(n: int = 8) -> tuple[int, int]:
     raise RuntimeError("no free port range")
 
 
-def free_udp_port(*, even: bool = False, pair: bool = False) -> int:
-    """A UDP port free now (`pair`: and the one above it, for RTP/RTCP)."""
+SIPP_MEDIA_PORTS = 4
+"""sipp's `-mp` port and the three above it: audio RTP and RTCP, then video RTP and RTCP, all bound
+(a clash on the video port, `-mp` + 2, failed a run: "Unable to bind video RTP socket")."""
+
+
+def free_udp_port(*, even: bool = False, span: int = 1) -> int:
+    """A UDP port free now, and the `span - 1` above it (RTP and RTCP: 2; sipp's media ports:
+    `SIPP_MEDIA_PORTS`)."""
     for _ in range(200):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         if (even and port % 2) or port > 65000:
             continue
-        if pair:
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s2:
-                    s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        try:
+            with contextlib.ExitStack() as held:
+                for above in range(port + 1, port + span):
+                    held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)).bind(("127.0.0.1", above))
+        except OSError:
+            continue
         return port
     raise RuntimeError("no free UDP port")
 
@@ -81,7 +88,7 @@ def free_sip_port_pair() -> int:
     and TCP, and for SIP-TLS on P+1): a port that is free for UDP only clashes often enough with
     another suite's TCP listener to fail a run."""
     for _ in range(200):
-        port = free_udp_port(pair=True)
+        port = free_udp_port(span=2)
         socks: list[socket.socket] = []
         try:
             for p, kind in ((port, socket.SOCK_STREAM), (port + 1, socket.SOCK_STREAM)):
@@ -193,7 +200,7 @@ async def sipp(
     cwd.mkdir(parents=True, exist_ok=True)
     args = [
         "sipp", f"{target[0]}:{target[1]}", "-sf", str(SIPP_SCENARIOS / scenario), "-s", "agent",
-        "-i", "127.0.0.1", "-p", str(free_udp_port()), "-mi", "127.0.0.1", "-mp", str(free_udp_port(even=True, pair=True)),
+        "-i", "127.0.0.1", "-p", str(free_udp_port()), "-mi", "127.0.0.1", "-mp", str(free_udp_port(even=True, span=SIPP_MEDIA_PORTS)),
         "-m", str(calls), "-r", str(rate), "-l", str(limit), "-timeout", f"{int(timeout - 5)}s", "-timeout_error",
         "-nostdin", "-trace_err", "-trace_screen",
     ]
@@ -229,7 +236,7 @@ async def pjsua2_call(target: str, wav: Path, rec: Path, *, digits: str = "", ta
     """Place a call with pjsua2 (in a child process: PJSIP owns its threads and may abort)."""
     args = [
         str(PY311), str(PEERS / "pjsua2_caller.py"), "--to", target, "--wav", str(wav), "--rec", str(rec),
-        "--sip-port", str(free_udp_port()), "--rtp-port", str(free_udp_port(even=True, pair=True)),
+        "--sip-port", str(free_udp_port()), "--rtp-port", str(free_udp_port(even=True, span=2)),
         "--codec", codec, "--talk", str(talk_s), "--digits", digits, "--max-seconds", str(timeout - 10),
         "--linger", str(linger_s),
     ]
@@ -278,7 +285,7 @@ class Baresip:
     def _configure(self) -> None:
         # baresip binds SIP-TLS on the SIP port + 1: reserve a pair
         self.sip_port = free_sip_port_pair()
-        rtp = free_udp_port(even=True, pair=True)
+        rtp = free_udp_port(even=True, span=2)
         self.ctrl_port = free_tcp_port()
         (self.dir / "config").write_text(BARESIP_CONFIG.format(
             sip_port=self.sip_port, wav=self.wav, rtp_first=rtp, rtp_last=rtp + 1, ctrl_port=self.ctrl_port,

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sip_peers import SIPP_SCENARIOS, free_udp_port
+from sip_peers import SIPP_MEDIA_PORTS, SIPP_SCENARIOS, free_udp_port
 
 from telephony_agent.telephony.leg import AudioLaw
 from telephony_agent.testing.sip_caller import SipCall, SipCallError
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not i
 async def start_sipp_uas(tmp_path: Path, *args: str) -> tuple[asyncio.subprocess.Process, int]:
     port = free_udp_port()
     proc = await asyncio.create_subprocess_exec(
-        "sipp", "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(port), "-mp", str(free_udp_port(even=True, pair=True)),
+        "sipp", "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(port), "-mp", str(free_udp_port(even=True, span=SIPP_MEDIA_PORTS)),
         "-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin", "-trace_err", *args,
         cwd=tmp_path, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
