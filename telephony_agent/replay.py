@@ -25,6 +25,12 @@ reaches the loop: `call_soon_threadsafe`), so its result is always delivered at 
 instant the job was submitted, never after a jump. Everything that reads the loop's clock (the
 bridge's playout and timers, aiohttp timeouts, the local engine's pacing, the softphone's
 playout) sees one consistent timeline, and a call runs as fast as its CPU work allows.
+
+The same replay gives the same timeline every time: the clock starts at `VIRTUAL_ORIGIN`, not
+at the machine's monotonic time. Every instant is the origin plus sums of delays, rounded to a
+float, and how they round depends on the origin: two peers' events a few picoseconds apart
+swapped order with it (asyncio runs timers within its clock resolution, 1 ns, in one pass), and
+a barge-in was heard one 20 ms frame later in one of two replays of the same call.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from telephony_agent.testing.twilio_caller import FRAME_BYTES, SILENCE, TwilioCa
 __all__ = [
     "BUSY",
     "MEDIA_STREAMS_TRANSPORTS",
+    "VIRTUAL_ORIGIN",
     "CallerScript",
     "ReplayResult",
     "VirtualClockLoop",
@@ -68,6 +75,7 @@ __all__ = [
 T = TypeVar("T")
 
 REAL_WAIT_S = 0.02  # longest real-time wait for an outstanding job before polling again
+VIRTUAL_ORIGIN = 1000.0  # where every virtual clock starts (the module docstring says why it is fixed)
 
 
 # -- the virtual clock ----------------------------------------------------------------------
@@ -234,7 +242,7 @@ def loopback_in_flight() -> bool:
 class _VirtualSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
     def __init__(self) -> None:
         super().__init__()
-        self.now = time.monotonic()
+        self.now = VIRTUAL_ORIGIN
         self.jumped = 0.0
         self.waits_in_flight = 0  # polls that found loopback data on its way (and waited for it)
         self._in_flight_since: float | None = None

@@ -19,7 +19,14 @@ from scenarios import AUTH_TOKEN, BY_NAME, PUBLIC_URL, SCENARIOS, environment
 
 from telephony_agent.recording import read_recording
 from telephony_agent.recording.analysis import summarize
-from telephony_agent.replay import ReplayResult, loopback_in_flight, replay, run_virtual
+from telephony_agent.replay import (
+    VIRTUAL_ORIGIN,
+    ReplayResult,
+    VirtualClockLoop,
+    loopback_in_flight,
+    replay,
+    run_virtual,
+)
 from telephony_agent.state import STATE
 from telephony_agent.wiretap import LEG_PHONE, LEG_PROVIDER
 
@@ -163,6 +170,22 @@ def test_loopback_in_flight_sees_both_ends_of_a_connection() -> None:
                     time.sleep(0.001)
                 assert not loopback_in_flight()  # delivered to the peer's buffer (read or not)
                 assert accepted.recv(8192)
+
+
+def test_virtual_clock_starts_at_the_same_instant_whenever_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay repeats only if its clock reads the same numbers every time. It started at the
+    machine's monotonic time, so two replays of `barge_in` started at different times rounded
+    their instants differently: with the clock started at 98765.4321 or 777777.77 instead of
+    1000.0 or 12509.49, a caller frame and an agent frame a few picoseconds apart swapped, and
+    the truncate went out 20 ms earlier (the machine-speed test above failed that way in CI)."""
+    real = time.monotonic
+    for offset in (0.0, 98765.4321, 777777.77):
+        monkeypatch.setattr(time, "monotonic", lambda offset=offset: real() + offset)
+        loop = VirtualClockLoop()
+        try:
+            assert loop.time() == VIRTUAL_ORIGIN
+        finally:
+            loop.close()
 
 
 def _greeting_question(r: ReplayResult, after: dict) -> None:
