@@ -53,13 +53,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from telephony_agent.testing.ports import free_tcp_port
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
@@ -69,12 +70,6 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 # when the server no longer keeps real time
 MAX_LAG_P99_MS = 50.0
 MAX_CPU_PCT = 95.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Proc:
@@ -385,7 +380,7 @@ class Bench:
         self.bridge, self.workers, self.loop = bridge, workers, loop
         spread = workers > 1 and a.workers_cores == "spread"
         self.cores = {a.server_core, a.gen_core} if spread else {a.server_core}
-        self.port = free_port()
+        self.port = free_tcp_port()
         env = server_env(f"ws://127.0.0.1:{self.provider_port}/v1/realtime", self.port, AGENT_VAD=a.vad,
                          AGENT_WORKERS=str(workers), AGENT_EVENT_LOOP=loop, AGENT_NATIVE=a.native)
         self.server = start_server(env, self.cores, Path(a.out) / f"server-{bridge}-w{workers}-{loop}.log",

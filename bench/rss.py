@@ -33,8 +33,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load import OUT, REPO, Proc, cpu_s, free_port, http_get, rss_mib, server_env, start_server
+from bench.load import OUT, REPO, Proc, cpu_s, http_get, rss_mib, server_env, start_server
 from bench.load import Server as LoadServer
+from telephony_agent.testing.ports import free_tcp_port
 
 MAX_PER_CALL_MIB = 2.0
 
@@ -69,7 +70,7 @@ class Run:
         self.provider = Proc([sys.executable, "-m", "bench.loadgen.provider", "--seed", str(a.seed)], a.gen_core, env)
         self.procs.append(self.provider)
         port = self.provider.read("ready")["port"]
-        self.port = free_port()
+        self.port = free_tcp_port()
         extra = {"AGENT_LOG_LEVEL": "INFO", "AGENT_VAD": a.vad, "AGENT_EVENT_LOOP": self.loop}
         for item in a.server_env:
             key, _, value = item.partition("=")

@@ -40,7 +40,6 @@ from bench.load import (
     command_line,
     core_busy_s,
     cpu_s,
-    free_port,
     hist_quantile,
     http_get,
     lag_buckets,
@@ -48,6 +47,7 @@ from bench.load import (
     server_env,
     start_server,
 )
+from telephony_agent.testing.ports import SIPP_MEDIA_PORTS, free_tcp_port, free_udp_port
 
 SCENARIO = REPO / "tests" / "peers" / "sipp" / "uac_speech.xml"
 MAX_DEPARTURE_P99_MS = 5.0
@@ -66,18 +66,6 @@ def departure_buckets(base: str) -> list[tuple[float, float]]:
 def rtp_counters(base: str) -> dict[str, float]:
     _, text = http_get(base + "/metrics")
     return {name + labels: float(v) for name, labels, v in _COUNTER.findall(text)}
-
-
-def free_udp_port() -> int:
-    import socket
-
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port % 2 == 0 and port < 65000:
-            return port
-    raise RuntimeError("no free UDP port")
 
 
 def speech_ulaw_file(directory: Path, quiet_s: float = QUIET_S) -> Path:
@@ -110,7 +98,7 @@ class SipBench:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "codecs")]))
         self.provider = Proc([sys.executable, "-m", "bench.loadgen.provider", "--seed", str(a.seed)], a.gen_core, env)
         pport = self.provider.read("ready")["port"]
-        self.port = free_port()
+        self.port = free_tcp_port()
         self.sip_port = free_udp_port()
         senv = server_env(
             f"ws://127.0.0.1:{pport}/v1/realtime", self.port, AGENT_VAD=a.vad,
@@ -144,7 +132,7 @@ class SipBench:
         cwd.mkdir()
         argv = [
             "sipp", f"127.0.0.1:{self.sip_port}", "-sf", str(SCENARIO), "-s", "agent", "-i", "127.0.0.1",
-            "-p", str(free_udp_port()), "-mi", "127.0.0.1", "-mp", str(free_udp_port()),
+            "-p", str(free_udp_port()), "-mi", "127.0.0.1", "-mp", str(free_udp_port(even=True, span=SIPP_MEDIA_PORTS)),
             "-m", str(n), "-l", str(n), "-r", str(a.rate), "-d", str(hold_ms),
             "-key", "rtp_file", f"{self.speech},-1,0",
             "-timeout", f"{int(hold_ms / 1000 + ramp_s + 60)}s", "-timeout_error", "-nostdin", "-trace_screen",

@@ -34,7 +34,6 @@ import re
 import resource
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from peers.fake_openai import FakeOpenAIServer
 
 from telephony_agent.telephony.twilio.signature import compute_signature
+from telephony_agent.testing.ports import free_tcp_port
 
 PUBLIC_URL = "https://agent.test"
 AUTH_TOKEN = "attack-auth-token-0123456789"
@@ -575,12 +575,6 @@ ATTACKS: dict[str, Callable[[Target], Awaitable[dict[str, Any]]]] = {
 # -- a server to attack ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.asynccontextmanager
 async def served(
     tree: Path, *, nofile: int | None = None, env: dict[str, str] | None = None, python: str = sys.executable,
@@ -588,7 +582,7 @@ async def served(
     """The tree's server as a subprocess (recordings on, text logs to a file), with a fake provider."""
     async with FakeOpenAIServer(api_key=API_KEY) as provider:
         with tempfile.TemporaryDirectory(prefix="attacks-") as tmp:
-            port = free_port()
+            port = free_tcp_port()
             log_path = Path(tmp) / "server.log"
             recordings = Path(tmp) / "recordings"
             recordings.mkdir()

@@ -7,17 +7,15 @@ wait is bounded and each child is stopped by its pid.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import random
 import shutil
-import socket
 import sys
 import wave
 from dataclasses import dataclass
 from pathlib import Path
 
+from telephony_agent.testing.ports import SIPP_MEDIA_PORTS, free_sip_port_pair, free_tcp_port, free_udp_port
 from telephony_agent.testing.speech import speech_pcm16
 from telephony_codecs import pcm16_to_alaw, pcm16_to_ulaw
 
@@ -38,76 +36,6 @@ def have_pjsua2() -> bool:
     except ImportError:
         return False
     return True
-
-
-def free_port_range(n: int = 8) -> tuple[int, int]:
-    """An even-aligned range of `n` UDP ports that are free now (each test its own)."""
-    for _ in range(200):
-        first = random.randrange(30000, 60000, 2)
-        socks = []
-        try:
-            for p in range(first, first + n):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return first, first + n - 1
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
-
-
-SIPP_MEDIA_PORTS = 4
-"""sipp's `-mp` port and the three above it: audio RTP and RTCP, then video RTP and RTCP, all bound
-(a clash on the video port, `-mp` + 2, failed a run: "Unable to bind video RTP socket")."""
-
-
-def free_udp_port(*, even: bool = False, span: int = 1) -> int:
-    """A UDP port free now, and the `span - 1` above it (RTP and RTCP: 2; sipp's media ports:
-    `SIPP_MEDIA_PORTS`)."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if (even and port % 2) or port > 65000:
-            continue
-        try:
-            with contextlib.ExitStack() as held:
-                for above in range(port + 1, port + span):
-                    held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)).bind(("127.0.0.1", above))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free UDP port")
-
-
-def free_sip_port_pair() -> int:
-    """A port P with P and P+1 free for both UDP and TCP (baresip listens for SIP on P over UDP
-    and TCP, and for SIP-TLS on P+1): a port that is free for UDP only clashes often enough with
-    another suite's TCP listener to fail a run."""
-    for _ in range(200):
-        port = free_udp_port(span=2)
-        socks: list[socket.socket] = []
-        try:
-            for p, kind in ((port, socket.SOCK_STREAM), (port + 1, socket.SOCK_STREAM)):
-                sock = socket.socket(socket.AF_INET, kind)
-                socks.append(sock)
-                sock.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-        return port
-    raise RuntimeError("no free SIP port pair")
-
-
-def free_tcp_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,13 +10,9 @@ import urllib.request
 import wave
 from pathlib import Path
 
+from telephony_agent.testing.ports import free_tcp_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -27,7 +22,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def test_call_against_a_served_agent(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_tcp_port()
     server_env = _env(AGENT_PROVIDER="local", AGENT_HOST="127.0.0.1", AGENT_PORT=str(port),
                       AGENT_TWILIO_VALIDATE="false", AGENT_GREETING="Hello", AGENT_RECORDINGS_DIR=str(tmp_path / "rec"))
     server = subprocess.Popen([sys.executable, "-m", "telephony_agent", "serve"], cwd=tmp_path, env=server_env,

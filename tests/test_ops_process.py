@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from telephony_agent.testing.ports import free_tcp_port
+
 pytestmark = pytest.mark.timeout(60)
 
 CALL_SID = "CA" + "ab" * 16
@@ -34,12 +35,6 @@ ACCOUNT_SID = "AC" + "ef" * 16
 CALLER = "+15551234567"
 CALLED = "+15557654321"
 SILENCE_FRAME = base64.b64encode(b"\xff" * 160).decode()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -65,7 +60,7 @@ class Server:
 
 
 def start_server(tmp_path: Path, **env: str) -> Server:
-    port = free_port()
+    port = free_tcp_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENT_", "OPENAI_", "GEMINI_", "TWILIO_"))}
     full_env.update(
         {

@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sip_peers import SIPP_MEDIA_PORTS, SIPP_SCENARIOS, free_udp_port
+from sip_peers import SIPP_SCENARIOS
 
 from telephony_agent.telephony.leg import AudioLaw
+from telephony_agent.testing.ports import SIPP_MEDIA_PORTS, free_udp_port
 from telephony_agent.testing.sip_caller import SipCall, SipCallError
 from telephony_agent.testing.speech import speech_ulaw
 

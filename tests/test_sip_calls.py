@@ -18,7 +18,6 @@ from local_helpers import CALLER_VOICE
 from sip_peers import (
     Baresip,
     active_windows,
-    free_udp_port,
     have,
     have_pjsua2,
     pjsua2_call,
@@ -28,6 +27,7 @@ from sip_peers import (
 )
 
 from telephony_agent.realtime.providers.local import LocalRealtimeModel
+from telephony_agent.testing.ports import free_udp_port
 
 QUESTION = "What are your opening hours?"
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sip_peers import free_tcp_port, free_udp_port
 from sip_peers import sipp as run_sipp
 
 from telephony_agent.telephony.sip.endpoint import (
@@ -28,6 +27,7 @@ from telephony_agent.telephony.sip.endpoint import (
     SipEndpointConfig,
     SipMetrics,
 )
+from telephony_agent.testing.ports import free_tcp_port, free_udp_port
 from telephony_agent.testing.speech import speech_ulaw
 
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian sip-tester) is not installed")

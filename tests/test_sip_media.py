@@ -16,7 +16,6 @@ import time
 from typing import Any, cast
 
 import pytest
-from sip_peers import free_port_range
 
 from telephony_agent.telephony.leg import PCMA_20MS, PCMU_20MS, PhoneFormat
 from telephony_agent.telephony.sip.media import (
@@ -26,6 +25,7 @@ from telephony_agent.telephony.sip.media import (
     open_rtp,
     parse_port_range,
 )
+from telephony_agent.testing.ports import free_port_range
 from telephony_agent.testing.speech import speech_ulaw
 from telephony_codecs import pcm16_to_alaw, ulaw_to_pcm16
 

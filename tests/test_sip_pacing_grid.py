@@ -7,12 +7,11 @@ import asyncio
 import random
 import time
 
-from sip_peers import free_port_range
-
 from telephony_agent.telephony.leg import PCMU_20MS
 from telephony_agent.telephony.sip.media import PACING_TICKS, PacingTick, RtpPortPool, open_rtp
 from telephony_agent.telephony.sip.pacer import OutboundPacer, PacedFrame, PacerState
 from telephony_agent.telephony.sip.pacing_grid import PacingGrid
+from telephony_agent.testing.ports import free_port_range
 
 P = 0.02
 
