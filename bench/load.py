@@ -17,7 +17,8 @@ measure a steady window, hang up, and collect:
 - time to first agent audio: `start` sent -> first media received, and the bridge overhead
   (that minus the provider's own handling time in the handshake and first response);
 - server CPU per call (/proc/<pid>/stat), RSS per call ((RSS at N - RSS idle) / N), event-loop
-  lag p99 (the server's agent_event_loop_lag_ms histogram over the window);
+  lag p99 (the server's agent_event_loop_lag_ms histogram over the window), and the detector's
+  workload: Silero windows scored per call-second and the mean batch (its counters);
 - frames lost (caller->provider and provider->caller, by sequence) and late (> 60 ms one way).
 It stops when the server can no longer keep real time, then runs 1,000 short sequential
 calls to check RSS growth.
@@ -226,6 +227,19 @@ def lag_buckets(base: str) -> list[tuple[float, float]]:
         print(f"  /metrics did not answer: {exc!r}", file=sys.stderr, flush=True)
         return []
     return [(float("inf") if le == "+Inf" else float(le), float(v)) for le, v in _BUCKET.findall(text)]
+
+
+_VAD = re.compile(r'^agent_vad_(windows|batches)_total ([0-9.e+]+)$', re.M)
+
+
+def vad_counts(base: str) -> dict[str, float]:
+    """The server's Silero counters (windows scored, batches run); empty when it has none or did
+    not answer. They are flushed every 0.25 s: over a 10 s window, good to a few per cent."""
+    try:
+        _, text = http_get(base + "/metrics")
+    except OSError:
+        return {}
+    return {name: float(v) for name, v in _VAD.findall(text)}
 
 
 def hist_quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
@@ -439,7 +453,7 @@ class Bench:
             p.send(cmd="measure", on=True)
             p.read("measure")
         pids = self.server.pids()
-        lag0 = lag_buckets(self.base)
+        lag0, vad0 = lag_buckets(self.base), vad_counts(self.base)
         k0 = sum(core_busy_s(c) for c in self.cores)
         c0, w0 = tree_cpu_s(pids), time.monotonic()
         per0 = [tree_cpu_s([q]) for q in pids]
@@ -463,7 +477,7 @@ class Bench:
         self.foreign_pct = ((k1 - k0) - (c1 - c0) - gen_on_server_cores) / (w1 - w0) * 100
         if prof is not None:
             prof.wait(30)
-        lag1 = lag_buckets(self.base)
+        lag1, vad1 = lag_buckets(self.base), vad_counts(self.base)
         for p in (self.provider, self.callers):
             p.send(cmd="measure", on=False)
             p.read("measure")
@@ -478,6 +492,11 @@ class Bench:
         row["processes_cpu_pct"] = [round((b - a_) / (w1 - w0) * 100, 1) for a_, b in zip(per0, per1, strict=True)]
         row["uvloop_loaded"] = uvloop_loaded(pids)
         row["native_loaded"] = native_loaded(pids)
+        # the detector's workload: Silero windows scored per call-second, and per batch
+        windows = vad1.get("windows", 0.0) - vad0.get("windows", 0.0)
+        batches = vad1.get("batches", 0.0) - vad0.get("batches", 0.0)
+        row["vad_windows_per_call_s"] = round(windows / n / (w1 - w0), 2) if vad0 and vad1 else None
+        row["vad_batch_mean"] = round(windows / batches, 1) if batches > 0 else None
         return row
 
     def summarise(self, n: int, up: dict[str, Any], crep: dict[str, Any], prep: dict[str, Any], cpu_pct: float,
@@ -708,13 +727,15 @@ def workers_table(entries: list[dict[str, Any]]) -> str:
 
 
 def print_row(label: str, row: dict[str, Any]) -> None:
+    windows, batch = row.get("vad_windows_per_call_s"), row.get("vad_batch_mean")
+    silero = "" if windows is None else f"  silero {windows} windows/call-s (batches of {batch})"
     print(
         f"{label} N={row['calls']:4d} in {row['in_p50_ms']}/{row['in_p99_ms']} ms  out {row['out_p50_ms']}/{row['out_p99_ms']} ms  "
         f"barge {row['bargein_p50_ms']}/{row['bargein_p99_ms']} ms  ttfa {row['ttfa_p50_ms']} "
         f"(overhead {row['ttfa_overhead_p50_ms']}) ms  cpu {row['cpu_pct']}% ({row['cpu_pct_per_call']}/call)  "
         f"rss/call {row['rss_per_call_mib']} MiB  lag p99 {row['loop_lag_p99_ms']} ms  lost {row['frames_lost']} "
         f"late {row['frames_late']}  loadgen cpu {row['loadgen_cpu_pct']}%  "
-        f"other load on server core {row['other_load_on_server_core_pct']}%"
+        f"other load on server core {row['other_load_on_server_core_pct']}%{silero}"
         f"{'  compiled' if row.get('native_loaded') else ''}",
         flush=True,
     )
