@@ -6,7 +6,10 @@ one from yesterday, nor even with one from an hour ago. Runs of the two trees ta
 in the same minutes, can. Each revision is checked out into a temporary `git worktree`, and
 its own `bench/load.py` (or `bench/sip_load.py`) runs from there, so the server runs that tree's
 code. The trees take turns, `--rounds` times. Every step of every run is printed, then the
-per-step means:
+per-step means, and head minus base paired by round (the two runs of a round are minutes apart,
+so the VM's drift mostly cancels in their difference) with a 95 % interval from Student's t over
+the rounds: a lever moved a figure when its interval excludes 0. With 3 rounds the interval is
+wide (t = 4.3); 5-6 rounds are what a change of a few per cent needs:
 
     .venv/bin/python bench/alternate.py f480afc HEAD --rounds 4 -- --series 200 --bridges ours \\
         --workers '' --loop uvloop --sequential 0 --steady 8
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import statistics
@@ -40,8 +44,11 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import scipy.stats
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -104,6 +111,42 @@ def means(runs: list[dict[int, dict[str, float]]]) -> dict[int, dict[str, float]
     return out
 
 
+@dataclass(frozen=True)
+class Paired:
+    """head - base for one step and field, paired by round: the mean difference and its 95 %
+    interval (None with fewer than two pairs)."""
+
+    diffs: tuple[float, ...]
+    mean: float
+    low: float | None
+    high: float | None
+
+
+def paired(base: list[dict[int, dict[str, float]]], head: list[dict[int, dict[str, float]]]) -> dict[int, dict[str, Paired]]:
+    """Per step and field, head minus base in each round that has both (runs[i] is round i of
+    each side; a round one side failed is left out)."""
+    out: dict[int, dict[str, Paired]] = {}
+    for calls in sorted({c for run in base + head for c in run}):
+        fields: dict[str, list[float]] = {}
+        for b, h in zip(base, head, strict=False):
+            for field, value in h.get(calls, {}).items():
+                if field in b.get(calls, {}):
+                    fields.setdefault(field, []).append(value - b[calls][field])
+        for field, diffs in fields.items():
+            mean = statistics.fmean(diffs)
+            low = high = None
+            if len(diffs) >= 2:
+                half = float(scipy.stats.t.ppf(0.975, len(diffs) - 1)) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+                low, high = mean - half, mean + half
+            out.setdefault(calls, {})[field] = Paired(tuple(diffs), mean, low, high)
+    return out
+
+
+def paired_line(calls: int, field: str, p: Paired) -> str:
+    interval = "" if p.low is None or p.high is None else f" ({p.low:+.2f} .. {p.high:+.2f})"
+    return f"{calls:5d} calls  {field} {p.mean:+.2f}{interval} from " + ", ".join(f"{d:+.2f}" for d in p.diffs)
+
+
 def side_label(rev: str, extra: list[str]) -> str:
     """How a side is named in the output: its revision, and its own arguments if it has any."""
     return f"{rev} [{shlex.join(extra)}]" if extra else rev
@@ -149,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                         report = json.loads((out / result).read_text())
                     except (OSError, ValueError):
                         print(f"{labels[role]}: round {round_} wrote no {result} (exit {done.returncode})", flush=True)
+                        runs[role].append({})  # keeps the rounds of the two sides paired
                         continue
                     print(f"{labels[role]} #{round_}: {report.get('command', ' '.join(cmd[1:]))}", flush=True)
                     run = steps(report, fields)
@@ -159,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     for role, label in labels.items():
         for calls, values in means(runs[role]).items():
             print(line(label, calls, values))
-    return 0 if all(runs.values()) else 1
+    print(f"{labels['head']} - {labels['base']}, paired by round (mean, 95 % interval):")
+    for calls, by_field in paired(runs["base"], runs["head"]).items():
+        for field, p in by_field.items():
+            print(paired_line(calls, field, p))
+    return 0 if all(any(rs) for rs in runs.values()) else 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,20 +48,44 @@ def test_two_trees_take_turns_and_leave_no_worktree(tmp_path: Path) -> None:
     assert re.findall(r"^\s*(.+?) #1\s+2 calls", runs, re.M) == ["HEAD", head], proc.stdout
     commands = dict(re.findall(r"^(.+?) #1: (load\.py .*)$", runs, re.M))  # as each benchmark recorded it
     assert "--vad off" in commands[head] and "--vad" not in commands["HEAD"], proc.stdout
+    means, _, diffs = summary.partition("paired by round")
     for label in ("HEAD", head):
-        m = re.search(rf"^\s*{re.escape(label)}\s+2 calls\s+cpu_pct ([0-9.]+) .*frames_late", summary, re.M)
+        m = re.search(rf"^\s*{re.escape(label)}\s+2 calls\s+cpu_pct ([0-9.]+) .*frames_late", means, re.M)
         assert m is not None and float(m.group(1)) > 0, proc.stdout
+    # one round: the difference, and no interval
+    assert re.search(r"^\s+2 calls  cpu_pct [+-][0-9.]+ from [+-][0-9.]+$", diffs, re.M), proc.stdout
     assert worktrees(clone) == before == [f"worktree {clone}"]
 
 
-def test_each_tree_gets_its_own_compiled_build_or_says_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A fresh worktree has no build: without one its server would run the source against the
-    other tree's compiled code. `build_native` runs the tree's own build script there."""
+def _alternate() -> Any:
     sys.path.insert(0, str(REPO / "bench"))
     try:
         import alternate
     finally:
         sys.path.remove(str(REPO / "bench"))
+    return alternate
+
+
+def test_paired_differences_keep_rounds_together_and_give_a_t_interval() -> None:
+    """head - base per round, the mean and its 95 % interval (Student's t, n - 1 degrees of
+    freedom); a round that one side failed ({}) drops out without shifting the others."""
+    alternate = _alternate()
+    base = [{100: {"cpu_pct": 20.5}}, {}, {100: {"cpu_pct": 21.4}}, {100: {"cpu_pct": 21.6}}]
+    head = [{100: {"cpu_pct": 32.5}}, {100: {"cpu_pct": 99.0}}, {100: {"cpu_pct": 27.9}}, {100: {"cpu_pct": 32.1}}]
+    p = alternate.paired(base, head)[100]["cpu_pct"]
+    assert p.diffs == pytest.approx((12.0, 6.5, 10.5))
+    # mean 9.667, sample sd 2.843, t(0.975, 2) = 4.303: 9.667 -+ 7.063
+    assert p.mean == pytest.approx(9.6667, abs=1e-4)
+    assert (p.low, p.high) == (pytest.approx(2.604, abs=1e-3), pytest.approx(16.730, abs=1e-3))
+    assert alternate.paired_line(100, "cpu_pct", p) == "  100 calls  cpu_pct +9.67 (+2.60 .. +16.73) from +12.00, +6.50, +10.50"
+    one = alternate.paired(base[:1], head[:1])[100]["cpu_pct"]
+    assert (one.mean, one.low, one.high) == (pytest.approx(12.0), None, None)
+
+
+def test_each_tree_gets_its_own_compiled_build_or_says_why_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh worktree has no build: without one its server would run the source against the
+    other tree's compiled code. `build_native` runs the tree's own build script there."""
+    alternate = _alternate()
     monkeypatch.delenv("AGENT_NATIVE", raising=False)
     old, built, broken = tmp_path / "old", tmp_path / "built", tmp_path / "broken"
     for tree, body in ((built, "import pathlib; pathlib.Path('built').write_text('yes')"),
