@@ -167,10 +167,14 @@ async def test_playout_marks_echo_in_real_time() -> None:
         await call.place_and_connect()
         b = await call.wait_mark("b", timeout=3)
         a = next(m for m in call.marks if m.name == "a")
-        t0 = agent.first_audio_at  # type: ignore[attr-defined]
-        assert 0.38 <= a.played_at - t0 <= 0.5, a.played_at - t0
-        assert 0.58 <= b.played_at - t0 <= 0.7, b.played_at - t0
-        assert a.echoed_at is not None and a.echoed_at - a.played_at < 0.03
+        first = next(r.time for r in call.received if r.event == "media")
+        assert first >= agent.first_audio_at  # type: ignore[attr-defined]
+        # Played at 8 bytes/ms from the first audio's arrival; each mark echoed once reached,
+        # not with the next one. (By the playout model and by order, not by time bounds: on a
+        # loaded machine the loop itself may stall for tens of milliseconds.)
+        assert a.played_at - first == pytest.approx(0.4, abs=1e-6)
+        assert b.played_at - a.played_at == pytest.approx(0.2, abs=1e-6)
+        assert a.echoed_at is not None and a.played_at <= a.echoed_at < b.played_at
         assert not a.cleared and not b.cleared
         assert bytes(call.heard_ulaw) == sent
         assert call.marks_requested == ["a", "b"]
@@ -204,15 +208,19 @@ async def test_clear_echoes_pending_marks_at_once() -> None:
         m1 = next(m for m in call.marks if m.name == "m1")
         assert m1.cleared and m2.cleared
         clear_at = call.clear_times[0]
+        first = next(r.time for r in call.received if r.event == "media")
+        assert clear_at - agent.first_audio_at >= 0.3  # type: ignore[attr-defined]
+        # Both echoed on the clear, before m1's audio would have played out (0.5 s in); echoes
+        # held until then would come 0.2 s after the clear at the least.
         assert m1.echoed_at is not None and m2.echoed_at is not None
-        assert m1.echoed_at - clear_at < 0.02 and m2.echoed_at - clear_at < 0.02
-        played = clear_at - agent.first_audio_at  # type: ignore[attr-defined]
-        assert 0.27 <= played <= 0.4, played
-        assert abs(call.heard_ms - played * 1000) <= 15, (call.heard_ms, played)
+        assert clear_at <= m1.echoed_at < first + 0.5 and clear_at <= m2.echoed_at < first + 0.5
+        # What was heard is what played from the first audio's arrival to the clear, no more.
+        assert call.heard_ms == pytest.approx((clear_at - first) * 1000, abs=0.5)
         assert bytes(call.heard_ulaw) == sent[: len(call.heard_ulaw)]
         assert call.dropped_bytes == len(sent) - len(call.heard_ulaw)
+        heard = call.heard_ms
         await asyncio.sleep(0.1)
-        assert call.heard_ms < 410 and not call.playing and call.clears == 1
+        assert call.heard_ms == heard and not call.playing and call.clears == 1
 
 
 async def test_mark_on_idle_queue_echoes_right_away_and_audio_after_idle() -> None:
