@@ -219,27 +219,29 @@ def http_get(url: str) -> tuple[int, str]:
 _BUCKET = re.compile(r'^agent_event_loop_lag_ms_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', re.M)
 
 
-def lag_buckets(base: str) -> list[tuple[float, float]]:
-    """The server's event-loop lag histogram; empty when it has none (alt) or did not answer in 5 s."""
+def metrics_text(base: str) -> str:
+    """The server's `/metrics`, read once per window edge for every figure taken from it; empty
+    (and said on stderr) when it did not answer in 5 s."""
     try:
         _, text = http_get(base + "/metrics")
     except OSError as exc:
         print(f"  /metrics did not answer: {exc!r}", file=sys.stderr, flush=True)
-        return []
-    return [(float("inf") if le == "+Inf" else float(le), float(v)) for le, v in _BUCKET.findall(text)]
+        return ""
+    return text
+
+
+def lag_buckets(metrics: str) -> list[tuple[float, float]]:
+    """The event-loop lag histogram in a `/metrics` text; empty when it has none (alt)."""
+    return [(float("inf") if le == "+Inf" else float(le), float(v)) for le, v in _BUCKET.findall(metrics)]
 
 
 _VAD = re.compile(r'^agent_vad_(windows|batches)_total ([0-9.e+]+)$', re.M)
 
 
-def vad_counts(base: str) -> dict[str, float]:
-    """The server's Silero counters (windows scored, batches run); empty when it has none or did
-    not answer. They are flushed every 0.25 s: over a 10 s window, good to a few per cent."""
-    try:
-        _, text = http_get(base + "/metrics")
-    except OSError:
-        return {}
-    return {name: float(v) for name, v in _VAD.findall(text)}
+def vad_counts(metrics: str) -> dict[str, float]:
+    """The Silero counters (windows scored, batches run) in a `/metrics` text; empty when it has
+    none. They are flushed every 0.25 s: over a 10 s window, good to a few per cent."""
+    return {name: float(v) for name, v in _VAD.findall(metrics)}
 
 
 def hist_quantile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
@@ -453,7 +455,8 @@ class Bench:
             p.send(cmd="measure", on=True)
             p.read("measure")
         pids = self.server.pids()
-        lag0, vad0 = lag_buckets(self.base), vad_counts(self.base)
+        metrics = metrics_text(self.base)
+        lag0, vad0 = lag_buckets(metrics), vad_counts(metrics)
         k0 = sum(core_busy_s(c) for c in self.cores)
         c0, w0 = tree_cpu_s(pids), time.monotonic()
         per0 = [tree_cpu_s([q]) for q in pids]
@@ -477,7 +480,8 @@ class Bench:
         self.foreign_pct = ((k1 - k0) - (c1 - c0) - gen_on_server_cores) / (w1 - w0) * 100
         if prof is not None:
             prof.wait(30)
-        lag1, vad1 = lag_buckets(self.base), vad_counts(self.base)
+        metrics = metrics_text(self.base)
+        lag1, vad1 = lag_buckets(metrics), vad_counts(metrics)
         for p in (self.provider, self.callers):
             p.send(cmd="measure", on=False)
             p.read("measure")

@@ -58,14 +58,12 @@ _DEPARTURE = re.compile(r'^agent_rtp_departure_deviation_ms_bucket\{le="([^"]+)"
 _COUNTER = re.compile(r'^(agent_rtp_[a-z_]+_total)(\{[^}]*\})? ([0-9.e+]+)$', re.MULTILINE)
 
 
-def departure_buckets(base: str) -> list[tuple[float, float]]:
-    _, text = http_get(base + "/metrics")
-    return [(float("inf") if le == "+Inf" else float(le), float(v)) for le, v in _DEPARTURE.findall(text)]
+def departure_buckets(metrics: str) -> list[tuple[float, float]]:
+    return [(float("inf") if le == "+Inf" else float(le), float(v)) for le, v in _DEPARTURE.findall(metrics)]
 
 
-def rtp_counters(base: str) -> dict[str, float]:
-    _, text = http_get(base + "/metrics")
-    return {name + labels: float(v) for name, labels, v in _COUNTER.findall(text)}
+def rtp_counters(metrics: str) -> dict[str, float]:
+    return {name + labels: float(v) for name, labels, v in _COUNTER.findall(metrics)}
 
 
 def speech_ulaw_file(directory: Path, quiet_s: float = QUIET_S) -> Path:
@@ -144,7 +142,8 @@ class SipBench:
         pid = self.server.pid  # type: ignore[union-attr]
         time.sleep(ramp_s + a.settle)
         up = self.active_calls()
-        d0, lag0, r0 = departure_buckets(self.base), lag_buckets(self.base), rtp_counters(self.base)
+        _, metrics = http_get(self.base + "/metrics")  # one read for the three
+        d0, lag0, r0 = departure_buckets(metrics), lag_buckets(metrics), rtp_counters(metrics)
         c0, k0, w0 = cpu_s(pid), core_busy_s(a.server_core), time.monotonic()
         prof = None
         if a.profile_at == n:
@@ -157,7 +156,8 @@ class SipBench:
         if prof is not None:
             prof.wait(30)
         c1, k1, w1 = cpu_s(pid), core_busy_s(a.server_core), time.monotonic()
-        d1, lag1, r1 = departure_buckets(self.base), lag_buckets(self.base), rtp_counters(self.base)
+        _, metrics = http_get(self.base + "/metrics")  # one read for the three
+        d1, lag1, r1 = departure_buckets(metrics), lag_buckets(metrics), rtp_counters(metrics)
         rss = rss_mib(pid)
         try:
             _, err = sipp.communicate(timeout=hold_ms / 1000 + ramp_s + 90)
