@@ -186,6 +186,13 @@ async def test_we_answer_where_the_rtp_comes_from_paced_at_20ms() -> None:
     await asyncio.sleep(0.1)
     assert phone.received == []
     phone.send(rtp(0, 1, 0, 7, b"\xff" * 160), leg.rtp.local_port)
+    # The agent speaks once the caller's packet is in: on a busy machine the kernel may hand the
+    # datagram over a moment after `sendto` returns, and what went out before then went to the
+    # SDP's dead port (in a real call, the SDP's address still reaches the phone).
+    deadline = time.monotonic() + 5.0
+    while leg.rtp.remote != phone.address:
+        assert time.monotonic() < deadline, "the caller's first packet never latched"
+        await asyncio.sleep(0.005)
     agent = frames_of(speech_ulaw("This is the agent speaking."))[:60]
     leg.send_audio(agent, "item-1")
     await phone.wait_for(70)
