@@ -106,6 +106,11 @@ def tone(ms: int, byte: int = 0x55) -> bytes:
     return bytes([byte]) * (ms * 8)
 
 
+def first_media_at(call: TwilioCaller) -> float:
+    """When the caller received the agent's first `media` message (its playout starts there)."""
+    return next(r.time for r in call.received if r.event == "media")
+
+
 async def test_place_connect_and_microphone_frames() -> None:
     async with TinyAgent() as agent, TwilioCaller(agent.base_url, PUBLIC, TOKEN) as call:
         assert await call.place() == 200
@@ -167,7 +172,7 @@ async def test_playout_marks_echo_in_real_time() -> None:
         await call.place_and_connect()
         b = await call.wait_mark("b", timeout=3)
         a = next(m for m in call.marks if m.name == "a")
-        first = next(r.time for r in call.received if r.event == "media")
+        first = first_media_at(call)
         assert first >= agent.first_audio_at  # type: ignore[attr-defined]
         # Played at 8 bytes/ms from the first audio's arrival; each mark echoed once reached,
         # not with the next one. (By the playout model and by order, not by time bounds: on a
@@ -208,7 +213,7 @@ async def test_clear_echoes_pending_marks_at_once() -> None:
         m1 = next(m for m in call.marks if m.name == "m1")
         assert m1.cleared and m2.cleared
         clear_at = call.clear_times[0]
-        first = next(r.time for r in call.received if r.event == "media")
+        first = first_media_at(call)
         assert clear_at - agent.first_audio_at >= 0.3  # type: ignore[attr-defined]
         # Both echoed on the clear, before m1's audio would have played out (0.5 s in); echoes
         # held until then would come 0.2 s after the clear at the least.
@@ -235,7 +240,7 @@ async def test_mark_on_idle_queue_echoes_right_away_and_audio_after_idle() -> No
         await call.place_and_connect()
         idle = await call.wait_mark("idle", timeout=2)
         after = await call.wait_mark("after", timeout=2)
-        media_at = next(r.time for r in call.received if r.event == "media")
+        media_at = first_media_at(call)
         # Echoed when it came, before the caller read anything more: not at a playout tick, which
         # had nothing to play until the audio 0.3 s later. (Compared by order, not by a time
         # bound: on a loaded machine the loop itself may stall that long.)
