@@ -1,6 +1,7 @@
 """The load generator's callers and fake provider (bench/loadgen/): the frames' stamp leaves the
-caller's audio as it is (the server's caller-speech detector hears the speech, and nothing in a
-quiet frame), and the fake provider's "server VAD" reacts to the speech flag, and only to it."""
+caller's and the agent's audio as they are (the server's caller-speech detector hears the caller's
+speech over the agent's, and nothing in a quiet frame), and the fake provider's "server VAD" reacts
+to the speech flag, and only to it."""
 
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ import pytest
 
 from bench.loadgen.common import (
     CALLER_MAGIC,
+    PROVIDER_MAGIC,
     SPEECH,
     caller_frame,
     provider_frame,
     read_caller_frame,
+    read_provider_frame,
     speech_frames,
 )
-from bench.loadgen.speech import Spurts
+from bench.loadgen.speech import AgentVoice, Spurts
 from telephony_agent.telephony.turns import TurnAction, TurnDetector, TurnSettings
 from telephony_codecs import ulaw_to_pcm16
 
@@ -41,6 +44,23 @@ def spurts() -> Spurts:
     return Spurts()
 
 
+@pytest.fixture(scope="module")
+def agent() -> AgentVoice:
+    return AgentVoice()
+
+
+def test_agent_stamp_round_trip_and_speech_kept(agent: AgentVoice) -> None:
+    """The agent's frames are speech, the stamp one mantissa step at most in any byte: no clicks."""
+    level = [float(np.sqrt(np.mean(_pcm(f) ** 2))) for f in agent.frames]
+    assert len(agent.frames) > 300 and np.median(level) > 500  # seconds of speech, most of it voiced
+    for k, (conn, resp, idx, t_ns) in enumerate(((1, 0, 0, 0), (2**32 - 1, 65535, 0x8000 | 77, 2**62 + 5))):
+        speech = agent.frame(97 * k, 40)
+        frame = provider_frame(conn, resp, idx, t_ns, speech)
+        assert read_provider_frame(frame) == (PROVIDER_MAGIC, conn, resp, idx, t_ns)
+        assert len(frame) == 160 and all(a ^ b <= 1 for a, b in zip(frame, speech, strict=True))
+        assert np.abs(_pcm(frame) - _pcm(speech)).max() <= 0.05 * np.abs(_pcm(speech)).max() + 8
+
+
 def test_stamp_round_trip_and_audio_kept() -> None:
     rng = np.random.default_rng(3)
     speech = speech_frames(rng.integers(0, 256, 160, dtype=np.uint8).tobytes())[0]
@@ -53,14 +73,14 @@ def test_stamp_round_trip_and_audio_kept() -> None:
         assert len(loud) == 160 and all(a ^ b <= 1 for a, b in zip(loud, speech, strict=True))
 
 
-def _run(caller: list[bytes], start: int, seconds: float = 4.0) -> list[tuple[TurnAction, float]]:
-    """The server's detector on the stamped caller frames while the agent's stamped frames play;
+def _run(agent: AgentVoice, caller: list[bytes], start: int, seconds: float = 4.0) -> list[tuple[TurnAction, float]]:
+    """The server's detector on the stamped caller frames while the agent's stamped speech plays;
     what it decided and when, relative to frame `start` (the first speech frame)."""
     det = TurnDetector(TurnSettings(vad="silero"))
     out: list[tuple[TurnAction, float]] = []
     for k in range(int(seconds / 0.02)):
         now = (k + 1) * 0.02
-        det.agent_audio(ulaw_to_pcm16(provider_frame(3, 1, k, 10**13 + k)), k * 0.02)
+        det.agent_audio(ulaw_to_pcm16(provider_frame(3, 1, k, 10**13 + k, agent.frame(0, k))), k * 0.02)
         i = k - start
         frame = caller_frame(7, k, 10**13 + k * 20_000_000, caller[i] if 0 <= i < len(caller) else None)
         decisions = det.caller_audio(ulaw_to_pcm16(frame), now)
@@ -74,11 +94,11 @@ def _run(caller: list[bytes], start: int, seconds: float = 4.0) -> list[tuple[Tu
     return out
 
 
-def test_server_detector_hears_stamped_speech_and_not_quiet_frames(spurts: Spurts) -> None:
-    assert _run([], 0) == []  # quiet stamped frames under the agent's audio: nothing
+def test_server_detector_hears_stamped_speech_and_not_quiet_frames(spurts: Spurts, agent: AgentVoice) -> None:
+    assert _run(agent, [], 0) == []  # quiet stamped frames under the agent's audio: nothing
     for i in range(len(spurts)):
         # the shortest talk spurt a caller makes, a second into the agent's audio
-        got = _run(spurts.spurt(i, 1.2), 50)
+        got = _run(agent, spurts.spurt(i, 1.2), 50)
         assert [a for a, _ in got] == [TurnAction.PAUSE, TurnAction.BARGE_IN], (i, got)
         assert got[0][1] <= 0.2, (i, got)  # paused within 200 ms of the first speech frame
 

@@ -40,12 +40,13 @@ from bench.loadgen.common import (
     FRAME_S,
     LAST_FLAG,
     LATE_MS,
-    PROVIDER_HDR,
+    PROVIDER_HDR_BYTES,
     PROVIDER_MAGIC,
     caller_frame,
     emit,
     percentiles,
     read_commands,
+    read_provider_frame,
     run,
 )
 from bench.loadgen.speech import Spurts
@@ -196,7 +197,7 @@ class Call(asyncio.Protocol):
                     part = _b2a(audio[k : k + FRAME_BYTES], newline=False)
                     self.on_text(b'{"event":"media","media":{"payload":"' + part + b'"}}')
                 return
-            magic, conn, resp, idx, t_ns = PROVIDER_HDR.unpack_from(audio)
+            magic, conn, resp, idx, t_ns = read_provider_frame(audio) if len(audio) >= PROVIDER_HDR_BYTES else (b"", 0, 0, 0, 0)
             if magic != PROVIDER_MAGIC:
                 self.play.append(-1)
                 self.queued += 1

@@ -2,8 +2,8 @@
 WebSockets, one 20 ms scheduler for every connection.
 
 Per connection: `session.created` at once; `session.updated` for `session.update`; each
-`response.create` (the greeting) is answered instantly. Responses are 1-3 s of stamped mu-law
-frames in 40 ms deltas: the first 80 ms at once, then paced at real time, so the bridge's
+`response.create` (the greeting) is answered instantly. Responses are 1-3 s of the agent's speech
+(`speech.AgentVoice`), stamped mu-law frames in 40 ms deltas: the first 80 ms at once, then paced at real time, so the bridge's
 playout lead never holds a frame back and every frame's delta-in -> media-out time is bridge
 latency.
 
@@ -53,7 +53,9 @@ from bench.loadgen.common import (
     read_commands,
     run,
 )
+from bench.loadgen.speech import AgentVoice
 
+VOICE: AgentVoice | None = None  # made in main(): eSpeak takes a moment
 BURST_FRAMES = 4  # 80 ms sent at once at the start of a response
 DELTA_FRAMES = 2  # 40 ms per delta
 _b2a = binascii.b2a_base64
@@ -281,10 +283,12 @@ class Conn(asyncio.Protocol):
                 self.after_barge = True
                 return
             frames = []
+            voice, start = VOICE, 97 * self.id + 389 * self.resp_no  # a different word for each answer (no draw from rng)
+            assert voice is not None
             for _ in range(DELTA_FRAMES):
                 i = self.next_idx
                 idx = i | LAST_FLAG if i == self.total - 1 else i
-                frames.append(provider_frame(self.id, self.resp_no & 0xFFFF, idx, _now()))
+                frames.append(provider_frame(self.id, self.resp_no & 0xFFFF, idx, _now(), voice.frame(start, i)))
                 self.next_idx += 1
             b64 = _b2a(b"".join(frames), newline=False)
             self.send(
@@ -347,6 +351,8 @@ async def main() -> None:
     p.add_argument("--vad-delay-max-ms", type=float, default=300.0, help="... (to)")
     p.add_argument("--vad-silence-ms", type=float, default=500.0, help="quiet that ends the caller's turn")
     cfg = p.parse_args()
+    global VOICE
+    VOICE = AgentVoice()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Conn(cfg), "127.0.0.1", cfg.port, backlog=4096)
     port = server.sockets[0].getsockname()[1]

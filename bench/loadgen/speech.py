@@ -1,5 +1,6 @@
-"""What the simulated callers say: real speech (eSpeak NG through sox, `sox -D`: reproducible),
-made once at start-up and cut into 20 ms mu-law frames ready to be stamped.
+"""What the simulated callers and the fake provider's agent say: real speech (eSpeak NG through
+sox, `sox -D`: reproducible), made once at start-up and cut into 20 ms mu-law frames ready to be
+stamped.
 
 A talk spurt is the start of one phrase, from its first loud frame, cut at a length the caller
 picks (1.2-1.6 s by default): long enough for the server to confirm a barge-in (it waits
@@ -12,7 +13,7 @@ import numpy as np
 
 from bench.loadgen.common import FRAME_BYTES, speech_frames
 
-__all__ = ["PHRASES", "Spurts", "trimmed"]
+__all__ = ["AGENT_VOICE", "PHRASES", "AgentVoice", "Spurts", "trimmed"]
 
 PHRASES = (
     "Sorry, can I ask you something?",
@@ -23,6 +24,7 @@ PHRASES = (
     "Excuse me, I am calling about my order.",
     "Okay, and what time do you open tomorrow?",
 )
+AGENT_VOICE = "en-us+f3"  # not a caller's voice
 LOUD_DBFS = -40.0  # a frame louder than this is speech for trimming
 
 
@@ -53,3 +55,18 @@ class Spurts:
     def spurt(self, i: int, seconds: float) -> list[bytes]:
         frames = self.frames[i % len(self.frames)]
         return frames[: max(1, min(len(frames), round(seconds / 0.020)))]
+
+
+class AgentVoice:
+    """The agent's answers: a few sentences of speech, pauses between them kept, looped; an
+    answer starts where `start` says, so calls do not all say the same word at once."""
+
+    def __init__(self) -> None:
+        from telephony_agent.testing.speech import speech_ulaw
+        from telephony_agent.testing.turn_sim import AGENT_TEXT
+
+        self.frames = speech_frames(trimmed(speech_ulaw(AGENT_TEXT, voice=AGENT_VOICE)))
+
+    def frame(self, start: int, i: int) -> bytes:
+        """Frame `i` of an answer that starts at frame `start` of the speech."""
+        return self.frames[(start + i) % len(self.frames)]
