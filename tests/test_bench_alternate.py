@@ -102,3 +102,13 @@ def test_each_tree_gets_its_own_compiled_build_or_says_why_not(tmp_path: Path, m
     (built / "built").unlink()
     assert alternate.build_native(built) == "AGENT_NATIVE=off: the source runs"
     assert not (built / "built").exists()
+
+
+def test_each_side_runs_first_in_every_other_round() -> None:
+    """Counterbalanced: over any two consecutive rounds each side runs first once, so a cost to
+    the first or the second run of a round is not read as a difference between the trees."""
+    alternate = _alternate()
+    orders = [alternate.round_order(r) for r in range(1, 7)]
+    assert orders[0] == ("base", "head")  # one round: the base, then the head, as before
+    assert all(set(o) == {"base", "head"} for o in orders)
+    assert [o[0] for o in orders] == ["base", "head"] * 3
