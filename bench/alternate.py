@@ -9,8 +9,8 @@ code. The trees take turns, `--rounds` times, the base first in odd rounds and t
 even ones (`round_order`): whatever favours the first or the second run of a round (a drift
 within the round, what the first run leaves behind) then falls on each side in turn. Two
 alternations of the same pair of trees, 3 rounds each with the new tree always second in one
-and always first in the other, read +11.4 and +3.0 points of CPU at 200 calls (2026-12-03); 4 rounds, each first in turn,
-read +4.2 (-16.8 .. +25.2).
+and always first in the other, read +11.4 and +3.0 points of CPU at 200 calls (2026-12-03);
+4 rounds, each first in turn, read +4.2 (-16.8 .. +25.2).
 Use an even number of rounds. Every step of every run is printed, then the
 per-step means, and head minus base paired by round (the two runs of a round are minutes apart,
 so the VM's drift mostly cancels in their difference) with a 95 % interval from Student's t over
