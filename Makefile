@@ -3,7 +3,7 @@ PYTHON   ?= python3
 PY313    ?= python3.13
 VENV     := .venv
 VENV313  := .venv313
-SYS_PKGS := espeak-ng sox sipp baresip kamailio
+SYS_PKGS := espeak-ng sox sipp baresip kamailio valgrind
 SYS_PKGS += chromium chromedriver  # the browser softphone's tests (Debian: chromium, chromium-driver)
 
 .DEFAULT_GOAL := help
@@ -31,12 +31,12 @@ $(VENV313)/.installed: pyproject.toml
 	$(VENV313)/bin/pip install -q -e '.[test,native]'
 	touch $@
 
-system-deps: ## Install the Debian packages the tests use (espeak-ng, sox, sipp, baresip, kamailio, chromium) when missing
+system-deps: ## Install the Debian packages the tests use (espeak-ng, sox, sipp, baresip, kamailio, chromium, valgrind) when missing
 	@missing=""; for c in $(SYS_PKGS); do command -v $$c >/dev/null || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox sip-tester baresip-core kamailio chromium chromium-driver >/dev/null; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox sip-tester baresip-core kamailio chromium chromium-driver valgrind >/dev/null; \
 	fi
 
 # The hot call-path modules compiled with mypyc into build/native/<python>/ (about 15 % less CPU

@@ -61,7 +61,8 @@ REPO = Path(__file__).resolve().parent.parent
 # per benchmark: its script, the JSON it writes, and the fields of a step worth comparing
 BENCHES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "load": ("bench/load.py", "load.json",
-             ("cpu_pct", "in_p99_ms", "out_p99_ms", "bargein_p50_ms", "bargein_p99_ms", "frames_late")),
+             ("cpu_pct", "in_p99_ms", "out_p99_ms", "bargein_p50_ms", "bargein_p99_ms", "frames_late",
+              "minstr_per_call_s")),
     "sip": ("bench/sip_load.py", "sip_load.json", ("cpu_pct", "departure_p99_ms", "failed")),
 }
 
@@ -217,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             print(line(label, calls, values))
     print(f"{labels['head']} - {labels['base']}, paired by round (mean, 95 % interval):")
     for calls, by_field in paired(runs["base"], runs["head"]).items():
-        for field, p in by_field.items():
-            print(paired_line(calls, field, p))
+        for field, diff in by_field.items():
+            print(paired_line(calls, field, diff))
     return 0 if all(any(rs) for rs in runs.values()) else 1
 
 

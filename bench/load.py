@@ -193,6 +193,37 @@ def native_loaded(pids: list[int]) -> bool:
     return mapped(pids, "telephony_agent_native__mypyc")
 
 
+def callgrind_command(cmd: list[str], out_file: Path) -> list[str]:
+    """`cmd` under valgrind's callgrind, counting nothing until `callgrind_control -i on`."""
+    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}.%p", *cmd]
+
+
+def callgrind_window(pid: int, on: bool) -> None:
+    """Start (`on`) or stop counting instructions in a server under callgrind; stopping dumps
+    what was counted (and zeroes the counts) into the next part file."""
+    subprocess.run(["callgrind_control", "-i", "on" if on else "off", str(pid)], check=True, capture_output=True, timeout=60)
+    if not on:
+        subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True, timeout=60)
+
+
+def callgrind_totals(text: str) -> int:
+    """The instructions counted in one callgrind dump (its `totals:` line, else `summary:`)."""
+    for key in ("totals:", "summary:"):
+        for line in text.splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise ValueError("no totals in the callgrind dump")
+
+
+def last_callgrind_dump(out_file: Path, pid: int) -> Path:
+    """The newest part (`<file>.<pid>.<part>`) that callgrind wrote for `pid`."""
+    parts = [(int(f.name.rsplit(".", 1)[1]), f) for f in out_file.parent.glob(f"{out_file.name}.{pid}.*")
+             if f.name.rsplit(".", 1)[1].isdigit()]
+    if not parts:
+        raise FileNotFoundError(f"no callgrind dump for pid {pid} beside {out_file}")
+    return max(parts)[1]
+
+
 def listeners(port: int) -> int:
     """Listening TCP sockets on this port (each SO_REUSEPORT worker has its own), from /proc/net."""
     count = 0
@@ -399,8 +430,13 @@ class Bench:
         self.port = free_tcp_port()
         env = server_env(f"ws://127.0.0.1:{self.provider_port}/v1/realtime", self.port, AGENT_VAD=a.vad,
                          AGENT_WORKERS=str(workers), AGENT_EVENT_LOOP=loop, AGENT_NATIVE=a.native)
+        cmd, ready = BRIDGES[bridge], 30.0
+        if a.callgrind:
+            self.callgrind_file = Path(a.out).resolve() / "callgrind" / f"{bridge}-{loop}"
+            self.callgrind_file.parent.mkdir(parents=True, exist_ok=True)
+            cmd, ready = callgrind_command(cmd, self.callgrind_file), 300.0
         self.server = start_server(env, self.cores, Path(a.out) / f"server-{bridge}-w{workers}-{loop}.log",
-                                   cmd=BRIDGES[bridge])
+                                   cmd=cmd, ready_timeout=ready)
         self.base = self.server.base
         if workers > 1 and bridge == "ours":  # until every worker listens, the kernel gives the others all calls
             deadline = time.monotonic() + 60
@@ -457,6 +493,8 @@ class Bench:
         pids = self.server.pids()
         metrics = metrics_text(self.base)
         lag0, vad0 = lag_buckets(metrics), vad_counts(metrics)
+        if self.args.callgrind:  # counted from here to the end of the window
+            callgrind_window(pid, True)
         k0 = sum(core_busy_s(c) for c in self.cores)
         c0, w0 = tree_cpu_s(pids), time.monotonic()
         per0 = [tree_cpu_s([q]) for q in pids]
@@ -473,6 +511,10 @@ class Bench:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
             rss.append(tree_rss_mib(pids))
         c1, w1 = tree_cpu_s(pids), time.monotonic()
+        instructions = None
+        if self.args.callgrind:
+            callgrind_window(pid, False)
+            instructions = callgrind_totals(last_callgrind_dump(self.callgrind_file, pid).read_text())
         per1 = [tree_cpu_s([q]) for q in pids]
         g1 = cpu_s(self.provider.p.pid) + cpu_s(self.callers.p.pid)
         k1 = sum(core_busy_s(c) for c in self.cores)
@@ -501,6 +543,8 @@ class Bench:
         batches = vad1.get("batches", 0.0) - vad0.get("batches", 0.0)
         row["vad_windows_per_call_s"] = round(windows / n / (w1 - w0), 2) if vad0 and vad1 else None
         row["vad_batch_mean"] = round(windows / batches, 1) if batches > 0 else None
+        # instructions the server ran per call-second of the window (`--callgrind`)
+        row["minstr_per_call_s"] = round(instructions / n / (w1 - w0) / 1e6, 3) if instructions is not None else None
         return row
 
     def summarise(self, n: int, up: dict[str, Any], crep: dict[str, Any], prep: dict[str, Any], cpu_pct: float,
@@ -690,6 +734,12 @@ def add_floor_ratios(compare: list[dict[str, Any]]) -> None:
         e["marginal_over_floor"] = (
             round(e["marginal_cpu_pct_per_call"] / floor["marginal_cpu_pct_per_call"], 3)
             if e["marginal_cpu_pct_per_call"] and floor["marginal_cpu_pct_per_call"] else None)
+        if e["minstr_per_call_s"] and floor["minstr_per_call_s"]:
+            e["instructions_over_floor"] = round(e["minstr_per_call_s"] / floor["minstr_per_call_s"], 3)
+
+
+def _instructions(ratio: float | None) -> str:
+    return "" if ratio is None else f", instructions per call {_fmt(ratio)} (callgrind)"
 
 
 def compare_table(entries: list[dict[str, Any]], ratios: list[dict[str, Any]]) -> str:
@@ -706,11 +756,11 @@ def compare_table(entries: list[dict[str, Any]], ratios: list[dict[str, Any]]) -
     for e in entries:
         if "over_floor" in e:
             lines.append(f"\n{e['bridge']}/floor ({e['loop']}): CPU per call {_fmt(e['over_floor'])}, "
-                         f"marginal {_fmt(e['marginal_over_floor'])}")
+                         f"marginal {_fmt(e['marginal_over_floor'])}" + _instructions(e.get("instructions_over_floor")))
     for r in ratios:
         same = r["uvloop_loaded"]["ours"] == r["uvloop_loaded"]["alt"]
         lines.append(f"\nours/alt ({r['loop']}): CPU per call {_fmt(r['cpu_per_call'])}, "
-                     f"marginal {_fmt(r['marginal_cpu_per_call'])}"
+                     f"marginal {_fmt(r['marginal_cpu_per_call'])}" + _instructions(r["instructions_per_call"])
                      + ("" if same else " (NOT the same event loop: the product ignored AGENT_EVENT_LOOP)")
                      + ("" if r["valid"] else " (NOT valid: a bridge lost real time, so its CPU is what it was given)"))
     return "\n".join(lines)
@@ -733,6 +783,8 @@ def workers_table(entries: list[dict[str, Any]]) -> str:
 def print_row(label: str, row: dict[str, Any]) -> None:
     windows, batch = row.get("vad_windows_per_call_s"), row.get("vad_batch_mean")
     silero = "" if windows is None else f"  silero {windows} windows/call-s (batches of {batch})"
+    minstr = row.get("minstr_per_call_s")
+    instr = "" if minstr is None else f"  {minstr} M instructions/call-s"
     print(
         f"{label} N={row['calls']:4d} in {row['in_p50_ms']}/{row['in_p99_ms']} ms  out {row['out_p50_ms']}/{row['out_p99_ms']} ms  "
         f"barge {row['bargein_p50_ms']}/{row['bargein_p99_ms']} ms  ttfa {row['ttfa_p50_ms']} "
@@ -740,7 +792,8 @@ def print_row(label: str, row: dict[str, Any]) -> None:
         f"rss/call {row['rss_per_call_mib']} MiB  lag p99 {row['loop_lag_p99_ms']} ms  lost {row['frames_lost']} "
         f"late {row['frames_late']}  loadgen cpu {row['loadgen_cpu_pct']}%  "
         f"other load on server core {row['other_load_on_server_core_pct']}%{silero}"
-        f"{'  compiled' if row.get('native_loaded') else ''}",
+        f"{'  compiled' if row.get('native_loaded') else ''}"
+        f"{instr}",
         flush=True,
     )
 
@@ -787,12 +840,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="AGENT_NATIVE for the server: the compiled call-path modules (`make native`) or the source")
     p.add_argument("--provider-vad", default="on", choices=["on", "off"],
                    help="off: the fake provider never sends speech_started (the server's detector alone barges in)")
+    p.add_argument("--callgrind", action="store_true",
+                   help="run each server under valgrind's callgrind and count its instructions over each step's "
+                        "steady window (minstr_per_call_s): the same count run after run, however busy the machine, "
+                        "where CPU time moves by 20 points; the server runs ~50x slower, so a few calls only "
+                        "(--series 6 --steady 30), with --workers '' --sequential 0")
     p.add_argument("--barge-p", type=float, default=0.4, help="share of answers a caller barges into (by speaking)")
     args = p.parse_args(argv)
     bridges, loops = _list(args.bridges), _list(args.loop) or ["auto"]
     workers = [int(x) for x in _list(args.workers)]
     workers_at = args.workers_at or args.compare_at
     series = [int(x) for x in _list(args.series)]
+    if args.callgrind and (workers or args.sequential):
+        p.error("--callgrind needs --workers '' --sequential 0 (a worker pool and 1,000 calls under valgrind take hours)")
     for b in bridges:
         if b not in BRIDGES:
             p.error(f"unknown bridge {b!r} (choose from {', '.join(BRIDGES)})")
@@ -869,6 +929,7 @@ def main(argv: list[str] | None = None) -> int:
                     "bargein_p99_ms": top["bargein_p99_ms"], "frames_lost": top["frames_lost"],
                     "frames_late": top["frames_late"], "calls_up": top["calls_up"],
                     "other_load_on_server_core_pct": top["other_load_on_server_core_pct"],
+                    "minstr_per_call_s": top["minstr_per_call_s"],
                     # a server behind real time used what it was given, not what the calls needed
                     "kept_real_time": not any(check(st) for st in steps), "steps": steps,
                 })
@@ -886,6 +947,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cpu_per_call": round(o["cpu_pct_per_call"] / a["cpu_pct_per_call"], 3),
                     "marginal_cpu_per_call": round(o["marginal_cpu_pct_per_call"] / a["marginal_cpu_pct_per_call"], 3)
                     if o["marginal_cpu_pct_per_call"] and a["marginal_cpu_pct_per_call"] else None,
+                    "instructions_per_call": round(o["minstr_per_call_s"] / a["minstr_per_call_s"], 3)
+                    if o["minstr_per_call_s"] and a["minstr_per_call_s"] else None,
                 })
         add_floor_ratios(compare)
         for w in workers:

@@ -1,0 +1,85 @@
+"""bench/load.py --callgrind: a process under valgrind's callgrind counts instructions only in the
+windows the benchmark opens, and the count of each window is read from the dump it leaves.
+
+A real valgrind runs a real Python busy loop here: a window while it works counts millions of
+instructions, a window of the same length while it sleeps counts far fewer, and each window's
+count comes from its own dump (counting stops and the counts start again from zero)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.load import callgrind_command, callgrind_totals, callgrind_window, last_callgrind_dump  # noqa: E402
+
+# works while stdin holds a line "work", sleeps while it holds "rest", ends on EOF
+PROGRAM = """
+import select, sys
+work = False
+while True:
+    if select.select([sys.stdin], [], [], 0 if work else 0.01)[0]:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        work = line.strip() == "work"
+        print("ok", flush=True)
+    if work:
+        sum(range(2000))
+"""
+
+
+def test_totals_come_from_the_totals_line_or_the_summary() -> None:
+    assert callgrind_totals("events: Ir\nsummary: 0\nfn=(1) f\n1 5\ntotals: 12345\n") == 12345
+    assert callgrind_totals("events: Ir\nsummary: 678\n") == 678
+    with pytest.raises(ValueError):
+        callgrind_totals("events: Ir\n")
+
+
+def test_the_newest_part_is_the_highest_numbered(tmp_path: Path) -> None:
+    base = tmp_path / "ours-uvloop"
+    for name in ("ours-uvloop.41", "ours-uvloop.41.2", "ours-uvloop.41.10", "ours-uvloop.41.9", "ours-uvloop.42.11"):
+        (tmp_path / name).write_text("totals: 1\n")
+    assert last_callgrind_dump(base, 41).name == "ours-uvloop.41.10"
+    with pytest.raises(FileNotFoundError):
+        last_callgrind_dump(base, 43)
+
+
+@pytest.mark.once(python="3.11")
+@pytest.mark.timeout(120)
+def test_windows_count_what_ran_in_them(tmp_path: Path) -> None:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        pytest.skip("valgrind is not installed (make system-deps installs it)")
+    out = tmp_path / "busy"
+    p = subprocess.Popen(callgrind_command([sys.executable, "-c", PROGRAM], out), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert p.stdin is not None and p.stdout is not None
+    try:
+        def window(mode: str) -> int:
+            assert p.stdin is not None and p.stdout is not None
+            p.stdin.write(mode + "\n")
+            p.stdin.flush()
+            assert p.stdout.readline().strip() == "ok"
+            callgrind_window(p.pid, True)
+            time.sleep(1.0)
+            callgrind_window(p.pid, False)
+            return callgrind_totals(last_callgrind_dump(out, p.pid).read_text())
+
+        busy, idle, busy_again = window("work"), window("rest"), window("work")
+        parts = sorted(int(f.name.rsplit(".", 1)[1]) for f in tmp_path.glob(f"busy.{p.pid}.*"))
+    finally:
+        p.stdin.close()
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    assert parts == [1, 2, 3]  # one dump per window
+    assert busy > 1_000_000 and busy_again > 1_000_000
+    assert idle * 5 < min(busy, busy_again)  # nothing counted between windows, nor carried over
