@@ -64,6 +64,8 @@ BENCHES: dict[str, tuple[str, str, tuple[str, ...]]] = {
              ("cpu_pct", "in_p99_ms", "out_p99_ms", "bargein_p50_ms", "bargein_p99_ms", "frames_late",
               "minstr_per_call_s")),
     "sip": ("bench/sip_load.py", "sip_load.json", ("cpu_pct", "departure_p99_ms", "failed")),
+    "instructions": ("bench/instructions.py", "instructions.json",
+                     ("minstr_per_call_s", "minstr_barge_in", "minstr_hangup_mid_response")),
 }
 
 
