@@ -7,6 +7,7 @@ count comes from its own dump (counting stops and the counts start again from ze
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load import callgrind_command, callgrind_totals, callgrind_window, last_callgrind_dump  # noqa: E402
+from bench.load import callgrind_command, callgrind_totals, callgrind_window, last_callgrind_dump
 
 # works while stdin holds a line "work", sleeps while it holds "rest", ends on EOF
 PROGRAM = """
@@ -83,3 +84,35 @@ def test_windows_count_what_ran_in_them(tmp_path: Path) -> None:
     assert parts == [1, 2, 3]  # one dump per window
     assert busy > 1_000_000 and busy_again > 1_000_000
     assert idle * 5 < min(busy, busy_again)  # nothing counted between windows, nor carried over
+
+
+@pytest.mark.once(python="3.13")
+@pytest.mark.timeout(120)
+def test_the_replaying_side_waits_around_each_replay_and_says_how_it_went() -> None:
+    """bench/instructions.py's replaying process (without valgrind here): before and after each
+    replay it says where it is and waits for the go-ahead, so counting covers the replay alone;
+    the first replay is uncounted, so `--repeat 1` replays twice; each must match its recording."""
+    repo = Path(__file__).resolve().parent.parent
+    p = subprocess.Popen([sys.executable, str(repo / "bench" / "instructions.py"), "--child", "--calls",
+                          "hangup_mid_response", "--repeat", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, cwd=repo)
+    assert p.stdin is not None and p.stdout is not None
+    seen = []
+    try:
+        for _ in range(4):
+            line = p.stdout.readline()
+            assert line, "the replaying process ended early"
+            seen.append(json.loads(line))
+            assert p.poll() is None  # it waits for the go-ahead
+            p.stdin.write("\n")
+            p.stdin.flush()
+        p.stdin.close()
+        assert p.wait(60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert [m["at"] for m in seen] == ["start", "end", "start", "end"]
+    ends = [m for m in seen if m["at"] == "end"]
+    assert all(m["same"] for m in ends)  # each replay as recorded
+    assert ends[0]["call_s"] == ends[1]["call_s"] > 3.0  # the same timeline both times
