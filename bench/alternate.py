@@ -20,6 +20,10 @@ wide (t = 4.3); 5-6 rounds are what a change of a few per cent needs:
     .venv/bin/python bench/alternate.py f480afc HEAD --rounds 4 -- --series 200 --bridges ours \\
         --workers '' --loop uvloop --sequential 0 --steady 8
     .venv/bin/python bench/alternate.py f480afc HEAD --bench sip -- --series 150,200 --steady 8 --keep-going
+    .venv/bin/python bench/alternate.py HEAD . --bench instructions --rounds 2 -- --repeat 2
+
+(`--bench instructions`: `bench/instructions.py`, instructions per replayed call under callgrind,
+the same to 0.1 % run after run, so two rounds are enough where CPU time needs six.)
 
 `.` names the working tree as it is, uncommitted changes included. The arguments after `--` go
 to the benchmark of each tree, so both trees must know them; `--base-args` and `--head-args`

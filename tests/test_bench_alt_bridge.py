@@ -79,3 +79,27 @@ def test_bridges_are_set_against_the_floor_on_their_own_loop() -> None:
     assert "over_floor" not in compare[1]  # the floor itself
     assert "over_floor" not in compare[2] and "over_floor" not in compare[3]  # no floor on asyncio
     assert "ours/floor (uvloop): CPU per call 2.50, marginal 3.00" in compare_table(compare, [])
+
+
+def test_instruction_counts_are_set_against_the_floor_when_counted() -> None:
+    """`--callgrind` runs carry M instructions per call-second: each bridge's over the floor's is
+    reported beside the CPU ratio; runs without them report the CPU ratio alone."""
+    from bench.load import add_floor_ratios, compare_table
+
+    def entry(bridge: str, minstr: float | None) -> dict[str, object]:
+        return {"bridge": bridge, "loop": "uvloop", "uvloop_loaded": True, "calls": 6, "cpu_pct": 60.0,
+                "cpu_pct_per_call": 10.0, "marginal_cpu_pct_per_call": None, "in_p99_ms": 1.0, "out_p99_ms": 1.0,
+                "bargein_p99_ms": 100.0, "frames_lost": 0, "frames_late": 0, "other_load_on_server_core_pct": 0.0,
+                "kept_real_time": False, "minstr_per_call_s": minstr}
+
+    counted = [entry("ours", 10.45), entry("alt", 11.8), entry("floor", 2.52)]
+    add_floor_ratios(counted)
+    assert counted[0]["instructions_over_floor"] == 4.147 and counted[1]["instructions_over_floor"] == 4.683
+    ratios = [{"loop": "uvloop", "calls": 6, "uvloop_loaded": {"ours": True, "alt": True}, "valid": False,
+               "cpu_per_call": 1.0, "marginal_cpu_per_call": None, "instructions_per_call": 0.886}]
+    table = compare_table(counted, ratios)
+    assert "ours/floor (uvloop): CPU per call 1.00, marginal -, instructions per call 4.15 (callgrind)" in table
+    assert "ours/alt (uvloop): CPU per call 1.00, marginal -, instructions per call 0.89 (callgrind)" in table
+    plain = [entry("ours", None), entry("floor", None)]
+    add_floor_ratios(plain)
+    assert "instructions_over_floor" not in plain[0] and "instructions" not in compare_table(plain, [])

@@ -68,7 +68,7 @@ def test_windows_count_what_ran_in_them(tmp_path: Path) -> None:
             p.stdin.flush()
             assert p.stdout.readline().strip() == "ok"
             callgrind_window(p.pid, True)
-            time.sleep(1.0)
+            time.sleep(0.5)
             callgrind_window(p.pid, False)
             return callgrind_totals(last_callgrind_dump(out, p.pid).read_text())
 
