@@ -14,8 +14,8 @@ comparison with the recording (the environment's set-up and teardown are not cou
 harness's share is the same in both trees, so a difference between two trees is the server's.
 
 Each call is replayed once uncounted first (imports, caches), then `--repeat` times counted.
-Compare two trees with `bench/alternate.py BASE HEAD --bench instructions --rounds 2`. Two runs
-of one tree differ by well under 0.1 %; the figure is per call, of one call at a time (no
+Compare two trees with `bench/alternate.py BASE HEAD --bench instructions --rounds 2`. Two
+replays of one call differ by 0.10-0.14 %; the figure is per call, of one call at a time (no
 batching across calls, Silero's batch of one), so it judges per-frame work, not calls per core.
 
 Writes bench/out/instructions.json.
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     sys.path.insert(0, str(REPO))
-    from bench.load import callgrind_command, callgrind_totals, callgrind_window, last_callgrind_dump
+    from bench.callgrind import callgrind_command, callgrind_totals, callgrind_window, last_callgrind_dump
 
     out = Path(args.out)
     dumps = out / "callgrind"

@@ -63,6 +63,10 @@ from typing import Any
 
 from telephony_agent.testing.ports import free_tcp_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this tree's bench/, as rss.py and sip_load.py
+
+from bench.callgrind import callgrind_command, callgrind_totals, callgrind_window, last_callgrind_dump
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -191,37 +195,6 @@ def uvloop_loaded(pids: list[int]) -> bool:
 def native_loaded(pids: list[int]) -> bool:
     """Whether the compiled call-path modules (`make native`) are mapped in."""
     return mapped(pids, "telephony_agent_native__mypyc")
-
-
-def callgrind_command(cmd: list[str], out_file: Path) -> list[str]:
-    """`cmd` under valgrind's callgrind, counting nothing until `callgrind_control -i on`."""
-    return ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out_file}.%p", *cmd]
-
-
-def callgrind_window(pid: int, on: bool) -> None:
-    """Start (`on`) or stop counting instructions in a server under callgrind; stopping dumps
-    what was counted (and zeroes the counts) into the next part file."""
-    subprocess.run(["callgrind_control", "-i", "on" if on else "off", str(pid)], check=True, capture_output=True, timeout=60)
-    if not on:
-        subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True, timeout=60)
-
-
-def callgrind_totals(text: str) -> int:
-    """The instructions counted in one callgrind dump (its `totals:` line, else `summary:`)."""
-    for key in ("totals:", "summary:"):
-        for line in text.splitlines():
-            if line.startswith(key):
-                return int(line.split()[1])
-    raise ValueError("no totals in the callgrind dump")
-
-
-def last_callgrind_dump(out_file: Path, pid: int) -> Path:
-    """The newest part (`<file>.<pid>.<part>`) that callgrind wrote for `pid`."""
-    parts = [(int(f.name.rsplit(".", 1)[1]), f) for f in out_file.parent.glob(f"{out_file.name}.{pid}.*")
-             if f.name.rsplit(".", 1)[1].isdigit()]
-    if not parts:
-        raise FileNotFoundError(f"no callgrind dump for pid {pid} beside {out_file}")
-    return max(parts)[1]
 
 
 def listeners(port: int) -> int:
@@ -842,8 +815,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="off: the fake provider never sends speech_started (the server's detector alone barges in)")
     p.add_argument("--callgrind", action="store_true",
                    help="run each server under valgrind's callgrind and count its instructions over each step's "
-                        "steady window (minstr_per_call_s): the same count run after run, however busy the machine, "
-                        "where CPU time moves by 20 points; the server runs ~50x slower, so a few calls only "
+                        "steady window (minstr_per_call_s): runs agree to about 2.5 %% where CPU time moves by 20 "
+                        "points (a server under valgrind falls behind real time, so batching still varies; "
+                        "bench/instructions.py replays to 0.1 %%); the server runs ~50x slower, so a few calls only "
                         "(--series 6 --steady 30), with --workers '' --sequential 0")
     p.add_argument("--barge-p", type=float, default=0.4, help="share of answers a caller barges into (by speaking)")
     args = p.parse_args(argv)

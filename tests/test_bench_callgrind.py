@@ -1,5 +1,6 @@
-"""bench/load.py --callgrind: a process under valgrind's callgrind counts instructions only in the
-windows the benchmark opens, and the count of each window is read from the dump it leaves.
+"""bench/callgrind.py (for `bench/load.py --callgrind` and `bench/instructions.py`): a process
+under valgrind's callgrind counts instructions only in the windows the benchmark opens, and the
+count of each window is read from the dump it leaves.
 
 A real valgrind runs a real Python busy loop here: a window while it works counts millions of
 instructions, a window of the same length while it sleeps counts far fewer, and each window's
@@ -18,7 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.load import callgrind_command, callgrind_totals, callgrind_window, last_callgrind_dump
+from bench.callgrind import callgrind_command, callgrind_totals, callgrind_window, last_callgrind_dump
 
 # works while stdin holds a line "work", sleeps while it holds "rest", ends on EOF
 PROGRAM = """
