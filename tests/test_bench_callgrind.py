@@ -117,3 +117,62 @@ def test_the_replaying_side_waits_around_each_replay_and_says_how_it_went() -> N
     ends = [m for m in seen if m["at"] == "end"]
     assert all(m["same"] for m in ends)  # each replay as recorded
     assert ends[0]["call_s"] == ends[1]["call_s"] > 3.0  # the same timeline both times
+
+
+@pytest.mark.once(python="3.11")
+def test_the_detector_workload_is_the_leg_as_the_bridge_feeds_it() -> None:
+    """`bench/instructions.py --detector`'s input: 20 ms caller frames, and the agent's audio in
+    40 ms chunks every other frame, back to back, only in the states where the agent speaks; the
+    caller is quiet where they do not speak and loud where they do."""
+    import numpy as np
+
+    from bench.instructions import DETECTOR_STATES, detector_workload
+
+    def dbfs(pcm: bytes) -> float:
+        x = np.frombuffer(pcm, "<i2").astype(np.float64)
+        return float(10 * np.log10(np.mean(x * x) / 32768.0**2 + 1e-12))
+
+    loudest = {}
+    for state in DETECTOR_STATES:
+        work = detector_workload(state, 100)
+        assert len(work) == 100 and all(len(heard) == 320 for heard, _ in work)
+        chunks = [chunk for _, chunk in work]
+        if state in ("agent", "overlap"):
+            assert all(c is not None and len(c) == 640 for c in chunks[::2]) and not any(chunks[1::2])
+        else:
+            assert not any(chunks)
+        loudest[state] = max(dbfs(heard) for heard, _ in work)
+        if chunks[0] is not None:
+            agent = b"".join(c for c in chunks if c is not None)
+            assert max(dbfs(agent[i : i + 640]) for i in range(0, len(agent), 640)) > -30
+    assert loudest["quiet"] < -55 and loudest["agent"] < -55  # the caller silent: the line's noise alone
+    assert loudest["caller"] > -30 and loudest["overlap"] > -30
+
+
+@pytest.mark.once(python="3.13")
+@pytest.mark.timeout(120)
+def test_the_detector_side_waits_around_each_run() -> None:
+    """`--detector`'s counted process: each state's run, the first uncounted, between a `start`
+    and an `end` it waits after, so counting covers the detector's frames alone."""
+    repo = Path(__file__).resolve().parent.parent
+    p = subprocess.Popen([sys.executable, str(repo / "bench" / "instructions.py"), "--child", "--detector",
+                          "--frames", "60", "--repeat", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, text=True, cwd=repo)
+    assert p.stdin is not None and p.stdout is not None
+    seen = []
+    try:
+        for _ in range(16):  # 4 states, 2 runs each, start and end
+            line = p.stdout.readline()
+            assert line, "the detector's process ended early"
+            seen.append(json.loads(line))
+            assert p.poll() is None
+            p.stdin.write("\n")
+            p.stdin.flush()
+        p.stdin.close()
+        assert p.wait(60) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert [m["at"] for m in seen] == ["start", "end"] * 8
+    assert all(m["frames"] == 60 for m in seen[1::2])

@@ -39,6 +39,7 @@ __all__ = [
     "dbfs",
     "make_scorer",
     "mean_square",
+    "pcm16_samples",
 ]
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,21 @@ def dbfs(energy: float) -> float:
     return 10.0 * math.log10(energy / FULL_SCALE2 + 1e-12)
 
 
+_PCM16 = np.dtype("<i2")
+_FLOAT64 = np.dtype(np.float64)
+
+
+def pcm16_samples(data: bytes | bytearray, count: int = -1) -> np.ndarray:
+    """The first `count` PCM16 samples of `data` (-1: all) as float64, exactly (they are integers).
+
+    Positional arguments and dtypes built once: `np.frombuffer` parses keyword arguments and a
+    dtype string on every call, a third of the conversion's cost for a 32 ms block."""
+    return np.frombuffer(data, _PCM16, count).astype(_FLOAT64)
+
+
 def mean_square(x: np.ndarray) -> float:
-    return float(np.dot(x, x)) / max(1, x.size)
+    # the method, not `np.dot`: the same BLAS product without the module's dispatch
+    return float(x.dot(x)) / max(1, x.size)
 
 
 class SpeechScorer(Protocol):
