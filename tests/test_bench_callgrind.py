@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,22 +88,18 @@ def test_windows_count_what_ran_in_them(tmp_path: Path) -> None:
     assert idle * 5 < min(busy, busy_again)  # nothing counted between windows, nor carried over
 
 
-@pytest.mark.once(python="3.13")
-@pytest.mark.timeout(120)
-def test_the_replaying_side_waits_around_each_replay_and_says_how_it_went() -> None:
-    """bench/instructions.py's replaying process (without valgrind here): before and after each
-    replay it says where it is and waits for the go-ahead, so counting covers the replay alone;
-    the first replay is uncounted, so `--repeat 1` replays twice; each must match its recording."""
+def counted_side(args: list[str], lines: int) -> list[dict[str, Any]]:
+    """Run bench/instructions.py's counted process (without valgrind) and give the go-ahead
+    after each of its `lines` messages, checking it waits for it; the messages, in order."""
     repo = Path(__file__).resolve().parent.parent
-    p = subprocess.Popen([sys.executable, str(repo / "bench" / "instructions.py"), "--child", "--calls",
-                          "hangup_mid_response", "--repeat", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True, cwd=repo)
+    p = subprocess.Popen([sys.executable, str(repo / "bench" / "instructions.py"), "--child", *args],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=repo)
     assert p.stdin is not None and p.stdout is not None
     seen = []
     try:
-        for _ in range(4):
+        for _ in range(lines):
             line = p.stdout.readline()
-            assert line, "the replaying process ended early"
+            assert line, "the counted process ended early"
             seen.append(json.loads(line))
             assert p.poll() is None  # it waits for the go-ahead
             p.stdin.write("\n")
@@ -113,6 +110,16 @@ def test_the_replaying_side_waits_around_each_replay_and_says_how_it_went() -> N
         if p.poll() is None:
             p.kill()
             p.wait()
+    return seen
+
+
+@pytest.mark.once(python="3.13")
+@pytest.mark.timeout(120)
+def test_the_replaying_side_waits_around_each_replay_and_says_how_it_went() -> None:
+    """bench/instructions.py's replaying process (without valgrind here): before and after each
+    replay it says where it is and waits for the go-ahead, so counting covers the replay alone;
+    the first replay is uncounted, so `--repeat 1` replays twice; each must match its recording."""
+    seen = counted_side(["--calls", "hangup_mid_response", "--repeat", "1"], 4)
     assert [m["at"] for m in seen] == ["start", "end", "start", "end"]
     ends = [m for m in seen if m["at"] == "end"]
     assert all(m["same"] for m in ends)  # each replay as recorded
@@ -154,25 +161,6 @@ def test_the_detector_workload_is_the_leg_as_the_bridge_feeds_it() -> None:
 def test_the_detector_side_waits_around_each_run() -> None:
     """`--detector`'s counted process: each state's run, the first uncounted, between a `start`
     and an `end` it waits after, so counting covers the detector's frames alone."""
-    repo = Path(__file__).resolve().parent.parent
-    p = subprocess.Popen([sys.executable, str(repo / "bench" / "instructions.py"), "--child", "--detector",
-                          "--frames", "60", "--repeat", "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.DEVNULL, text=True, cwd=repo)
-    assert p.stdin is not None and p.stdout is not None
-    seen = []
-    try:
-        for _ in range(16):  # 4 states, 2 runs each, start and end
-            line = p.stdout.readline()
-            assert line, "the detector's process ended early"
-            seen.append(json.loads(line))
-            assert p.poll() is None
-            p.stdin.write("\n")
-            p.stdin.flush()
-        p.stdin.close()
-        assert p.wait(60) == 0
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+    seen = counted_side(["--detector", "--frames", "60", "--repeat", "1"], 16)  # 4 states, 2 runs, start and end
     assert [m["at"] for m in seen] == ["start", "end"] * 8
     assert all(m["frames"] == 60 for m in seen[1::2])
