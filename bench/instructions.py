@@ -45,17 +45,19 @@ CORPUS = REPO / "tests" / "fixtures" / "calls"
 DEFAULT_CALLS = "barge_in,hangup_mid_response"  # the corpus's calls on the fake OpenAI (audio/pcmu)
 
 
+def handshake(what: str, **extra: Any) -> None:
+    """Say where the counted process is (`start`, `end`) on stdout and wait for a line on stdin:
+    the parent turns counting on or off meanwhile."""
+    print(json.dumps({"at": what, **extra}), flush=True)
+    sys.stdin.readline()
+
+
 def child(names: list[str], repeat: int) -> None:
-    """Replay each call 1 + `repeat` times; before and after each replay, say so on stdout and
-    wait for a line on stdin (the parent turns counting on and off meanwhile)."""
+    """Replay each call 1 + `repeat` times, with a `handshake` before and after each replay."""
     sys.path[:0] = [str(REPO / "tests"), str(CORPUS)]
     from scenarios import AUTH_TOKEN, BY_NAME, PUBLIC_URL, environment  # type: ignore[import-not-found]
 
     from telephony_agent.replay import replay, run_virtual
-
-    def handshake(what: str, **extra: Any) -> None:
-        print(json.dumps({"at": what, **extra}), flush=True)
-        sys.stdin.readline()
 
     async def one(name: str) -> None:
         scenario = BY_NAME[name]
@@ -89,18 +91,16 @@ def detector_workload(state: str, frames: int) -> list[tuple[bytes, bytes | None
     from telephony_agent.testing.speech import speech_pcm16
     from telephony_agent.testing.turn_sim import AGENT_TEXT, law
 
-    def looped(x: np.ndarray, n: int) -> np.ndarray:
-        return np.resize(x, n)
-
     n = frames * FRAME
     line = np.random.default_rng(7).normal(0, 32768 * 10 ** (-65 / 20), n)
     agent = np.zeros(n)
     caller = np.zeros(n)
-    if state in ("agent", "overlap"):
-        agent = looped(np.frombuffer(speech_pcm16(AGENT_TEXT), "<i2").astype(np.float64), n)
+    speaks = state in ("agent", "overlap")
+    if speaks:
+        agent = np.resize(np.frombuffer(speech_pcm16(AGENT_TEXT), "<i2").astype(np.float64), n)  # looped
     if state in ("caller", "overlap"):
         said = np.frombuffer(speech_pcm16("sorry, can I ask about my order instead", voice="en-us+m3"), "<i2")
-        caller = looped(said.astype(np.float64), n)
+        caller = np.resize(said.astype(np.float64), n)
     echo = np.zeros(n)
     if state == "overlap":
         echo[1200:] = agent[: n - 1200] * 10 ** (-10 / 20)
@@ -108,14 +108,14 @@ def detector_workload(state: str, frames: int) -> list[tuple[bytes, bytes | None
     spoken = law(agent).astype("<i2").tobytes()
     out: list[tuple[bytes, bytes | None]] = []
     for i in range(frames):
-        chunk = spoken[2 * FRAME * i : 2 * FRAME * (i + 2)] if state in ("agent", "overlap") and i % 2 == 0 else None
+        chunk = spoken[2 * FRAME * i : 2 * FRAME * (i + 2)] if speaks and i % 2 == 0 else None
         out.append((heard[2 * FRAME * i : 2 * FRAME * (i + 1)], chunk))
     return out
 
 
 def detector_child(states: list[str], frames: int, repeat: int) -> None:
-    """Feed each state's workload to a fresh detector 1 + `repeat` times, with the same handshake
-    as `child` around each run."""
+    """Feed each state's workload to a fresh detector 1 + `repeat` times, with a `handshake`
+    before and after each run."""
     from telephony_agent.telephony.turns import TurnDetector, TurnSettings
 
     for state in states:
@@ -123,15 +123,13 @@ def detector_child(states: list[str], frames: int, repeat: int) -> None:
         for _ in range(1 + repeat):
             detector = TurnDetector(TurnSettings(vad="energy"))
             gc.collect()
-            print(json.dumps({"at": "start"}), flush=True)
-            sys.stdin.readline()
+            handshake("start")
             for i, (heard, chunk) in enumerate(work):
                 now = 0.02 * (i + 1)
                 if chunk is not None:
                     detector.agent_audio(chunk, now + 0.06)  # 60 ms ahead, as the bridge schedules
                 detector.caller_audio(heard, now)
-            print(json.dumps({"at": "end", "frames": frames}), flush=True)
-            sys.stdin.readline()
+            handshake("end", frames=frames)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,13 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     row: dict[str, Any] = {"calls": 1, "minstr_per_call_s": round(total / seconds / 1e6, 4)}
     for name, rs in per_call.items():
         row[f"minstr_{name}"] = round(sum(r["instructions"] for r in rs) / len(rs) / 1e6, 3)
-        row[f"spread_pct_{name}"] = round((max(r["instructions"] for r in rs) / min(r["instructions"] for r in rs) - 1)
-                                          * 100, 3)
+        row[f"spread_pct_{name}"] = spread_pct([r["instructions"] for r in rs])
     report = {"python": sys.version.split()[0], "calls": names, "repeat": args.repeat, "series": [row],
               "replays": per_call, "as_recorded": all(r["same"] for rs in per_call.values() for r in rs)}
     (out / "instructions.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(row))
     return 0 if report["as_recorded"] else 1
+
+
+def spread_pct(values: list[float]) -> float:
+    """How far the largest of the counted runs is above the smallest, in per cent."""
+    return round((max(values) / min(values) - 1) * 100, 3)
 
 
 def detector_report(per_state: dict[str, list[dict[str, Any]]], out: Path) -> int:
@@ -217,7 +219,7 @@ def detector_report(per_state: dict[str, list[dict[str, Any]]], out: Path) -> in
     for state, rs in per_state.items():
         per_frame = [r["instructions"] / r["frames"] for r in rs]
         row[f"instr_per_frame_{state}"] = round(sum(per_frame) / len(per_frame))
-        row[f"spread_pct_{state}"] = round((max(per_frame) / min(per_frame) - 1) * 100, 3)
+        row[f"spread_pct_{state}"] = spread_pct(per_frame)
     report = {"python": sys.version.split()[0], "states": DETECTOR_STATES, "series": [row], "runs": per_state}
     (out / "detector_instructions.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(row))

@@ -133,12 +133,17 @@ def test_the_detector_workload_is_the_leg_as_the_bridge_feeds_it() -> None:
     caller is quiet where they do not speak and loud where they do."""
     import numpy as np
 
-    from bench.instructions import DETECTOR_STATES, detector_workload
+    from bench.instructions import DETECTOR_STATES, FRAME, detector_workload
+    from telephony_agent.telephony.speech_scorers import dbfs as energy_dbfs
+    from telephony_agent.telephony.speech_scorers import mean_square, pcm16_samples
+    from telephony_agent.testing.speech import speech_pcm16
+    from telephony_agent.testing.turn_sim import AGENT_TEXT, law
 
     def dbfs(pcm: bytes) -> float:
-        x = np.frombuffer(pcm, "<i2").astype(np.float64)
-        return float(10 * np.log10(np.mean(x * x) / 32768.0**2 + 1e-12))
+        return energy_dbfs(mean_square(pcm16_samples(pcm)))
 
+    said = np.frombuffer(speech_pcm16(AGENT_TEXT), "<i2").astype(np.float64)
+    spoken = law(np.resize(said, 100 * FRAME)).astype("<i2").tobytes()  # the agent's answer, looped
     loudest = {}
     for state in DETECTOR_STATES:
         work = detector_workload(state, 100)
@@ -151,6 +156,7 @@ def test_the_detector_workload_is_the_leg_as_the_bridge_feeds_it() -> None:
         loudest[state] = max(dbfs(heard) for heard, _ in work)
         if chunks[0] is not None:
             agent = b"".join(c for c in chunks if c is not None)
+            assert agent == spoken  # back to back, from its first sample
             assert max(dbfs(agent[i : i + 640]) for i in range(0, len(agent), 640)) > -30
     assert loudest["quiet"] < -55 and loudest["agent"] < -55  # the caller silent: the line's noise alone
     assert loudest["caller"] > -30 and loudest["overlap"] > -30
