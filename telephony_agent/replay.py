@@ -42,6 +42,7 @@ import contextlib
 import os
 import selectors
 import socket
+import stat
 import struct
 import tempfile
 import threading
@@ -170,48 +171,100 @@ _LOOPBACK = ("127.", "::1", "::ffff:127.")
 IN_FLIGHT_LIMIT_S = 1.0  # give up waiting for loopback data after this long (real time)
 
 
+class _Known:
+    """What stays true of one socket while its fd names it: whether it is a loopback TCP end,
+    how to wrap it without asking the kernel again, its address, and its peer once connected.
+    An unbound socket is not known yet: `connect()` or `bind()` may still give it an address."""
+
+    __slots__ = ("bound", "family", "inode", "local", "loopback", "peer", "proto", "type")
+
+    def __init__(self, inode: tuple[int, int], sock: socket.socket | None) -> None:
+        self.inode = inode
+        self.bound = True
+        self.loopback = False
+        self.peer: Any = None
+        if sock is None or sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        self.local = sock.getsockname()[:2]
+        self.bound = self.local[1] != 0
+        self.loopback = str(self.local[0]).startswith(_LOOPBACK)
+        self.family, self.type, self.proto = sock.family, sock.type, sock.proto
+
+
+_known: dict[int, _Known] = {}  # by fd; an entry holds while the fd names the same inode
+
+
+def _identify(fd: int, inode: tuple[int, int]) -> _Known:
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return _Known(inode, None)
+    try:
+        return _Known(inode, sock)
+    except OSError:
+        return _Known(inode, None)
+    finally:
+        sock.detach()  # the fd belongs to its owner: never close it here
+
+
 def _tcp_ends() -> tuple[dict[tuple[Any, Any], tuple[int, int, int]], set[Any]] | None:
     """Every loopback TCP socket of this process: (local, peer) -> (state, bytes sent, bytes
-    received), and the listening addresses. None where the kernel cannot say (not Linux)."""
+    received), and the listening addresses. None where the kernel cannot say (not Linux).
+
+    The virtual clock asks before each jump, twice a frame: what cannot change while an fd
+    names the same socket (its kind, its address, its peer) is remembered by the fd's inode,
+    so a poll costs an `fstat` per fd and a `TCP_INFO` per loopback TCP end."""
+    global _known
     try:
         fds = [int(name) for name in os.listdir("/proc/self/fd")]
     except OSError:
         return None
+    known: dict[int, _Known] = {}
     ends: dict[tuple[Any, Any], tuple[int, int, int]] = {}
     listening: set[Any] = set()
     for fd in fds:
         try:
-            sock = socket.socket(fileno=fd)
+            st = os.fstat(fd)
         except OSError:
-            continue  # not a socket (or already closed)
+            continue  # closed since the listing (the listing's own fd among them)
+        if not stat.S_ISSOCK(st.st_mode):
+            continue
+        inode = (st.st_dev, st.st_ino)
+        entry = _known.get(fd)
+        if entry is None or entry.inode != inode or not entry.bound:
+            entry = _identify(fd, inode)
+        known[fd] = entry
+        if not entry.loopback:
+            continue
         try:
-            if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            local = sock.getsockname()[:2]
-            if not str(local[0]).startswith(_LOOPBACK):
-                continue
+            sock = socket.socket(entry.family, entry.type, entry.proto, fileno=fd)  # no kernel query
+        except OSError:
+            continue
+        try:
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
             if len(info) < _TCP_INFO_LEN:
                 return None
             state = info[0]
             if state == _TCP_LISTEN:
-                listening.add(local)
+                listening.add(entry.local)
                 continue
             if state in (_TCP_SYN_SENT, _TCP_SYN_RECV):
-                ends[(local, None)] = (state, 0, 0)
+                ends[(entry.local, None)] = (state, 0, 0)
                 continue
-            try:
-                peer = sock.getpeername()[:2]
-            except OSError:
-                continue
+            if entry.peer is None:
+                try:
+                    entry.peer = sock.getpeername()[:2]
+                except OSError:
+                    continue
             received, sent, retransmitted = (
                 struct.unpack_from("<Q", info, 128)[0], *struct.unpack_from("<QQ", info, 200),
             )
-            ends[(local, peer)] = (state, sent - retransmitted, received)
+            ends[(entry.local, entry.peer)] = (state, sent - retransmitted, received)
         except OSError:
             continue
         finally:
             sock.detach()  # the fd belongs to its owner: never close it here
+    _known = known  # one assignment: a loop in another thread sees the old map or this one
     return ends, listening
 
 

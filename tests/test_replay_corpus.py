@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import socket
 import sys
 import time
@@ -165,11 +166,46 @@ def test_loopback_in_flight_sees_both_ends_of_a_connection() -> None:
             accepted, _ = server.accept()
             with accepted:
                 client.sendall(b"x" * 5000)
-                deadline = time.monotonic() + 2.0  # a busy kernel may take a moment to deliver
-                while loopback_in_flight() and time.monotonic() < deadline:
-                    time.sleep(0.001)
-                assert not loopback_in_flight()  # delivered to the peer's buffer (read or not)
+                assert _delivered()  # in the peer's buffer (read or not)
                 assert accepted.recv(8192)
+
+
+def _delivered() -> bool:
+    deadline = time.monotonic() + 2.0  # a busy kernel may take a moment to deliver
+    while loopback_in_flight() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return not loopback_in_flight()
+
+
+def test_loopback_in_flight_knows_a_reused_fd_and_a_socket_bound_later() -> None:
+    """The check remembers each socket's address and peer by fd between polls. A closed socket's
+    fd taken by a new connection must be looked at afresh: remembered as the old one, its bytes
+    would be matched against the old peer's count and seem in flight for good. So must a socket
+    polled before `connect()` gave it an address."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        address = server.getsockname()[:2]
+        first = socket.create_connection(address)
+        old_peer, _ = server.accept()  # stays open: the old connection's other end
+        with old_peer:
+            assert not loopback_in_flight()  # both ends of the first connection remembered
+            with socket.create_connection(address) as second:
+                fd = first.detach()
+                os.dup2(second.fileno(), fd)  # closes the first; the new connection under its fd
+                second.close()
+                reused = socket.socket(fileno=fd)
+                new_peer, _ = server.accept()
+                with reused, new_peer:
+                    reused.sendall(b"x" * 5000)
+                    assert _delivered()
+                    assert new_peer.recv(8192)
+        with socket.socket() as late:
+            assert not loopback_in_flight()  # unbound: nothing to say yet
+            late.connect(address)
+            assert loopback_in_flight()  # connected, not yet accepted
+            accepted, _ = server.accept()
+            with accepted:
+                late.sendall(b"y" * 5000)
+                assert _delivered()
 
 
 def test_virtual_clock_starts_at_the_same_instant_whenever_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
