@@ -166,7 +166,7 @@ def track_executors() -> Iterator[_Busy]:
 
 # Linux `struct tcp_info` (linux/tcp.h): state, and the byte counts since 4.19.
 _TCP_INFO_LEN = 216
-_TCP_ESTABLISHED, _TCP_SYN_SENT, _TCP_SYN_RECV, _TCP_FIN_WAIT1, _TCP_LISTEN = 1, 2, 3, 4, 10
+_TCP_ESTABLISHED, _TCP_SYN_SENT, _TCP_SYN_RECV, _TCP_FIN_WAIT1, _TCP_CLOSE, _TCP_LISTEN = 1, 2, 3, 4, 7, 10
 _LOOPBACK = ("127.", "::1", "::ffff:127.")
 IN_FLIGHT_LIMIT_S = 1.0  # give up waiting for loopback data after this long (real time)
 
@@ -251,6 +251,8 @@ def _tcp_ends() -> tuple[dict[tuple[Any, Any], tuple[int, int, int]], set[Any]] 
             if state in (_TCP_SYN_SENT, _TCP_SYN_RECV):
                 ends[(entry.local, None)] = (state, 0, 0)
                 continue
+            if state == _TCP_CLOSE:
+                continue  # reset: no peer any more (the kernel's `getpeername` says so too)
             if entry.peer is None:
                 try:
                     entry.peer = sock.getpeername()[:2]
