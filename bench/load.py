@@ -707,7 +707,7 @@ def add_floor_ratios(compare: list[dict[str, Any]]) -> None:
         e["marginal_over_floor"] = (
             round(e["marginal_cpu_pct_per_call"] / floor["marginal_cpu_pct_per_call"], 3)
             if e["marginal_cpu_pct_per_call"] and floor["marginal_cpu_pct_per_call"] else None)
-        if e.get("minstr_per_call_s") and floor.get("minstr_per_call_s"):  # `--callgrind` runs
+        if e["minstr_per_call_s"] and floor["minstr_per_call_s"]:  # `--callgrind` runs
             e["instructions_over_floor"] = round(e["minstr_per_call_s"] / floor["minstr_per_call_s"], 3)
 
 
@@ -733,7 +733,7 @@ def compare_table(entries: list[dict[str, Any]], ratios: list[dict[str, Any]]) -
     for r in ratios:
         same = r["uvloop_loaded"]["ours"] == r["uvloop_loaded"]["alt"]
         lines.append(f"\nours/alt ({r['loop']}): CPU per call {_fmt(r['cpu_per_call'])}, "
-                     f"marginal {_fmt(r['marginal_cpu_per_call'])}" + _instructions(r.get("instructions_per_call"))
+                     f"marginal {_fmt(r['marginal_cpu_per_call'])}" + _instructions(r["instructions_per_call"])
                      + ("" if same else " (NOT the same event loop: the product ignored AGENT_EVENT_LOOP)")
                      + ("" if r["valid"] else " (NOT valid: a bridge lost real time, so its CPU is what it was given)"))
     return "\n".join(lines)
@@ -922,7 +922,7 @@ def main(argv: list[str] | None = None) -> int:
                     "marginal_cpu_per_call": round(o["marginal_cpu_pct_per_call"] / a["marginal_cpu_pct_per_call"], 3)
                     if o["marginal_cpu_pct_per_call"] and a["marginal_cpu_pct_per_call"] else None,
                     "instructions_per_call": round(o["minstr_per_call_s"] / a["minstr_per_call_s"], 3)
-                    if o.get("minstr_per_call_s") and a.get("minstr_per_call_s") else None,
+                    if o["minstr_per_call_s"] and a["minstr_per_call_s"] else None,
                 })
         add_floor_ratios(compare)
         for w in workers:
