@@ -88,6 +88,7 @@ def detector_workload(state: str, frames: int) -> list[tuple[bytes, bytes | None
     (eSpeak NG) and a seeded line noise at -65 dBFS, through mu-law as the leg carries them."""
     import numpy as np
 
+    from telephony_agent.telephony.speech_scorers import pcm16_samples
     from telephony_agent.testing.speech import speech_pcm16
     from telephony_agent.testing.turn_sim import AGENT_TEXT, law
 
@@ -97,10 +98,10 @@ def detector_workload(state: str, frames: int) -> list[tuple[bytes, bytes | None
     caller = np.zeros(n)
     speaks = state in ("agent", "overlap")
     if speaks:
-        agent = np.resize(np.frombuffer(speech_pcm16(AGENT_TEXT), "<i2").astype(np.float64), n)  # looped
+        agent = np.resize(pcm16_samples(speech_pcm16(AGENT_TEXT)), n)  # looped
     if state in ("caller", "overlap"):
-        said = np.frombuffer(speech_pcm16("sorry, can I ask about my order instead", voice="en-us+m3"), "<i2")
-        caller = np.resize(said.astype(np.float64), n)
+        said = pcm16_samples(speech_pcm16("sorry, can I ask about my order instead", voice="en-us+m3"))
+        caller = np.resize(said, n)
     echo = np.zeros(n)
     if state == "overlap":
         echo[1200:] = agent[: n - 1200] * 10 ** (-10 / 20)

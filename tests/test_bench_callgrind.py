@@ -142,7 +142,7 @@ def test_the_detector_workload_is_the_leg_as_the_bridge_feeds_it() -> None:
     def dbfs(pcm: bytes) -> float:
         return energy_dbfs(mean_square(pcm16_samples(pcm)))
 
-    said = np.frombuffer(speech_pcm16(AGENT_TEXT), "<i2").astype(np.float64)
+    said = pcm16_samples(speech_pcm16(AGENT_TEXT))
     spoken = law(np.resize(said, 100 * FRAME)).astype("<i2").tobytes()  # the agent's answer, looped
     loudest = {}
     for state in DETECTOR_STATES:
