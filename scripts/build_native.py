@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compile the call path's hot modules with mypyc (`make native`; `make run` and `make test` run it).
+"""Compile the call path's hot modules with mypyc, and their C twins (`make native`; `make run` and `make test` run it).
 
 The modules are `telephony_agent.native.MODULES`; the extensions go to
 `build/native/<interpreter>/` with a stamp of each source's SHA-256, which
@@ -30,9 +30,11 @@ sys.path.insert(0, str(ROOT))
 os.environ["AGENT_NATIVE"] = "off"  # this process checks the build itself: no warning about it
 
 from telephony_agent.native import (  # noqa: E402
+    C_MODULES,
     MODULES,
     STAMP,
     build_dir,
+    c_source_hashes,
     check_build,
     dependencies,
     source_file,
@@ -44,9 +46,11 @@ GROUP = "telephony_agent_native"  # the shared library's name (mypyc's default i
 
 def build(where: Path, jobs: int) -> None:
     from mypyc.build import mypycify
-    from setuptools import setup
+    from setuptools import Extension, setup
 
-    hashes = source_hashes(dependencies(MODULES))  # before compiling: an edit made meanwhile makes the stamp stale
+    # before compiling: an edit made meanwhile makes the stamp stale
+    hashes = source_hashes(dependencies([*MODULES, *C_MODULES]))
+    c_hashes = c_source_hashes()
     sources = [str(source_file(m)) for m in MODULES]
     with tempfile.TemporaryDirectory(prefix="native-") as tmp:
         tmp_path = Path(tmp)
@@ -64,6 +68,9 @@ def build(where: Path, jobs: int) -> None:
             extensions = mypycify(
                 [f"--config-file={config}", *sources], opt_level="3", group_name=GROUP, target_dir=str(tmp_path / "c")
             )
+            # the C twins as they are; no fused multiply-add, so each operation rounds as numpy's does
+            extensions += [Extension(name, [str(ROOT / path)], extra_compile_args=["-O3", "-ffp-contract=off"])
+                           for name, path in C_MODULES.items()]
             try:
                 setup(
                     name=GROUP,
@@ -77,15 +84,16 @@ def build(where: Path, jobs: int) -> None:
             os.chdir(cwd)
         suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
         modules = {}
-        for name in MODULES:
+        for name in [*MODULES, *C_MODULES]:
             rel = name.replace(".", "/") + suffix
             if not (staging / rel).is_file():
-                raise RuntimeError(f"mypyc built no {rel}")
+                raise RuntimeError(f"the build made no {rel}")
             modules[name] = {"file": rel}
         libraries = {f"{GROUP}__mypyc": {"file": f"{GROUP}__mypyc{suffix}"}}
         if not (staging / libraries[f"{GROUP}__mypyc"]["file"]).is_file():
             raise RuntimeError("mypyc built no shared library")
-        stamp = {"python": sys.version.split()[0], "modules": modules, "libraries": libraries, "sources": hashes}
+        stamp = {"python": sys.version.split()[0], "modules": modules, "libraries": libraries, "sources": hashes,
+                 "c_sources": c_hashes}
         (staging / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
         if where.exists():
             shutil.rmtree(where)
@@ -114,7 +122,7 @@ def main() -> int:
         runs = "the build already there" if not check_build()[1] else "the Python source"
         print(f"native build failed ({exc.__class__.__name__}: {exc}); the server runs {runs}", file=sys.stderr)
         return 1
-    print(f"{where}: {len(MODULES)} modules compiled in {time.monotonic() - started:.0f} s")
+    print(f"{where}: {len(MODULES) + len(C_MODULES)} modules compiled in {time.monotonic() - started:.0f} s")
     return 0
 
 

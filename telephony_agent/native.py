@@ -6,11 +6,13 @@ SIP calls the RTP path. These are fully typed, so mypyc (part of mypy) compiles 
 into C extensions that run the same code with far less interpreter overhead (the load
 benchmark's server: about 15 % less CPU per Twilio call, 12 % per SIP call; `AGENT_NATIVE=off`
 against the default measures it). The asynchronous shells around them (the bridge, the sockets,
-the provider sessions) gained nothing compiled and stay Python.
+the provider sessions) gained nothing compiled and stay Python. `C_MODULES` are the few whose
+work is numpy calls on a few hundred samples, where numpy's fixed cost per call is most of it:
+each has a C twin of its functions beside the source, which the build compiles as it is.
 
-`scripts/build_native.py` (run by `make run` and `make test`) compiles `MODULES` into
-`build/native/<interpreter>/` beside the package and writes a stamp with each source file's
-hash, and the hash of every module of ours they import (their types are built in).
+`scripts/build_native.py` (run by `make run` and `make test`) compiles `MODULES` and `C_MODULES`
+into `build/native/<interpreter>/` beside the package and writes a stamp with each source file's
+hash (a C twin's too), and the hash of every module of ours they import (their types are built in).
 `enable()`, called when the package is first imported, puts an import finder in front of
 the source for exactly those modules, and only when every hash still matches: a module edited
 since the build is never shadowed by a stale one (the source runs, and a warning says so).
@@ -33,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["MODULES", "NativeFinder", "build_dir", "check_build", "dependencies", "enable", "source_file", "source_hashes", "status"]
+__all__ = ["C_MODULES", "MODULES", "NativeFinder", "build_dir", "c_source_hashes", "check_build", "dependencies", "enable", "source_file", "source_hashes", "status"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,10 @@ MODULES: tuple[str, ...] = (
     "telephony_agent.telephony.sip.pacing_grid",
     "telephony_agent.telephony.sip.dtmf",
 )
+# module -> its C twin (the same functions, the same results), relative to the checkout
+C_MODULES: dict[str, str] = {
+    "telephony_agent.telephony.energy": "telephony_agent/telephony/energy.c",
+}
 STAMP = "native.json"
 ROOT = Path(__file__).resolve().parent.parent  # the directory holding the package (a checkout)
 
@@ -73,6 +79,11 @@ def source_file(name: str, root: Path = ROOT) -> Path:
 def source_hashes(modules: Sequence[str] = MODULES, root: Path = ROOT) -> dict[str, str]:
     """SHA-256 of each module's source file, by module name."""
     return {name: hashlib.sha256(source_file(name, root).read_bytes()).hexdigest() for name in modules}
+
+
+def c_source_hashes(root: Path = ROOT) -> dict[str, str]:
+    """SHA-256 of each C twin (`C_MODULES`), by its path."""
+    return {path: hashlib.sha256((root / path).read_bytes()).hexdigest() for path in C_MODULES.values()}
 
 
 OURS = ("telephony_agent", "telephony_codecs")
@@ -136,16 +147,18 @@ def check_build(root: Path = ROOT) -> tuple[dict[str, Path], str]:
         return {}, "no build"
     if not isinstance(stamp, dict):
         return {}, "no build"
-    built, sources = stamp.get("modules", {}), stamp.get("sources", {})
-    if set(built) != set(MODULES) or not set(MODULES) <= set(sources):
+    built, sources, c_sources = stamp.get("modules", {}), stamp.get("sources", {}), stamp.get("c_sources", {})
+    if set(built) != {*MODULES, *C_MODULES} or not {*MODULES, *C_MODULES} <= set(sources):
         return {}, "stale: the build is of other modules"
     # the compiled modules and every module of ours they import, directly or not: the compiled
     # code was built against their types
     try:
         current = source_hashes(list(sources), root)
+        current_c = c_source_hashes(root)
     except OSError as exc:
         return {}, f"no source to check against ({exc.__class__.__name__})"
     changed = [name for name in sources if sources[name] != current[name]]
+    changed += [path for path in current_c if c_sources.get(path) != current_c[path]]
     if changed:
         return {}, "stale: " + ", ".join(changed) + " changed since the build"
     files = {name: where / entry["file"] for name, entry in {**built, **stamp.get("libraries", {})}.items()}
@@ -167,12 +180,12 @@ def enable(root: Path = ROOT) -> bool:
     if problem == "no build":
         _status = problem
         return False
-    if not problem and any(name in sys.modules for name in MODULES):
+    if not problem and any(name in sys.modules for name in (*MODULES, *C_MODULES)):
         problem = "too late: the source modules are already imported"
     if problem:
         _status = problem
         log.warning("compiled modules not used (%s): running the Python source; `make native` rebuilds them", problem)
         return False
     sys.meta_path.insert(0, NativeFinder(files, root))
-    _status = f"enabled ({len(MODULES)} modules)"
+    _status = f"enabled ({len(MODULES) + len(C_MODULES)} modules)"
     return True

@@ -20,25 +20,30 @@ CAN_BUILD = importlib.util.find_spec("mypyc") is not None and any(shutil.which(c
 
 
 def _fake_checkout(root: Path, *, stale: str | None = None, files: bool = True) -> Path:
-    """A checkout with each module's source and a build stamped with their hashes (`stale`: that
-    module's hash is wrong); `files`: the extension files exist."""
-    for name in native.MODULES:
+    """A checkout with each module's source (and C twin) and a build stamped with their hashes
+    (`stale`: that module's or C twin's hash is wrong); `files`: the extension files exist."""
+    names = [*native.MODULES, *native.C_MODULES]
+    for name in names:
         src = native.source_file(name, root)
         src.parent.mkdir(parents=True, exist_ok=True)
         src.write_text(f"# {name}\n")
-    hashes = native.source_hashes(native.MODULES, root)
+    for path in native.C_MODULES.values():
+        (root / path).write_text(f"/* {path} */\n")
+    hashes = native.source_hashes(names, root)
+    c_hashes = native.c_source_hashes(root)
     where = native.build_dir(root)
     where.mkdir(parents=True)
     modules = {}
-    for name in native.MODULES:
+    for name in names:
         rel = name.replace(".", "/") + ".so"
         modules[name] = {"file": rel}
         if files:
             (where / rel).parent.mkdir(parents=True, exist_ok=True)
             (where / rel).write_bytes(b"")
     if stale is not None:
-        hashes[stale] = "0" * 64
-    (where / native.STAMP).write_text(json.dumps({"modules": modules, "libraries": {}, "sources": hashes}))
+        (c_hashes if stale in c_hashes else hashes)[stale] = "0" * 64
+    (where / native.STAMP).write_text(json.dumps({"modules": modules, "libraries": {}, "sources": hashes,
+                                                   "c_sources": c_hashes}))
     return root
 
 
@@ -60,6 +65,12 @@ def test_a_module_edited_since_the_build_is_not_shadowed(tmp_path: Path, caplog:
     assert native.enable(_fake_checkout(tmp_path, stale=edited)) is False
     assert native.status() == f"stale: {edited} changed since the build"
     assert "running the Python source" in caplog.text
+
+
+def test_a_c_twin_edited_since_the_build_is_not_shadowed(tmp_path: Path) -> None:
+    edited = next(iter(native.C_MODULES.values()))
+    assert native.enable(_fake_checkout(tmp_path, stale=edited)) is False
+    assert native.status() == f"stale: {edited} changed since the build"
 
 
 def test_a_build_missing_files_is_not_used(tmp_path: Path) -> None:
@@ -95,11 +106,12 @@ def test_native_off_runs_the_source(monkeypatch: pytest.MonkeyPatch) -> None:
 _SCENARIO = """
 import json, numpy as np
 import telephony_agent.telephony.turns as turns
+import telephony_agent.telephony.energy as energy
 from telephony_agent.testing.turn_sim import AGENT_TEXT, law, simulate
 from telephony_agent.testing.speech import speech_pcm16
 pcm = lambda text: np.frombuffer(speech_pcm16(text), "<i2").astype(np.float64)
 agent = law(pcm(AGENT_TEXT))
-out = {"file": turns.__file__, "runs": []}
+out = {"file": turns.__file__, "energy": energy.__file__, "runs": []}
 for caller, kwargs in [
     ([(3.0, pcm("wait, stop, I have a different question"))], {}),
     ([(2.5, pcm("mhm"))], {"echo_db": -12.0}),
@@ -133,5 +145,6 @@ def test_the_compiled_detector_decides_exactly_as_the_source() -> None:
     compiled = _scenario(env)
     source = _scenario({**env, "AGENT_NATIVE": "off"})
     assert str(compiled["file"]).endswith(".so") and str(source["file"]).endswith(".py")
+    assert str(compiled["energy"]).endswith(".so") and str(source["energy"]).endswith(".py")  # the C twin
     assert compiled["runs"] == source["runs"]
     assert any(run[:-3] for run in source["runs"])  # type: ignore[union-attr, index]  # decisions were made

@@ -31,6 +31,10 @@ def _pcm(text: str, **kwargs: object) -> np.ndarray:
     return np.frombuffer(speech_pcm16(text, **kwargs), "<i2").astype(np.float64)  # type: ignore[arg-type]
 
 
+def _pcm16(x: np.ndarray) -> bytes:
+    return np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
+
+
 def simulate(caller: list[tuple[float, np.ndarray]], **kwargs: Any) -> Run:
     return turn_sim.simulate(law(_pcm(AGENT_TEXT, voice="en-us+f3")), caller, **kwargs)
 
@@ -243,14 +247,14 @@ def test_the_loudest_reference_block_is_bounded_from_cells_within_a_cell() -> No
             guard.cut_reference(at + int(rng.integers(0, size)))
         for _ in range(int(rng.integers(1, 4))):
             at, size = guard._mic_end + int(rng.integers(-600, 4000)), int(rng.integers(1, 400))
-            guard.add_reference(rng.normal(0, float(rng.choice([30.0, 3000.0])), size), at)
+            guard.add_reference(_pcm16(rng.normal(0, float(rng.choice([30.0, 3000.0])), size)), at)
             if rng.random() < 0.1:
                 guard.cut_reference(guard._mic_end + int(rng.integers(-200, 2000)))
             if rng.random() < 0.05:
                 guard.shift(int(rng.integers(-300, 300)))
             if rng.random() < 0.05:  # audio scheduled far ahead: the buffer moves under the rest
-                guard.add_reference(rng.normal(0, 3000, 160), guard._mic_end + guard._cap - int(rng.integers(0, 8000)))
-        guard._remember(rng.normal(0, 100, n))  # the caller's timeline moves on
+                guard.add_reference(_pcm16(rng.normal(0, 3000, 160)), guard._mic_end + guard._cap - int(rng.integers(0, 8000)))
+        guard.hear(_pcm16(rng.normal(0, 100, n)), n)  # the caller's timeline moves on
         lo, hi = guard._mic_end - guard.max_delay - 1, guard._mic_end + n + guard.lead + 1
         bound = guard._loudest_block(lo, hi, n)
         # the same bound from cells computed afresh

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from .energy import cell_energies, loudest_sum, place, ring_write
 from .speech_scorers import (
     FULL_SCALE2,
     BatchedSileroScorer,
@@ -76,7 +77,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _CELL = 8  # samples per energy cell of the echo guard's reference
-_CELL_ONES = np.ones(_CELL)
 
 
 # -- echo guard ---------------------------------------------------------------------------------
@@ -172,9 +172,10 @@ class EchoGuard:
 
     # -- the reference ------------------------------------------------------------------------
 
-    def add_reference(self, samples: np.ndarray, start: int) -> None:
-        """Agent audio that plays from absolute caller-timeline sample `start` on."""
-        end = start + samples.size
+    def add_reference(self, pcm16: bytes | bytearray, start: int) -> None:
+        """Agent audio (PCM16) that plays from absolute caller-timeline sample `start` on."""
+        n = len(pcm16) // 2
+        end = start + n
         keep_from = self._mic_end - self.max_delay - self.window - 2 * _CELL
         if end - self._ref_base > self._cap or keep_from > self._ref_base + self._cap // 2:
             shift = max(keep_from, end - self._cap) - self._ref_base
@@ -195,9 +196,9 @@ class EchoGuard:
         lo = max(start, self._ref_base)
         if end > lo:
             a, b = lo - self._ref_base, end - self._ref_base
-            self._ref[a:b] = samples[lo - start :]
+            energy = place(pcm16, n, lo - start, self._ref, a, b)
             self._stale_lo, self._stale_hi = min(self._stale_lo, a), max(self._stale_hi, b)
-            if mean_square(samples) < self.quiet_energy:
+            if energy < self.quiet_energy:
                 return  # silence (between sentences, or a model "speaking" silence): no echo to expect
             if self._ref_lo >= self._ref_hi or lo < self._ref_lo:
                 self._ref_lo = lo if self._ref_lo >= self._ref_hi else min(lo, self._ref_lo)
@@ -244,11 +245,7 @@ class EchoGuard:
         """Recompute the energy of the cells over `_ref[_stale_lo:_stale_hi]`."""
         if self._stale_lo < self._stale_hi:
             i0, i1 = self._stale_lo // _CELL, min(-(-self._stale_hi // _CELL), self._ref_e.size)
-            # squares summed by a matrix product with ones: exact (integers under 2^53, in any
-            # order), and a third cheaper than an einsum casting float32 as it goes
-            squares = self._ref[i0 * _CELL : i1 * _CELL].astype(np.float64)
-            squares *= squares
-            self._ref_e[i0:i1] = squares.reshape(-1, _CELL) @ _CELL_ONES
+            cell_energies(self._ref, self._ref_e, i0, i1, _CELL)
         self._stale_lo, self._stale_hi = self._cap, 0
 
     def _loudest_block(self, start: int, end: int, n: int) -> float:
@@ -259,12 +256,7 @@ class EchoGuard:
         if b <= a:
             return 0.0
         self._refresh_cells()
-        e = self._ref_e[a // _CELL : -(-b // _CELL)]
-        k = (n + 2 * _CELL - 2) // _CELL
-        if e.size <= k:
-            return float(e.sum()) / n
-        c = np.cumsum(e)
-        return max(float(c[k - 1]), float((c[k:] - c[:-k]).max())) / n
+        return loudest_sum(self._ref_e, a // _CELL, -(-b // _CELL), (n + 2 * _CELL - 2) // _CELL) / n
 
     def _ref_slice(self, start: int, end: int) -> np.ndarray:
         out = np.zeros(max(0, end - start))
@@ -284,19 +276,26 @@ class EchoGuard:
 
     # -- the caller ---------------------------------------------------------------------------
 
-    def process(self, block: np.ndarray, *, quiet: bool = False) -> tuple[np.ndarray, float]:
-        """The next block of caller audio: the residual after echo subtraction, and the
-        residual energy an echo alone could still leave (0: no agent audio in range).
-        `quiet`: the block is too quiet to matter; it is only remembered for the path estimate."""
-        n = block.size
-        start = self._mic_end
-        self._remember(block)
+    def hear(self, pcm16: bytes | bytearray, n: int) -> float:
+        """The next `n` caller samples (the first of `pcm16`): kept for the path estimate (the
+        last `window` of them, in a ring), which runs here when it is due. Returns their mean
+        square; a block that matters then goes to `process`, one too quiet to does not."""
+        energy = ring_write(pcm16, n, self._mic, self._mic_end % self.window)  # slot k: sample k (mod window)
+        self._mic_end += n
         self._since_update += n
         if self._since_update >= self.update_every << max(min(self._fruitless, 2), min(self._steady, 1)):
             self._since_update = 0
             self._estimate()
+        return energy
+
+    def process(self, block: np.ndarray) -> tuple[np.ndarray, float]:
+        """The block of caller audio `hear` was given last, as float64 samples: the residual
+        after echo subtraction, and the residual energy an echo alone could still leave (0: no
+        agent audio in range)."""
+        n = block.size
+        start = self._mic_end - n
         lo, hi = start - self.max_delay - 1, start + n + self.lead + 1  # every lag's reference
-        if quiet or not self._has_reference(lo, hi):
+        if not self._has_reference(lo, hi):
             return block, 0.0
         worst = self._loudest_block(lo, hi, n)
         if worst < 1.0:
@@ -403,22 +402,6 @@ class EchoGuard:
         self._moving_until, self._moved_from = end + self.window, self.delay
         self._since_update, self._fruitless, self._steady = self.update_every, 0, 0
         return True
-
-    def _remember(self, block: np.ndarray) -> None:
-        """Keep the last `window` caller samples (a ring, no copy of the rest)."""
-        n, w = block.size, self.window
-        if n >= w:
-            self._mic[:] = block[-w:]
-            self._mic = np.roll(self._mic, self._mic_end + n)  # slot k holds sample index = k (mod w)
-        else:
-            at = self._mic_end % w
-            first = min(n, w - at)
-            if first == n:  # most blocks: no wrap (numpy charges an empty assignment in full)
-                self._mic[at : at + n] = block
-            else:
-                self._mic[at : at + first] = block[:first]
-                self._mic[: n - first] = block[first:]
-        self._mic_end += n
 
     def _recent(self) -> np.ndarray:
         """The last `window` caller samples, oldest first."""
@@ -691,7 +674,7 @@ class TurnDetector:
         if self._agent_until >= 0 and abs(at - self._agent_until) <= self._CONTIGUOUS_S * self.rate:
             at = self._agent_until
         if self.scorer is not None:  # the echo guard serves the scorer only
-            self.echo.add_reference(pcm16_samples(pcm16, n), at)
+            self.echo.add_reference(pcm16, at)
         self._agent_until = max(self._agent_until, at + n)
         if self.state in (TurnState.LISTENING, TurnState.CALLER_TURN):
             self._set_state(TurnState.AGENT_SPEAKING)
@@ -755,9 +738,8 @@ class TurnDetector:
             return []
         decisions: list[TurnDecision] = []
         while len(pending) >= size and self._waiting is None:
-            block = pcm16_samples(pending, self.block)
+            decisions.extend(self._block(pending))
             del pending[:size]
-            decisions.extend(self._block(block))
         return decisions
 
     def _timeline(self, n: int, now: float) -> int:
@@ -826,19 +808,26 @@ class TurnDetector:
 
     # -- per block --------------------------------------------------------------------------
 
-    def _block(self, block: np.ndarray) -> list[TurnDecision]:
+    def _block(self, pcm16: bytearray) -> list[TurnDecision]:
+        """The next block: the first `block` samples of `pcm16`."""
         s = self.settings
+        n = self.block
         start_n = self._n
-        self._n += block.size
+        self._n += n
         self.blocks += 1
         now = self._time_at(self._n)
         if self.state is TurnState.AGENT_SPEAKING and not self.agent_playing and not self._in_speech:
             self._set_state(TurnState.LISTENING)
-        energy = mean_square(block)
-        # far below the speech level the echo guard has nothing to decide (it only remembers)
-        residual, echo_bound = self.echo.process(block, quiet=energy < self.echo.quiet_energy)
-        if residual is not block:
-            energy = mean_square(residual)
+        energy = self.echo.hear(pcm16, n)
+        # far below the speech level (most blocks) the echo guard has nothing to decide and the
+        # scorer nothing to score: no samples as floats
+        residual: np.ndarray | None = None
+        echo_bound = 0.0
+        if energy >= self.echo.quiet_energy:
+            block = pcm16_samples(pcm16, n)
+            residual, echo_bound = self.echo.process(block)
+            if residual is not block:
+                energy = mean_square(residual)
         level_ok = dbfs(energy) >= s.min_level_dbfs and energy > 2.0 * self._noise
         if energy < echo_bound:
             if level_ok:
@@ -857,6 +846,7 @@ class TurnDetector:
             # on: every other block is scored, the one between holds the last block's verdict
             prob = self._last_prob
         elif level_ok and self.scorer is not None:
+            assert residual is not None  # level_ok: louder than the echo guard's quiet level
             if self._quiet_blocks > 20:
                 self.scorer.reset()
             self.scored_blocks += 1
