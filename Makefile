@@ -42,7 +42,7 @@ system-deps: ## Install the Debian packages the tests use (espeak-ng, sox, sipp,
 # The hot call-path modules compiled with mypyc into build/native/<python>/ (about 15 % less CPU
 # per call); a no-op while the build matches the source. A failed build is not an error: the
 # server then runs the Python source (telephony_agent/native.py).
-native: $(VENV)/.serve ## Compile the hot call-path modules with mypyc (build/native/; AGENT_NATIVE=off runs the source)
+native: $(VENV)/.serve ## Compile the hot call-path modules with mypyc, and the detector's C twin (build/native/; AGENT_NATIVE=off runs the source)
 	-@$(VENV)/bin/python scripts/build_native.py
 
 native313: $(VENV313)/.installed

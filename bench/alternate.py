@@ -65,8 +65,8 @@ REPO = Path(__file__).resolve().parent.parent
 # per benchmark: its script, the JSON it writes, and the fields of a step worth comparing
 BENCHES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "load": ("bench/load.py", "load.json",
-             ("cpu_pct", "in_p99_ms", "out_p99_ms", "bargein_p50_ms", "bargein_p99_ms", "frames_late",
-              "minstr_per_call_s")),
+             ("cpu_pct", "in_p99_ms", "out_p99_ms", "bargein_p50_ms", "bargein_p99_ms", "frames_lost", "frames_late",
+              "bargein_missed", "false_pauses", "minstr_per_call_s")),
     "sip": ("bench/sip_load.py", "sip_load.json", ("cpu_pct", "departure_p99_ms", "failed")),
     "instructions": ("bench/instructions.py", "instructions.json",
                      ("minstr_per_call_s", "minstr_barge_in", "minstr_hangup_mid_response")),
