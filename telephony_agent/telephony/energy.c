@@ -21,31 +21,22 @@ sample_at(const unsigned char *p, Py_ssize_t i)
     return (int16_t)(uint16_t)(p[2 * i] | (p[2 * i + 1] << 8));
 }
 
-/* Samples [from, to) of `p` into out[0 ..) as doubles; their sum of squares. Straight loops with
-   no branch inside, which the compiler vectorises (-O3). */
-static int64_t
-to_doubles(const unsigned char *p, Py_ssize_t from, Py_ssize_t to, double *out)
-{
-    int64_t sum = 0;
-    for (Py_ssize_t i = from; i < to; i++) {
-        int32_t s = sample_at(p, i);
-        sum += s * s;
-        out[i - from] = (double)s;
+/* Samples [from, to) of `p` into out[0 ..) as doubles (floats); their sum of squares. Straight
+   loops with no branch inside, which the compiler vectorises (-O3). */
+#define CONVERTER(name, type)                                                        \
+    static int64_t name(const unsigned char *p, Py_ssize_t from, Py_ssize_t to, type *out) \
+    {                                                                                \
+        int64_t sum = 0;                                                             \
+        for (Py_ssize_t i = from; i < to; i++) {                                     \
+            int32_t s = sample_at(p, i);                                             \
+            sum += s * s;                                                            \
+            out[i - from] = (type)s;                                                 \
+        }                                                                            \
+        return sum;                                                                  \
     }
-    return sum;
-}
 
-static int64_t
-to_floats(const unsigned char *p, Py_ssize_t from, Py_ssize_t to, float *out)
-{
-    int64_t sum = 0;
-    for (Py_ssize_t i = from; i < to; i++) {
-        int32_t s = sample_at(p, i);
-        sum += s * s;
-        out[i - from] = (float)s;
-    }
-    return sum;
-}
+CONVERTER(to_doubles, double)
+CONVERTER(to_floats, float)
 
 static int64_t
 sum_squares(const unsigned char *p, Py_ssize_t from, Py_ssize_t to)
