@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 os.environ["AGENT_NATIVE"] = "off"  # this process checks the build itself: no warning about it
 
 from telephony_agent.native import (  # noqa: E402
+    BUILT_MODULES,
     C_MODULES,
     MODULES,
     STAMP,
@@ -49,7 +50,7 @@ def build(where: Path, jobs: int) -> None:
     from setuptools import Extension, setup
 
     # before compiling: an edit made meanwhile makes the stamp stale
-    hashes = source_hashes(dependencies([*MODULES, *C_MODULES]))
+    hashes = source_hashes(dependencies(BUILT_MODULES))
     c_hashes = c_source_hashes()
     sources = [str(source_file(m)) for m in MODULES]
     with tempfile.TemporaryDirectory(prefix="native-") as tmp:
@@ -84,7 +85,7 @@ def build(where: Path, jobs: int) -> None:
             os.chdir(cwd)
         suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
         modules = {}
-        for name in [*MODULES, *C_MODULES]:
+        for name in BUILT_MODULES:
             rel = name.replace(".", "/") + suffix
             if not (staging / rel).is_file():
                 raise RuntimeError(f"the build made no {rel}")
@@ -122,7 +123,7 @@ def main() -> int:
         runs = "the build already there" if not check_build()[1] else "the Python source"
         print(f"native build failed ({exc.__class__.__name__}: {exc}); the server runs {runs}", file=sys.stderr)
         return 1
-    print(f"{where}: {len(MODULES) + len(C_MODULES)} modules compiled in {time.monotonic() - started:.0f} s")
+    print(f"{where}: {len(BUILT_MODULES)} modules compiled in {time.monotonic() - started:.0f} s")
     return 0
 
 

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["C_MODULES", "MODULES", "NativeFinder", "build_dir", "c_source_hashes", "check_build", "dependencies", "enable", "source_file", "source_hashes", "status"]
+__all__ = ["BUILT_MODULES", "C_MODULES", "MODULES", "NativeFinder", "build_dir", "c_source_hashes", "check_build", "dependencies", "enable", "source_file", "source_hashes", "status"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ MODULES: tuple[str, ...] = (
 C_MODULES: dict[str, str] = {
     "telephony_agent.telephony.energy": "telephony_agent/telephony/energy.c",
 }
+BUILT_MODULES: tuple[str, ...] = (*MODULES, *C_MODULES)  # every module the build makes
 STAMP = "native.json"
 ROOT = Path(__file__).resolve().parent.parent  # the directory holding the package (a checkout)
 
@@ -148,7 +149,7 @@ def check_build(root: Path = ROOT) -> tuple[dict[str, Path], str]:
     if not isinstance(stamp, dict):
         return {}, "no build"
     built, sources, c_sources = stamp.get("modules", {}), stamp.get("sources", {}), stamp.get("c_sources", {})
-    if set(built) != {*MODULES, *C_MODULES} or not {*MODULES, *C_MODULES} <= set(sources):
+    if set(built) != set(BUILT_MODULES) or not set(BUILT_MODULES) <= set(sources):
         return {}, "stale: the build is of other modules"
     # the compiled modules and every module of ours they import, directly or not: the compiled
     # code was built against their types
@@ -180,12 +181,12 @@ def enable(root: Path = ROOT) -> bool:
     if problem == "no build":
         _status = problem
         return False
-    if not problem and any(name in sys.modules for name in (*MODULES, *C_MODULES)):
+    if not problem and any(name in sys.modules for name in BUILT_MODULES):
         problem = "too late: the source modules are already imported"
     if problem:
         _status = problem
         log.warning("compiled modules not used (%s): running the Python source; `make native` rebuilds them", problem)
         return False
     sys.meta_path.insert(0, NativeFinder(files, root))
-    _status = f"enabled ({len(MODULES) + len(C_MODULES)} modules)"
+    _status = f"enabled ({len(BUILT_MODULES)} modules)"
     return True

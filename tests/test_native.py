@@ -22,7 +22,7 @@ CAN_BUILD = importlib.util.find_spec("mypyc") is not None and any(shutil.which(c
 def _fake_checkout(root: Path, *, stale: str | None = None, files: bool = True) -> Path:
     """A checkout with each module's source (and C twin) and a build stamped with their hashes
     (`stale`: that module's or C twin's hash is wrong); `files`: the extension files exist."""
-    names = [*native.MODULES, *native.C_MODULES]
+    names = native.BUILT_MODULES
     for name in names:
         src = native.source_file(name, root)
         src.parent.mkdir(parents=True, exist_ok=True)
