@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
-import shutil
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import pytest
+from test_native import CAN_BUILD
 
 from telephony_agent import native
 
 NAME = "telephony_agent.telephony.energy"
-CAN_BUILD = importlib.util.find_spec("mypyc") is not None and any(shutil.which(cc) for cc in ("cc", "gcc"))
 
 
 def _source() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("energy_source", native.source_file(NAME))
+    # beside the compiled twin, under a name of its own in the same package (its imports are relative)
+    spec = importlib.util.spec_from_file_location(f"{NAME}_source", native.source_file(NAME))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .speech_scorers import mean_square
+
 __all__ = ["cell_energies", "loudest_sum", "place", "ring_write"]
 
 _PCM16 = np.dtype("<i2")
@@ -24,6 +26,8 @@ _FLOAT64 = np.dtype(np.float64)
 
 
 def _samples(pcm16: bytes | bytearray, n: int) -> np.ndarray:
+    """As `speech_scorers.pcm16_samples`, but of any buffer, as the C twin takes (the compiled
+    `pcm16_samples` refuses a memoryview), and only of samples that are there."""
     if not 0 <= n <= len(pcm16) // 2:
         raise ValueError(f"{n} samples asked of {len(pcm16)} bytes")
     return np.frombuffer(pcm16, _PCM16, n).astype(_FLOAT64)
@@ -43,7 +47,7 @@ def ring_write(pcm16: bytes | bytearray, n: int, ring: np.ndarray, at: int) -> f
         ring[at : at + first] = x[:first]
         if first < n:
             ring[: n - first] = x[first:]
-    return float(x.dot(x)) / max(1, n)
+    return mean_square(x)
 
 
 def place(pcm16: bytes | bytearray, n: int, skip: int, ref: np.ndarray, a: int, b: int) -> float:
@@ -53,7 +57,7 @@ def place(pcm16: bytes | bytearray, n: int, skip: int, ref: np.ndarray, a: int, 
         raise ValueError(f"samples {skip}..{n} do not fit ref[{a}:{b}] of {ref.size}")
     x = _samples(pcm16, n)
     ref[a:b] = x[skip:]
-    return float(x.dot(x)) / max(1, n)
+    return mean_square(x)
 
 
 def cell_energies(ref: np.ndarray, out: np.ndarray, i0: int, i1: int, cell: int) -> None:
@@ -62,7 +66,7 @@ def cell_energies(ref: np.ndarray, out: np.ndarray, i0: int, i1: int, cell: int)
         raise ValueError(f"cells {i0}..{i1} of {cell} outside {out.size} cells of {ref.size} samples")
     squares = ref[i0 * cell : i1 * cell].astype(_FLOAT64)
     squares *= squares
-    out[i0:i1] = squares.reshape(-1, cell).sum(axis=1)
+    out[i0:i1] = squares.reshape(-1, cell) @ np.ones(cell)  # half the time of .sum(axis=1) on 400 cells
 
 
 def loudest_sum(e: np.ndarray, lo: int, hi: int, k: int) -> float:
