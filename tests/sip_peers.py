@@ -124,26 +124,36 @@ async def sipp(
     timeout: float = 60,
     extra: list[str] | None = None,
 ) -> Run:
-    """Run one sipp scenario from tests/peers/sipp against `target` (always -i/-mi 127.0.0.1)."""
+    """Run one sipp scenario from tests/peers/sipp against `target` (always -i/-mi 127.0.0.1).
+
+    A port found free may be taken by another process before sipp binds it ("Unable to bind
+    audio RTP socket", seen once in a CI run with both Pythons' suites side by side): sipp then
+    exits at start, having sent nothing, and runs again on fresh ports (at most 3 starts)."""
     cwd.mkdir(parents=True, exist_ok=True)
-    args = [
-        "sipp", f"{target[0]}:{target[1]}", "-sf", str(SIPP_SCENARIOS / scenario), "-s", "agent",
-        "-i", "127.0.0.1", "-p", str(free_udp_port()), "-mi", "127.0.0.1", "-mp", str(free_udp_port(even=True, span=SIPP_MEDIA_PORTS)),
-        "-m", str(calls), "-r", str(rate), "-l", str(limit), "-timeout", f"{int(timeout - 5)}s", "-timeout_error",
-        "-nostdin", "-trace_err", "-trace_screen",
-    ]
-    if duration_ms is not None:
-        args += ["-d", str(duration_ms)]
-    for k, v in (keys or {}).items():
-        args += ["-key", k, v]
-    args += extra or []
-    result = await run(args, cwd, timeout)
-    screens = sorted(cwd.glob("*_screen.log"))
-    if screens:
-        result.stdout += screens[-1].read_text(errors="replace")
-    errors = sorted(cwd.glob("*_errors.log"))
-    if errors:
-        result.stderr += errors[-1].read_text(errors="replace")
+    for start in range(3):
+        before = set(cwd.iterdir())
+        args = [
+            "sipp", f"{target[0]}:{target[1]}", "-sf", str(SIPP_SCENARIOS / scenario), "-s", "agent",
+            "-i", "127.0.0.1", "-p", str(free_udp_port()), "-mi", "127.0.0.1", "-mp", str(free_udp_port(even=True, span=SIPP_MEDIA_PORTS)),
+            "-m", str(calls), "-r", str(rate), "-l", str(limit), "-timeout", f"{int(timeout - 5)}s", "-timeout_error",
+            "-nostdin", "-trace_err", "-trace_screen",
+        ]
+        if duration_ms is not None:
+            args += ["-d", str(duration_ms)]
+        for k, v in (keys or {}).items():
+            args += ["-key", k, v]
+        args += extra or []
+        result = await run(args, cwd, timeout)
+        screens = sorted(cwd.glob("*_screen.log"))
+        if screens:
+            result.stdout += screens[-1].read_text(errors="replace")
+        errors = sorted(cwd.glob("*_errors.log"))
+        if errors:
+            result.stderr += errors[-1].read_text(errors="replace")
+        if result.rc == 0 or "Unable to bind" not in result.stderr or start == 2:
+            break
+        for path in set(cwd.iterdir()) - before:  # the failed start's own logs
+            path.unlink()
     return result
 
 
