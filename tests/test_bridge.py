@@ -40,6 +40,7 @@ from telephony_agent.realtime import (
 from telephony_agent.realtime.session import QueuedSession
 from telephony_agent.telephony.assets import prompt_audio
 from telephony_agent.telephony.bridge import (
+    EARLY_DIGITS,
     BridgeOptions,
     CallBridge,
     CallOutcome,
@@ -181,6 +182,7 @@ class ScriptedSession(QueuedSession):
         self.texts: list[str] = []
         self.tool_outputs: list[ToolResponse] = []
         self.responses = 0
+        self.requests: list[str] = []  # texts and "response.create", in the order sent
         self.closed = False
 
     @property
@@ -218,6 +220,7 @@ class ScriptedSession(QueuedSession):
 
     async def send_text(self, text: str) -> None:
         self.texts.append(text)
+        self.requests.append(text)
 
     async def send_tool_output(self, response: ToolResponse) -> None:
         self.tool_outputs.append(response)
@@ -230,6 +233,7 @@ class ScriptedSession(QueuedSession):
 
     async def create_response(self) -> None:
         self.responses += 1
+        self.requests.append("response.create")
 
     async def interrupt(self, *, audio_end_ms: int | None = None) -> None:
         self.interrupts.append(audio_end_ms)
@@ -251,6 +255,7 @@ class ScriptedModel(RealtimeModel):
         self._inputs = inputs
         self._outputs = outputs
         self.fail = fail
+        self.opening: asyncio.Event | None = None  # set: connect() waits for it (a provider slow to open)
         self.sessions: list[ScriptedSession] = []
 
     @property
@@ -270,6 +275,8 @@ class ScriptedModel(RealtimeModel):
         return self._outputs
 
     async def connect(self, config: RealtimeConfig) -> ScriptedSession:
+        if self.opening is not None:
+            await self.opening.wait()
         if self.fail:
             raise RealtimeConnectionError("no route to the provider")
         in_fmt = config.input_format if config.input_format in self._inputs else self._inputs[0]
@@ -626,6 +633,61 @@ async def test_one_timer_holds_the_earliest_deadline() -> None:
     assert call.bridge.phase is CallPhase.LIVE and call.bridge.get_timer() == due
     await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
     assert call.bridge.get_timer() is None
+
+
+async def _connecting_call(**options: object) -> tuple[Call, asyncio.Task[None], asyncio.Event]:
+    """A call whose provider session has not opened yet; set the event to open it."""
+    clock = VirtualClock()
+    leg = SimLeg(clock)
+    model = pcm_model()
+    model.opening = opening = asyncio.Event()
+    opts = BridgeOptions(**{"vad": "off", **options})  # type: ignore[arg-type]
+    bridge = CallBridge("CA-test", model, RealtimeConfig(instructions="Be brief."), leg, opts, clock=clock,
+                        run_timer=False)
+    call = Call(clock, leg, model, bridge, _next_packet=clock.now)
+    starting = asyncio.create_task(bridge.start())
+    await call.settle()
+    assert bridge.phase is CallPhase.CONNECTING
+    return call, starting, opening
+
+
+async def test_keys_pressed_while_the_provider_connects_follow_the_greeting_request() -> None:
+    call, starting, opening = await _connecting_call(greeting="Hello, Acme.")
+    hooked: list[str] = []
+    call.bridge.dtmf_hooks.append(hooked.append)
+    await call.bridge.on_dtmf("1")
+    await call.bridge.on_dtmf("#")
+    assert hooked == ["1", "#"] and call.bridge.stats.dtmf == ["1", "#"]  # hooks hear each key at once
+    opening.set()
+    await starting
+    await call.settle()
+    # In one text, after the greeting's response request: where a key pressed just after the
+    # session opened would be, and one response for the lot rather than one per key.
+    assert call.session.requests == ["response.create", "The caller pressed 1, #."]
+    await call.bridge.on_dtmf("5")
+    assert call.session.requests[-1] == "The caller pressed 5."
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+
+
+async def test_keys_held_while_connecting_are_bounded() -> None:
+    call, starting, opening = await _connecting_call()
+    for i in range(EARLY_DIGITS + 8):
+        await call.bridge.on_dtmf(str(i % 10))
+    assert len(call.bridge.stats.dtmf) == EARLY_DIGITS + 8  # every key is counted and hooked
+    opening.set()
+    await starting
+    await call.settle()
+    assert call.session.texts == [f"The caller pressed {', '.join(str(i % 10) for i in range(EARLY_DIGITS))}."]
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+
+
+async def test_keys_of_a_call_that_ends_while_connecting_go_nowhere() -> None:
+    call, starting, opening = await _connecting_call()
+    await call.bridge.on_dtmf("1")
+    await call.bridge.on_hangup()
+    opening.set()
+    await starting
+    assert call.session.closed and call.session.requests == []
 
 
 async def test_a_tool_call_that_arrives_after_the_call_ended_is_not_run() -> None:

@@ -94,16 +94,7 @@ async def test_dtmf_reaches_the_model(openai_server: FakeOpenAIServer) -> None:
             await call.connect()
             await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
             await call.send_dtmf("5")
-
-            def texts() -> list[str]:
-                return [
-                    part.get("text", "")
-                    for m in openai_server.received
-                    if m["type"] == "conversation.item.create"
-                    for part in m["item"].get("content", [])
-                ]
-
-            await openai_server.wait_for(lambda: "The caller pressed 5." in texts(), timeout=5)
+            await openai_server.wait_for(lambda: "The caller pressed 5." in openai_server.user_texts(), timeout=5)
             bridge = next(iter(agent.state.calls.values()))
             assert bridge.stats.dtmf == ["5"]
 

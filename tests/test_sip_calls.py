@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from agent_server import running_agent, test_settings
 from local_helpers import CALLER_VOICE
+from peers.fake_openai import FakeOpenAIServer
 from sip_peers import (
     Baresip,
     active_windows,
@@ -27,7 +28,10 @@ from sip_peers import (
 )
 
 from telephony_agent.realtime.providers.local import LocalRealtimeModel
+from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
+from telephony_agent.telephony.bridge import CallPhase
 from telephony_agent.testing.ports import free_udp_port
+from telephony_agent.testing.sip_caller import SipPhone
 
 QUESTION = "What are your opening hours?"
 
@@ -188,3 +192,28 @@ async def test_softphone_call_over_sip(tmp_path: Path) -> None:
     assert report.turns[0][1] > 3000 and report.turns[1][1] > 5000, report.turns
     assert Path(report.files["agent_wav"]).stat().st_size > 8000 * 2 * 8
     assert (tmp_path / "out" / "transcript.txt").read_text().count("agent:") >= 2
+
+
+async def test_keys_pressed_while_the_provider_connects_reach_the_model() -> None:
+    """A caller keying ahead: SIP answers at once, the provider session opens a while later."""
+    async with FakeOpenAIServer(api_key="sk-test-key") as openai:
+        openai.hold_session_created = opened = asyncio.Event()
+        settings = sip_settings()
+        model = OpenAIRealtimeModel("sk-test-key", url=openai.url, audio="pcmu")
+        async with running_agent(settings, model) as agent, SipPhone(f"sip:agent@127.0.0.1:{settings.sip_port}") as phone:
+            await phone.place_and_connect()
+            bridge = await phone.wait_for(lambda: next(iter(agent.state.calls.values()), None), 5, "the bridge")
+            await phone.send_dtmf("1")  # RFC 4733 events while the provider is still opening
+            await phone.send_dtmf("#")
+            await phone.wait_for(lambda: bridge.stats.dtmf == ["1", "#"], 5, "the keys at the bridge")
+            assert bridge.phase is CallPhase.CONNECTING and openai.user_texts() == []
+            opened.set()
+            await openai.wait_for(lambda: bool(openai.user_texts()), timeout=10)
+            await phone.send_dtmf("2")  # once connected, a key goes on at once, on its own
+            await openai.wait_for(lambda: len(openai.user_texts()) == 2, timeout=5)
+            assert openai.user_texts() == ["The caller pressed 1, #.", "The caller pressed 2."]
+            # the held keys went after the session was configured, not before it was ready
+            types = openai.received_types()
+            assert types.index("session.update") < types.index("conversation.item.create")
+            await phone.hangup()
+        await agent.wait_no_calls(10)

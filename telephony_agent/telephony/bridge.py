@@ -74,6 +74,7 @@ from telephony_codecs import Framer, Transcoder, alaw_to_pcm16, ulaw_to_pcm16
 
 __all__ = [
     "EARLY_AUDIO_MS",
+    "EARLY_DIGITS",
     "BridgeOptions",
     "CallBridge",
     "CallOutcome",
@@ -87,6 +88,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EARLY_AUDIO_MS = 3000  # caller audio kept while the provider session opens
+EARLY_DIGITS = 32  # keys kept while the provider session opens (a caller keying ahead, not a flood)
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
@@ -105,7 +107,7 @@ class CallOutcome(str, enum.Enum):
 class CallPhase(str, enum.Enum):
     """Where the call is in its life; what the bridge accepts follows from it."""
 
-    CONNECTING = "connecting"  # the provider session is opening: caller audio is buffered
+    CONNECTING = "connecting"  # the provider session is opening: caller audio and keys are held
     LIVE = "live"  # caller and agent talk
     FINISHING = "finishing"  # a hang-up or transfer waits for the agent's last words to play
     PROMPTING = "prompting"  # a pre-rendered prompt plays, then the call ends; the provider is not heard
@@ -171,6 +173,11 @@ _SILERO_BATCHES: PerLoop[SileroBatch] = PerLoop(_silero_batch)
 def loop_silero_batch(loop: asyncio.AbstractEventLoop) -> SileroBatch | None:
     """The loop's Silero batch, if a call on it has scored with one (for the metrics)."""
     return _SILERO_BATCHES.get(loop) if loop in _SILERO_BATCHES else None
+
+
+def _pressed(digits: list[str]) -> str:
+    """The text a model reads for keys pressed: "The caller pressed 5." or "... pressed 1, 2, 3."."""
+    return f"The caller pressed {', '.join(digits)}."
 
 
 class CallBridge:
@@ -248,6 +255,7 @@ class CallBridge:
         self._early_audio: list[bytes] = []
         self._early_bytes = 0
         self._early_limit = int(self.format.sample_rate * EARLY_AUDIO_MS / 1000)
+        self._early_digits: list[str] = []
         # Deadlines on `clock` (None: not armed) and the action waiting for playout to finish.
         self._after_playout: Callable[[], Awaitable[None]] | None = None
         self._goodbye_due: float | None = None
@@ -333,6 +341,9 @@ class CallBridge:
         self._event_task = asyncio.create_task(self._event_loop(), name=f"call-events-{self.call_id}")
         if self.options.greeting or self.options.speak_first:
             await self._safe(session.create_response())
+        digits, self._early_digits = self._early_digits, []
+        if digits:  # after the greeting's request, where a key pressed just after connecting would be
+            await self._safe(session.send_text(_pressed(digits)))
         self._arm_idle_timer()
 
     def _inbound_transcoder(self, fmt: AudioFormat) -> Transcoder | None:
@@ -381,8 +392,14 @@ class CallBridge:
             result = hook(digit)
             if asyncio.iscoroutine(result):
                 await result
-        if self.session is not None and self.phase in (CallPhase.LIVE, CallPhase.FINISHING):
-            await self._safe(self.session.send_text(f"The caller pressed {digit}."))
+        if self.phase is CallPhase.CONNECTING:  # a caller keying ahead of the provider: sent by start()
+            if len(self._early_digits) < EARLY_DIGITS:
+                self._early_digits.append(digit)
+                if len(self._early_digits) == EARLY_DIGITS:
+                    self.log.warning("%d keys pressed while the provider connects: later ones are not sent",
+                                     EARLY_DIGITS)
+        elif self.session is not None and self.phase in (CallPhase.LIVE, CallPhase.FINISHING):
+            await self._safe(self.session.send_text(_pressed([digit])))
 
     def on_played(self, tag: str) -> None:
         """The leg confirmed that the chunk sent with `tag` has played (or was cleared)."""

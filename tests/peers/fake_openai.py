@@ -642,6 +642,7 @@ class FakeOpenAIServer:
         self.vad_rms = 400.0
         self.vad_onset_ms = 30.0
         self.session_created_delay = 0.0
+        self.hold_session_created: asyncio.Event | None = None  # set: a provider slow to open, released by the test
         self.refuse_connections = 0  # the next N connection attempts get HTTP 503
         self.raw_to_send: list[str] = []  # text frames sent right after session.updated (bad JSON tests)
         self.received: list[dict[str, Any]] = []
@@ -685,6 +686,15 @@ class FakeOpenAIServer:
 
     def received_types(self, conn: FakeConnection | None = None) -> list[str]:
         return [m.get("type") for m in (conn.received if conn else self.received)]
+
+    def user_texts(self) -> list[str]:
+        """The text of the conversation items the client created, in order ("The caller pressed 5.")."""
+        return [
+            part.get("text", "")
+            for m in self.received
+            if m["type"] == "conversation.item.create"
+            for part in m["item"].get("content", [])
+        ]
 
     async def expire(self, conn: FakeConnection | None = None) -> None:
         """The 60-minute limit: `session_expired`, then close 1001."""
@@ -766,6 +776,8 @@ class FakeOpenAIServer:
         self.connections.append(conn)
         if self.session_created_delay:
             await asyncio.sleep(self.session_created_delay)
+        if self.hold_session_created is not None:
+            await asyncio.wait_for(self.hold_session_created.wait(), 30)
         await conn.send({"type": "session.created", "session": copy.deepcopy(conn.session)})
         try:
             async for frame in ws:
