@@ -4,8 +4,9 @@ Every metric is named `agent_*`. Labels are closed sets (provider, outcome, refu
 bad-input kind, endpoint); call ids and phone numbers never appear in a label or a value.
 
 Per-call counters (frames, barge-ins, clear latency, first audio, provider errors) are read
-from each live call's `CallStats` and added as deltas (`observe_call`), periodically while the
-call runs and once more when it ends, so a scrape during a long call sees it live.
+from each live call's `CallStats` and added as deltas, every live call's together each second and
+before a scrape (`observe_calls`), and once more when a call ends (`observe_call`), so a scrape
+during a long call sees it live.
 
 With several worker processes (`AGENT_WORKERS>1`) the supervisor sets
 `PROMETHEUS_MULTIPROC_DIR` before the workers start; values then live in shared files and any
@@ -34,13 +35,19 @@ def multiprocess_dir() -> str | None:
 
 
 @dataclass
-class _Seen:
-    """What of one call's stats has already been added to the counters."""
+class _FrameCounts:
+    """A call's unlabelled counts: already added (`_Seen`), or grown since (`_Growth`)."""
 
     frames_in: int = 0
     frames_out: int = 0
     frames_dropped: int = 0
     barge_ins: int = 0
+
+
+@dataclass
+class _Seen(_FrameCounts):
+    """What of one call's stats has already been added to the counters."""
+
     clear_latencies: int = 0
     first_audio: bool = False
     provider_errors: int = 0
@@ -48,11 +55,31 @@ class _Seen:
     turns: dict[str, float] = field(default_factory=dict)  # turn-taking counts already added, by key
 
 
-def _add_growth(seen: dict[str, float], key: str, counter: Any, now: float) -> None:
-    """Add to `counter` what the count `key` grew by since `seen` last recorded it."""
+@dataclass
+class _Growth(_FrameCounts):
+    """What every live call's stats grew by since the last look, added to the counters at once."""
+
+    provider_errors: dict[str, int] = field(default_factory=dict)  # by provider
+    reconnects: dict[str, int] = field(default_factory=dict)
+    clear_latencies: list[float] = field(default_factory=list)
+    first_audio: list[float] = field(default_factory=list)
+    turns: dict[str, float] = field(default_factory=dict)  # by `_Seen.turns` key
+
+
+def _grown(seen: _Seen, attr: str, now: int) -> int:
+    """What the count `attr` grew by since `seen` recorded it (0 if it did not), now recorded."""
+    before: int = getattr(seen, attr)
+    if now > before:
+        setattr(seen, attr, now)
+        return now - before
+    return 0
+
+
+def _add_growth(seen: dict[str, float], growth: dict[str, float], key: str, now: float) -> None:
+    """Add to `growth[key]` what the count `key` grew by since `seen` last recorded it."""
     before = seen.get(key, 0)
     if now > before:
-        counter.inc(now - before)
+        growth[key] = growth.get(key, 0) + now - before
         seen[key] = now
 
 
@@ -194,9 +221,31 @@ class Metrics:
     def observe_call(self, call: Any, *, final: bool = False) -> None:
         """Add what changed in one call's stats since the last look (duck-typed `CallBridge`).
 
-        Called periodically for live calls and with `final=True` when the call ends; the call id
-        is only a key here and never becomes a label.
+        Called with `final=True` when the call ends (live calls go through `observe_calls`); the
+        call id is only a key here and never becomes a label.
         """
+        growth = _Growth()
+        self._gather(call, growth)
+        self._add(growth)
+        if final:
+            del self._seen[str(call.call_id)]
+
+    def observe_calls(self, calls: Any) -> None:
+        """`observe_call` for every live call, their growth added to each counter once (not once per
+        call: a counter's `inc` takes a lock, a labelled one a lookup too, and at a few hundred calls
+        a flush per call was 2-3 % of the server's samples); forgets calls that vanished without a
+        final look."""
+        growth = _Growth()
+        live = set()
+        for call in list(calls):
+            live.add(str(call.call_id))
+            self._gather(call, growth)
+        self._add(growth)
+        for key in [k for k in self._seen if k not in live]:
+            del self._seen[key]
+
+    def _gather(self, call: Any, g: _Growth) -> None:
+        """Add what grew in `call`'s stats since the last look to `g`, and remember it as seen."""
         key = str(call.call_id)
         seen = self._seen.get(key)
         if seen is None:
@@ -204,58 +253,67 @@ class Metrics:
         s = call.stats
         provider = str(getattr(call.model, "provider", "unknown"))
         playout_stats = getattr(getattr(call, "playout", None), "stats", None)
-        dropped = int(getattr(playout_stats, "frames_dropped", 0))
-
-        def delta(counter: Any, attr: str, now: int) -> None:
-            before = getattr(seen, attr)
-            if now > before:
-                counter.inc(now - before)
-                setattr(seen, attr, now)
-
-        delta(self.frames_in, "frames_in", int(s.frames_in))
-        delta(self.frames_out, "frames_out", int(s.frames_out))
-        delta(self.frames_dropped, "frames_dropped", dropped)
-        delta(self.barge_ins, "barge_ins", int(s.barge_ins))
-        delta(self.provider_errors.labels(provider), "provider_errors", int(s.provider_errors))
-        delta(self.provider_reconnects.labels(provider), "reconnects", int(s.reconnects))
+        g.frames_in += _grown(seen, "frames_in", int(s.frames_in))
+        g.frames_out += _grown(seen, "frames_out", int(s.frames_out))
+        g.frames_dropped += _grown(seen, "frames_dropped", int(getattr(playout_stats, "frames_dropped", 0)))
+        g.barge_ins += _grown(seen, "barge_ins", int(s.barge_ins))
+        for attr, table in (("provider_errors", g.provider_errors), ("reconnects", g.reconnects)):
+            n = _grown(seen, attr, int(getattr(s, attr)))
+            if n:
+                table[provider] = table.get(provider, 0) + n
         latencies = s.clear_latency_ms
-        for ms in latencies[seen.clear_latencies :]:
-            self.clear_latency.observe(ms)
+        g.clear_latencies.extend(latencies[seen.clear_latencies :])
         seen.clear_latencies = len(latencies)
         if not seen.first_audio and s.first_audio_ms is not None:
-            self.first_audio.observe(s.first_audio_ms)
+            g.first_audio.append(s.first_audio_ms)
             seen.first_audio = True
-        turns = getattr(call, "turn_stats", None)
-        if turns is not None:
-            self._observe_turns(turns, seen)
-        if final:
-            del self._seen[key]
+        t = getattr(call, "turn_stats", None)
+        if t is not None:
+            grown, turns = seen.turns, g.turns
+            for source, n in t.barge_ins.items():
+                _add_growth(grown, turns, f"barge:{source}", n)
+            for kind, n in t.response_problems.items():
+                _add_growth(grown, turns, f"problem:{kind}", n)
+            _add_growth(grown, turns, "false", t.false_interruptions)
+            _add_growth(grown, turns, "dead_air", t.dead_air_seconds)
+            _add_growth(grown, turns, "caps", t.tool_round_caps)
 
-    def _observe_turns(self, t: Any, seen: _Seen) -> None:
-        grown = seen.turns
-        for source, n in t.barge_ins.items():
-            _add_growth(grown, f"barge:{source}", self.turn_barge_ins.labels(source), n)
-        for kind, n in t.response_problems.items():
-            _add_growth(grown, f"problem:{kind}", self.response_problems.labels(kind), n)
-        _add_growth(grown, "false", self.false_interruptions, t.false_interruptions)
-        _add_growth(grown, "dead_air", self.dead_air, t.dead_air_seconds)
-        _add_growth(grown, "caps", self.tool_round_caps, t.tool_round_caps)
+    def _add(self, g: _Growth) -> None:
+        """One `inc` per counter (and label) that grew, one `observe` per new latency."""
+        for counter, n in ((self.frames_in, g.frames_in), (self.frames_out, g.frames_out),
+                           (self.frames_dropped, g.frames_dropped), (self.barge_ins, g.barge_ins)):
+            if n:
+                counter.inc(n)
+        for provider, n in g.provider_errors.items():
+            self.provider_errors.labels(provider).inc(n)
+        for provider, n in g.reconnects.items():
+            self.provider_reconnects.labels(provider).inc(n)
+        for ms in g.clear_latencies:
+            self.clear_latency.observe(ms)
+        for ms in g.first_audio:
+            self.first_audio.observe(ms)
+        for key, amount in g.turns.items():
+            self._turn_counter(key).inc(amount)
+
+    def _turn_counter(self, key: str) -> Any:
+        """The counter of a `_Seen.turns` key ("barge:local", "problem:response_timeout", "false", ...)."""
+        kind, _, label = key.partition(":")
+        if kind == "barge":
+            return self.turn_barge_ins.labels(label)
+        if kind == "problem":
+            return self.response_problems.labels(label)
+        return {"false": self.false_interruptions, "dead_air": self.dead_air, "caps": self.tool_round_caps}[kind]
 
     def observe_vad_batch(self, batch: Any) -> None:
         """Add what the process's Silero batch (duck-typed `SileroBatch`) ran since the last look."""
-        seen = self._vad_seen
-        _add_growth(seen, "batches", self.vad_batches, batch.batches)
-        _add_growth(seen, "windows", self.vad_windows, batch.windows_scored)
-        _add_growth(seen, "failures", self.vad_batch_failures, batch.failures)
-
-    def observe_calls(self, calls: Any) -> None:
-        """`observe_call` for every live call; forgets calls that vanished without a final look."""
-        live = set()
-        for call in list(calls):
-            live.add(str(call.call_id))
-            self.observe_call(call)
-        for key in [k for k in self._seen if k not in live]:
-            del self._seen[key]
+        grown: dict[str, float] = {}
+        _add_growth(self._vad_seen, grown, "batches", batch.batches)
+        _add_growth(self._vad_seen, grown, "windows", batch.windows_scored)
+        _add_growth(self._vad_seen, grown, "failures", batch.failures)
+        for key, counter in (("batches", self.vad_batches), ("windows", self.vad_windows),
+                             ("failures", self.vad_batch_failures)):
+            if key in grown:
+                counter.inc(grown[key])
 
     # -- exposition ---------------------------------------------------------------------------
 

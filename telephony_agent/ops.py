@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 0.05
 LAG_WINDOW_S = 1.0
-FLUSH_INTERVAL_S = 0.25
+FLUSH_INTERVAL_S = 1.0
+"""How often live calls' counts reach the counters. A scrape flushes first, so this keeps only the
+other workers' shares (multiprocess mode) current; each flush reads every live call."""
 
 
 def install(app: web.Application) -> None:

@@ -8,6 +8,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import pytest
@@ -79,6 +80,7 @@ class FakeCall:
     )
     playout: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(stats=SimpleNamespace(frames_dropped=0)))
     model: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(provider="openai"))
+    turn_stats: Any = None
 
 
 def sample(m: Metrics, name: str, labels: dict[str, str] | None = None) -> float:
@@ -119,6 +121,39 @@ def test_per_call_counters_are_added_as_deltas_while_the_call_runs() -> None:
     m.observe_calls([b])
     assert sample(m, "agent_frames_in_total") == 100
     assert "CA-a" not in m.render().decode()
+
+
+def test_live_calls_growth_is_summed_across_calls_and_labels() -> None:
+    from telephony_agent.telephony.turns import TurnStats
+
+    m = Metrics()
+    calls = [FakeCall(f"CA-{i}", model=SimpleNamespace(provider=p)) for i, p in enumerate(["openai", "openai", "gemini"])]
+    for call in calls:
+        call.turn_stats = TurnStats()
+    a, b, c = (call.turn_stats for call in calls)
+    a.count(a.barge_ins, "local")
+    b.count(b.barge_ins, "provider")
+    b.count(b.barge_ins, "provider")
+    c.count(c.barge_ins, "local")
+    a.dead_air_seconds, b.dead_air_seconds = 0.5, 0.25
+    c.count(c.response_problems, "response_failed")
+    calls[0].stats.provider_errors, calls[2].stats.provider_errors = 1, 3
+    for i, call in enumerate(calls):
+        call.stats.frames_in = 10 * (i + 1)
+    m.observe_calls(calls)
+    m.observe_calls(calls)  # nothing new: nothing added
+    assert sample(m, "agent_frames_in_total") == 60
+    assert sample(m, "agent_turn_barge_ins_total", {"source": "local"}) == 2
+    assert sample(m, "agent_turn_barge_ins_total", {"source": "provider"}) == 2
+    assert sample(m, "agent_dead_air_seconds_total") == 0.75
+    assert sample(m, "agent_response_problems_total", {"kind": "response_failed"}) == 1
+    assert sample(m, "agent_provider_errors_total", {"provider": "openai"}) == 1
+    assert sample(m, "agent_provider_errors_total", {"provider": "gemini"}) == 3
+    c.count(c.barge_ins, "local")
+    calls[1].stats.frames_in = 25
+    m.observe_calls(calls[1:])  # the first call vanished without a final look: forgotten, nothing lost
+    assert sample(m, "agent_turn_barge_ins_total", {"source": "local"}) == 3
+    assert sample(m, "agent_frames_in_total") == 65
 
 
 def test_json_log_lines_carry_call_id_and_extra_fields() -> None:
