@@ -53,6 +53,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -221,6 +222,18 @@ def http_get(url: str) -> tuple[int, str]:
 
 
 _BUCKET = re.compile(r'^agent_event_loop_lag_ms_bucket\{le="([^"]+)"\} ([0-9.e+]+)$', re.M)
+
+
+def write_perf_summary(data: Path, out: Path) -> None:
+    """Where the server's CPU went, from `perf record`: by shared object (the interpreter, the kernel,
+    numpy, the compiled modules, uvloop...), then the 40 busiest symbols."""
+    parts = []
+    for sort, limit in (("dso", 30), ("dso,sym", 40)):
+        report = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", sort, "--stdio",
+                                 "-g", "none"], capture_output=True, text=True, timeout=120, check=False).stdout
+        lines = [line for line in report.splitlines() if line.strip() and not line.startswith("#")]
+        parts.append("\n".join(lines[:limit]))
+    out.write_text("\n\n".join(parts) + "\n")
 
 
 def metrics_text(base: str) -> str:
@@ -478,6 +491,11 @@ class Bench:
                 [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", str(int(steady_s)),
                  "-r", "200", "-f", "raw", "-o", str(OUT / f"profile-{n}.txt"), *self.args.profile_flags.split()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        perf = None
+        if self.args.perf_at == n:
+            perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-p", str(pid), "-o",
+                                     str(OUT / f"perf-{n}.data"), "--", "sleep", str(int(steady_s))],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rss = []
         end = w0 + steady_s
         while time.monotonic() < end:
@@ -495,6 +513,9 @@ class Bench:
         self.foreign_pct = ((k1 - k0) - (c1 - c0) - gen_on_server_cores) / (w1 - w0) * 100
         if prof is not None:
             prof.wait(30)
+        if perf is not None:
+            perf.wait(30)
+            write_perf_summary(OUT / f"perf-{n}.data", OUT / f"perf-{n}.txt")
         metrics = metrics_text(self.base)
         lag1, vad1 = lag_buckets(metrics), vad_counts(metrics)
         for p in (self.provider, self.callers):
@@ -806,6 +827,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--profile-at", type=int, default=None, help="py-spy record the server during this step")
+    p.add_argument("--perf-at", type=int, default=None,
+                   help="perf record the server during this step (kernel included): its CPU by shared object and "
+                        "symbol in bench/out/perf-N.txt (perf's sampling costs CPU: that step's figures run high)")
     p.add_argument("--profile-flags", default="--nonblocking", help="extra py-spy flags, e.g. '--idle --native'")
     p.add_argument("--keep-going", action="store_true", help="run the whole series even past real time")
     p.add_argument("--vad", default="silero", choices=["silero", "energy", "off"], help="AGENT_VAD for the server")
@@ -827,6 +851,8 @@ def main(argv: list[str] | None = None) -> int:
     series = [int(x) for x in _list(args.series)]
     if args.callgrind and (workers or args.sequential):
         p.error("--callgrind needs --workers '' --sequential 0 (a worker pool and 1,000 calls under valgrind take hours)")
+    if args.perf_at is not None and shutil.which("perf") is None:
+        p.error("--perf-at needs the perf tool (Debian: linux-perf)")
     for b in bridges:
         if b not in BRIDGES:
             p.error(f"unknown bridge {b!r} (choose from {', '.join(BRIDGES)})")
