@@ -35,17 +35,18 @@ def multiprocess_dir() -> str | None:
 
 
 @dataclass
-class _FrameCounts:
+class _CallCounts:
     """A call's unlabelled counts: already added (`_Seen`), or grown since (`_Growth`)."""
 
     frames_in: int = 0
     frames_out: int = 0
     frames_dropped: int = 0
     barge_ins: int = 0
+    keys_dropped: int = 0
 
 
 @dataclass
-class _Seen(_FrameCounts):
+class _Seen(_CallCounts):
     """What of one call's stats has already been added to the counters."""
 
     clear_latencies: int = 0
@@ -56,7 +57,7 @@ class _Seen(_FrameCounts):
 
 
 @dataclass
-class _Growth(_FrameCounts):
+class _Growth(_CallCounts):
     """What every live call's stats grew by since the last look, added to the counters at once."""
 
     provider_errors: dict[str, int] = field(default_factory=dict)  # by provider
@@ -108,6 +109,9 @@ class Metrics:
             "agent_frames_dropped", "Agent audio frames discarded (barge-in, cancelled output)", registry=r
         )
         self.barge_ins = Counter("agent_barge_ins", "Barge-ins handled", registry=r)
+        self.keys_dropped = Counter(
+            "agent_dtmf_dropped", "Caller keys dropped: over a call's rate (a flood), never passed on", registry=r
+        )
         self.clear_latency = Histogram(
             "agent_bargein_clear_ms",
             "Provider speech-start/interrupted event to Twilio clear sent, milliseconds",
@@ -257,6 +261,7 @@ class Metrics:
         g.frames_out += _grown(seen, "frames_out", int(s.frames_out))
         g.frames_dropped += _grown(seen, "frames_dropped", int(getattr(playout_stats, "frames_dropped", 0)))
         g.barge_ins += _grown(seen, "barge_ins", int(s.barge_ins))
+        g.keys_dropped += _grown(seen, "keys_dropped", int(getattr(s, "dtmf_dropped", 0)))
         for attr, table in (("provider_errors", g.provider_errors), ("reconnects", g.reconnects)):
             n = _grown(seen, attr, int(getattr(s, attr)))
             if n:
@@ -281,7 +286,8 @@ class Metrics:
     def _add(self, g: _Growth) -> None:
         """One `inc` per counter (and label) that grew, one `observe` per new latency."""
         for counter, n in ((self.frames_in, g.frames_in), (self.frames_out, g.frames_out),
-                           (self.frames_dropped, g.frames_dropped), (self.barge_ins, g.barge_ins)):
+                           (self.frames_dropped, g.frames_dropped), (self.barge_ins, g.barge_ins),
+                           (self.keys_dropped, g.keys_dropped)):
             if n:
                 counter.inc(n)
         for provider, n in g.provider_errors.items():

@@ -41,6 +41,8 @@ from telephony_agent.realtime.session import QueuedSession
 from telephony_agent.telephony.assets import prompt_audio
 from telephony_agent.telephony.bridge import (
     EARLY_DIGITS,
+    KEY_BURST,
+    KEYS_PER_S,
     BridgeOptions,
     CallBridge,
     CallOutcome,
@@ -672,6 +674,7 @@ async def test_keys_pressed_while_the_provider_connects_follow_the_greeting_requ
 async def test_keys_held_while_connecting_are_bounded() -> None:
     call, starting, opening = await _connecting_call()
     for i in range(EARLY_DIGITS + 8):
+        call.clock.now += 0.1  # within the keys' rate: only the connecting bound applies
         await call.bridge.on_dtmf(str(i % 10))
     assert len(call.bridge.stats.dtmf) == EARLY_DIGITS + 8  # every key is counted and hooked
     opening.set()
@@ -688,6 +691,37 @@ async def test_keys_of_a_call_that_ends_while_connecting_go_nowhere() -> None:
     opening.set()
     await starting
     assert call.session.closed and call.session.requests == []
+
+
+async def test_a_key_flood_is_dropped_past_the_burst_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    call = await make_call()
+    hooked: list[str] = []
+    call.bridge.dtmf_hooks.append(hooked.append)
+    with caplog.at_level("WARNING", logger="telephony_agent.telephony.bridge"):
+        for i in range(500):  # a peer sending keys as fast as it can, all at once
+            await call.bridge.on_dtmf(str(i % 10))
+    assert len(hooked) == len(call.session.texts) == KEY_BURST  # each costs a model request: bounded
+    assert call.bridge.stats.dtmf_dropped == 500 - KEY_BURST and len(call.bridge.stats.dtmf) == KEY_BURST
+    warnings = [r for r in caplog.records if "keys arrive faster" in r.getMessage()]
+    assert [w.getMessage() for w in warnings] == ["keys arrive faster than 10 a second: 1 dropped so far"]  # no key
+    call.clock.now += 1.0  # the rate comes back: a second later, KEYS_PER_S keys pass again
+    for _ in range(20):
+        await call.bridge.on_dtmf("1")
+    assert len(hooked) == KEY_BURST + KEYS_PER_S
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+
+
+async def test_a_person_keying_fast_loses_no_key() -> None:
+    call = await make_call()
+    keyed = 0
+    for burst in range(6):  # a card number in one go at the fastest dialler timing (80 ms a key), then a pause
+        for _ in range(16):
+            call.clock.now += 0.08
+            await call.bridge.on_dtmf(str(burst))
+            keyed += 1
+        call.clock.now += 1.5
+    assert call.bridge.stats.dtmf_dropped == 0 and len(call.session.texts) == keyed == 96
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
 
 
 async def test_a_tool_call_that_arrives_after_the_call_ended_is_not_run() -> None:

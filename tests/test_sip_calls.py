@@ -12,6 +12,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from agent_server import running_agent, test_settings
 from local_helpers import CALLER_VOICE
@@ -29,7 +30,7 @@ from sip_peers import (
 
 from telephony_agent.realtime.providers.local import LocalRealtimeModel
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
-from telephony_agent.telephony.bridge import CallPhase
+from telephony_agent.telephony.bridge import KEY_BURST, KEYS_PER_S, CallPhase
 from telephony_agent.testing.ports import free_udp_port
 from telephony_agent.testing.sip_caller import SipPhone
 
@@ -215,5 +216,39 @@ async def test_keys_pressed_while_the_provider_connects_reach_the_model() -> Non
             # the held keys went after the session was configured, not before it was ready
             types = openai.received_types()
             assert types.index("session.update") < types.index("conversation.item.create")
+            await phone.hangup()
+        await agent.wait_no_calls(10)
+
+
+async def test_a_key_flood_reaches_the_model_only_at_the_keys_rate(caplog: pytest.LogCaptureFixture) -> None:
+    """A SIP peer floods RFC 4733 keys: each would cost a paid model response; past the burst they
+    are counted and dropped, logged once, and the call goes on."""
+    async with FakeOpenAIServer(api_key="sk-test-key") as openai:
+        settings = sip_settings()
+        model = OpenAIRealtimeModel("sk-test-key", url=openai.url, audio="pcmu")
+        async with running_agent(settings, model) as agent, SipPhone(f"sip:agent@127.0.0.1:{settings.sip_port}") as phone:
+            await phone.place_and_connect()
+            bridge = await phone.wait_for(lambda: next(iter(agent.state.calls.values()), None), 5, "the bridge")
+            await phone.wait_for(lambda: bridge.phase is CallPhase.LIVE, 10, "the provider session")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with caplog.at_level("DEBUG", logger="telephony_agent"):
+                await phone.call.send_key_flood(300)  # 1,000 keys a second
+                await asyncio.sleep(0.3)
+                received = bridge.leg.rtp.summary()["dtmf"]  # what the socket did not drop under this machine's load
+                await phone.wait_for(lambda: len(bridge.stats.dtmf) + bridge.stats.dtmf_dropped == received, 5,
+                                     "every key received at the bridge")
+            elapsed = loop.time() - started
+            passed = len(bridge.stats.dtmf)
+            assert received >= 200, received
+            assert KEY_BURST <= passed <= KEY_BURST + KEYS_PER_S * elapsed + 1, (passed, elapsed)
+            await openai.wait_for(lambda: len(openai.user_texts()) == passed, timeout=5)
+            async with aiohttp.ClientSession() as http, http.get(f"{agent.base_url}/metrics") as resp:
+                text = await resp.text()
+            assert f"agent_dtmf_dropped_total {float(received - passed)}" in text
+            lines = [r.getMessage() for r in caplog.records]
+            assert sum("keys arrive faster" in line for line in lines) == 1
+            assert not any("5" in line for line in lines if "RFC 4733" in line)  # which key: never logged
+            assert not phone.closed and bridge.phase is CallPhase.LIVE
             await phone.hangup()
         await agent.wait_no_calls(10)

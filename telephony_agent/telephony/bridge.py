@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from telephony_agent.logs import LogBudget
 from telephony_agent.per_loop import PerLoop
 from telephony_agent.realtime import (
     AudioChunk,
@@ -56,6 +57,7 @@ from telephony_agent.telephony.leg import AudioLaw, PhoneLeg
 from telephony_agent.telephony.loop_timer import SharedTimer, fired_at
 from telephony_agent.telephony.pacing import Confirmer, PacingClock
 from telephony_agent.telephony.playout import Playout
+from telephony_agent.telephony.token_bucket import TokenBucket
 from telephony_agent.telephony.turns import (
     BatchedSileroScorer,
     DeadAirAction,
@@ -75,6 +77,8 @@ from telephony_codecs import Framer, Transcoder, alaw_to_pcm16, ulaw_to_pcm16
 __all__ = [
     "EARLY_AUDIO_MS",
     "EARLY_DIGITS",
+    "KEYS_PER_S",
+    "KEY_BURST",
     "BridgeOptions",
     "CallBridge",
     "CallOutcome",
@@ -89,6 +93,11 @@ log = logging.getLogger(__name__)
 
 EARLY_AUDIO_MS = 3000  # caller audio kept while the provider session opens
 EARLY_DIGITS = 32  # keys kept while the provider session opens (a caller keying ahead, not a flood)
+# Keys a call passes on (hooks, and a model request each): a person keys a few a second, a dialler
+# sending a number at the fastest RFC 4733 / Q.24 timing about 12 in a burst; past that it is a
+# flood, and each key would cost a response from a paid model.
+KEYS_PER_S = 10.0
+KEY_BURST = 20
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
@@ -147,6 +156,7 @@ class CallStats:
     truncates: list[tuple[str, int]] = field(default_factory=list)
     first_audio_ms: float | None = None
     dtmf: list[str] = field(default_factory=list)
+    dtmf_dropped: int = 0  # keys over the call's rate (`KEYS_PER_S`): a flood, not a person
     tool_calls: list[str] = field(default_factory=list)
     provider_errors: int = 0
     reconnects: int = 0
@@ -256,6 +266,8 @@ class CallBridge:
         self._early_bytes = 0
         self._early_limit = int(self.format.sample_rate * EARLY_AUDIO_MS / 1000)
         self._early_digits: list[str] = []
+        self._keys = TokenBucket(KEYS_PER_S, KEY_BURST)
+        self._log_budget = LogBudget(10.0)
         # Deadlines on `clock` (None: not armed) and the action waiting for playout to finish.
         self._after_playout: Callable[[], Awaitable[None]] | None = None
         self._goodbye_due: float | None = None
@@ -385,7 +397,13 @@ class CallBridge:
             self.log.debug("audio not sent: %s", exc)
 
     async def on_dtmf(self, digit: str) -> None:
-        self._leg_seen = self.clock()
+        now = self._leg_seen = self.clock()
+        if not self._keys.take(now):  # a flood: no hook and no model request for it, counted
+            self.stats.dtmf_dropped += 1
+            if self._log_budget.allow("keys", now) is not None:
+                self.log.warning("keys arrive faster than %g a second: %d dropped so far", KEYS_PER_S,
+                                 self.stats.dtmf_dropped)
+            return
         self.stats.dtmf.append(digit)
         self._arm_idle_timer()
         for hook in self.dtmf_hooks:

@@ -512,6 +512,21 @@ class SipCall:
 
         self._dtmf_seq = (self._dtmf_seq + 1) & 0xFFFF
 
+    async def send_key_flood(self, count: int, digit: str = "5", per_ms: float = 1.0) -> None:
+        """`count` keys, `per_ms` a millisecond, each a single end packet with a timestamp of its
+        own: a peer flooding keys (what the agent must bound), not a phone. Sent 10 at a time, so
+        the agent's socket buffer (about 250 such packets) is not what drops them."""
+        rtp = self._rtp
+        te = self.result.te_payload_type if isinstance(self.result, Answered) else None
+        if rtp is None or te is None or self._rtp_transport is None:
+            raise SipCallError("the agent did not answer telephone-event: no RFC 4733 digits")
+        ts = secrets.randbits(32)
+        for k in range(count):
+            self._send_event(te, (ts + 160 * k) & 0xFFFFFFFF, telephone_event_payload(digit, end=True, duration=160),
+                             marker=True)
+            if k % 10 == 9:
+                await asyncio.sleep(10 / per_ms / 1000)
+
     def _send_event(self, pt: int, ts: int, payload: bytes, *, marker: bool, advance: bool = True) -> None:
         assert self._rtp is not None and self._rtp_transport is not None
         self._rtp_transport.sendto(build_rtp(pt, self._dtmf_seq, ts, self._dtmf_ssrc, payload, marker), self._rtp.remote)

@@ -339,7 +339,7 @@ class RtpSession(asyncio.DatagramProtocol):
             for payload in self.jitter.skip(packet, now):  # PJSIP numbers events with the speech
                 self.on_audio(payload)
             for digit in self.dtmf.receive(packet.ssrc, packet.timestamp, packet.payload):
-                self.log.info("DTMF %s (RFC 4733)", digit)
+                self.log.debug("a key pressed (RFC 4733)")  # never which: keys may be a PIN or a card number
                 self.on_dtmf(digit)
 
     def _accept_source(self, source: tuple[str, int], now: float) -> bool:

@@ -50,6 +50,7 @@ from telephony_agent.telephony.sip.transaction import (
     Peer,
     TxState,
 )
+from telephony_agent.telephony.token_bucket import TokenBucket
 
 __all__ = [
     "ALLOW",
@@ -196,12 +197,6 @@ class _Call:
 
 
 @dataclass
-class _Bucket:
-    tokens: float
-    stamp: float
-
-
-@dataclass
 class _Client:
     tx: NonInviteClientTransaction
     call_id: str
@@ -216,7 +211,7 @@ class SipUas:
     _dialogs: dict[tuple[str, str, str], _Call] = field(default_factory=dict)
     _early: dict[tuple[str, str], _Call] = field(default_factory=dict)  # (Call-ID, From tag), whole call
     _invite_calls: dict[tuple[str, ...], _Call] = field(default_factory=dict)  # INVITE tx key -> call
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+    _buckets: dict[str, TokenBucket] = field(default_factory=dict)
 
     # -- queries --------------------------------------------------------------------------
 
@@ -705,17 +700,11 @@ class SipUas:
                 self._prune_buckets(now)
                 if len(self._buckets) >= MAX_RATE_SOURCES:
                     return False  # under a spoofed-source flood: refuse newcomers, keep known ones
-            bucket = self._buckets[host] = _Bucket(self.config.rate_burst, now)
-        bucket.tokens = min(self.config.rate_burst, bucket.tokens + (now - bucket.stamp) * self.config.rate_per_s)
-        bucket.stamp = now
-        if bucket.tokens < 1.0:
-            return False
-        bucket.tokens -= 1.0
-        return True
+            bucket = self._buckets[host] = TokenBucket(self.config.rate_per_s, self.config.rate_burst)
+        return bucket.take(now)
 
     def _prune_buckets(self, now: float) -> None:
-        full_after = self.config.rate_burst / max(self.config.rate_per_s, 1e-6)
-        for host in [h for h, b in self._buckets.items() if now - b.stamp > full_after]:
+        for host in [h for h, b in self._buckets.items() if b.full_by(now)]:
             del self._buckets[host]
 
 

@@ -1,0 +1,38 @@
+"""A token bucket on the caller's clock: how often a peer may ask for something, with a burst.
+
+Sans-I/O: `take(now)` is given the time and reads no clock. The SIP UAS keeps one per source
+address for new requests; the call bridge keeps one per call for the keys that reach the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["TokenBucket"]
+
+
+@dataclass
+class TokenBucket:
+    """`burst` tokens to start with, `rate_per_s` more each second, never more than `burst`."""
+
+    rate_per_s: float
+    burst: float
+    tokens: float = field(init=False)
+    stamp: float | None = None  # when tokens were last counted; None: never taken from
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def take(self, now: float) -> bool:
+        """One token if there is one (True), else False and nothing taken."""
+        if self.stamp is not None:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate_per_s)
+        self.stamp = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+    def full_by(self, now: float) -> bool:
+        """True if it has filled up again by `now` (a bucket that could be forgotten)."""
+        return self.stamp is None or now - self.stamp >= self.burst / max(self.rate_per_s, 1e-6)
