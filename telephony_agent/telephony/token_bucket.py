@@ -28,9 +28,9 @@ class TokenBucket:
         if self.stamp is not None:
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate_per_s)
         self.stamp = now
-        if self.tokens < 1.0:
+        if self.tokens < 1.0 - 1e-9:  # a token refilled in steps of float seconds may add up to 0.999...
             return False
-        self.tokens -= 1.0
+        self.tokens = max(0.0, self.tokens - 1.0)
         return True
 
     def full_by(self, now: float) -> bool:
