@@ -203,3 +203,43 @@ def test_fake_provider_scripts_turns_for_unstamped_audio() -> None:
     turn = kinds.index("input_audio_buffer.speech_started")
     assert kinds[turn:turn + 4] == ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
                                     "input_audio_buffer.committed", "response.created"]
+
+
+async def test_simulated_callers_echo_a_mark_once_the_audio_before_it_has_played() -> None:
+    """Like Twilio: a mark comes back when the frame before it has finished (the tick after it began
+    playing), at once with nothing playing, and every pending one at a `clear`. Echoed a tick early
+    (as they were), the bridge's account of what the caller had heard ran a frame ahead."""
+    from bench.loadgen import callers
+    from bench.loadgen.common import speech_frames
+
+    call = callers.Call("127.0.0.1")
+    echoed: list[tuple[int, str]] = []
+    call.echo = lambda name: echoed.append((call.frames, name))  # type: ignore[method-assign]
+    call.send = lambda text: None  # type: ignore[method-assign]
+    voice = speech_frames(b"\x7f" * 160)[0]
+
+    def media(idx: int) -> bytes:
+        frame = provider_frame(7, 1, idx, time.monotonic_ns(), voice)
+        payload = base64.b64encode(frame).decode()
+        return json.dumps({"event": "media", "media": {"payload": payload}}).encode()
+
+    def mark(name: str) -> bytes:
+        return json.dumps({"event": "mark", "mark": {"name": name}}).encode()
+
+    for msg in (media(0), media(1), mark("a"), media(2), mark("b")):
+        call.on_text(msg)
+    call.tick()  # frame 0 plays
+    call.tick()  # frame 1 plays
+    assert echoed == []
+    call.tick()  # frame 1 has finished: "a"; frame 2 plays
+    assert echoed == [(3, "a")]
+    call.on_text(mark("c"))  # frame 2 still sounding: waits
+    call.tick()
+    assert echoed == [(3, "a"), (4, "b"), (4, "c")]
+    call.on_text(mark("d"))  # nothing playing: at once
+    assert echoed[-1] == (4, "d")
+    call.on_text(media(3))
+    call.on_text(mark("e"))
+    call.tick()
+    call.on_text(json.dumps({"event": "clear"}).encode())  # cut mid-frame: pending marks at once
+    assert echoed[-1] == (5, "e") and call.lost == 0

@@ -116,6 +116,7 @@ class Call(asyncio.Protocol):
         # playback: deque of int (one 20 ms frame of that response) or str (a mark name)
         self.play: deque[int | str] = deque()
         self.queued = 0
+        self.sounding = False  # a frame began playing this tick: a mark after it waits for the next
         self.underruns = 0
         self.foreign = 0
         # agent frames
@@ -235,7 +236,7 @@ class Call(asyncio.Protocol):
                     STATS.out_late += 1
         elif event == "mark":
             name = msg["mark"]["name"]
-            if self.queued:
+            if self.queued or self.sounding:  # Twilio echoes once the audio before the mark has finished
                 self.play.append(name)
             else:
                 self.echo(name)
@@ -254,6 +255,7 @@ class Call(asyncio.Protocol):
                     self.echo(entry)
             self.play.clear()
             self.queued = 0
+            self.sounding = False  # cut off mid-frame
 
     def echo(self, name: str) -> None:
         self.msg_seq += 1
@@ -283,13 +285,12 @@ class Call(asyncio.Protocol):
                     self.barge_end = k
                 self.talk, self.talk_barge, self.spoke_end = [], False, k
         play = self.play
-        while play and isinstance(play[0], str):
+        while play and isinstance(play[0], str):  # the frame before them has finished playing
             self.echo(play.popleft())  # type: ignore[arg-type]
+        self.sounding = bool(play)
         if play:
-            resp = play.popleft()
+            resp = play.popleft()  # starts playing now: marks after it go at the next tick, as Twilio's
             self.queued -= 1
-            while play and isinstance(play[0], str):
-                self.echo(play.popleft())  # type: ignore[arg-type]
             if resp != self.playing:  # a new answer starts playing: will this caller cut in?
                 self.playing, self.played = resp, 0  # type: ignore[assignment]
                 s = SCRIPT
