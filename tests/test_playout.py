@@ -117,3 +117,23 @@ def test_pause_takes_back_the_unheard_audio_and_resume_sends_it_again() -> None:
     assert [f for s in again for f in s.frames] == frames[3:13]
     p.clear()
     assert not p.paused
+
+
+def test_a_pause_of_a_chunk_sent_to_a_dry_leg_repeats_a_frame_rather_than_skip_one() -> None:
+    """A leg whose queue ran dry plays a chunk when it has it and its next frame is due (Twilio,
+    the load benchmark's callers): up to a frame after the send. Counted from the send, a pause 30 ms
+    on took frame 2 as heard where the leg may only have begun it: the resume skipped it."""
+    from telephony_agent.telephony.playout import Playout
+
+    for pause_at, back in ((0.13, [2, 3]), (0.15, [3])):
+        p = Playout(lead_ms=200, frame_ms=20, chunk_ms=40)
+        frames = [bytes([i]) * 160 for i in range(4)]
+        p.push("item", frames[:2])
+        first = p.poll(0.0)
+        assert p.on_played(first[0].tag, 0.04)  # frames 0-1 played; the leg runs dry
+        p.push("item", frames[2:])
+        p.poll(0.1)  # frames 2-3 sent to the dry leg at 0.1
+        assert p.pause(pause_at) == 20 * len(back)
+        p.resume()
+        assert [f for s in p.poll(0.2) for f in s.frames] == [frames[i] for i in back]
+    # a chunk that follows a confirmed one starts at the confirmation: no margin (the test above)

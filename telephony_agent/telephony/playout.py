@@ -199,6 +199,12 @@ class Playout:
             frames = chunk.frames
             if index == 0:  # the chunk playing now: what has been heard of it counts as played
                 heard = min(chunk.ms, self.played_ms(chunk.item_id, now) - self._played_ms.get(chunk.item_id, 0))
+                last = self._last_played_at
+                if last is None or last < chunk.sent_at:
+                    # Sent to a leg that had run dry: it starts the chunk when it has it and its
+                    # next frame is due, up to a frame after we sent it. Counting from the send
+                    # would skip that frame on resume; a frame repeated is the lesser harm.
+                    heard -= self.frame_ms
                 heard_frames = max(0, heard) // self.frame_ms
                 frames = frames[heard_frames:]
                 if heard_frames:
