@@ -10,6 +10,7 @@ from peers.fake_openai import FakeOpenAIServer
 from peers.fake_twilio_rest import FakeTwilioRest
 
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
+from telephony_agent.telephony.bridge import KEY_BURST, KEYS_PER_S
 from telephony_agent.testing.speech import speech_pcm16, speech_ulaw
 from telephony_agent.testing.twilio_caller import HandshakeRejected, TwilioCaller
 
@@ -97,6 +98,29 @@ async def test_dtmf_reaches_the_model(openai_server: FakeOpenAIServer) -> None:
             await openai_server.wait_for(lambda: "The caller pressed 5." in openai_server.user_texts(), timeout=5)
             bridge = next(iter(agent.state.calls.values()))
             assert bridge.stats.dtmf == ["5"]
+
+
+async def test_a_media_stream_flooding_keys_reaches_the_model_only_at_the_keys_rate(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    async with running_agent(test_settings(), model_for(openai_server)) as agent:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            bridge = await call.wait_for(lambda: next(iter(agent.state.calls.values()), None), timeout=5, what="bridge")
+            await openai_server.wait_for(lambda: "session.update" in openai_server.received_types())
+            started = asyncio.get_running_loop().time()
+            for i in range(200):  # `dtmf` messages as fast as the socket takes them
+                await call.send_dtmf(str(i % 10))
+            await call.wait_for(lambda: len(bridge.stats.dtmf) + bridge.stats.dtmf_dropped == 200, timeout=10,
+                                what="every key at the bridge")
+            elapsed = asyncio.get_running_loop().time() - started
+            passed = len(bridge.stats.dtmf)
+            assert KEY_BURST <= passed <= KEY_BURST + KEYS_PER_S * elapsed + 1, (passed, elapsed)
+            await openai_server.wait_for(lambda: len(openai_server.user_texts()) == passed, timeout=5)
+            assert not call.closed and bridge.stats.dtmf_dropped == 200 - passed
+        await agent.wait_no_calls()
+    assert agent.state.metrics.keys_dropped._value.get() == 200 - passed  # the call's last flush
 
 
 async def test_end_call_hangs_up_after_the_goodbye_is_heard(
