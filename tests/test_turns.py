@@ -144,6 +144,22 @@ def test_an_echo_path_that_moves_is_still_not_an_interruption(moves: tuple[tuple
     assert TurnAction.BARGE_IN in run.actions()
 
 
+@pytest.mark.parametrize("echo_db", [None, -20])
+def test_a_timeline_moved_mid_interruption_keeps_what_was_learnt_of_the_line(echo_db: float | None) -> None:
+    """Caller frames read 50 ms late for minutes (a busy server), then on time: the detector moves
+    its timeline back during the caller's interruption. The line's level against the agent is no
+    less true after a move that small; forgotten, the echo bound went back to the agent's own
+    level and took the caller's speech over it for echo: 'too short', and the agent resumed."""
+    speech = _pcm(INTERRUPTION)
+    detector = TurnDetector(TurnSettings())
+    run = simulate([(4.0, speech)], seconds=6.5, echo_db=echo_db, echo_ms=150, detector=detector,
+                   slow_until=(4.15, 0.05))
+    assert detector.timeline_moves == 1
+    pause = run.first(TurnAction.PAUSE)
+    assert pause is not None and 0.0 <= pause.at - _onset(speech, 4.0) <= 0.3
+    assert TurnAction.BARGE_IN in run.actions() and TurnAction.RESUME not in run.actions(), run.actions()
+
+
 @pytest.mark.parametrize(
     "timeline",
     [{"late_start_s": 0.3}, {"late_start_s": 1.0}, {"lost": (2.0, 0.3)}, {"lost": (1.5, 1.0)}],

@@ -206,11 +206,17 @@ class EchoGuard:
 
     def shift(self, d: int) -> None:
         """The caller timeline moved: the reference placed so far plays `d` samples later on it,
-        so the echo of it comes `d` sooner after it."""
+        so the echo of it comes `d` sooner after it.
+
+        The line's level against the agent was learnt over every delay from -`lead` on, so a move
+        within `lead` left the true path inside what it was learnt over: it is kept. Forgotten,
+        the bound went back to -6 dB under the agent, and a caller interrupting when a busy
+        server's timeline moved was taken for echo."""
         self._ref_base += d
         self._ref_lo += d
         self._ref_hi += d
-        self._forget_level()
+        if abs(d) > self.lead:
+            self._forget_level()
         if self.delay is not None:
             self.delay -= d
             if not -self.lead < self.delay < self.max_delay:

@@ -79,6 +79,7 @@ def simulate(
     echo_moves: tuple[tuple[float, int], ...] = (),
     late_start_s: float = 0.0,
     lost: tuple[float, float] | None = None,
+    slow_until: tuple[float, float] | None = None,
 ) -> Run:
     """Play `agent` (PCM16 8 kHz samples, already through mu-law); the caller leg carries
     `caller` sounds (at their offsets in seconds), the agent's echo when `echo_db` is set, and
@@ -86,7 +87,10 @@ def simulate(
     `jitter_s`: each caller frame arrives up to that much late. `echo_moves`: (at seconds, new
     echo_ms) pairs, the echo path moving mid-call (the leg's playout slipped or caught up).
     `late_start_s`: the caller frames of the first that many seconds all arrive then, in a burst
-    (a stalled start). `lost`: (at, seconds) of caller frames the leg never delivers."""
+    (a stalled start). `lost`: (at, seconds) of caller frames the leg never delivers.
+    `slow_until`: (until, seconds): every caller frame before `until` arrives that much late, all
+    alike (a server too busy to read them on time), and on time from then on: the detector finds
+    its timeline late and moves it back mid-call."""
     detector = detector or TurnDetector(settings or TurnSettings())
     n = int(seconds * 8000)
     track = np.random.default_rng(seed).normal(0, 32768 * 10 ** (noise_dbfs / 20), n)
@@ -119,6 +123,8 @@ def simulate(
         if lost is not None and lost[0] <= i * 0.02 < lost[0] + lost[1]:
             decisions = []
         else:
+            if slow_until is not None and i * 0.02 < slow_until[0]:
+                late += slow_until[1]
             decisions = detector.caller_audio(frame, max(now + late, late_start_s))
         if provider_speech_at is not None and abs(now - provider_speech_at) < 0.01:
             decisions += detector.provider_speech(now)
