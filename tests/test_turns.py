@@ -160,6 +160,15 @@ def test_a_timeline_moved_mid_interruption_keeps_what_was_learnt_of_the_line(ech
     assert TurnAction.BARGE_IN in run.actions() and TurnAction.RESUME not in run.actions(), run.actions()
 
 
+@pytest.mark.parametrize("echo_db", [-6, -10, -20])
+def test_a_timeline_moved_mid_call_is_no_interruption_of_the_echo(echo_db: float) -> None:
+    """The other side of keeping the line level over a small move: the agent's echo alone, with
+    the timeline moved back 50 ms mid-answer, pauses nothing."""
+    detector = TurnDetector(TurnSettings())
+    run = simulate([], seconds=7.0, echo_db=echo_db, echo_ms=150, detector=detector, slow_until=(4.15, 0.05))
+    assert detector.timeline_moves == 1 and run.actions() == []
+
+
 @pytest.mark.parametrize(
     "timeline",
     [{"late_start_s": 0.3}, {"late_start_s": 1.0}, {"lost": (2.0, 0.3)}, {"lost": (1.5, 1.0)}],
