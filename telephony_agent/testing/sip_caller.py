@@ -497,10 +497,7 @@ class SipCall:
 
     async def send_dtmf(self, digit: str, duration_ms: int = 120) -> None:
         """One RFC 4733 key press: progress packets every 20 ms, then the end packet three times."""
-        rtp = self._rtp
-        te = self.result.te_payload_type if isinstance(self.result, Answered) else None
-        if rtp is None or te is None or self._rtp_transport is None:
-            raise SipCallError("the agent did not answer telephone-event: no RFC 4733 digits")
+        te = self._event_payload_type()
         ts = secrets.randbits(32)
         steps = max(1, duration_ms // 20)
         self._emit("dtmf", digit=digit)
@@ -516,16 +513,20 @@ class SipCall:
         """`count` keys, `per_ms` a millisecond, each a single end packet with a timestamp of its
         own: a peer flooding keys (what the agent must bound), not a phone. Sent 10 at a time, so
         the agent's socket buffer (about 250 such packets) is not what drops them."""
-        rtp = self._rtp
-        te = self.result.te_payload_type if isinstance(self.result, Answered) else None
-        if rtp is None or te is None or self._rtp_transport is None:
-            raise SipCallError("the agent did not answer telephone-event: no RFC 4733 digits")
+        te = self._event_payload_type()
         ts = secrets.randbits(32)
         for k in range(count):
             self._send_event(te, (ts + 160 * k) & 0xFFFFFFFF, telephone_event_payload(digit, end=True, duration=160),
                              marker=True)
             if k % 10 == 9:
                 await asyncio.sleep(10 / per_ms / 1000)
+
+    def _event_payload_type(self) -> int:
+        """The telephone-event payload type the agent answered; raises if there is none (or no media)."""
+        te = self.result.te_payload_type if isinstance(self.result, Answered) else None
+        if self._rtp is None or te is None or self._rtp_transport is None:
+            raise SipCallError("the agent did not answer telephone-event: no RFC 4733 digits")
+        return te
 
     def _send_event(self, pt: int, ts: int, payload: bytes, *, marker: bool, advance: bool = True) -> None:
         assert self._rtp is not None and self._rtp_transport is not None
