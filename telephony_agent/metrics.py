@@ -313,11 +313,10 @@ class Metrics:
     def observe_vad_batch(self, batch: Any) -> None:
         """Add what the process's Silero batch (duck-typed `SileroBatch`) ran since the last look."""
         grown: dict[str, float] = {}
-        _add_growth(self._vad_seen, grown, "batches", batch.batches)
-        _add_growth(self._vad_seen, grown, "windows", batch.windows_scored)
-        _add_growth(self._vad_seen, grown, "failures", batch.failures)
-        for key, counter in (("batches", self.vad_batches), ("windows", self.vad_windows),
-                             ("failures", self.vad_batch_failures)):
+        for key, counter, now in (("batches", self.vad_batches, batch.batches),
+                                  ("windows", self.vad_windows, batch.windows_scored),
+                                  ("failures", self.vad_batch_failures, batch.failures)):
+            _add_growth(self._vad_seen, grown, key, now)
             if key in grown:
                 counter.inc(grown[key])
 

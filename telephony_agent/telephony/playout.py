@@ -106,10 +106,16 @@ class Playout:
         heard = self._played_ms.get(item_id, 0)
         if self._outstanding and self._outstanding[0].item_id == item_id:
             head = self._outstanding[0]
-            last = self._last_played_at
-            started = head.sent_at if last is None or last < head.sent_at else last
+            started = head.sent_at if self._sent_dry(head) else self._last_played_at
+            assert started is not None  # not sent dry: a confirmation came after the send
             heard += round(min(head.ms, max(0.0, (now - started) * 1000)))
         return heard
+
+    def _sent_dry(self, chunk: _Chunk) -> bool:
+        """Sent after the leg had played everything before it (no confirmation since): it starts
+        when the leg has it, not when the chunk before it ended."""
+        last = self._last_played_at
+        return last is None or last < chunk.sent_at
 
     # -- input ------------------------------------------------------------------------------
 
@@ -199,8 +205,7 @@ class Playout:
             frames = chunk.frames
             if index == 0:  # the chunk playing now: what has been heard of it counts as played
                 heard = min(chunk.ms, self.played_ms(chunk.item_id, now) - self._played_ms.get(chunk.item_id, 0))
-                last = self._last_played_at
-                if last is None or last < chunk.sent_at:
+                if self._sent_dry(chunk):
                     # Sent to a leg that had run dry: it starts the chunk when it has it and its
                     # next frame is due, up to a frame after we sent it. Counting from the send
                     # would skip that frame on resume; a frame repeated is the lesser harm.
