@@ -186,6 +186,8 @@ class ScriptedSession(QueuedSession):
         self.responses = 0
         self.requests: list[str] = []  # texts and "response.create", in the order sent
         self.closed = False
+        self.takes_now = False  # True: audio is taken in send_audio_nowait, like the real providers
+        self.taken_now = 0
 
     @property
     def session_id(self) -> str:
@@ -219,6 +221,14 @@ class ScriptedSession(QueuedSession):
     async def send_audio(self, chunk: AudioChunk) -> None:
         self.audio_formats.add(chunk.format)
         self.audio += chunk.data
+
+    def send_audio_nowait(self, chunk: AudioChunk) -> bool:
+        if not self.takes_now:
+            return False
+        self.taken_now += 1
+        self.audio_formats.add(chunk.format)
+        self.audio += chunk.data
+        return True
 
     async def send_text(self, text: str) -> None:
         self.texts.append(text)
@@ -591,6 +601,34 @@ async def test_a_law_leg_with_a_pcm_model_is_decoded_and_encoded_as_a_law() -> N
     reference_out = down.process(agent) + down.flush()
     assert snr_db(reference_out, alaw_to_pcm16(bytes(call.leg.heard))) > 25
     assert snr_db(reference_out, ulaw_to_pcm16(bytes(call.leg.heard))) < 5
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+
+
+@pytest.mark.parametrize("takes_now", [True, False])
+async def test_caller_frames_handed_on_without_a_coroutine_are_transcoded_once_each(takes_now: bool) -> None:
+    """`caller_audio_now`, as a leg calls it where its socket read a frame: a session that takes
+    audio at once leaves nothing to await; one that does not gets the frame through the coroutine
+    returned. Either way each frame is transcoded once, in order (the resampler keeps state)."""
+    call = await make_call(fmt=PCMA_20MS, model=pcm_model())
+    call.session.takes_now = takes_now
+    speech = speech_pcm16("I would like to book a table.", 8000)
+    payload = pcm16_to_alaw(speech)
+    frame = PCMA_20MS.frame_bytes
+    left = 0
+    for i in range(0, len(payload) - frame + 1, frame):
+        rest = call.bridge.caller_audio_now(payload[i : i + frame])
+        if rest is not None:
+            left += 1
+            await rest
+    frames = len(payload) // frame
+    if takes_now:
+        assert left == 0 and call.session.taken_now == frames
+    else:
+        assert left == frames and call.session.taken_now == 0
+    up = StreamResampler(8000, 16000)
+    reference = up.process(speech[: frames * frame * 2])
+    assert len(call.session.audio) == len(reference)
+    assert snr_db(reference, bytes(call.session.audio)) > 25
     await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import pytest
 from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
 from peers.fake_openai import FakeOpenAIServer
 from peers.fake_twilio_rest import FakeTwilioRest
 
-from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
+from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel, OpenAIRealtimeSession
+from telephony_agent.realtime.types import AudioChunk
 from telephony_agent.telephony.bridge import KEY_BURST, KEYS_PER_S
+from telephony_agent.telephony.twilio.media_socket import TwilioMediaSocket
 from telephony_agent.testing.speech import speech_pcm16, speech_ulaw
 from telephony_agent.testing.twilio_caller import HandshakeRejected, TwilioCaller
 
@@ -86,6 +89,43 @@ async def test_barge_in_clears_and_truncates_at_what_was_heard(openai_server: Fa
             bridge = next(iter(agent.state.calls.values()))
             assert bridge.stats.barge_ins == 1
             assert bridge.stats.clear_latency_ms[0] < 50
+            # the caller's frames and mark echoes were handled where the socket read them
+            assert isinstance(bridge.leg, TwilioMediaSocket) and bridge.leg.reader is not None
+            assert bridge.leg.reader.handled > 100
+
+
+def appended_audio(server: FakeOpenAIServer) -> bytes:
+    return b"".join(base64.b64decode(m["audio"]) for m in server.received if m["type"] == "input_audio_buffer.append")
+
+
+async def test_caller_audio_a_session_cannot_take_at_once_reaches_it_whole_and_in_order(
+    openai_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session whose send waits (no `send_audio_nowait`): every frame the socket reads becomes work
+    its task awaits before the next, so the speech reaches the provider as the caller spoke it."""
+    take = OpenAIRealtimeSession.send_audio_nowait
+    sends: list[int] = []
+    calls = 0
+
+    async def send_audio(self: OpenAIRealtimeSession, chunk: AudioChunk) -> None:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.05 if calls % 10 == 0 else 0)  # some frames wait longer than a frame lasts
+        sends.append(len(chunk.data))
+        take(self, chunk)
+
+    monkeypatch.setattr(OpenAIRealtimeSession, "send_audio_nowait", lambda self, chunk: False)
+    monkeypatch.setattr(OpenAIRealtimeSession, "send_audio", send_audio)
+    speech = speech_ulaw("What are your opening hours?")
+    async with running_agent(test_settings(), model_for(openai_server)) as agent:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.wait_for(lambda: agent.state.calls, timeout=5, what="bridge")
+            await call.speak(speech)
+            await call.send_silence(0.2)
+            await openai_server.wait_for(lambda: speech in appended_audio(openai_server), timeout=10)
+            assert len(sends) > len(speech) // 160
 
 
 async def test_dtmf_reaches_the_model(openai_server: FakeOpenAIServer) -> None:

@@ -83,6 +83,15 @@ class RealtimeSession(abc.ABC):
     @abc.abstractmethod
     async def send_audio(self, chunk: AudioChunk) -> None: ...
 
+    def send_audio_nowait(self, chunk: AudioChunk) -> bool:
+        """`send_audio` without a coroutine, for a session whose send never waits; False (nothing
+        sent) when this one may, and the caller awaits `send_audio` instead.
+
+        A phone leg hands caller audio on where its socket read it, 50 frames a second a call,
+        with no task to await in; a session that can take a frame there overrides this.
+        """
+        return False
+
     async def send_audio_base64(self, audio_base64: str) -> None:
         try:
             data = base64.b64decode(audio_base64, validate=True)

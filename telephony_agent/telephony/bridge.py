@@ -20,8 +20,9 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from telephony_agent.logs import LogBudget
 from telephony_agent.per_loop import PerLoop
@@ -372,6 +373,18 @@ class CallBridge:
 
     async def on_caller_audio(self, payload: bytes) -> None:
         """Caller audio in the leg's format."""
+        rest = self.caller_audio_now(payload)
+        if rest is not None:
+            await rest
+
+    def caller_audio_now(self, payload: bytes) -> Coroutine[Any, Any, None] | None:
+        """`on_caller_audio` without a coroutine for the frames that need none: what is left to
+        await (a turn decision, a session that cannot take audio here) comes back, else None.
+
+        A leg that hands frames on where its socket read them (`websocket_read`) calls this:
+        most frames decide nothing and the session takes them at once, so there is no task step
+        for them; the rest, returned, its task awaits before the next frame.
+        """
         self._leg_seen = self.clock()
         self.stats.frames_in += 1
         phase = self.phase
@@ -379,20 +392,38 @@ class CallBridge:
             if self._early_bytes < self._early_limit:  # the caller spoke while the provider was connecting
                 self._early_audio.append(payload)
                 self._early_bytes += len(payload)
-            return
+            return None
         session = self.session
         if session is None or phase is CallPhase.PROMPTING or phase is CallPhase.ENDED:
-            return
+            return None
         if phase is CallPhase.LIVE:
             decisions = self.turns.caller_audio(self._to_pcm(payload), self._leg_seen)
             if decisions:  # rarely: no coroutine for the 50 frames a second that decide nothing
-                await self._on_turns(decisions)
-        await self._send_inbound(session, payload)
+                return self._decided_then_send(decisions, session, self._inbound_chunk(payload))
+        chunk = self._inbound_chunk(payload)
+        try:
+            if session.send_audio_nowait(chunk):
+                return None
+        except RealtimeError as exc:
+            self.log.debug("audio not sent: %s", exc)
+            return None
+        return self._send_chunk(session, chunk)
+
+    async def _decided_then_send(self, decisions: list[TurnDecision], session: RealtimeSession,
+                                 chunk: AudioChunk) -> None:
+        await self._on_turns(decisions)
+        await self._send_chunk(session, chunk)
+
+    def _inbound_chunk(self, payload: bytes) -> AudioChunk:
+        """The frame as the provider takes it (transcoded once: the transcoder keeps state)."""
+        return AudioChunk(payload if self._inbound is None else self._inbound.process(payload), self._input_format)
 
     async def _send_inbound(self, session: RealtimeSession, payload: bytes) -> None:
-        data = payload if self._inbound is None else self._inbound.process(payload)
+        await self._send_chunk(session, self._inbound_chunk(payload))
+
+    async def _send_chunk(self, session: RealtimeSession, chunk: AudioChunk) -> None:
         try:
-            await session.send_audio(AudioChunk(data, self._input_format))
+            await session.send_audio(chunk)
         except RealtimeError as exc:
             self.log.debug("audio not sent: %s", exc)
 

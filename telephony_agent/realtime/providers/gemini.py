@@ -492,6 +492,10 @@ class GeminiLiveSession(QueuedSession):
         conn.transport.send(message)
 
     async def send_audio(self, chunk: AudioChunk) -> None:
+        self.send_audio_nowait(chunk)
+
+    def send_audio_nowait(self, chunk: AudioChunk) -> bool:
+        """Always sent: the write is queued or made at once, never awaited."""
         if chunk.format != INPUT_FORMAT:
             raise RealtimeError(
                 f"Gemini Live takes PCM16 16 kHz audio, not {chunk.format.encoding.value} at "
@@ -500,11 +504,12 @@ class GeminiLiveSession(QueuedSession):
         if len(chunk.data) % 2:
             raise RealtimeError("PCM16 audio must have an even number of bytes")
         if not chunk.data:
-            return
+            return True
         if self._manual and not self._activity_open and self._translator.idle and not self._awaiting_reply:
             self._send(activity_start_message())
             self._activity_open = True
         self._send(audio_message(chunk.data), audio_bytes=len(chunk.data))
+        return True
 
     async def send_text(self, text: str) -> None:
         if not text:

@@ -303,10 +303,15 @@ class OpenAIRealtimeSession(QueuedSession):
         self._pending.add(msg, audio_bytes)
 
     async def send_audio(self, chunk: AudioChunk) -> None:
+        self.send_audio_nowait(chunk)
+
+    def send_audio_nowait(self, chunk: AudioChunk) -> bool:
+        """Always sent: the write is queued or made at once, never awaited."""
         if chunk.format != self._in:
             raise RealtimeError(f"audio in {chunk.format} but the session takes {self._in}")
         if chunk.data:
             self._send(audio_append_message(chunk.data), len(chunk.data))
+        return True
 
     async def send_text(self, text: str) -> None:
         item = user_text_item(text, new_item_id())

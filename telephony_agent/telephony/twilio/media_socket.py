@@ -43,6 +43,7 @@ from telephony_agent.telephony.twilio.stream import (
     media_message,
 )
 from telephony_agent.telephony.twilio.stream_auth import redact_start
+from telephony_agent.websocket_read import InPlaceReader, Work
 from telephony_agent.websocket_write import FrameWriter
 from telephony_agent.wiretap import WIRETAP, Wiretap
 
@@ -87,8 +88,11 @@ class TwilioMediaSocket:
         ws: web.WebSocketResponse,
         hooks: MediaSocketHooks,
         rest: TwilioRest | None = None,
+        request: web.BaseRequest | None = None,
     ) -> None:
         self.ws = ws
+        self.request = request  # given, the call's frames are handled where they are read
+        self.reader: InPlaceReader | None = None
         self.hooks = hooks
         self.rest = rest
         self.protocol = MediaStreamProtocol()
@@ -175,6 +179,8 @@ class TwilioMediaSocket:
         await self._frames.close(2.0)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ws.close(), 2.0)
+        if self.reader is not None:
+            self.reader.wake()  # a task waiting for frames finds the socket closed
 
     def on_admitted(self) -> None:
         """The call passed authorisation and admission: record from here on, its first frames first.
@@ -276,25 +282,74 @@ class TwilioMediaSocket:
         return True
 
     async def _stream(self) -> None:
+        """The call's frames: media and mark echoes where the socket reads them (`InPlaceReader`),
+        the rest here, in order; without the reader (no request, or an aiohttp it does not know)
+        all of them here."""
         bridge = self.bridge
         assert bridge is not None
-        # When the bridge ends the call it closes this socket, which ends the loop.
-        while not bridge.ended:
-            events = self._parse(await self.ws.receive())
-            if events is None:
-                return
-            for event in events:
-                if isinstance(event, Media):
-                    await bridge.on_caller_audio(event.payload)
-                elif isinstance(event, MarkEcho):
-                    bridge.on_played(event.name)
-                elif isinstance(event, Dtmf):
-                    await bridge.on_dtmf(event.digit)
-                elif isinstance(event, Stop):
-                    await bridge.on_hangup()
+        if self.request is not None:
+            self.reader = InPlaceReader.install(self.ws, self.request, self._text_now)
+        reader = self.reader
+        try:
+            # When the bridge ends the call it closes this socket, which ends the loop.
+            while not bridge.ended:
+                if reader is not None:
+                    work = await reader.next_work()
+                    if work is not None:
+                        if await work:
+                            return
+                        continue
+                events = self._parse(await self.ws.receive())
+                if events is None or await self._handle(events):
                     return
-                elif isinstance(event, BadInput):
-                    self._bad(event)
+        finally:
+            if reader is not None:
+                reader.detach()
+
+    def _text_now(self, text: str) -> Work | None:
+        """A text frame handled where the socket read it: media and mark echoes here, what is
+        left (a key, `stop`, a frame the bridge cannot finish at once) for `_stream`'s task."""
+        bridge = self.bridge
+        assert bridge is not None
+        if bridge.ended:
+            return _over()
+        if self._tap is not None:
+            self._tap.record("phone", "in", text)
+        events = self.protocol.receive_text(text)
+        for i, event in enumerate(events):
+            if isinstance(event, Media):
+                rest = bridge.caller_audio_now(event.payload)
+                if rest is not None:
+                    return self._after(rest, events[i + 1:])
+            elif isinstance(event, MarkEcho):
+                bridge.on_played(event.name)
+            elif isinstance(event, BadInput):
+                self._bad(event)
+            else:
+                return self._handle(events[i:])
+        return None
+
+    async def _after(self, rest: Awaitable[None], events: list[Event]) -> bool:
+        await rest
+        return await self._handle(events)
+
+    async def _handle(self, events: list[Event]) -> bool:
+        """The call's events from one frame; True once the stream is over (`stop`)."""
+        bridge = self.bridge
+        assert bridge is not None
+        for event in events:
+            if isinstance(event, Media):
+                await bridge.on_caller_audio(event.payload)
+            elif isinstance(event, MarkEcho):
+                bridge.on_played(event.name)
+            elif isinstance(event, Dtmf):
+                await bridge.on_dtmf(event.digit)
+            elif isinstance(event, Stop):
+                await bridge.on_hangup()
+                return True
+            elif isinstance(event, BadInput):
+                self._bad(event)
+        return False
 
     def _parse(self, msg: aiohttp.WSMessage) -> list[Event] | None:
         """Events in a frame, or None when the socket has closed. Recorded only once authorised."""
@@ -307,6 +362,10 @@ class TwilioMediaSocket:
         if msg.type is aiohttp.WSMsgType.ERROR and self.authorized:
             self.log.warning("media socket error: %s", msg.data)
         return None
+
+
+async def _over() -> bool:
+    return True
 
 
 def _redacted(frame: str) -> str:

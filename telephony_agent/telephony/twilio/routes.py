@@ -195,7 +195,7 @@ class TwilioRoutes:
             on_call_end=manager.call_ended,
             start_timeout=settings.ws_handshake_timeout_seconds,
         )
-        socket = TwilioMediaSocket(ws, hooks, self.rest)
+        socket = TwilioMediaSocket(ws, hooks, self.rest, request)
         try:
             await socket.run()
         finally:

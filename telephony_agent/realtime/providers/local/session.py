@@ -246,15 +246,19 @@ class LocalRealtimeSession(QueuedSession):
             self._audio_origin = keep_from
 
     async def send_audio(self, chunk: AudioChunk) -> None:
+        self.send_audio_nowait(chunk)
+
+    def send_audio_nowait(self, chunk: AudioChunk) -> bool:
+        """Always taken: the engine's detector runs here, recognition in a task of its own."""
         self._check_open()
         pcm = self._to_pcm16(chunk)
         if not pcm:
-            return
+            return True
         self._audio += pcm
         self._samples_in += len(pcm) // 2
         if self._manual:
             self._trim(self._samples_in - MAX_TURN_MS * self._rate // 1000)
-            return
+            return True
         for event in self._vad.process(pcm):
             if event.kind == "started":
                 self._on_speech_started(event.position_ms)
@@ -266,6 +270,7 @@ class LocalRealtimeSession(QueuedSession):
         elif self._samples_in - self._turn_start > MAX_TURN_MS * self._rate // 1000:
             self._vad.reset_turn()
             self._on_speech_stopped(self._ms(self._samples_in))
+        return True
 
     def _on_speech_started(self, start_ms: int) -> None:
         td = self._config.turn_detection

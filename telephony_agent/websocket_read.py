@@ -1,0 +1,168 @@
+"""WebSocket text frames handled where aiohttp's parser reads them, with no task wake-up per frame.
+
+A task reading an aiohttp WebSocket waits in `receive()`. Each frame the parser finds goes into
+the socket's queue and wakes the task: a future, a pass of the event loop, a task step, then
+`receive()`'s checks. A Twilio media socket brings 75 frames a call-second (50 media, 25 mark
+echoes), and most of them need a few microseconds of synchronous work, less than that hop.
+
+`InPlaceReader` stands in for the connection's parser (aiohttp's `RequestHandler` calls its
+`feed_data` for every read of an upgraded connection). After each read it takes the text frames
+out of the queue, through the queue's own `read()` (so its size accounting and flow control stay
+aiohttp's), and hands each to a handler, in the reading task's context, while that task waits in
+`next_work()`. What a handler cannot finish there comes back as a coroutine, which the task
+awaits before anything that came after it. Every other frame (close, ping, binary), the end of
+the stream and a protocol error stay in the queue for `receive()`, which handles them as aiohttp
+always has. Order is kept: nothing is handled in place while the task has work or the queue
+holds a frame for it.
+
+This reaches into aiohttp (the protocol's `_payload_parser`, the queue's `_buffer`), as
+`websocket_write` does for writes. `install` returns None when they are not as expected, and the
+caller reads with `receive()` alone; `tests/test_websocket_read.py` fails if an aiohttp release
+changes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+__all__ = ["InPlaceReader", "Work"]
+
+Work = Coroutine[Any, Any, bool]
+"""What a frame left for the reading task to await; True when the stream is over."""
+
+
+def _read_now(read: Coroutine[Any, Any, Any]) -> Any:
+    """The queue's `read()` run to its end at once: it returns without waiting when its buffer
+    holds a frame, which the caller has checked."""
+    try:
+        read.send(None)
+    except StopIteration as done:
+        return done.value
+    read.close()
+    raise RuntimeError("the WebSocket queue's read() waited with a frame in its buffer")
+
+
+class InPlaceReader:
+    """One upgraded connection's parser, wrapped: text frames go to `handle` as they are read."""
+
+    __slots__ = ("_buffer", "_context", "_error", "_handle", "_loop", "_parser", "_protocol", "_queue",
+                 "_wake", "_work", "_ws", "handled")
+
+    def __init__(self, ws: web.WebSocketResponse, protocol: Any, parser: Any, queue: Any,
+                 handle: Callable[[str], Work | None]) -> None:
+        self._ws = ws
+        self._protocol = protocol
+        self._parser = parser
+        self._queue = queue
+        self._buffer: deque[tuple[Any, int]] = queue._buffer
+        self._handle = handle
+        self._context = contextvars.copy_context()  # the task's: what a frame starts inherits the call's
+        self._loop = asyncio.get_running_loop()
+        self._wake: asyncio.Future[None] | None = None  # set while the task waits in next_work()
+        self._work: Work | None = None
+        self._error: BaseException | None = None
+        self.handled = 0
+        """Frames handled where they were read."""
+
+    @classmethod
+    def install(cls, ws: web.WebSocketResponse, request: web.BaseRequest,
+                handle: Callable[[str], Work | None]) -> InPlaceReader | None:
+        """Wrap the parser of `request`'s connection, upgraded to `ws`; None (nothing changed)
+        when aiohttp's internals are not the ones this was written against. Call it from the
+        task that will read: `handle` runs in a copy of its context."""
+        protocol = request.protocol
+        parser = getattr(protocol, "_payload_parser", None)
+        queue = getattr(ws, "_reader", None)
+        if (
+            parser is None
+            or isinstance(parser, InPlaceReader)
+            or not isinstance(getattr(queue, "_buffer", None), deque)
+            or not all(callable(getattr(parser, name, None)) for name in ("feed_data", "feed_eof"))
+            or not all(callable(getattr(queue, name, None)) for name in ("read", "is_eof", "exception"))
+        ):
+            return None
+        reader = cls(ws, protocol, parser, queue, handle)
+        protocol._payload_parser = reader
+        return reader
+
+    # -- what aiohttp's protocol calls, as it would its parser --------------------------------
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        result: tuple[bool, bytes] = self._parser.feed_data(data)
+        if self._wake is not None:
+            self._drain()
+        return result
+
+    def feed_eof(self) -> None:
+        self._parser.feed_eof()
+        self.wake()
+
+    # -- the reading task's side ----------------------------------------------------------------
+
+    async def next_work(self) -> Work | None:
+        """Wait until the task has something to do: a coroutine a frame left (await it, then call
+        again), or None: read the next frame with `receive()` (a frame that is not text, the end
+        of the stream, an error, a closed socket). Raises what a handler raised."""
+        while True:
+            error = self._error
+            if error is not None:
+                self._error = None
+                raise error
+            work = self._work
+            if work is not None:
+                self._work = None
+                return work
+            queue = self._queue
+            if self._buffer or self._ws.closed or queue.is_eof() or queue.exception() is not None:
+                return None
+            self._wake = wake = self._loop.create_future()
+            try:
+                await wake
+            finally:
+                self._wake = None
+
+    def wake(self) -> None:
+        """Let a waiting `next_work()` look again (the socket is closing)."""
+        wake = self._wake
+        if wake is not None:
+            self._wake = None
+            if not wake.done():
+                wake.set_result(None)
+
+    def detach(self) -> None:
+        """Give the connection its own parser back; work not taken is dropped."""
+        if getattr(self._protocol, "_payload_parser", None) is self:
+            self._protocol._payload_parser = self._parser
+        work, self._work = self._work, None
+        if work is not None:
+            work.close()
+        self.wake()
+
+    def _drain(self) -> None:
+        """Hand on the text frames at the head of the queue while the task waits and the socket
+        is open; wake the task for anything else."""
+        buffer = self._buffer
+        queue = self._queue
+        while buffer:
+            if buffer[0][0].type is not WSMsgType.TEXT or self._ws.closed:
+                break
+            text = _read_now(queue.read()).data
+            self.handled += 1
+            try:
+                work = self._context.run(self._handle, text)
+            except Exception as exc:  # noqa: BLE001 -- the task raises it, as it would have from its own read
+                self._error = exc
+                break
+            if work is not None:
+                self._work = work
+                break
+        else:  # all handled: the task sleeps on unless the stream ended under the frames
+            if not queue.is_eof() and queue.exception() is None:
+                return
+        self.wake()
