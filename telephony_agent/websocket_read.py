@@ -5,12 +5,13 @@ the socket's queue and wakes the task: a future, a pass of the event loop, a tas
 `receive()`'s checks. A Twilio media socket brings 75 frames a call-second (50 media, 25 mark
 echoes), and most of them need a few microseconds of synchronous work, less than that hop.
 
-`InPlaceReader` stands in for the connection's parser (aiohttp's `RequestHandler` calls its
-`feed_data` for every read of an upgraded connection). After each read it takes the text frames
+`InPlaceReader` stands in for the connection's parser (aiohttp's server `RequestHandler` and
+client `ResponseHandler` call its `feed_data` for every read of an upgraded connection). After each read it takes the text frames
 out of the queue, through the queue's own `read()` (so its size accounting and flow control stay
 aiohttp's), and hands each to a handler, in the reading task's context, while that task waits in
 `next_work()`. What a handler cannot finish there comes back as a coroutine, which the task
-awaits before anything that came after it. Every other frame (close, ping, binary), the end of
+awaits before anything that came after it. The Twilio media socket uses it for caller audio and
+mark echoes, the provider transport (`realtime/transport.py`) for every provider message. Every other frame (close, ping, binary), the end of
 the stream and a protocol error stay in the queue for `receive()`, which handles them as aiohttp
 always has. Order is kept: nothing is handled in place while the task has work or the queue
 holds a frame for it.
@@ -29,12 +30,17 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
-__all__ = ["InPlaceReader", "Work"]
+__all__ = ["InPlaceReader", "Work", "protocol_of"]
 
 Work = Coroutine[Any, Any, bool]
 """What a frame left for the reading task to await; True when the stream is over."""
+
+
+def protocol_of(ws: ClientWebSocketResponse) -> Any:
+    """The protocol object of a client WebSocket's connection (None if aiohttp keeps it elsewhere)."""
+    return getattr(getattr(ws, "_conn", None), "protocol", None)
 
 
 def _read_now(read: Coroutine[Any, Any, Any]) -> Any:
@@ -54,8 +60,8 @@ class InPlaceReader:
     __slots__ = ("_buffer", "_context", "_error", "_handle", "_loop", "_parser", "_protocol", "_queue",
                  "_wake", "_work", "_ws", "handled")
 
-    def __init__(self, ws: web.WebSocketResponse, protocol: Any, parser: Any, queue: Any,
-                 handle: Callable[[str], Work | None]) -> None:
+    def __init__(self, ws: web.WebSocketResponse | ClientWebSocketResponse, protocol: Any, parser: Any,
+                 queue: Any, handle: Callable[[str], Work | None]) -> None:
         self._ws = ws
         self._protocol = protocol
         self._parser = parser
@@ -71,12 +77,12 @@ class InPlaceReader:
         """Frames handled where they were read."""
 
     @classmethod
-    def install(cls, ws: web.WebSocketResponse, request: web.BaseRequest,
+    def install(cls, ws: web.WebSocketResponse | ClientWebSocketResponse, protocol: Any,
                 handle: Callable[[str], Work | None]) -> InPlaceReader | None:
-        """Wrap the parser of `request`'s connection, upgraded to `ws`; None (nothing changed)
+        """Wrap the parser of `ws`'s connection (`protocol`: aiohttp's protocol object for it,
+        `request.protocol` on a server, `protocol_of(ws)` on a client); None (nothing changed)
         when aiohttp's internals are not the ones this was written against. Call it from the
         task that will read: `handle` runs in a copy of its context."""
-        protocol = request.protocol
         parser = getattr(protocol, "_payload_parser", None)
         queue = getattr(ws, "_reader", None)
         if (

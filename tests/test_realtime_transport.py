@@ -145,3 +145,63 @@ async def test_one_sockets_failure_does_not_keep_the_others_frames() -> None:
     assert [o.flushed for o in owners] == [1, 1, 1]
     await asyncio.sleep(0)  # flushed once per pass they were added in, not again
     assert [o.flushed for o in owners] == [1, 1, 1]
+
+
+async def test_pump_hands_every_message_on_in_order_most_where_they_are_read() -> None:
+    """The provider's messages, paced and in a burst, text and binary, then its close: `pump` gives
+    each to the handler once, in order, text mostly where aiohttp read it, and returns with the
+    close code."""
+    sent: list[str | bytes] = []
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        for i in range(40):
+            if i % 10 == 9:
+                sent.append(f"bin{i}".encode())
+                await ws.send_bytes(sent[-1])  # type: ignore[arg-type]
+            else:
+                sent.append(f'{{"i": {i}}}')
+                await ws.send_str(sent[-1])  # type: ignore[arg-type]
+            if i < 30:
+                await asyncio.sleep(0.003)  # paced; the last ten in one burst
+        await ws.close(code=4000, message=b"done")
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    got: list[str | bytes] = []
+    async with serving(app) as port, aiohttp.ClientSession() as http:
+        transport = WebSocketTransport(http, f"http://127.0.0.1:{port}/ws", {})
+        await transport.connect()
+        await asyncio.wait_for(transport.pump(got.append), 10)
+        await transport.close()
+    assert got == sent
+    assert transport.close_code == 4000
+    assert transport.reader is not None
+    assert transport.reader.handled >= 20  # the paced text frames, where they were read
+
+
+async def test_what_the_handler_raises_pump_raises() -> None:
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        for i in range(5):
+            await ws.send_str(str(i))
+            await asyncio.sleep(0.01)
+        async for _ in ws:  # until the client closes
+            pass
+        return ws
+
+    def handle(data: str | bytes) -> None:
+        if data == "2":
+            raise ValueError("a translator bug")
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    async with serving(app) as port, aiohttp.ClientSession() as http:
+        transport = WebSocketTransport(http, f"http://127.0.0.1:{port}/ws", {})
+        await transport.connect()
+        with pytest.raises(ValueError, match="translator bug"):
+            await asyncio.wait_for(transport.pump(handle), 5)
+        await transport.close()

@@ -41,7 +41,7 @@ class Server:
         ws = self.ws = web.WebSocketResponse()
         await ws.prepare(request)
         CALL.set("call-1")
-        reader = self.reader = InPlaceReader.install(ws, request, lambda text: self.handle(self, text))
+        reader = self.reader = InPlaceReader.install(ws, request.protocol, lambda text: self.handle(self, text))
         assert reader is not None, "aiohttp's parser or queue is not what InPlaceReader was written against"
         try:
             while True:
@@ -240,10 +240,8 @@ def test_install_leaves_a_connection_it_does_not_know_alone() -> None:
     class Protocol:
         _payload_parser = None
 
-    class Request:
-        protocol = Protocol()
-
-    assert InPlaceReader.install(web.WebSocketResponse(), Request(), lambda text: None) is None  # type: ignore[arg-type]
+    assert InPlaceReader.install(web.WebSocketResponse(), Protocol(), lambda text: None) is None
+    assert InPlaceReader.install(web.WebSocketResponse(), None, lambda text: None) is None
 
 
 @pytest.mark.parametrize("work", ["none", "coroutine"])

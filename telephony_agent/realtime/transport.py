@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -17,6 +18,7 @@ from telephony_agent.realtime.errors import (
     RealtimeTimeoutError,
     SessionClosedError,
 )
+from telephony_agent.websocket_read import InPlaceReader, protocol_of
 from telephony_agent.websocket_write import FrameWriter
 from telephony_agent.wiretap import WIRETAP, Wiretap
 
@@ -32,7 +34,8 @@ class WebSocketTransport:
     for drain; later messages queue behind, so frames keep their order.
 
     `receive()` returns the next message as `str`/`bytes`, or None once the socket is closed
-    (`close_code`/`close_reason` then say why).
+    (`close_code`/`close_reason` then say why); `pump(handle)` hands every message to `handle`
+    until then, text where aiohttp's parser reads it.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class WebSocketTransport:
         self.close_code: int | None = None
         self.close_reason: str = ""
         self._tap: Wiretap | None = WIRETAP.get()
+        self.reader: InPlaceReader | None = None  # the last `pump`'s
 
     @property
     def sent_messages(self) -> int:
@@ -124,6 +128,38 @@ class WebSocketTransport:
                 self.close_reason = str(msg.data)
                 return None
             # PING/PONG are handled by aiohttp; loop for the next message.
+
+    async def pump(self, handle: Callable[[str | bytes], None]) -> None:
+        """Every message to `handle` until the socket is closed (`close_code`/`close_reason` then
+        say why). Text frames are handed on where aiohttp's parser reads them while this waits
+        (`websocket_read.InPlaceReader`: no task wake-up per provider message); the rest, and
+        every frame while this is busy, through `receive()`, in order. What `handle` raises,
+        this raises."""
+        ws = self._ws
+        if ws is None:
+            return
+        tap = self._tap
+
+        def now(text: str) -> None:
+            if tap is not None:
+                tap.record("provider", "in", text)
+            handle(text)
+
+        reader = self.reader = InPlaceReader.install(ws, protocol_of(ws), now)
+        try:
+            while True:
+                if reader is not None:
+                    work = await reader.next_work()
+                    if work is not None:  # `now` leaves none; kept for the reader's contract
+                        await work
+                        continue
+                data = await self.receive()
+                if data is None:
+                    return
+                handle(data)
+        finally:
+            if reader is not None:
+                reader.detach()
 
     async def drain(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Wait until everything queued has been written (bounded)."""

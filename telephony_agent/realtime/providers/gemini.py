@@ -319,15 +319,13 @@ class GeminiLiveSession(QueuedSession):
     # -- reading --------------------------------------------------------------------------
 
     async def _read_loop(self, conn: _Connection) -> None:
-        try:
-            while True:
-                frame = await conn.transport.receive()
-                if frame is None:
-                    break
-                if conn.retired:
-                    continue
+        def on_frame(frame: str | bytes) -> None:
+            if not conn.retired:
                 for event in self._translator.feed(frame):
                     self._on_event(conn, event)
+
+        try:
+            await conn.transport.pump(on_frame)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a reader bug must not leave the session hanging

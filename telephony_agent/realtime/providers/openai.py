@@ -403,11 +403,7 @@ class OpenAIRealtimeSession(QueuedSession):
     async def _read_connection(self) -> str | None:
         """Read until the socket ends; the reason to reconnect, or None if the session is over."""
         transport = self._transport
-        while True:
-            raw = await transport.receive()
-            if raw is None:
-                break
-            self._handle(raw)
+        await transport.pump(self._handle)
         await transport.close(timeout=0.2)
         if self._closing:
             return None

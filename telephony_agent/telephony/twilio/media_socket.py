@@ -288,7 +288,7 @@ class TwilioMediaSocket:
         bridge = self.bridge
         assert bridge is not None
         if self.request is not None:
-            self.reader = InPlaceReader.install(self.ws, self.request, self._text_now)
+            self.reader = InPlaceReader.install(self.ws, self.request.protocol, self._text_now)
         reader = self.reader
         try:
             # When the bridge ends the call it closes this socket, which ends the loop.
