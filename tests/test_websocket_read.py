@@ -109,6 +109,8 @@ async def test_frames_are_handled_where_read_in_order_with_work_and_the_tasks_fr
                 if i % 25 == 0:  # binary frames go through the task's receive(), between their neighbours
                     await ws.send_bytes(f"{i}".encode())
                     expected.append(f"bin:{i}")
+                if i % 30 == 0:  # aiohttp answers pings in receive(), then waits in its own queue
+                    await ws.ping(b"p")
                 if i % 50 == 0:
                     await asyncio.sleep(0.02)  # some reads with one frame, some with many
             await ws.close()
