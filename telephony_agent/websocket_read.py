@@ -158,9 +158,9 @@ class InPlaceReader:
         while buffer:
             if buffer[0][0].type is not WSMsgType.TEXT or self._ws.closed:
                 break
-            text = _read_now(queue.read()).data
-            self.handled += 1
             try:
+                text = _read_now(queue.read()).data
+                self.handled += 1
                 work = self._context.run(self._handle, text)
             except Exception as exc:  # noqa: BLE001 -- the task raises it, as it would have from its own read
                 self._error = exc
