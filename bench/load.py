@@ -17,8 +17,9 @@ measure a steady window, hang up, and collect:
 - time to first agent audio: `start` sent -> first media received, and the bridge overhead
   (that minus the provider's own handling time in the handshake and first response);
 - server CPU per call (/proc/<pid>/stat), RSS per call ((RSS at N - RSS idle) / N), event-loop
-  lag p99 (the server's agent_event_loop_lag_ms histogram over the window), and the detector's
-  workload: Silero windows scored per call-second and the mean batch (its counters);
+  lag p99 (the server's agent_event_loop_lag_ms histogram over the window), the collector's
+  passes over the window (agent_gc_pause_ms: full passes, their milliseconds, all passes'), and
+  the detector's workload: Silero windows scored per call-second and the mean batch (its counters);
 - frames lost (caller->provider and provider->caller, by sequence) and late (> 60 ms one way).
 It stops when the server can no longer keep real time, then runs 1,000 short sequential
 calls to check RSS growth.
@@ -252,6 +253,15 @@ def lag_buckets(metrics: str) -> list[tuple[float, float]]:
     return [(float("inf") if le == "+Inf" else float(le), float(v)) for le, v in _BUCKET.findall(metrics)]
 
 
+_GC = re.compile(r'^agent_gc_pause_ms_(count|sum)\{generation="([012])"\} ([0-9.e+]+)$', re.M)
+
+
+def gc_pauses(metrics: str) -> dict[str, float]:
+    """The server's GC pass counts and milliseconds by generation (`count2`, `sum2`, ...); empty
+    when it has none (alt, floor)."""
+    return {f"{kind}{gen}": float(v) for kind, gen, v in _GC.findall(metrics)}
+
+
 _VAD = re.compile(r'^agent_vad_(windows|batches)_total ([0-9.e+]+)$', re.M)
 
 
@@ -478,7 +488,7 @@ class Bench:
             p.read("measure")
         pids = self.server.pids()
         metrics = metrics_text(self.base)
-        lag0, vad0 = lag_buckets(metrics), vad_counts(metrics)
+        lag0, vad0, gc0 = lag_buckets(metrics), vad_counts(metrics), gc_pauses(metrics)
         if self.args.callgrind:  # counted from here to the end of the window
             callgrind_window(pid, True)
         k0 = sum(core_busy_s(c) for c in self.cores)
@@ -517,7 +527,7 @@ class Bench:
             perf.wait(30)
             write_perf_summary(OUT / f"perf-{n}.data", OUT / f"perf-{n}.txt")
         metrics = metrics_text(self.base)
-        lag1, vad1 = lag_buckets(metrics), vad_counts(metrics)
+        lag1, vad1, gc1 = lag_buckets(metrics), vad_counts(metrics), gc_pauses(metrics)
         for p in (self.provider, self.callers):
             p.send(cmd="measure", on=False)
             p.read("measure")
@@ -532,6 +542,11 @@ class Bench:
         row["processes_cpu_pct"] = [round((b - a_) / (w1 - w0) * 100, 1) for a_, b in zip(per0, per1, strict=True)]
         row["uvloop_loaded"] = uvloop_loaded(pids)
         row["native_loaded"] = native_loaded(pids)
+        # the collector over the window: full passes (each holds every call) and the time in all passes
+        if gc0 and gc1:
+            row["gc_full_passes"] = int(gc1.get("count2", 0) - gc0.get("count2", 0))
+            row["gc_full_ms"] = round(gc1.get("sum2", 0) - gc0.get("sum2", 0), 1)
+            row["gc_ms"] = round(sum(gc1.get(f"sum{g}", 0) - gc0.get(f"sum{g}", 0) for g in range(3)), 1)
         # the detector's workload: Silero windows scored per call-second, and per batch
         windows = vad1.get("windows", 0.0) - vad0.get("windows", 0.0)
         batches = vad1.get("batches", 0.0) - vad0.get("batches", 0.0)
@@ -779,13 +794,15 @@ def print_row(label: str, row: dict[str, Any]) -> None:
     silero = "" if windows is None else f"  silero {windows} windows/call-s (batches of {batch})"
     minstr = row.get("minstr_per_call_s")
     instr = "" if minstr is None else f"  {minstr} M instructions/call-s"
+    full = row.get("gc_full_passes")
+    gc_ = "" if full is None else f"  gc {row['gc_ms']} ms ({full} full, {row['gc_full_ms']} ms)"
     print(
         f"{label} N={row['calls']:4d} in {row['in_p50_ms']}/{row['in_p99_ms']} ms  out {row['out_p50_ms']}/{row['out_p99_ms']} ms  "
         f"barge {row['bargein_p50_ms']}/{row['bargein_p99_ms']} ms  ttfa {row['ttfa_p50_ms']} "
         f"(overhead {row['ttfa_overhead_p50_ms']}) ms  cpu {row['cpu_pct']}% ({row['cpu_pct_per_call']}/call)  "
         f"rss/call {row['rss_per_call_mib']} MiB  lag p99 {row['loop_lag_p99_ms']} ms  lost {row['frames_lost']} "
         f"late {row['frames_late']}  loadgen cpu {row['loadgen_cpu_pct']}%  "
-        f"other load on server core {row['other_load_on_server_core_pct']}%{silero}"
+        f"other load on server core {row['other_load_on_server_core_pct']}%{silero}{gc_}"
         f"{'  compiled' if row.get('native_loaded') else ''}"
         f"{instr}",
         flush=True,

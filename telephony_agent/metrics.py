@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 LATENCY_BUCKETS_MS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 50, 100, 250, 500, 1000)
 FIRST_AUDIO_BUCKETS_MS = (10, 25, 50, 100, 250, 500, 1000, 2000, 5000, 10000)
 LAG_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 250, 1000)
+GC_PAUSE_BUCKETS_MS = (0.1, 0.5, 1, 2, 5, 10, 20, 50, 100, 250)
 RTP_DEPARTURE_BUCKETS_MS = (0.25, 0.5, 1, 2, 3, 4, 5, 7.5, 10, 20, 50, 100)
 RTP_JITTER_BUCKETS_MS = (1, 2, 5, 10, 20, 40, 80, 160)
 
@@ -136,6 +137,13 @@ class Metrics:
             "Largest event-loop lag in the last second, milliseconds (what admission control compares)",
             registry=r,
             multiprocess_mode="livemax",
+        )
+        self.gc_pause = Histogram(
+            "agent_gc_pause_ms",
+            "Cyclic garbage-collector passes, by generation: how long each held the event loop, milliseconds",
+            ["generation"],
+            buckets=GC_PAUSE_BUCKETS_MS,
+            registry=r,
         )
         self.bad_input = Counter("agent_bad_input", "Rejected input, by kind", ["kind"], registry=r)
         self.webhooks_refused = Counter(

@@ -127,7 +127,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         log.error("TWILIO_AUTH_TOKEN is not set: every Twilio request will be refused")
     log.info("serving provider=%s model=%s max_calls=%d", model.provider, model.model_id, settings.max_calls)
     lag_task = asyncio.create_task(ops.watch_loop_lag(state), name="loop-lag")
+    stop_gc_timing = ops.GcPauses(state.metrics.gc_pause).install()
     yield
+    stop_gc_timing()
     lag_task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await lag_task

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -16,6 +17,7 @@ from agent_server import running_agent, test_settings
 
 from telephony_agent.logs import JsonFormatter, call_logger, configure_logging
 from telephony_agent.metrics import RTP_DEPARTURE_BUCKETS_MS, Metrics
+from telephony_agent.ops import GcPauses
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -36,6 +38,7 @@ FAMILIES = {
     "agent_provider_reconnects": "counter",
     "agent_event_loop_lag_ms": "histogram",
     "agent_event_loop_lag_max_ms": "gauge",
+    "agent_gc_pause_ms": "histogram",  # cyclic GC passes: what holds the loop without a CPU cause
     "agent_bad_input": "counter",
     "agent_draining": "gauge",
     "agent_max_calls": "gauge",
@@ -220,3 +223,30 @@ def test_rtp_departures_are_added_in_bulk_or_observed_one_by_one() -> None:
     m.rtp_departure = stand_in  # type: ignore[assignment]
     m.add_rtp_departures(counts, 500.0)
     assert stand_in.seen == [0.25, 0.25, 0.25, 1.0, 200.0, 200.0]
+
+
+async def test_gc_passes_are_timed_by_generation_while_serving_and_not_after() -> None:
+    async with running_agent(test_settings()) as agent:
+        metrics = agent.state.metrics
+        full_before = sample(metrics, "agent_gc_pause_ms_count", {"generation": "2"})
+        gc.collect()
+        gc.collect(0)
+        assert sample(metrics, "agent_gc_pause_ms_count", {"generation": "2"}) >= full_before + 1  # collect() is full
+        assert sample(metrics, "agent_gc_pause_ms_count", {"generation": "0"}) >= 1
+        assert sample(metrics, "agent_gc_pause_ms_sum", {"generation": "2"}) > 0
+        assert sum(isinstance(cb, GcPauses) for cb in gc.callbacks) == 1
+    assert not any(isinstance(cb, GcPauses) for cb in gc.callbacks)  # removed with the app
+
+
+def test_gc_pause_is_the_time_between_start_and_stop() -> None:
+    m = Metrics()
+    times = iter([10.0, 10.025, 11.0, 11.0005])
+    pauses = GcPauses(m.gc_pause, clock=lambda: next(times))
+    pauses("start", {"generation": 2})
+    pauses("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+    pauses("start", {"generation": 0})
+    pauses("stop", {"generation": 0, "collected": 0, "uncollectable": 0})
+    assert sample(m, "agent_gc_pause_ms_sum", {"generation": "2"}) == pytest.approx(25.0)
+    assert sample(m, "agent_gc_pause_ms_bucket", {"generation": "2", "le": "20.0"}) == 0
+    assert sample(m, "agent_gc_pause_ms_bucket", {"generation": "2", "le": "50.0"}) == 1
+    assert sample(m, "agent_gc_pause_ms_sum", {"generation": "0"}) == pytest.approx(0.5)
