@@ -55,19 +55,21 @@ def _read_now(read: Coroutine[Any, Any, Any]) -> Any:
 
 
 class InPlaceReader:
-    """One upgraded connection's parser, wrapped: text frames go to `handle` as they are read."""
+    """One upgraded connection's parser, wrapped: text frames (and binary ones, if asked) go to
+    `handle` as they are read."""
 
-    __slots__ = ("_buffer", "_context", "_error", "_handle", "_loop", "_parser", "_protocol", "_queue",
-                 "_wake", "_work", "_ws", "handled")
+    __slots__ = ("_binary", "_buffer", "_context", "_error", "_handle", "_loop", "_parser", "_protocol",
+                 "_queue", "_wake", "_work", "_ws", "handled")
 
     def __init__(self, ws: web.WebSocketResponse | ClientWebSocketResponse, protocol: Any, parser: Any,
-                 queue: Any, handle: Callable[[str], Work | None]) -> None:
+                 queue: Any, handle: Callable[[Any], Work | None], binary: bool = False) -> None:
         self._ws = ws
         self._protocol = protocol
         self._parser = parser
         self._queue = queue
         self._buffer: deque[tuple[Any, int]] = queue._buffer
         self._handle = handle
+        self._binary = binary  # binary frames too (Gemini Live sends its JSON in them)
         self._context = contextvars.copy_context()  # the task's: what a frame starts inherits the call's
         self._loop = asyncio.get_running_loop()
         self._wake: asyncio.Future[None] | None = None  # set while the task waits in next_work()
@@ -78,11 +80,12 @@ class InPlaceReader:
 
     @classmethod
     def install(cls, ws: web.WebSocketResponse | ClientWebSocketResponse, protocol: Any,
-                handle: Callable[[str], Work | None]) -> InPlaceReader | None:
+                handle: Callable[[Any], Work | None], *, binary: bool = False) -> InPlaceReader | None:
         """Wrap the parser of `ws`'s connection (`protocol`: aiohttp's protocol object for it,
         `request.protocol` on a server, `protocol_of(ws)` on a client); None (nothing changed)
         when aiohttp's internals are not the ones this was written against. Call it from the
-        task that will read: `handle` runs in a copy of its context."""
+        task that will read: `handle` runs in a copy of its context, with each text frame's
+        `str` (and, with `binary`, each binary frame's `bytes`)."""
         parser = getattr(protocol, "_payload_parser", None)
         queue = getattr(ws, "_reader", None)
         if (
@@ -93,7 +96,7 @@ class InPlaceReader:
             or not all(callable(getattr(queue, name, None)) for name in ("read", "is_eof", "exception"))
         ):
             return None
-        reader = cls(ws, protocol, parser, queue, handle)
+        reader = cls(ws, protocol, parser, queue, handle, binary)
         protocol._payload_parser = reader
         return reader
 
@@ -156,12 +159,13 @@ class InPlaceReader:
         buffer = self._buffer
         queue = self._queue
         while buffer:
-            if buffer[0][0].type is not WSMsgType.TEXT or self._ws.closed:
+            kind = buffer[0][0].type
+            if (kind is not WSMsgType.TEXT and (kind is not WSMsgType.BINARY or not self._binary)) or self._ws.closed:
                 break
             try:
-                text = _read_now(queue.read()).data
+                data = _read_now(queue.read()).data
                 self.handled += 1
-                work = self._context.run(self._handle, text)
+                work = self._context.run(self._handle, data)
             except Exception as exc:  # noqa: BLE001 -- the task raises it, as it would have from its own read
                 self._error = exc
                 break

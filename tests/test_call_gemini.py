@@ -79,6 +79,10 @@ async def test_barge_in_on_interrupted_clears_twilio(gemini: FakeGemini) -> None
             await call.wait_silence_after_audio(silence_ms=200, min_heard_ms=1, timeout=10)
             # Nothing of the interrupted turn is played after the clear.
             assert call.heard_ms - heard_at_clear < 60 or gemini.last.conversation.turns >= 1
+            # Gemini's messages (binary frames) were translated where the provider socket read them
+            conn = bridge.session._conn  # type: ignore[union-attr, attr-defined]
+            assert conn is not None and conn.transport.reader is not None
+            assert conn.transport.reader.handled > 20
 
 
 async def test_go_away_resumes_without_the_caller_noticing(gemini: FakeGemini) -> None:

@@ -25,8 +25,9 @@ class Server:
     """One WebSocket route that reads the way the Twilio media socket does: frames in place while
     the task waits in `next_work()`, the rest through `receive()`, each handled by `handle`."""
 
-    def __init__(self, handle: Callable[[Server, str], Work | None]) -> None:
+    def __init__(self, handle: Callable[[Server, Any], Work | None], *, binary: bool = False) -> None:
         self.handle = handle
+        self.binary = binary
         self.log: list[str] = []
         self.reader: InPlaceReader | None = None
         self.ws: web.WebSocketResponse | None = None
@@ -41,7 +42,8 @@ class Server:
         ws = self.ws = web.WebSocketResponse()
         await ws.prepare(request)
         CALL.set("call-1")
-        reader = self.reader = InPlaceReader.install(ws, request.protocol, lambda text: self.handle(self, text))
+        reader = self.reader = InPlaceReader.install(ws, request.protocol, lambda data: self.handle(self, data),
+                                                      binary=self.binary)
         assert reader is not None, "aiohttp's parser or queue is not what InPlaceReader was written against"
         try:
             while True:
@@ -132,6 +134,30 @@ async def test_frames_that_come_while_the_task_waits_are_all_handled_in_place() 
             await wait(server.ended)
     assert server.log == [f"t:{i}" for i in range(1, 51)]
     assert server.reader is not None and server.reader.handled >= 49  # the first may beat the install
+
+
+async def test_binary_frames_too_when_asked_in_order_with_text() -> None:
+    """The provider transport's reader takes binary frames too (Gemini Live sends its JSON in them)."""
+
+    def handle(server: Server, data: str | bytes) -> Work | None:
+        server.log.append(data if isinstance(data, str) else f"b:{data.decode()}")
+        return None
+
+    server = Server(handle, binary=True)
+    expected = []
+    async with client_of(server) as ws:
+        for i in range(1, 31):
+            if i % 2:
+                await ws.send_bytes(f"{i}".encode())
+                expected.append(f"b:{i}")
+            else:
+                await ws.send_str(f"t:{i}")
+                expected.append(f"t:{i}")
+            await asyncio.sleep(0.002)
+        await ws.close()
+        await wait(server.ended)
+    assert server.log == expected
+    assert server.reader is not None and server.reader.handled >= 29  # the first may beat the install
 
 
 async def test_the_handler_runs_in_the_reading_tasks_context_outside_any_task() -> None:

@@ -131,21 +131,21 @@ class WebSocketTransport:
 
     async def pump(self, handle: Callable[[str | bytes], None]) -> None:
         """Every message to `handle` until the socket is closed (`close_code`/`close_reason` then
-        say why). Text frames are handed on where aiohttp's parser reads them while this waits
-        (`websocket_read.InPlaceReader`: no task wake-up per provider message); the rest, and
-        every frame while this is busy, through `receive()`, in order. What `handle` raises,
-        this raises."""
+        say why). Text and binary frames are handed on where aiohttp's parser reads them while
+        this waits (`websocket_read.InPlaceReader`: no task wake-up per provider message); the
+        rest, and every frame while this is busy, through `receive()`, in order. What `handle`
+        raises, this raises."""
         ws = self._ws
         if ws is None:
             return
         tap = self._tap
 
-        def now(text: str) -> None:
+        def now(data: str | bytes) -> None:
             if tap is not None:
-                tap.record("provider", "in", text)
-            handle(text)
+                tap.record("provider", "in", data)
+            handle(data)
 
-        reader = self.reader = InPlaceReader.install(ws, protocol_of(ws), now)
+        reader = self.reader = InPlaceReader.install(ws, protocol_of(ws), now, binary=True)
         try:
             while True:
                 if reader is not None:
