@@ -14,7 +14,7 @@ awaits before anything that came after it. The Twilio media socket uses it for c
 mark echoes, the provider transport (`realtime/transport.py`) for every provider message. Every other frame (close, ping, binary), the end of
 the stream and a protocol error stay in the queue for `receive()`, which handles them as aiohttp
 always has. Order is kept: nothing is handled in place while the task has work or the queue
-holds a frame for it.
+holds a frame for it. `read_frames` is that task's loop, for every user of the reader.
 
 This reaches into aiohttp (the protocol's `_payload_parser`, the queue's `_buffer`), as
 `websocket_write` does for writes. `install` returns None when they are not as expected, and the
@@ -27,12 +27,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
 
-__all__ = ["InPlaceReader", "Work", "protocol_of"]
+__all__ = ["InPlaceReader", "Work", "protocol_of", "read_frames"]
 
 Work = Coroutine[Any, Any, bool]
 """What a frame left for the reading task to await; True when the stream is over."""
@@ -41,6 +41,27 @@ Work = Coroutine[Any, Any, bool]
 def protocol_of(ws: ClientWebSocketResponse) -> Any:
     """The protocol object of a client WebSocket's connection (None if aiohttp keeps it elsewhere)."""
     return getattr(getattr(ws, "_conn", None), "protocol", None)
+
+
+async def read_frames(reader: InPlaceReader | None, read_one: Callable[[], Awaitable[bool]],
+                      going: Callable[[], bool] = lambda: True) -> None:
+    """The reading task's loop, while `going()`: the work frames leave (`reader.next_work()`),
+    awaited in order, and every other frame through `read_one` (one `receive()`, handled; False
+    once the stream is over). A work's True also ends it. Without a reader (`install` declined),
+    every frame goes through `read_one`. The reader is detached at the end."""
+    try:
+        while going():
+            if reader is not None:
+                work = await reader.next_work()
+                if work is not None:
+                    if await work:
+                        return
+                    continue
+            if not await read_one():
+                return
+    finally:
+        if reader is not None:
+            reader.detach()
 
 
 def _read_now(read: Coroutine[Any, Any, Any]) -> Any:

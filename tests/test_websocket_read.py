@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from loopback_app import serving
 
-from telephony_agent.websocket_read import InPlaceReader, Work
+from telephony_agent.websocket_read import InPlaceReader, Work, read_frames
 
 CALL = contextvars.ContextVar[str]("call", default="none")
 
@@ -45,27 +45,23 @@ class Server:
         reader = self.reader = InPlaceReader.install(ws, request.protocol, lambda data: self.handle(self, data),
                                                       binary=self.binary)
         assert reader is not None, "aiohttp's parser or queue is not what InPlaceReader was written against"
+
+        async def read_one() -> bool:
+            msg = await ws.receive()
+            self.last = msg.type
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                work = self.handle(self, msg.data)
+                return work is None or not await work
+            if msg.type is aiohttp.WSMsgType.BINARY:
+                self.log.append(f"bin:{msg.data.decode()}")
+                return True
+            return False
+
         try:
-            while True:
-                work = await reader.next_work()
-                if work is not None:
-                    if await work:
-                        break
-                    continue
-                msg = await ws.receive()
-                self.last = msg.type
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    work = self.handle(self, msg.data)
-                    if work is not None and await work:
-                        break
-                elif msg.type is aiohttp.WSMsgType.BINARY:
-                    self.log.append(f"bin:{msg.data.decode()}")
-                else:
-                    break
+            await read_frames(reader, read_one)
         except Exception as exc:  # noqa: BLE001 - the test looks at it
             self.error = exc
         finally:
-            reader.detach()
             self.parser_restored = not isinstance(request.protocol._payload_parser, InPlaceReader)
             self.ended.set()
         return ws

@@ -18,7 +18,7 @@ from telephony_agent.realtime.errors import (
     RealtimeTimeoutError,
     SessionClosedError,
 )
-from telephony_agent.websocket_read import InPlaceReader, protocol_of
+from telephony_agent.websocket_read import InPlaceReader, protocol_of, read_frames
 from telephony_agent.websocket_write import FrameWriter
 from telephony_agent.wiretap import WIRETAP, Wiretap
 
@@ -145,21 +145,15 @@ class WebSocketTransport:
                 tap.record("provider", "in", data)
             handle(data)
 
-        reader = self.reader = InPlaceReader.install(ws, protocol_of(ws), now, binary=True)
-        try:
-            while True:
-                if reader is not None:
-                    work = await reader.next_work()
-                    if work is not None:  # `now` leaves none; kept for the reader's contract
-                        await work
-                        continue
-                data = await self.receive()
-                if data is None:
-                    return
-                handle(data)
-        finally:
-            if reader is not None:
-                reader.detach()
+        async def read_one() -> bool:
+            data = await self.receive()
+            if data is None:
+                return False
+            handle(data)
+            return True
+
+        self.reader = InPlaceReader.install(ws, protocol_of(ws), now, binary=True)
+        await read_frames(self.reader, read_one)
 
     async def drain(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
         """Wait until everything queued has been written (bounded)."""

@@ -350,7 +350,7 @@ class CallBridge:
         )
         early, self._early_audio, self._early_bytes = self._early_audio, [], 0
         if early:
-            await self._send_inbound(session, b"".join(early))
+            await self._send_chunk(session, self._inbound_chunk(b"".join(early)))
         self._event_task = asyncio.create_task(self._event_loop(), name=f"call-events-{self.call_id}")
         if self.options.greeting or self.options.speak_first:
             await self._safe(session.create_response())
@@ -417,9 +417,6 @@ class CallBridge:
     def _inbound_chunk(self, payload: bytes) -> AudioChunk:
         """The frame as the provider takes it (transcoded once: the transcoder keeps state)."""
         return AudioChunk(payload if self._inbound is None else self._inbound.process(payload), self._input_format)
-
-    async def _send_inbound(self, session: RealtimeSession, payload: bytes) -> None:
-        await self._send_chunk(session, self._inbound_chunk(payload))
 
     async def _send_chunk(self, session: RealtimeSession, chunk: AudioChunk) -> None:
         try:

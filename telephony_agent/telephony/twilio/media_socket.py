@@ -43,7 +43,7 @@ from telephony_agent.telephony.twilio.stream import (
     media_message,
 )
 from telephony_agent.telephony.twilio.stream_auth import redact_start
-from telephony_agent.websocket_read import InPlaceReader, Work
+from telephony_agent.websocket_read import InPlaceReader, Work, read_frames
 from telephony_agent.websocket_write import FrameWriter
 from telephony_agent.wiretap import WIRETAP, Wiretap
 
@@ -289,22 +289,13 @@ class TwilioMediaSocket:
         assert bridge is not None
         if self.request is not None:
             self.reader = InPlaceReader.install(self.ws, self.request.protocol, self._text_now)
-        reader = self.reader
-        try:
-            # When the bridge ends the call it closes this socket, which ends the loop.
-            while not bridge.ended:
-                if reader is not None:
-                    work = await reader.next_work()
-                    if work is not None:
-                        if await work:
-                            return
-                        continue
-                events = self._parse(await self.ws.receive())
-                if events is None or await self._handle(events):
-                    return
-        finally:
-            if reader is not None:
-                reader.detach()
+
+        async def read_one() -> bool:
+            events = self._parse(await self.ws.receive())
+            return events is not None and not await self._handle(events)
+
+        # When the bridge ends the call it closes this socket, which ends the loop.
+        await read_frames(self.reader, read_one, lambda: not bridge.ended)
 
     def _text_now(self, text: str) -> Work | None:
         """A text frame handled where the socket read it: media and mark echoes here, what is
