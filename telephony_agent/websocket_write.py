@@ -12,6 +12,8 @@ while the socket takes data, `write_now` writes at once; past `WRITE_NOW_LIMIT`
 unsent bytes, or if that aiohttp method is missing, the caller queues for its writer task, which
 waits for drain as before. `WriteBatch` gathers the writes of a pass into one callback, and
 `FrameWriter` is one socket's side of it (the provider transport's and the Twilio media socket's).
+This module is compiled (`native.MODULES`) and so holds no coroutine: the writer task and the wait
+for it at close are in `websocket_drain`, which says why.
 """
 
 from __future__ import annotations
@@ -20,19 +22,17 @@ import asyncio
 import logging
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 import aiohttp
 
 from telephony_agent.per_loop import PerLoop
+from telephony_agent.websocket_drain import WRITE_ERRORS, finish, write_queued
 
 log = logging.getLogger(__name__)
 
 WRITE_NOW_LIMIT = 64 * 1024  # past this much unsent, writes go through the writer task, which waits for drain
-
-WRITE_ERRORS = (ConnectionResetError, aiohttp.ClientError, RuntimeError)
-"""What a write to a closing or reset socket raises (aiohttp's and asyncio's)."""
 
 
 def write_now(ws: aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketResponse, texts: Iterable[str]) -> bool:
@@ -144,7 +144,7 @@ class FrameWriter:
 
     def start(self) -> None:
         """Start the writer task (on the running loop)."""
-        self.task = asyncio.create_task(self._write_loop(), name=f"{self.what} writer")
+        self.task = asyncio.create_task(write_queued(self.ws, self), name=f"{self.what} writer")
 
     @property
     def queued(self) -> int:
@@ -177,7 +177,7 @@ class FrameWriter:
             try:
                 written = write_now(self.ws, texts)
             except WRITE_ERRORS as exc:
-                self._failed(exc)
+                self.write_failed(exc)
                 return
             if written:
                 self.sent += len(texts)
@@ -188,39 +188,37 @@ class FrameWriter:
         self._outbox.extend(texts)
         self._wake.set()
 
-    async def close(self, timeout: float) -> None:
+    def close(self, timeout: float) -> Awaitable[None]:
         """Write what was sent, then stop the writer task once it has written its queue (bounded
-        by `timeout`: then it is cancelled)."""
+        by `timeout`: then it is cancelled). Await what it returns: the wait is a plain
+        coroutine, `websocket_drain.finish`, not a compiled one."""
         self.flush()
         self._closing = True
-        task = self.task
-        if task is not None and not task.done():
-            self._wake.set()
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout)
-            except (TimeoutError, asyncio.CancelledError):
-                task.cancel()
+        self._wake.set()
+        return finish(self.task, timeout)
 
-    def _failed(self, exc: BaseException) -> None:
+    # -- for the writer task (`websocket_drain.write_queued`) ---------------------------------
+
+    def take_queued(self) -> str | None:
+        if not self._outbox:
+            return None
+        text = self._outbox.popleft()
+        if self._on_write is not None:
+            self._on_write(text)
+        self._writing = True  # `flush` must not write past it while it waits for drain
+        return text
+
+    def written(self) -> None:
+        self._writing = False
+        self.sent += 1
+
+    def more(self) -> asyncio.Event | None:
+        if self._closing:
+            return None
+        self._wake.clear()
+        return self._wake
+
+    def write_failed(self, exc: BaseException) -> None:
         self.log.debug("%s write failed: %s", self.what, exc)
         self.failed = True
         self._outbox.clear()
-
-    async def _write_loop(self) -> None:
-        ws = self.ws
-        try:
-            while True:
-                while self._outbox:
-                    text = self._outbox.popleft()
-                    if self._on_write is not None:
-                        self._on_write(text)
-                    self._writing = True  # `flush` must not write past it while it waits for drain
-                    await ws.send_str(text)
-                    self._writing = False
-                    self.sent += 1
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-        except WRITE_ERRORS as exc:
-            self._failed(exc)

@@ -4,6 +4,7 @@ have written frame by frame, and a real client reads them in order."""
 from __future__ import annotations
 
 import asyncio
+import warnings
 
 import aiohttp
 import pytest
@@ -86,3 +87,55 @@ async def test_a_server_sockets_frames_of_a_pass_go_in_one_write_and_arrive_in_o
             done.set()
     assert received == sent
     assert len(before_close) == 3, before_close  # one write per pass, not one per frame
+
+
+class _Stuck:
+    """A socket that never drains: aiohttp's `send_str` waits, and `write_now` finds no writer, so
+    every frame goes to the writer task."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+
+    async def send_str(self, text: str) -> None:
+        self.started.append(text)
+        await asyncio.Event().wait()
+
+
+async def test_a_close_cancelled_while_the_writer_waits_cancels_it_without_deprecation() -> None:
+    """The close is cancelled while it waits for the writer task, as a Gemini session's teardown
+    cancels a retiring connection's close. The writer is cancelled, the close returns so the
+    caller's teardown goes on, and nothing passes the cancellation on with the three-argument
+    `throw()` (Python 3.12+ warns; compiled coroutines did, mypyc/mypyc#1214)."""
+    ws = _Stuck()
+    frames = FrameWriter(ws, "stuck socket")  # type: ignore[arg-type]
+    frames.start()
+    frames.send(["a", "b"])
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert ws.started == ["a"] and frames.queued == 1 and frames.unwritten
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        closing = asyncio.create_task(frames.close(30.0))  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        assert not closing.done()
+        closing.cancel()
+        await asyncio.wait_for(closing, 1.0)  # returned, not cancelled: the teardown goes on
+        assert frames.task is not None
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(frames.task, 1.0)
+    assert [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)] == []
+
+
+async def test_a_close_past_its_timeout_cancels_the_writer() -> None:
+    ws = _Stuck()
+    frames = FrameWriter(ws, "stuck socket")  # type: ignore[arg-type]
+    frames.start()
+    frames.send(["a"])
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(frames.close(0.05), 2.0)
+    assert frames.task is not None
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(frames.task, 1.0)
+    frames.send(["late"])  # nothing is written once closed
+    await asyncio.sleep(0.01)
+    assert ws.started == ["a"]
