@@ -44,6 +44,7 @@ class _CallCounts:
     frames_dropped: int = 0
     barge_ins: int = 0
     keys_dropped: int = 0
+    audio_dropped_ms: int = 0
 
 
 @dataclass
@@ -112,6 +113,11 @@ class Metrics:
         self.barge_ins = Counter("agent_barge_ins", "Barge-ins handled", registry=r)
         self.keys_dropped = Counter(
             "agent_dtmf_dropped", "Caller keys dropped: over a call's rate (a flood), never passed on", registry=r
+        )
+        self.audio_dropped = Counter(
+            "agent_caller_audio_dropped_seconds",
+            "Caller audio dropped for arriving faster than real time (a flood), never passed on, seconds",
+            registry=r,
         )
         self.clear_latency = Histogram(
             "agent_bargein_clear_ms",
@@ -270,6 +276,7 @@ class Metrics:
         g.frames_dropped += _grown(seen, "frames_dropped", int(getattr(playout_stats, "frames_dropped", 0)))
         g.barge_ins += _grown(seen, "barge_ins", int(s.barge_ins))
         g.keys_dropped += _grown(seen, "keys_dropped", int(getattr(s, "dtmf_dropped", 0)))
+        g.audio_dropped_ms += _grown(seen, "audio_dropped_ms", int(getattr(s, "audio_dropped_ms", 0)))
         for attr, table in (("provider_errors", g.provider_errors), ("reconnects", g.reconnects)):
             n = _grown(seen, attr, int(getattr(s, attr)))
             if n:
@@ -298,6 +305,8 @@ class Metrics:
                            (self.keys_dropped, g.keys_dropped)):
             if n:
                 counter.inc(n)
+        if g.audio_dropped_ms:
+            self.audio_dropped.inc(g.audio_dropped_ms / 1000)
         for provider, n in g.provider_errors.items():
             self.provider_errors.labels(provider).inc(n)
         for provider, n in g.reconnects.items():

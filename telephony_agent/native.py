@@ -46,6 +46,7 @@ MODULES: tuple[str, ...] = (
     "telephony_agent.telephony.playout",
     "telephony_agent.telephony.pacing",
     "telephony_agent.telephony.loop_timer",
+    "telephony_agent.telephony.token_bucket",
     "telephony_agent.telephony.twilio.stream",
     "telephony_agent.websocket_write",
     "telephony_agent.telephony.sip.rtp",

@@ -40,6 +40,8 @@ from telephony_agent.realtime import (
 from telephony_agent.realtime.session import QueuedSession
 from telephony_agent.telephony.assets import prompt_audio
 from telephony_agent.telephony.bridge import (
+    AUDIO_BURST_S,
+    AUDIO_RATE,
     EARLY_DIGITS,
     KEY_BURST,
     KEYS_PER_S,
@@ -629,6 +631,56 @@ async def test_caller_frames_handed_on_without_a_coroutine_are_transcoded_once_e
     reference = up.process(speech[: frames * frame * 2])
     assert len(call.session.audio) == len(reference)
     assert snr_db(reference, bytes(call.session.audio)) > 25
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+
+
+async def hand_on(bridge: CallBridge, payload: bytes) -> None:
+    """A frame as a leg hands it on where its socket read it."""
+    rest = bridge.caller_audio_now(payload)
+    if rest is not None:
+        await rest
+
+
+async def test_caller_audio_faster_than_real_time_is_dropped_past_the_burst_and_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A peer flooding a call with audio (30 s of it in one instant, then 5 s more in each
+    second): what reaches the provider (which bills by audio time) is the burst and then the
+    rate, never the flood; the rest is counted, with one warning line per 10 s."""
+    call = await make_call(model=g711_model())  # mu-law passthrough: the session gets the leg's bytes
+    frame = PCMU_20MS.frame_bytes
+    noise = np.random.default_rng(3).integers(0, 256, 160 * 50 * 30, dtype=np.uint8).tobytes()  # 30 s
+    start = call.clock.now
+    with caplog.at_level("WARNING", logger="telephony_agent.telephony.bridge"):
+        for i in range(0, len(noise), frame):
+            await hand_on(call.bridge, noise[i : i + frame])
+        assert len(call.session.audio) == pytest.approx(AUDIO_BURST_S * 8000, abs=frame)
+        for second in range(1, 4):  # then 250 frames a second, five times real time
+            call.clock.now = start + second
+            for i in range(250):
+                await hand_on(call.bridge, noise[i * frame : (i + 1) * frame])
+    passed = len(call.session.audio) / 8000
+    assert passed == pytest.approx(AUDIO_BURST_S + 3 * AUDIO_RATE, abs=0.04)
+    assert call.bridge.stats.audio_dropped_ms == pytest.approx((30 + 3 * 5 - passed) * 1000, abs=1)
+    assert call.bridge.stats.frames_in == len(call.session.audio) // frame
+    lines = [r for r in caplog.records if "faster than real time" in r.getMessage()]
+    assert len(lines) == 1 and "seconds" not in lines[0].getMessage()
+    await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
+
+
+async def test_a_stalls_backlog_and_real_time_audio_all_pass() -> None:
+    """A network stall delivers its backlog at once (here 4 s of it), then the line goes on in
+    real time for a minute: nothing is dropped."""
+    call = await make_call(model=g711_model())
+    frame = PCMU_20MS.frame_bytes
+    chunk = bytes(range(256))[:frame]
+    for _ in range(200):  # 4 s of backlog in one instant
+        await hand_on(call.bridge, chunk)
+    start = call.clock.now
+    for i in range(1, 3001):  # 60 s at 20 ms
+        call.clock.now = start + i * 0.02
+        await hand_on(call.bridge, chunk)
+    assert call.bridge.stats.audio_dropped_ms == 0
+    assert len(call.session.audio) == 3200 * frame
     await call.bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
 
 

@@ -12,7 +12,7 @@ from peers.fake_twilio_rest import FakeTwilioRest
 
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel, OpenAIRealtimeSession
 from telephony_agent.realtime.types import AudioChunk
-from telephony_agent.telephony.bridge import KEY_BURST, KEYS_PER_S
+from telephony_agent.telephony.bridge import AUDIO_BURST_S, AUDIO_RATE, KEY_BURST, KEYS_PER_S
 from telephony_agent.telephony.twilio.media_socket import TwilioMediaSocket
 from telephony_agent.testing.speech import speech_pcm16, speech_ulaw
 from telephony_agent.testing.twilio_caller import HandshakeRejected, TwilioCaller
@@ -161,6 +161,39 @@ async def test_a_media_stream_flooding_keys_reaches_the_model_only_at_the_keys_r
             assert not call.closed and bridge.stats.dtmf_dropped == 200 - passed
         await agent.wait_no_calls()
     assert agent.state.metrics.keys_dropped._value.get() == 200 - passed  # the call's last flush
+
+
+async def test_a_media_stream_flooding_audio_reaches_the_model_only_at_real_time(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    """A stream that sends 20 s of speech as fast as the socket takes it: the provider, which bills
+    by audio time, gets the burst a network stall may deliver and real time after it, the rest is
+    dropped before the detector and counted, and the call goes on."""
+    speech = speech_ulaw("I am calling about the order I placed last week, it has not arrived yet.")
+    flood = (speech * (20 * 8000 // len(speech) + 1))[: 20 * 8000]
+    async with running_agent(test_settings(), model_for(openai_server)) as agent:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN, continuous=False) as call:  # the flood only
+            await call.place()
+            await call.connect()
+            bridge = await call.wait_for(lambda: next(iter(agent.state.calls.values()), None), timeout=5, what="bridge")
+            await openai_server.wait_for(lambda: "session.update" in openai_server.received_types())
+            started = asyncio.get_running_loop().time()
+            await call.send_audio(flood, realtime=False)
+            frames = len(flood) // 160
+            await call.wait_for(lambda: bridge.stats.frames_in + bridge.stats.audio_dropped_ms / 20 >= frames,
+                                timeout=15, what="every frame at the bridge")
+            elapsed = asyncio.get_running_loop().time() - started
+            passed = bridge.stats.frames_in * 0.02
+            assert AUDIO_BURST_S - 0.02 <= passed <= AUDIO_BURST_S + AUDIO_RATE * elapsed + 0.02, (passed, elapsed)
+            assert bridge.stats.audio_dropped_ms == pytest.approx((20 - passed) * 1000, abs=1)
+            await openai_server.wait_for(lambda: len(appended_audio(openai_server)) == bridge.stats.frames_in * 160,
+                                         timeout=5)
+            burst = int(AUDIO_BURST_S * 8000) - 160
+            assert appended_audio(openai_server)[:burst] == flood[:burst]  # the burst: the flood's first seconds, in order
+            assert not call.closed
+            dropped = bridge.stats.audio_dropped_ms
+        await agent.wait_no_calls()
+    assert agent.state.metrics.audio_dropped._value.get() == pytest.approx(int(dropped) / 1000)  # the last flush
 
 
 async def test_end_call_hangs_up_after_the_goodbye_is_heard(

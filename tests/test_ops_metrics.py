@@ -32,6 +32,7 @@ FAMILIES = {
     "agent_frames_dropped": "counter",
     "agent_barge_ins": "counter",
     "agent_dtmf_dropped": "counter",
+    "agent_caller_audio_dropped_seconds": "counter",  # caller audio past real time (a flood)
     "agent_bargein_clear_ms": "histogram",  # provider speech-start -> Twilio clear
     "agent_first_audio_ms": "histogram",  # time to first agent audio
     "agent_provider_errors": "counter",
@@ -79,7 +80,7 @@ class FakeCall:
     stats: SimpleNamespace = field(
         default_factory=lambda: SimpleNamespace(
             frames_in=0, frames_out=0, barge_ins=0, clear_latency_ms=[], first_audio_ms=None,
-            provider_errors=0, reconnects=0, dtmf_dropped=0,
+            provider_errors=0, reconnects=0, dtmf_dropped=0, audio_dropped_ms=0.0,
         )
     )
     playout: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(stats=SimpleNamespace(frames_dropped=0)))
@@ -143,6 +144,7 @@ def test_live_calls_growth_is_summed_across_calls_and_labels() -> None:
     c.count(c.response_problems, "response_failed")
     calls[0].stats.provider_errors, calls[2].stats.provider_errors = 1, 3
     calls[1].stats.dtmf_dropped = 7
+    calls[0].stats.audio_dropped_ms, calls[2].stats.audio_dropped_ms = 1500.0, 40.0
     for i, call in enumerate(calls):
         call.stats.frames_in = 10 * (i + 1)
     m.observe_calls(calls)
@@ -155,6 +157,7 @@ def test_live_calls_growth_is_summed_across_calls_and_labels() -> None:
     assert sample(m, "agent_provider_errors_total", {"provider": "openai"}) == 1
     assert sample(m, "agent_provider_errors_total", {"provider": "gemini"}) == 3
     assert sample(m, "agent_dtmf_dropped_total") == 7
+    assert sample(m, "agent_caller_audio_dropped_seconds_total") == 1.54
     c.count(c.barge_ins, "local")
     calls[1].stats.frames_in = 25
     m.observe_calls(calls[1:])  # the first call vanished without a final look: forgotten, nothing lost

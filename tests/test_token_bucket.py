@@ -26,3 +26,12 @@ def test_full_by_says_when_a_bucket_has_refilled() -> None:
     assert bucket.full_by(0.0)  # never taken from
     bucket.take(10.0)
     assert not bucket.full_by(11.0) and bucket.full_by(12.0)  # 40 tokens at 20 a second: 2 s
+
+
+def test_amounts_are_taken_whole_or_not_at_all() -> None:
+    """The bridge's audio bucket counts bytes: a frame passes whole or not at all."""
+    bucket = TokenBucket(rate_per_s=8000.0, burst=400.0)  # mu-law bytes: 8,000 a second, 50 ms of burst
+    assert [bucket.take(0.0, 160) for _ in range(3)] == [True, True, False]  # 80 left, not a frame
+    assert bucket.take(0.01, 160) is True  # 80 + 80 refilled in 10 ms
+    assert bucket.take(0.01, 1) is False
+    assert bucket.take(10.0, 400) is True and bucket.take(10.0, 1) is False  # capped at the burst

@@ -99,6 +99,12 @@ EARLY_DIGITS = 32  # keys kept while the provider session opens (a caller keying
 # flood, and each key would cost a response from a paid model.
 KEYS_PER_S = 10.0
 KEY_BURST = 20
+# Caller audio a call passes on (the detector, then the provider, which bills by audio time): a
+# phone sends it in real time, and a network stall delivers its backlog at once; more than that,
+# sustained, is a peer flooding the call, whose audio would cost the CPU of several calls and a
+# paid provider several times the call's length. A clock 5 % fast is still far inside the rate.
+AUDIO_RATE = 1.05  # times real time
+AUDIO_BURST_S = 5.0
 
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
@@ -158,6 +164,7 @@ class CallStats:
     first_audio_ms: float | None = None
     dtmf: list[str] = field(default_factory=list)
     dtmf_dropped: int = 0  # keys over the call's rate (`KEYS_PER_S`): a flood, not a person
+    audio_dropped_ms: float = 0.0  # caller audio past real time (`AUDIO_RATE`, `AUDIO_BURST_S`): a flood
     tool_calls: list[str] = field(default_factory=list)
     provider_errors: int = 0
     reconnects: int = 0
@@ -268,6 +275,8 @@ class CallBridge:
         self._early_limit = int(self.format.sample_rate * EARLY_AUDIO_MS / 1000)
         self._early_digits: list[str] = []
         self._keys = TokenBucket(KEYS_PER_S, KEY_BURST)
+        rate = self._leg_audio.bytes_per_ms * 1000  # the leg's bytes a second
+        self._audio_budget = TokenBucket(rate * AUDIO_RATE, rate * AUDIO_BURST_S)
         self._log_budget = LogBudget(10.0)
         # Deadlines on `clock` (None: not armed) and the action waiting for playout to finish.
         self._after_playout: Callable[[], Awaitable[None]] | None = None
@@ -385,7 +394,10 @@ class CallBridge:
         most frames decide nothing and the session takes them at once, so there is no task step
         for them; the rest, returned, its task awaits before the next frame.
         """
-        self._leg_seen = self.clock()
+        now = self._leg_seen = self.clock()
+        if not self._audio_budget.take(now, len(payload)):
+            self._audio_flood(payload, now)
+            return None
         self.stats.frames_in += 1
         phase = self.phase
         if phase is CallPhase.CONNECTING:
@@ -397,7 +409,7 @@ class CallBridge:
         if session is None or phase is CallPhase.PROMPTING or phase is CallPhase.ENDED:
             return None
         if phase is CallPhase.LIVE:
-            decisions = self.turns.caller_audio(self._to_pcm(payload), self._leg_seen)
+            decisions = self.turns.caller_audio(self._to_pcm(payload), now)
             if decisions:  # rarely: no coroutine for the 50 frames a second that decide nothing
                 return self._decided_then_send(decisions, session, self._inbound_chunk(payload))
         chunk = self._inbound_chunk(payload)
@@ -408,6 +420,14 @@ class CallBridge:
             self.log.debug("audio not sent: %s", exc)
             return None
         return self._send_chunk(session, chunk)
+
+    def _audio_flood(self, payload: bytes, now: float) -> None:
+        """A frame past the call's audio rate: dropped before the detector and the provider, counted."""
+        stats = self.stats
+        stats.audio_dropped_ms += self._leg_audio.duration_ms(len(payload))
+        if self._log_budget.allow("audio", now) is not None:
+            self.log.warning("caller audio arrives faster than real time: %.1f s dropped so far",
+                             stats.audio_dropped_ms / 1000)
 
     async def _decided_then_send(self, decisions: list[TurnDecision], session: RealtimeSession,
                                  chunk: AudioChunk) -> None:

@@ -1,7 +1,9 @@
 """A token bucket on the caller's clock: how often a peer may ask for something, with a burst.
 
 Sans-I/O: `take(now)` is given the time and reads no clock. The SIP UAS keeps one per source
-address for new requests; the call bridge keeps one per call for the keys that reach the model.
+address for new requests; the call bridge keeps one per call for the keys that reach the model,
+and one for the caller's audio, in bytes (`take(now, len(frame))`), which is on every frame's
+path and so compiled (`native.MODULES`).
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ class TokenBucket:
     def __post_init__(self) -> None:
         self.tokens = self.burst
 
-    def take(self, now: float) -> bool:
-        """One token if there is one (True), else False and nothing taken."""
+    def take(self, now: float, amount: float = 1.0) -> bool:
+        """`amount` tokens if there are as many (True), else False and nothing taken."""
         if self.stamp is not None:
             self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate_per_s)
         self.stamp = now
-        if self.tokens < 1.0 - 1e-9:  # a token refilled in steps of float seconds may add up to 0.999...
+        if self.tokens < amount - 1e-9:  # tokens refilled in steps of float seconds may add up to 0.999...
             return False
-        self.tokens = max(0.0, self.tokens - 1.0)
+        self.tokens = max(0.0, self.tokens - amount)
         return True
 
     def full_by(self, now: float) -> bool:
