@@ -30,9 +30,10 @@ from sip_peers import (
 
 from telephony_agent.realtime.providers.local import LocalRealtimeModel
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
-from telephony_agent.telephony.bridge import KEY_BURST, KEYS_PER_S, CallPhase
+from telephony_agent.telephony.bridge import AUDIO_BURST_S, AUDIO_RATE, KEY_BURST, KEYS_PER_S, CallPhase
 from telephony_agent.testing.ports import free_udp_port
 from telephony_agent.testing.sip_caller import SipPhone
+from telephony_agent.testing.speech import speech_ulaw
 
 QUESTION = "What are your opening hours?"
 
@@ -216,6 +217,39 @@ async def test_keys_pressed_while_the_provider_connects_reach_the_model() -> Non
             # the held keys went after the session was configured, not before it was ready
             types = openai.received_types()
             assert types.index("session.update") < types.index("conversation.item.create")
+            await phone.hangup()
+        await agent.wait_no_calls(10)
+
+
+async def test_an_rtp_audio_flood_reaches_the_model_only_at_real_time(caplog: pytest.LogCaptureFixture) -> None:
+    """A SIP peer sends 20 s of speech in RTP packets as fast as the socket takes them, beside its
+    paced microphone: the provider (which bills by audio time) gets the burst and then real time,
+    the rest is counted and dropped, logged once, and the call goes on."""
+    speech = speech_ulaw("I am calling about the order I placed last week, it has not arrived yet.", **CALLER_VOICE)
+    flood = (speech * (20 * 8000 // len(speech) + 1))[: 20 * 8000]
+    async with FakeOpenAIServer(api_key="sk-test-key") as openai:
+        settings = sip_settings()
+        model = OpenAIRealtimeModel("sk-test-key", url=openai.url, audio="pcmu")
+        async with running_agent(settings, model) as agent, SipPhone(f"sip:agent@127.0.0.1:{settings.sip_port}") as phone:
+            await phone.place_and_connect()
+            bridge = await phone.wait_for(lambda: next(iter(agent.state.calls.values()), None), 5, "the bridge")
+            await phone.wait_for(lambda: bridge.phase is CallPhase.LIVE, 10, "the provider session")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            before = bridge.stats.frames_in
+            with caplog.at_level("WARNING", logger="telephony_agent"):
+                sent = await phone.call.send_audio_flood(flood, per_ms=2.0)  # 2,000 packets a second
+                await phone.wait_for(lambda: bridge.stats.audio_dropped_ms >= 10_000, 10, "the flood dropped")
+                await asyncio.sleep(0.3)
+            elapsed = loop.time() - started
+            passed_s = (bridge.stats.frames_in - before) * 0.02  # the flood's and the microphone's
+            assert sent == 1000
+            assert passed_s <= AUDIO_BURST_S + AUDIO_RATE * elapsed + 0.1, (passed_s, elapsed)
+            async with aiohttp.ClientSession() as http, http.get(f"{agent.base_url}/metrics") as resp:
+                text = await resp.text()
+            assert "agent_caller_audio_dropped_seconds_total" in text
+            assert sum("faster than real time" in r.getMessage() for r in caplog.records) == 1
+            assert not phone.closed and bridge.phase is CallPhase.LIVE
             await phone.hangup()
         await agent.wait_no_calls(10)
 

@@ -521,6 +521,24 @@ class SipCall:
             if k % 10 == 9:
                 await asyncio.sleep(10 / per_ms / 1000)
 
+    async def send_audio_flood(self, audio: bytes, per_ms: float = 1.0) -> int:
+        """`audio` as RTP packets of one packet time each, `per_ms` packets a millisecond, with
+        sequence numbers and timestamps of their own (a source of its own, beside the paced
+        microphone): a peer flooding the call with audio, not a phone. Sent 10 at a time, so the
+        agent's socket buffer is not what drops them. Returns the packets sent."""
+        if self._rtp is None or self._rtp_transport is None:
+            raise SipCallError("no media: the call was not answered")
+        pt = 8 if self.format.law is AudioLaw.PCMA else 0  # the static payload types (RFC 3551)
+        n = self.format.frame_bytes
+        ssrc, seq, ts = secrets.randbits(32), secrets.randbits(16), secrets.randbits(32)
+        frames = [audio[i : i + n] for i in range(0, len(audio) - n + 1, n)]
+        for k, frame in enumerate(frames):
+            packet = build_rtp(pt, (seq + k) & 0xFFFF, (ts + n * k) & 0xFFFFFFFF, ssrc, frame, marker=k == 0)
+            self._rtp_transport.sendto(packet, self._rtp.remote)
+            if k % 10 == 9:
+                await asyncio.sleep(10 / per_ms / 1000)
+        return len(frames)
+
     def _event_payload_type(self) -> int:
         """The telephone-event payload type the agent answered; raises if there is none (or no media)."""
         te = self.result.te_payload_type if isinstance(self.result, Answered) else None
