@@ -82,8 +82,12 @@ async def run_call(
     approximate: bool = False,
     print_fn: Callable[[str], None] = print,
     sip_target: str | None = None,
+    turn_gap_s: float = 0.8,
 ) -> CallReport:
     """Dial the agent, say each utterance after the agent's turn, print a timeline, write files.
+
+    The agent's turn is over after `turn_gap_s` of silence: longer than the pauses inside its
+    answers; a test on a busy machine raises it so a stall in playback is not taken for the end.
 
     With `sip_target` (`sip:agent@host:5060`) the call goes over SIP/RTP instead of the Twilio
     webhook and media stream; the timeline, WAV and summary are the same (no JSONL recording)."""
@@ -139,7 +143,7 @@ async def run_call(
             await phone.wait_for(lambda: phone.closed or len(phone.heard_after(since)) > 0, reply_timeout, "agent")
             await phone.wait_for(
                 lambda: phone.closed or (not phone.playing and phone.last_audio_end is not None
-                                         and loop.time() - phone.last_audio_end > 0.8),
+                                         and loop.time() - phone.last_audio_end > turn_gap_s),
                 reply_timeout + max_seconds, "agent turn end",
             )
         except TimeoutError:
