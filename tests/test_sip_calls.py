@@ -8,7 +8,9 @@ baresip's sndfile dump), not only taken from the server's transcript.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -221,68 +223,69 @@ async def test_keys_pressed_while_the_provider_connects_reach_the_model() -> Non
         await agent.wait_no_calls(10)
 
 
+@contextlib.asynccontextmanager
+async def live_openai_call() -> AsyncIterator[tuple[FakeOpenAIServer, Any, SipPhone, Any]]:
+    """A SIP call to an agent on the fake OpenAI (audio/pcmu), once its provider session is live:
+    (the fake server, the agent, the phone, the call's bridge). Waits for the call to be gone."""
+    async with FakeOpenAIServer(api_key="sk-test-key") as openai:
+        settings = sip_settings()
+        model = OpenAIRealtimeModel("sk-test-key", url=openai.url, audio="pcmu")
+        async with running_agent(settings, model) as agent, SipPhone(f"sip:agent@127.0.0.1:{settings.sip_port}") as phone:
+            await phone.place_and_connect()
+            bridge = await phone.wait_for(lambda: next(iter(agent.state.calls.values()), None), 5, "the bridge")
+            await phone.wait_for(lambda: bridge.phase is CallPhase.LIVE, 10, "the provider session")
+            yield openai, agent, phone, bridge
+        await agent.wait_no_calls(10)
+
+
 async def test_an_rtp_audio_flood_reaches_the_model_only_at_real_time(caplog: pytest.LogCaptureFixture) -> None:
     """A SIP peer sends 20 s of speech in RTP packets as fast as the socket takes them, beside its
     paced microphone: the provider (which bills by audio time) gets the burst and then real time,
     the rest is counted and dropped, logged once, and the call goes on."""
     speech = speech_ulaw("I am calling about the order I placed last week, it has not arrived yet.", **CALLER_VOICE)
     flood = (speech * (20 * 8000 // len(speech) + 1))[: 20 * 8000]
-    async with FakeOpenAIServer(api_key="sk-test-key") as openai:
-        settings = sip_settings()
-        model = OpenAIRealtimeModel("sk-test-key", url=openai.url, audio="pcmu")
-        async with running_agent(settings, model) as agent, SipPhone(f"sip:agent@127.0.0.1:{settings.sip_port}") as phone:
-            await phone.place_and_connect()
-            bridge = await phone.wait_for(lambda: next(iter(agent.state.calls.values()), None), 5, "the bridge")
-            await phone.wait_for(lambda: bridge.phase is CallPhase.LIVE, 10, "the provider session")
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            before = bridge.stats.frames_in
-            with caplog.at_level("WARNING", logger="telephony_agent"):
-                sent = await phone.call.send_audio_flood(flood, per_ms=2.0)  # 2,000 packets a second
-                await phone.wait_for(lambda: bridge.stats.audio_dropped_ms >= 10_000, 10, "the flood dropped")
-                await asyncio.sleep(0.3)
-            elapsed = loop.time() - started
-            passed_s = (bridge.stats.frames_in - before) * 0.02  # the flood's and the microphone's
-            assert sent == 1000
-            assert passed_s <= AUDIO_BURST_S + AUDIO_RATE * elapsed + 0.1, (passed_s, elapsed)
-            async with aiohttp.ClientSession() as http, http.get(f"{agent.base_url}/metrics") as resp:
-                text = await resp.text()
-            assert "agent_caller_audio_dropped_seconds_total" in text
-            assert sum("faster than real time" in r.getMessage() for r in caplog.records) == 1
-            assert not phone.closed and bridge.phase is CallPhase.LIVE
-            await phone.hangup()
-        await agent.wait_no_calls(10)
+    async with live_openai_call() as (_openai, agent, phone, bridge):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        before = bridge.stats.frames_in
+        with caplog.at_level("WARNING", logger="telephony_agent"):
+            sent = await phone.call.send_audio_flood(flood, per_ms=2.0)  # 2,000 packets a second
+            await phone.wait_for(lambda: bridge.stats.audio_dropped_ms >= 10_000, 10, "the flood dropped")
+            await asyncio.sleep(0.3)
+        elapsed = loop.time() - started
+        passed_s = (bridge.stats.frames_in - before) * 0.02  # the flood's and the microphone's
+        assert sent == 1000
+        assert passed_s <= AUDIO_BURST_S + AUDIO_RATE * elapsed + 0.1, (passed_s, elapsed)
+        async with aiohttp.ClientSession() as http, http.get(f"{agent.base_url}/metrics") as resp:
+            text = await resp.text()
+        assert "agent_caller_audio_dropped_seconds_total" in text
+        assert sum("faster than real time" in r.getMessage() for r in caplog.records) == 1
+        assert not phone.closed and bridge.phase is CallPhase.LIVE
+        await phone.hangup()
 
 
 async def test_a_key_flood_reaches_the_model_only_at_the_keys_rate(caplog: pytest.LogCaptureFixture) -> None:
     """A SIP peer floods RFC 4733 keys: each would cost a paid model response; past the burst they
     are counted and dropped, logged once, and the call goes on."""
-    async with FakeOpenAIServer(api_key="sk-test-key") as openai:
-        settings = sip_settings()
-        model = OpenAIRealtimeModel("sk-test-key", url=openai.url, audio="pcmu")
-        async with running_agent(settings, model) as agent, SipPhone(f"sip:agent@127.0.0.1:{settings.sip_port}") as phone:
-            await phone.place_and_connect()
-            bridge = await phone.wait_for(lambda: next(iter(agent.state.calls.values()), None), 5, "the bridge")
-            await phone.wait_for(lambda: bridge.phase is CallPhase.LIVE, 10, "the provider session")
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            with caplog.at_level("DEBUG", logger="telephony_agent"):
-                await phone.call.send_key_flood(300)  # 1,000 keys a second
-                await asyncio.sleep(0.3)
-                received = bridge.leg.rtp.summary()["dtmf"]  # what the socket did not drop under this machine's load
-                await phone.wait_for(lambda: len(bridge.stats.dtmf) + bridge.stats.dtmf_dropped == received, 5,
-                                     "every key received at the bridge")
-            elapsed = loop.time() - started
-            passed = len(bridge.stats.dtmf)
-            assert received >= 200, received
-            assert KEY_BURST <= passed <= KEY_BURST + KEYS_PER_S * elapsed + 1, (passed, elapsed)
-            await openai.wait_for(lambda: len(openai.user_texts()) == passed, timeout=5)
-            async with aiohttp.ClientSession() as http, http.get(f"{agent.base_url}/metrics") as resp:
-                text = await resp.text()
-            assert f"agent_dtmf_dropped_total {float(received - passed)}" in text
-            lines = [r.getMessage() for r in caplog.records]
-            assert sum("keys arrive faster" in line for line in lines) == 1
-            assert not any("5" in line for line in lines if "RFC 4733" in line)  # which key: never logged
-            assert not phone.closed and bridge.phase is CallPhase.LIVE
-            await phone.hangup()
-        await agent.wait_no_calls(10)
+    async with live_openai_call() as (openai, agent, phone, bridge):
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with caplog.at_level("DEBUG", logger="telephony_agent"):
+            await phone.call.send_key_flood(300)  # 1,000 keys a second
+            await asyncio.sleep(0.3)
+            received = bridge.leg.rtp.summary()["dtmf"]  # what the socket did not drop under this machine's load
+            await phone.wait_for(lambda: len(bridge.stats.dtmf) + bridge.stats.dtmf_dropped == received, 5,
+                                 "every key received at the bridge")
+        elapsed = loop.time() - started
+        passed = len(bridge.stats.dtmf)
+        assert received >= 200, received
+        assert KEY_BURST <= passed <= KEY_BURST + KEYS_PER_S * elapsed + 1, (passed, elapsed)
+        await openai.wait_for(lambda: len(openai.user_texts()) == passed, timeout=5)
+        async with aiohttp.ClientSession() as http, http.get(f"{agent.base_url}/metrics") as resp:
+            text = await resp.text()
+        assert f"agent_dtmf_dropped_total {float(received - passed)}" in text
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum("keys arrive faster" in line for line in lines) == 1
+        assert not any("5" in line for line in lines if "RFC 4733" in line)  # which key: never logged
+        assert not phone.closed and bridge.phase is CallPhase.LIVE
+        await phone.hangup()
