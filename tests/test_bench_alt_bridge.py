@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(120)  # 19 s alone, 34 s in `make test` in a slow hour: a bound, with room for a busier machine
 @pytest.mark.parametrize(("bridge", "loop"), [
     # neither runs our code, so each runs once: the alternative where the benchmark extras
     # (FastAPI, uvicorn, websockets) are installed, which `make test` does for 3.11 only
@@ -41,7 +41,7 @@ def test_bridge_carries_audio_both_ways(tmp_path: Path, bridge: str, loop: str) 
     cmd = [*load, "--series", "", "--sequential", "0", "--workers", "", *barge,
            "--bridges", bridge, "--loop", loop, "--compare-at", "5", "--steady", "4", "--settle", "0.5", "--no-plot",
            "--out", str(tmp_path), "--server-core", str(cores[0]), "--gen-core", str(cores[1])]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=55)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "load.json").read_text())
     (entry,) = report["comparison"]["bridges"]
