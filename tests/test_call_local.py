@@ -15,8 +15,9 @@ from telephony_agent.testing.twilio_caller import TwilioCaller
 # pytest-xdist worker runs them all, one after the other, so no two of them compete for the cores.
 pytestmark = pytest.mark.xdist_group("local_engine")
 
-# The greeting has a pause between its sentences: only a longer silence means it is over.
-GREETING_GAP_MS = 900
+# The greeting has a pause between its sentences: only a longer silence means it is over, and
+# longer than a stall in playback on a busy machine (CI runs several test workers per core).
+GREETING_GAP_MS = 2000
 
 
 def ulaw_speech(text: str) -> bytes:
