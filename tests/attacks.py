@@ -31,7 +31,6 @@ import contextlib
 import json
 import os
 import re
-import resource
 import secrets
 import signal
 import subprocess
@@ -578,8 +577,12 @@ ATTACKS: dict[str, Callable[[Target], Awaitable[dict[str, Any]]]] = {
 @contextlib.asynccontextmanager
 async def served(
     tree: Path, *, nofile: int | None = None, env: dict[str, str] | None = None, python: str = sys.executable,
+    limit: float | None = None,
 ) -> AsyncIterator[Target]:
-    """The tree's server as a subprocess (recordings on, text logs to a file), with a fake provider."""
+    """The tree's server as a subprocess (recordings on, text logs to a file), with a fake provider.
+
+    `limit` bounds the time inside the block: past it the block gets a TimeoutError, and any
+    failure prints the tail of the server's log, so a hang shows what the server was doing."""
     async with FakeOpenAIServer(api_key=API_KEY) as provider:
         with tempfile.TemporaryDirectory(prefix="attacks-") as tmp:
             port = free_tcp_port()
@@ -598,20 +601,23 @@ async def served(
             }
             server_env.update(env or {})
 
-            def limit() -> None:
-                if nofile is not None:
-                    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
             with open(log_path, "wb") as log_file:  # noqa: ASYNC230 - before the server starts
+                # util-linux's prlimit, not a preexec_fn: Python code between fork and exec can
+                # deadlock in a process with threads, as a test worker has
+                capped = ["prlimit", f"--nofile={nofile}", "--"] if nofile is not None else []
                 proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited for below
-                    [python, "-m", "telephony_agent", "serve"], cwd=tmp, env=server_env,
-                    stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=limit,
+                    [*capped, python, "-m", "telephony_agent", "serve"], cwd=tmp, env=server_env,
+                    stdout=log_file, stderr=subprocess.STDOUT,
                 )
             target = Target(f"http://127.0.0.1:{port}", provider=provider, recordings=recordings, pid=proc.pid,
                             log_path=log_path, proc=proc)
             try:
-                await _wait_up(target, proc)
-                yield target
+                await _wait_up(target, proc, workers=int(server_env.get("AGENT_WORKERS", "1")))
+                async with asyncio.timeout(limit):
+                    yield target
+            except BaseException:  # a failed or timed-out test shows what the server logged
+                print(f"--- server log (last 6000 characters) ---\n{target.log_text()[-6000:]}", flush=True)
+                raise
             finally:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGINT)
@@ -622,7 +628,9 @@ async def served(
                         proc.wait()
 
 
-async def _wait_up(t: Target, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+async def _wait_up(t: Target, proc: subprocess.Popen[bytes], *, workers: int = 1, timeout: float = 60.0) -> None:
+    """Until /healthz answers and every worker has logged that it listens: one worker answering
+    does not mean the others are up, and a connection the kernel gives a starting worker waits."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     async with aiohttp.ClientSession() as http:
@@ -631,7 +639,7 @@ async def _wait_up(t: Target, proc: subprocess.Popen[bytes], timeout: float = 60
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{t.log_text()[-3000:]}")
             try:
                 async with http.get(t.base_url + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as r:
-                    if r.status == 200:
+                    if r.status == 200 and t.log_text().count("listening on ") >= workers:
                         return
             except (TimeoutError, aiohttp.ClientError):
                 pass

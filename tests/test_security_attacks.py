@@ -5,10 +5,12 @@ the code before the fix: `python tests/attacks.py --tree <checkout>`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -37,6 +39,12 @@ from attacks import (
 pytestmark = pytest.mark.timeout(180)
 
 TREE = Path(__file__).resolve().parent.parent
+LIMIT_S = 140.0  # inside pytest's 180 s: a hang fails in the test, with the server's log, not in teardown
+
+
+def serve(**kwargs: Any) -> contextlib.AbstractAsyncContextManager[Target]:
+    """This tree's server, as the attacks meet it."""
+    return served(TREE, python=sys.executable, limit=LIMIT_S, **kwargs)
 
 
 async def until(predicate: Callable[[], bool], timeout: float = 8.0) -> None:
@@ -59,7 +67,7 @@ async def metrics(t: Target) -> dict[str, float]:
 
 
 async def test_prestart_junk_writes_no_file_and_memory_stays_bounded() -> None:
-    async with served(TREE, python=sys.executable) as t:
+    async with serve() as t:
         flood = await prestart_flood(t, sockets=3, seconds=2.0)
         assert flood["frames_sent"] > 0
         assert flood["files_created"] == 0 and flood["mib_written"] == 0  # before: 1 GiB in 5 s
@@ -74,7 +82,7 @@ async def test_prestart_junk_writes_no_file_and_memory_stays_bounded() -> None:
 
 
 async def test_recording_starts_with_authorisation_and_never_holds_the_token() -> None:
-    async with served(TREE, python=sys.executable) as t, aiohttp.ClientSession() as http:
+    async with serve() as t, aiohttp.ClientSession() as http:
         sid = call_sid()
         _, text = await webhook(http, t, sid)
         stream = stream_of(text)
@@ -101,7 +109,7 @@ module_loop = pytest.mark.asyncio(loop_scope="module")
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared() -> AsyncIterator[Target]:
-    async with served(TREE, python=sys.executable) as t:
+    async with serve() as t:
         yield t
 
 
@@ -139,7 +147,7 @@ async def test_malformed_unsigned_webhooks_get_4xx_and_no_traceback(shared: Targ
 
 
 async def test_call_limit_holds_against_every_way_in() -> None:
-    async with served(TREE, python=sys.executable) as t, aiohttp.ClientSession() as http:
+    async with serve() as t, aiohttp.ClientSession() as http:
         checked = asyncio.Event()  # the three calls are held until the checks are made
         held = [asyncio.create_task(good_call(http, t, hold=30.0, release=checked))
                 for _ in range(3)]  # AGENT_MAX_CALLS=3
@@ -161,7 +169,7 @@ async def test_call_limit_holds_against_every_way_in() -> None:
 
 async def test_idle_and_slow_connections_are_closed_in_time_while_a_call_goes_through() -> None:
     env = {"AGENT_HTTP_KEEPALIVE_TIMEOUT_SECONDS": "3", "AGENT_HTTP_HEADER_TIMEOUT_SECONDS": "2"}
-    async with served(TREE, env=env, python=sys.executable) as t:
+    async with serve(env=env) as t:
         result = await idle_connections(t, idle=1000, slow=50, wait=15.0)
         assert result["good_call_connected"], result
         assert result["held"] == 0, result  # before: all 1,050 for as long as they liked
@@ -170,7 +178,7 @@ async def test_idle_and_slow_connections_are_closed_in_time_while_a_call_goes_th
 
 
 async def test_running_out_of_descriptors_refuses_quietly_and_calls_still_connect() -> None:
-    async with served(TREE, nofile=1024, python=sys.executable) as t:
+    async with serve(nofile=1024) as t:
         result = await fd_exhaustion(t, conns=1100, seconds=5.0)
         assert result["good_call_connected"], result  # the idlest connection made room
         assert result["tracebacks"] == 0, result  # before: 21,119 in 10 s
@@ -178,20 +186,20 @@ async def test_running_out_of_descriptors_refuses_quietly_and_calls_still_connec
 
 
 async def test_caller_values_cannot_break_twiml_or_forge_log_lines() -> None:
-    async with served(TREE, python=sys.executable) as t:
+    async with serve() as t:
         result = await injection(t)
         assert result == {"twiml_valid_xml": True, "forged_log_lines": 0}
 
 
 async def test_a_token_is_single_use_across_worker_processes() -> None:
-    async with served(TREE, env={"AGENT_WORKERS": "2"}, python=sys.executable) as t:
+    async with serve(env={"AGENT_WORKERS": "2"}) as t:
         reuse = await token_reuse(t, uses=6)  # new connections: the kernel spreads them over both workers
         assert reuse["provider_sessions"] == 1, reuse
 
 
 async def test_unauthenticated_cap_refuses_with_503_and_authorised_calls_do_not_count() -> None:
     env = {"AGENT_MAX_UNAUTHENTICATED_CONNECTIONS": "4", "AGENT_WS_HANDSHAKE_TIMEOUT_SECONDS": "4"}
-    async with served(TREE, env=env, python=sys.executable) as t, aiohttp.ClientSession() as http:
+    async with serve(env=env) as t, aiohttp.ClientSession() as http:
         checked = asyncio.Event()  # the two calls are held until the strangers are dealt with
         calls = [asyncio.create_task(good_call(http, t, hold=30.0, release=checked)) for _ in range(2)]
         await until(lambda: t.sessions() == 2)  # two authorised calls: they no longer count as strangers
