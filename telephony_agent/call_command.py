@@ -87,7 +87,8 @@ async def run_call(
     """Dial the agent, say each utterance after the agent's turn, print a timeline, write files.
 
     The agent's turn is over after `turn_gap_s` of silence: longer than the pauses inside its
-    answers; a test on a busy machine raises it so a stall in playback is not taken for the end.
+    answers. Audio after a shorter gap belongs to the same turn (a stall in playback does not
+    split an answer in two); a test on a busy machine raises it.
 
     With `sip_target` (`sip:agent@host:5060`) the call goes over SIP/RTP instead of the Twilio
     webhook and media stream; the timeline, WAV and summary are the same (no JSONL recording)."""
@@ -108,8 +109,8 @@ async def run_call(
 
     def on_event(kind: str, when: float, details: dict[str, Any]) -> None:
         if kind == "audio_start":
-            if turns and not turns[-1][3] and when - turns[-1][4] < 0.35:
-                return  # a short underrun inside one turn
+            if turns and not turns[-1][3] and when - turns[-1][4] < turn_gap_s:
+                return  # an underrun inside one turn, not a new one
             turns.append([when, phone.heard_ms, phone.heard_ms, False, when])
             extra = f" (time to first agent audio {1000 * (when - t0):.0f} ms)" if len(turns) == 1 else ""
             print_fn(f"{stamp(when)}  agent turn {len(turns)} starts{extra}")

@@ -65,7 +65,7 @@ def _call(settings: Settings, args: argparse.Namespace) -> int:
                 barge_in_at=args.barge_in_at, barge_in_audio=barge, max_seconds=args.max_seconds,
                 reply_timeout=args.reply_timeout, transcribe=not args.no_transcribe,
                 known_lines=known, approximate=args.approximate,
-                print_fn=lambda line: print(line, flush=True), sip_target=args.sip,
+                print_fn=lambda line: print(line, flush=True), sip_target=args.sip, turn_gap_s=args.turn_gap,
             )
         )
     except (OSError, Exception) as exc:  # noqa: BLE001 - a command line reports, it does not trace
@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     call.add_argument("--out", default=None, help="directory for agent.wav, call.wav, call.jsonl, transcript.txt")
     call.add_argument("--max-seconds", type=float, default=90.0, help="hang up after this long")
     call.add_argument("--reply-timeout", type=float, default=20.0, help="how long to wait for each agent turn")
+    call.add_argument("--turn-gap", type=float, default=0.8, metavar="SECONDS",
+                      help="silence that ends the agent's turn (raise it on a busy machine or a jittery link)")
     call.add_argument("--no-transcribe", action="store_true", help="skip recognising the agent's words")
     call.add_argument("--agent-script", default=None, metavar="PATH",
                       help="the local engine's script, to write its turns word for word (default: the demo)")
