@@ -17,11 +17,16 @@ Drain (on SIGTERM or SIGINT), in every worker independently:
 4. Close the listener and exit 0.
 
 A second signal during a drain is logged and ignored: the drain is already bounded.
+
+SIGUSR1 writes every thread's Python stack to stderr (`faulthandler`: it works with the event
+loop blocked, which is when it is needed); SIGUSR2 logs tracemalloc's top growth (`memory`). The
+supervisor passes both on to its workers rather than die of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import logging
 import os
@@ -60,6 +65,8 @@ WORKER_ENV = "AGENT_WORKER_INDEX"
 STARTUP_GRACE_S = 5.0  # a worker that dies sooner than this after starting is a fatal error
 RESTART_DELAY_S = 1.0
 POLL_S = 0.1
+STACKS_SIGNAL = signal.SIGUSR1
+PASSED_ON = (signal.SIGUSR1, signal.SIGUSR2)  # diagnostics: the supervisor hands them to each worker
 
 
 async def drain(state: AppState, drain_seconds: float) -> None:
@@ -186,6 +193,7 @@ async def start_server(
 
 def _run_worker(settings: Settings, *, reuse_port: bool, worker: int | None = None) -> int:
     configure_logging(settings.log_format.value, settings.log_level, worker=worker)
+    faulthandler.register(STACKS_SIGNAL, all_threads=True)  # plain text on stderr, not a log record
     try:
         loop_name, factory = loop_factory(settings.event_loop)
     except EventLoopUnavailable as exc:
@@ -263,7 +271,14 @@ def _supervise(settings: Settings) -> int:
     def on_signal(signum: int, frame: object) -> None:
         stop_all(signal.Signals(signum).name)
 
+    to_pass_on: list[tuple[int, _Worker]] = []
+
+    def pass_on(signum: int, frame: object) -> None:
+        # one worker a poll, not all at once: their stack dumps share stderr and would interleave
+        to_pass_on.extend((signum, w) for w in workers.values())
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous.update({sig: signal.signal(sig, pass_on) for sig in PASSED_ON})
     try:
         for i in range(settings.workers):
             workers[i] = _Worker(i, blob, env)
@@ -271,6 +286,10 @@ def _supervise(settings: Settings) -> int:
         while workers or (restart_at and not stopping):
             time.sleep(POLL_S)
             now = time.monotonic()
+            if to_pass_on:
+                signum, w = to_pass_on.pop(0)
+                if w.proc.poll() is None:
+                    w.proc.send_signal(signum)
             for i, w in list(workers.items()):
                 rc = w.proc.poll()
                 if rc is None:

@@ -582,7 +582,8 @@ async def served(
     """The tree's server as a subprocess (recordings on, text logs to a file), with a fake provider.
 
     `limit` bounds the time inside the block: past it the block gets a TimeoutError, and any
-    failure prints the tail of the server's log, so a hang shows what the server was doing."""
+    failure prints the tail of the server's log, with every process's stacks, so a hang shows
+    what the server was doing."""
     async with FakeOpenAIServer(api_key=API_KEY) as provider:
         with tempfile.TemporaryDirectory(prefix="attacks-") as tmp:
             port = free_tcp_port()
@@ -616,7 +617,10 @@ async def served(
                 async with asyncio.timeout(limit):
                     yield target
             except BaseException:  # a failed or timed-out test shows what the server logged
-                print(f"--- server log (last 6000 characters) ---\n{target.log_text()[-6000:]}", flush=True)
+                if proc.poll() is None:  # and where each of its processes is (serve.py: SIGUSR1)
+                    proc.send_signal(signal.SIGUSR1)
+                    await asyncio.sleep(1.0)
+                print(f"--- server log (last 12000 characters) ---\n{target.log_text()[-12000:]}", flush=True)
                 raise
             finally:
                 if proc.poll() is None:

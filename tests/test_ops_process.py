@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +206,13 @@ async def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignor
         await asyncio.sleep(0.05)
 
 
+def logged(server: Server, n: int, match: Callable[[str], bool]) -> Callable[[], Awaitable[bool]]:
+    """A `wait_for` predicate: at least `n` lines of the server's log match."""
+    async def check() -> bool:
+        return sum(1 for line in server.log_lines() if match(line)) >= n
+    return check
+
+
 def json_log(server: Server) -> list[dict]:
     lines = server.log_lines()
     records = []
@@ -287,6 +294,26 @@ async def test_two_workers_share_the_port_and_drain_on_sigterm(tmp_path: Path) -
             os.kill(pid, 0)
     workers = {r.get("worker") for r in json_log(server) if r.get("event") == "stopped" and "worker" in r}
     assert workers == {0, 1}
+
+
+async def test_sigusr1_dumps_every_workers_stacks_and_sigusr2_is_passed_on(tmp_path: Path) -> None:
+    """SIGUSR1 to the supervisor: each worker writes its threads' stacks (faulthandler, which a
+    blocked event loop cannot stop) and serves on; SIGUSR2 reaches each worker's memory report.
+    Neither signal's default action (exit) takes the supervisor down."""
+    async with running(tmp_path, AGENT_WORKERS="2", AGENT_LOG_FORMAT="text") as (server, http):
+        await wait_for(logged(server, 2, lambda line: "listening on" in line), 30, "both workers")
+        server.proc.send_signal(signal.SIGUSR1)
+        await wait_for(logged(server, 2, lambda line: line.startswith("Current thread 0x")), 10,
+                       "a stack dump from each worker")
+        assert any("in _run_worker" in line for line in server.log_lines())  # the dump names where it ran
+        server.proc.send_signal(signal.SIGUSR2)
+        await wait_for(logged(server, 2, lambda line: "SIGUSR2: tracemalloc is off" in line), 10,
+                       "a memory report from each worker")
+        assert server.proc.poll() is None
+        async with http.get(server.base + "/healthz") as r:
+            assert r.status == 200
+        server.proc.send_signal(signal.SIGTERM)
+        assert await server.wait_exit(10) == 0
 
 
 async def test_sigterm_with_no_calls_exits_0_at_once(tmp_path: Path) -> None:
