@@ -23,7 +23,7 @@ from telephony_agent.telephony.speech_scorers import BatchedSileroScorer
 from telephony_agent.testing.noise import noise_pcm16
 from telephony_agent.testing.speech import speech_pcm16, speech_ulaw
 from telephony_agent.testing.turn_sim import AGENT_TEXT
-from telephony_agent.testing.twilio_caller import TwilioCaller
+from telephony_agent.testing.twilio_caller import TwilioCaller, Utterance
 from telephony_codecs import Transcoder, pcm16_to_ulaw, ulaw_to_pcm16
 
 KEY = "test-key"
@@ -41,6 +41,15 @@ def onset_s(ulaw: bytes) -> float:
     frames = x[: len(x) // 80 * 80].reshape(-1, 80)
     loud = np.nonzero(np.mean(frames**2, axis=1) > (32768 * 0.01) ** 2)[0]
     return int(loud[0]) * 0.01 if loud.size else 0.0
+
+
+def reaction_s(call: TwilioCaller, utt: Utterance, ulaw: bytes) -> float:
+    """How much of the caller's speech, from its onset, went out before the latest clear arrived:
+    the barge-in's reaction in audio time. A stall of the machine holds the microphone and the
+    agent alike, so this does not grow with load the way the wall clock does."""
+    sent = call.clear_speech_sent[-1] - utt.start_offset
+    assert sent < len(ulaw), "the clear came only after the whole interruption was sent"
+    return sent / 8000 - onset_s(ulaw)
 
 
 def longest_silence(call: TwilioCaller, since: float, until: float) -> float:
@@ -134,9 +143,8 @@ async def test_gemini_answer_generated_long_ago_is_cut_when_the_caller_interrupt
             stop = speech_ulaw(INTERRUPTION)
             utt = call.say(stop)
             clear_at = await call.wait_clear(1, timeout=5)
-            assert utt.started_at is not None
-            reaction = clear_at - (utt.started_at + onset_s(stop))
-            assert reaction <= 0.3, f"clear {reaction * 1000:.0f} ms after speech onset"
+            reaction = reaction_s(call, utt, stop)
+            assert reaction <= 0.3, f"clear {reaction * 1000:.0f} ms of speech after its onset"
             heard_at_clear = len(call.heard_ulaw)
             await call.wait_for(lambda: gemini.last.conversation.turns >= 2, 10, "the next answer")
             await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1, since=clear_at, timeout=10)
@@ -238,9 +246,8 @@ async def test_agent_echo_is_not_a_barge_in_but_the_caller_over_it_is() -> None:
             assert bridge.turns.echo.delay is not None
             stop = speech_ulaw(INTERRUPTION)
             utt = call.say(stop)
-            clear_at = await call.wait_clear(1, timeout=5)
-            assert utt.started_at is not None
-            assert clear_at - (utt.started_at + onset_s(stop)) <= 0.3
+            await call.wait_clear(1, timeout=5)
+            assert reaction_s(call, utt, stop) <= 0.3
             await call.wait_for(lambda: bridge.turn_stats.barge_ins, 5, "barge-in")
             scorer = bridge.turns.scorer
             assert isinstance(scorer, BatchedSileroScorer) and scorer._batch.windows_scored > 0  # scored with the loop's batch

@@ -213,6 +213,9 @@ class TwilioCaller:
     marks: list[MarkRecord] = field(default_factory=list)
     marks_requested: list[str] = field(default_factory=list)
     clear_times: list[float] = field(default_factory=list)
+    clear_speech_sent: list[int] = field(default_factory=list)
+    """Microphone speech bytes sent when each clear arrived: where in the caller's own speech the
+    agent stopped, in audio time, which a busy machine's stalls do not lengthen."""
     dropped_bytes: int = 0
     last_audio_end: float | None = None
     sent_ulaw: bytearray = field(default_factory=bytearray)
@@ -798,6 +801,7 @@ class TwilioCaller:
     def _clear(self, now: float) -> None:
         self._advance(now)
         self.clear_times.append(now)
+        self.clear_speech_sent.append(self._speech_sent)
         self._emit("clear", now, {"dropped_ms": self._queued_audio / 8, "heard_ms": self.heard_ms})
         if self._playing:
             self._playing = False
