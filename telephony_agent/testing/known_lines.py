@@ -8,6 +8,14 @@ turn's words are then known exactly. A turn is only named when its voiced audio 
 explained by sentences found this way; anything else (another provider, another voice, a
 sentence cut by barge-in) is reported as not known rather than guessed.
 
+"Almost": eSpeak carries state from one synthesis to the next, so the same sentence comes out a
+few milliseconds longer or shorter (a pause 10 ms longer here, a little drift there: 125,181 to
+125,285 samples for the demo's 5.7 s opening-hours line, in one process). Over a whole long
+sentence that misalignment took the correlation from 0.8 down to 0.5, where it stops counting,
+so whether the line was named depended on what the process had synthesised before. A sentence is
+therefore matched in pieces of `PIECE_S`, each free to sit up to `SLACK_S` from where the
+sentence's start puts it, and every piece must be heard for the sentence to count.
+
 Measured against the general PocketSphinx model on the demo script's lines through the call
 path: see `bench/transcript_wer.py` and docs/architecture.md ("Testing").
 """
@@ -18,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import maximum_filter1d
 from scipy.signal import correlate
 
 from telephony_codecs import Transcoder, ulaw_to_pcm16
@@ -27,6 +36,9 @@ __all__ = ["KnownLines", "SentenceMatch"]
 _RATE = 8000
 _FRAME = 160  # 20 ms at 8 kHz
 _VOICED_RMS = 300.0  # about -40 dBFS: eSpeak's pauses are digital silence, mu-law's is ~0
+PIECE_S = 0.4  # a sentence is matched in pieces this long (the last up to half as long again)
+SLACK_S = 0.02  # how far a piece may sit from where the sentence's start puts it
+MIN_PIECE_SCORE = 0.3  # every piece must be heard: a sentence cut short is not claimed
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +63,51 @@ def _voiced_span(x: np.ndarray) -> tuple[int, int]:
     return int(voiced[0]) * _FRAME, (int(voiced[-1]) + 1) * _FRAME
 
 
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """A sentence's voiced audio in pieces: (offset, samples, norm) each."""
+
+    sentence: str
+    length: int
+    pieces: tuple[tuple[int, np.ndarray, float], ...]
+    weights: np.ndarray  # each piece's share of the sentence's energy
+
+    @classmethod
+    def of(cls, sentence: str, t: np.ndarray) -> _Template | None:
+        step = int(PIECE_S * _RATE)
+        bounds = list(range(0, t.size, step))
+        if len(bounds) > 1 and t.size - bounds[-1] < step // 2:
+            bounds.pop()  # a short tail joins the piece before it
+        pieces = []
+        for i, start in enumerate(bounds):
+            piece = t[start : bounds[i + 1] if i + 1 < len(bounds) else t.size]
+            pieces.append((start, piece, float(np.linalg.norm(piece))))
+        energy = np.array([norm * norm for _, _, norm in pieces])
+        if not pieces or energy.sum() <= 0:
+            return None
+        return cls(sentence, int(t.size), tuple(pieces), energy / energy.sum())
+
+    def scores(self, x: np.ndarray, energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For every start in `x` the sentence fits at: its score (the pieces' correlations,
+        weighted by their energy, each the best within the slack) and its lowest piece's.
+        `energy`: the running sum of `x` squared."""
+        starts = x.size - self.length + 1
+        slack = int(SLACK_S * _RATE)
+        total = np.zeros(starts)
+        lowest = np.full(starts, np.inf)
+        for (offset, piece, norm), weight in zip(self.pieces, self.weights, strict=True):
+            m = piece.size
+            if norm <= 0:
+                continue  # a silent piece: nothing to find, no weight
+            corr = correlate(x, piece, mode="valid", method="fft")
+            window = np.maximum(energy[m:] - energy[:-m], 1e-9)
+            ncc = maximum_filter1d(corr / (norm * np.sqrt(window)), size=2 * slack + 1, mode="constant", cval=-1.0)
+            at = ncc[offset : offset + starts]
+            total += weight * at
+            np.minimum(lowest, at, out=lowest)
+        return total, lowest
+
+
 class KnownLines:
     """Templates of every sentence the engine can say; `transcribe()` names a turn or says None.
 
@@ -72,7 +129,7 @@ class KnownLines:
 
         self.min_score = min_score
         self.max_unexplained_ms = max_unexplained_ms
-        self._templates: list[tuple[str, np.ndarray, float]] = []
+        self._templates: list[_Template] = []
         rate = tts.sample_rate()
         sentences = dict.fromkeys(s for line in lines for s in split_sentences(line))
         for sentence in sentences:
@@ -80,10 +137,9 @@ class KnownLines:
             ulaw = tx.process(tts.synthesize(sentence, voice, words_per_minute)) + tx.flush()
             x = np.frombuffer(ulaw_to_pcm16(ulaw), "<i2").astype(np.float64)
             a, b = _voiced_span(x)
-            t = x[a:b]
-            norm = float(np.linalg.norm(t))
-            if t.size and norm > 0:
-                self._templates.append((sentence, t, norm))
+            template = _Template.of(sentence, x[a:b]) if b > a else None
+            if template is not None:
+                self._templates.append(template)
 
     @classmethod
     def from_script(cls, path: str | None = None, voice: str | None = None,
@@ -96,7 +152,7 @@ class KnownLines:
 
     @property
     def sentences(self) -> list[str]:
-        return [s for s, _, _ in self._templates]
+        return [t.sentence for t in self._templates]
 
     def find(self, ulaw: bytes) -> tuple[list[SentenceMatch], float]:
         """The sentences found in `ulaw` (in order) and the ms of voiced audio none of them explains."""
@@ -108,17 +164,17 @@ class KnownLines:
             # The match that explains the most of the turn's energy (score^2 x energy) wins, so
             # "Hello, thank you for calling." beats its own tail "Thank you for calling."
             best: tuple[float, SentenceMatch] | None = None
-            for sentence, t, norm in self._templates:
-                m = t.size
+            for template in self._templates:
+                m = template.length
                 if m > left.size:
                     continue
-                corr = correlate(left, t, mode="valid", method="fft")
+                score, lowest = template.scores(left, energy)
                 window = np.maximum(energy[m:] - energy[:-m], 1e-9)
-                ncc = corr / (norm * np.sqrt(window))
-                gain = np.where(ncc >= self.min_score, ncc * ncc * window, 0.0)
+                heard = (score >= self.min_score) & (lowest >= MIN_PIECE_SCORE)
+                gain = np.where(heard, score * score * window, 0.0)
                 k = int(np.argmax(gain))
                 if gain[k] > 0 and (best is None or gain[k] > best[0]):
-                    best = (float(gain[k]), SentenceMatch(sentence, k, m, float(ncc[k])))
+                    best = (float(gain[k]), SentenceMatch(template.sentence, k, m, float(score[k])))
             if best is None:
                 break
             match = best[1]
