@@ -308,7 +308,7 @@ async def test_speech_goes_out_in_the_stream() -> None:
         utt = await call.speak(ulaw)
         assert utt.started_at is not None and utt.finished_at is not None
         duration = utt.finished_at - utt.started_at
-        assert abs(duration - len(ulaw) / 8000) < 0.08, duration
+        assert abs(duration - len(ulaw) / 8000) < 0.2, duration  # paced (a burst takes ~0), with a busy machine's slack
         await asyncio.sleep(0.1)
         inbound = bytes(agent.inbound)
         assert ulaw in inbound
@@ -325,7 +325,7 @@ async def test_non_continuous_send_audio_and_raw_bad_input() -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         await call.send_audio(tone(200, 0x44))
-        assert 0.17 <= loop.time() - t0 <= 0.3
+        assert 0.17 <= loop.time() - t0 <= 1.0  # paced: 200 ms of audio takes its own length, or more on a busy machine
         await call.send_audio(tone(100, 0x45), realtime=False)
         await call.send_raw(b"\x00\x01")
         await call.send_raw("{bad")
