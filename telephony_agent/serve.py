@@ -18,6 +18,11 @@ Drain (on SIGTERM or SIGINT), in every worker independently:
 
 A second signal during a drain is logged and ignored: the drain is already bounded.
 
+A worker whose event loop stops running (its heartbeat file, touched every second, goes stale
+for `AGENT_WORKER_TIMEOUT_SECONDS`) is hung: the supervisor has it write its stacks (SIGUSR1),
+kills it and starts another, so a wedged process costs its own calls, not the port's share of
+every new one.
+
 SIGUSR1 writes every thread's Python stack to stderr (`faulthandler`: it works with the event
 loop blocked, which is when it is needed); SIGUSR2 logs tracemalloc's top growth (`memory`). The
 supervisor passes both on to its workers rather than die of them.
@@ -26,6 +31,7 @@ supervisor passes both on to its workers rather than die of them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import gc
 import logging
@@ -66,6 +72,10 @@ STARTUP_GRACE_S = 5.0  # a worker that dies sooner than this after starting is a
 RESTART_DELAY_S = 1.0
 POLL_S = 0.1
 STACKS_SIGNAL = signal.SIGUSR1
+HEARTBEAT_ENV = "AGENT_INTERNAL_HEARTBEAT_FILE"  # set by the supervisor: the file a worker touches
+HEARTBEAT_S = 1.0
+FIRST_BEAT_S = 60.0  # a starting worker's first beat may take this long (imports, models) ...
+STACKS_WAIT_S = 1.0  # ... and a hung one this long to write its stacks before it is killed
 PASSED_ON = (signal.SIGUSR1, signal.SIGUSR2)  # diagnostics: the supervisor hands them to each worker
 
 
@@ -145,6 +155,8 @@ async def _serve_async(settings: Settings, *, reuse_port: bool = False) -> None:
         trim_memory(settings.malloc_trim_seconds, lambda: manager.ended_calls, lambda: len(manager.calls)),
         name="malloc-trim",
     )
+    beat_path = os.environ.get(HEARTBEAT_ENV)
+    beating = asyncio.create_task(heartbeat(beat_path), name="heartbeat") if beat_path else None
     try:
         freeze_startup_heap()
         log.info("listening on %s:%d", settings.host, settings.port, extra={"event": "listening"})
@@ -153,7 +165,23 @@ async def _serve_async(settings: Settings, *, reuse_port: bool = False) -> None:
     finally:
         trimmer.cancel()
         await runner.cleanup()
+        if beating is not None:
+            beating.cancel()
     log.info("stopped", extra={"event": "stopped"})
+
+
+async def heartbeat(path: str, every: float = HEARTBEAT_S) -> None:
+    """Touch `path` every `every` seconds for as long as the event loop runs: a worker's sign of
+    life to its supervisor (a file's mtime, as gunicorn does: no pipe to fill, nothing to read)."""
+    while True:
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))  # the first beat
+        except OSError:
+            pass  # the supervisor sees a missed beat; a beat missed for its whole timeout restarts us
+        await asyncio.sleep(every)
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:
@@ -233,24 +261,53 @@ def worker_main() -> int:
 
 
 class _Worker:
-    def __init__(self, index: int, settings_blob: bytes, env: dict[str, str]) -> None:
+    def __init__(self, index: int, settings_blob: bytes, env: dict[str, str], beats: str) -> None:
         self.index = index
         self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.heartbeat = os.path.join(beats, f"worker-{index}")
+        self.hung_at: float | None = None  # when the supervisor found it hung (monotonic)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.heartbeat)  # the beats of the worker it replaces do not count
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "import sys; from telephony_agent.serve import worker_main; sys.exit(worker_main())"],
             stdin=subprocess.PIPE,
-            env={**env, WORKER_ENV: str(index)},
+            env={**env, WORKER_ENV: str(index), HEARTBEAT_ENV: self.heartbeat},
         )
         assert self.proc.stdin is not None
         self.proc.stdin.write(settings_blob)
         self.proc.stdin.close()
         log.info("worker %d started (pid %d)", index, self.proc.pid, extra={"event": "worker_started"})
 
+    def silent_for(self, now_wall: float) -> float:
+        """Seconds since its event loop last beat; before the first beat, less `FIRST_BEAT_S`."""
+        try:
+            return now_wall - os.stat(self.heartbeat).st_mtime
+        except FileNotFoundError:
+            return now_wall - self.started_wall - FIRST_BEAT_S
+
+    def watch(self, now: float, now_wall: float, timeout: float) -> None:
+        """Past `timeout` without a beat: have it write its stacks, then kill it (its exit is then
+        handled like a crash: it is restarted)."""
+        if self.proc.poll() is not None:
+            return
+        if self.hung_at is None:
+            silent = self.silent_for(now_wall)
+            if timeout > 0 and silent > timeout:
+                self.hung_at = now
+                log.error("worker %d (pid %d): its event loop has not run for %.0f s; writing its stacks to "
+                          "stderr, then restarting it", self.index, self.proc.pid, silent,
+                          extra={"event": "worker_hung"})
+                self.proc.send_signal(STACKS_SIGNAL)
+        elif now - self.hung_at >= STACKS_WAIT_S:
+            self.proc.kill()
+
 
 def _supervise(settings: Settings) -> int:
     configure_logging(settings.log_format.value, settings.log_level)
     metrics_dir = tempfile.mkdtemp(prefix="telephony-agent-metrics-")
     ledger_dir = tempfile.mkdtemp(prefix="telephony-agent-tokens-")  # stream tokens spent on any worker
+    beats = tempfile.mkdtemp(prefix="telephony-agent-heartbeats-")
     env = {**os.environ, MULTIPROC_ENV: metrics_dir, SHARED_LEDGER_ENV: ledger_dir}
     blob = pickle.dumps(settings)
     stopping = False
@@ -281,7 +338,7 @@ def _supervise(settings: Settings) -> int:
     previous.update({sig: signal.signal(sig, pass_on) for sig in PASSED_ON})
     try:
         for i in range(settings.workers):
-            workers[i] = _Worker(i, blob, env)
+            workers[i] = _Worker(i, blob, env, beats)
         restart_at: dict[int, float] = {}
         while workers or (restart_at and not stopping):
             time.sleep(POLL_S)
@@ -290,6 +347,8 @@ def _supervise(settings: Settings) -> int:
                 signum, w = to_pass_on.pop(0)
                 if w.proc.poll() is None:
                     w.proc.send_signal(signum)
+            for w in workers.values():
+                w.watch(now, time.time(), settings.worker_timeout_seconds)
             for i, w in list(workers.items()):
                 rc = w.proc.poll()
                 if rc is None:
@@ -299,7 +358,7 @@ def _supervise(settings: Settings) -> int:
                 if stopping:
                     log.info("worker %d exited with %d", i, rc, extra={"event": "worker_exited"})
                     failed |= rc != 0
-                elif rc != 0 and now - w.started < STARTUP_GRACE_S:
+                elif rc != 0 and now - w.started < STARTUP_GRACE_S and w.hung_at is None:
                     log.error("worker %d failed at start-up (exit %d); stopping", i, rc)
                     failed = True
                     stop_all("worker failure")
@@ -311,7 +370,7 @@ def _supervise(settings: Settings) -> int:
                     restart_at.clear()
                 elif now >= at:
                     del restart_at[i]
-                    workers[i] = _Worker(i, blob, env)
+                    workers[i] = _Worker(i, blob, env, beats)
     finally:
         for w in workers.values():  # only on an unexpected error in this loop
             if w.proc.poll() is None:
@@ -320,6 +379,7 @@ def _supervise(settings: Settings) -> int:
             signal.signal(sig, handler)
         shutil.rmtree(metrics_dir, ignore_errors=True)
         shutil.rmtree(ledger_dir, ignore_errors=True)
+        shutil.rmtree(beats, ignore_errors=True)
     log.info("all workers stopped", extra={"event": "stopped"})
     return 1 if failed else 0
 

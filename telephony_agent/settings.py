@@ -50,6 +50,10 @@ class EventLoopKind(str, enum.Enum):
     UVLOOP = "uvloop"
 
 
+MIN_WORKER_TIMEOUT_S = 3.0
+"""The least `AGENT_WORKER_TIMEOUT_SECONDS` (other than 0, off): a worker's loop beats once a second."""
+
+
 def _env(name: str) -> Any:
     return AliasChoices(name)
 
@@ -78,6 +82,7 @@ class Settings(BaseSettings):
     port: int = Field(8080, ge=1, le=65535, validation_alias=_env("AGENT_PORT"))
     public_url: str | None = Field(None, validation_alias=_env("AGENT_PUBLIC_URL"))
     workers: int = Field(1, ge=1, le=64, validation_alias=_env("AGENT_WORKERS"))
+    worker_timeout_seconds: float = Field(30.0, ge=0, le=3600, validation_alias=_env("AGENT_WORKER_TIMEOUT_SECONDS"))
     log_format: LogFormat = Field(LogFormat.TEXT, validation_alias=_env("AGENT_LOG_FORMAT"))
     log_level: str = Field("INFO", validation_alias=_env("AGENT_LOG_LEVEL"))
 
@@ -231,6 +236,9 @@ class Settings(BaseSettings):
         if self.sip_port is not None and self.workers > 1:
             # A SIP dialog lives in the process that answered it; UDP cannot be shared by workers.
             raise ValueError("AGENT_SIP_PORT needs AGENT_WORKERS=1 (run one process per host or pod)")
+        if 0 < self.worker_timeout_seconds < MIN_WORKER_TIMEOUT_S:
+            # a worker's loop beats once a second: less would restart a worker for a slow second
+            raise ValueError(f"AGENT_WORKER_TIMEOUT_SECONDS is 0 (off) or at least {MIN_WORKER_TIMEOUT_S:.0f}")
         return self
 
     # SIP media (RTP).

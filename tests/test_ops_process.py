@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -310,6 +311,29 @@ async def test_sigusr1_dumps_every_workers_stacks_and_sigusr2_is_passed_on(tmp_p
         await wait_for(logged(server, 2, lambda line: "SIGUSR2: tracemalloc is off" in line), 10,
                        "a memory report from each worker")
         assert server.proc.poll() is None
+        async with http.get(server.base + "/healthz") as r:
+            assert r.status == 200
+        server.proc.send_signal(signal.SIGTERM)
+        assert await server.wait_exit(10) == 0
+
+
+async def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
+    """A worker whose event loop stops (SIGSTOP stands in for a blocked loop: it answers nothing,
+    not even SIGTERM) stops beating; past AGENT_WORKER_TIMEOUT_SECONDS the supervisor logs it,
+    kills it and starts another, and the server drains and exits 0 as usual."""
+    async with running(tmp_path, AGENT_WORKERS="2", AGENT_LOG_FORMAT="text",
+                       AGENT_WORKER_TIMEOUT_SECONDS="3") as (server, http):
+        await wait_for(logged(server, 2, lambda line: "listening on" in line), 30, "both workers")
+        pids = {int(m.group(1)) for line in server.log_lines() if (m := re.search(r"worker 0 started \(pid (\d+)\)", line))}
+        (hung,) = pids
+        os.kill(hung, signal.SIGSTOP)
+        await wait_for(logged(server, 1, lambda line: f"worker 0 (pid {hung}): its event loop has not run" in line),
+                       15, "the hung worker found")
+        await wait_for(logged(server, 2, lambda line: "worker 0 started" in line), 10, "a new worker 0")
+        await wait_for(logged(server, 3, lambda line: "listening on" in line), 30, "the new worker listening")
+        with pytest.raises(ProcessLookupError):
+            os.kill(hung, 0)
+        assert any(f"worker 0 exited with -{int(signal.SIGKILL)}; restarting" in line for line in server.log_lines())
         async with http.get(server.base + "/healthz") as r:
             assert r.status == 200
         server.proc.send_signal(signal.SIGTERM)

@@ -34,6 +34,8 @@ def test_auto_prefers_a_provider_with_a_key(monkeypatch: pytest.MonkeyPatch) -> 
         ("AGENT_PUBLIC_URL", "agent.example.com", "AGENT_PUBLIC_URL"),
         ("AGENT_LOG_LEVEL", "LOUD", "AGENT_LOG_LEVEL"),
         ("AGENT_TWILIO_VALIDATE", "maybe", "AGENT_TWILIO_VALIDATE"),
+        ("AGENT_WORKER_TIMEOUT_SECONDS", "1", "AGENT_WORKER_TIMEOUT_SECONDS is 0 (off) or at least 3"),
+        ("AGENT_WORKER_TIMEOUT_SECONDS", "-1", "AGENT_WORKER_TIMEOUT_SECONDS"),
     ],
 )
 def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: str, value: str, expected: str) -> None:
