@@ -264,8 +264,9 @@ class _Worker:
     def __init__(self, index: int, settings_blob: bytes, env: dict[str, str], beats: str) -> None:
         self.index = index
         self.started = time.monotonic()
-        self.started_wall = time.time()
         self.heartbeat = os.path.join(beats, f"worker-{index}")
+        self._beat: float | None = None  # the heartbeat file's mtime when last seen to change ...
+        self._beat_seen = self.started  # ... and when that was, on this process's monotonic clock
         self.hung_at: float | None = None  # when the supervisor found it hung (monotonic)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.heartbeat)  # the beats of the worker it replaces do not count
@@ -279,20 +280,27 @@ class _Worker:
         self.proc.stdin.close()
         log.info("worker %d started (pid %d)", index, self.proc.pid, extra={"event": "worker_started"})
 
-    def silent_for(self, now_wall: float) -> float:
-        """Seconds since its event loop last beat; before the first beat, less `FIRST_BEAT_S`."""
+    def silent_for(self, now: float) -> float:
+        """Seconds (monotonic) since its heartbeat file last changed; before the first beat, less
+        `FIRST_BEAT_S`. Only a change of the mtime counts, never its value: a step of the wall
+        clock (NTP, a resumed VM) must not make every worker look hung at once."""
         try:
-            return now_wall - os.stat(self.heartbeat).st_mtime
-        except FileNotFoundError:
-            return now_wall - self.started_wall - FIRST_BEAT_S
+            mtime: float | None = os.stat(self.heartbeat).st_mtime
+        except OSError:
+            mtime = None  # not made yet, or removed under it (the worker makes it again)
+        if mtime is not None and mtime != self._beat:
+            self._beat, self._beat_seen = mtime, now
+        if self._beat is None:
+            return now - self.started - FIRST_BEAT_S
+        return now - self._beat_seen
 
-    def watch(self, now: float, now_wall: float, timeout: float) -> None:
+    def watch(self, now: float, timeout: float) -> None:
         """Past `timeout` without a beat: have it write its stacks, then kill it (its exit is then
         handled like a crash: it is restarted)."""
         if self.proc.poll() is not None:
             return
         if self.hung_at is None:
-            silent = self.silent_for(now_wall)
+            silent = self.silent_for(now)
             if timeout > 0 and silent > timeout:
                 self.hung_at = now
                 log.error("worker %d (pid %d): its event loop has not run for %.0f s; writing its stacks to "
@@ -348,7 +356,7 @@ def _supervise(settings: Settings) -> int:
                 if w.proc.poll() is None:
                     w.proc.send_signal(signum)
             for w in workers.values():
-                w.watch(now, time.time(), settings.worker_timeout_seconds)
+                w.watch(now, settings.worker_timeout_seconds)
             for i, w in list(workers.items()):
                 rc = w.proc.poll()
                 if rc is None:
