@@ -297,6 +297,7 @@ async def test_two_workers_share_the_port_and_drain_on_sigterm(tmp_path: Path) -
     assert workers == {0, 1}
 
 
+@pytest.mark.timeout(120)  # two workers started (and one again) on a busy machine: 40 s in CI
 async def test_sigusr1_dumps_every_workers_stacks_and_sigusr2_is_passed_on(tmp_path: Path) -> None:
     """SIGUSR1 to the supervisor: each worker writes its threads' stacks (faulthandler, which a
     blocked event loop cannot stop) and serves on; SIGUSR2 reaches each worker's memory report.
@@ -317,6 +318,7 @@ async def test_sigusr1_dumps_every_workers_stacks_and_sigusr2_is_passed_on(tmp_p
         assert await server.wait_exit(10) == 0
 
 
+@pytest.mark.timeout(120)  # two workers started (and one again) on a busy machine: 40 s in CI
 async def test_a_hung_worker_is_killed_and_replaced(tmp_path: Path) -> None:
     """A worker whose event loop stops (SIGSTOP stands in for a blocked loop: it answers nothing,
     not even SIGTERM) stops beating; past AGENT_WORKER_TIMEOUT_SECONDS the supervisor logs it,
