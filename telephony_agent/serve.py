@@ -295,10 +295,8 @@ class _Worker:
         return now - self._beat_seen
 
     def watch(self, now: float, timeout: float) -> None:
-        """Past `timeout` without a beat: have it write its stacks, then kill it (its exit is then
-        handled like a crash: it is restarted)."""
-        if self.proc.poll() is not None:
-            return
+        """For a running worker: past `timeout` without a beat, have it write its stacks, then kill
+        it (its exit is then handled like a crash: it is restarted)."""
         if self.hung_at is None:
             silent = self.silent_for(now)
             if timeout > 0 and silent > timeout:
@@ -355,11 +353,10 @@ def _supervise(settings: Settings) -> int:
                 signum, w = to_pass_on.pop(0)
                 if w.proc.poll() is None:
                     w.proc.send_signal(signum)
-            for w in workers.values():
-                w.watch(now, settings.worker_timeout_seconds)
             for i, w in list(workers.items()):
                 rc = w.proc.poll()
                 if rc is None:
+                    w.watch(now, settings.worker_timeout_seconds)
                     continue
                 del workers[i]
                 _mark_dead(w.proc.pid, metrics_dir)
