@@ -62,3 +62,38 @@ def test_a_line_cut_short_or_in_another_voice_is_not_claimed(known: KnownLines) 
     cut = whole[: int(len(whole) * 0.75)] + pcm16_to_ulaw(bytes(2 * 8000))  # barge-in, then silence
     assert known.transcribe(cut) is None
     assert known.transcribe(heard(HOURS, voice="en-gb")) is None
+
+
+OPEN = "We are open from nine to five."
+OKAY_OPEN = "Okay, we are open from nine to five."
+
+
+def _then(first: bytes, second: bytes) -> bytes:
+    """`first` up to the end of its pause after the first word, then `second` from its first sound."""
+    a = np.frombuffer(ulaw_to_pcm16(first), "<i2")
+    b = np.frombuffer(ulaw_to_pcm16(second), "<i2")
+    quiet = np.abs(a.astype(np.int32)) < 50
+    runs = np.flatnonzero(np.diff(quiet[1600:12000].astype(np.int8)))  # edges between 0.2 and 1.5 s
+    starts, ends = runs[::2] + 1, runs[1::2] + 1  # quiet runs: [start, end) after a sound
+    cut = 1600 + int(ends[np.argmax(ends - starts[: ends.size])])  # the end of the longest pause
+    sound = np.flatnonzero(np.abs(b.astype(np.int32)) >= 50)
+    return pcm16_to_ulaw(np.concatenate((a[:cut], b[sound[0]:])).astype("<i2").tobytes())
+
+
+def test_a_sentence_is_named_whole_when_its_tail_alone_scores_higher() -> None:
+    """"Okay," then the rest said as eSpeak says it on its own: the short sentence matches that
+    tail better (0.95 against 0.81 for the whole), so taking the best match first named the tail
+    and left "Okay," unexplained (the turn was not known; how the transcript test failed once in
+    CI, with the demo's greeting and its goodbye line's first sentence). Both are tried now, and
+    the one that explains the whole turn kept."""
+    known = KnownLines([OKAY_OPEN, OPEN], VOICE)
+    said = _then(heard(OKAY_OPEN), heard(OPEN))
+    assert known.transcribe(said) == OKAY_OPEN
+
+
+def test_two_sentences_a_longer_one_also_covers_are_named_as_said() -> None:
+    """"Okay." then "We are open...": the longer sentence sounds alike over both, but the two
+    short ones explain the turn as well and match better, so they are named, not the long one."""
+    known = KnownLines([OKAY_OPEN, OPEN, "Okay."], VOICE)
+    said = heard("Okay.") + heard(OPEN)
+    assert known.transcribe(said) == "Okay. " + OPEN

@@ -39,6 +39,8 @@ _VOICED_RMS = 300.0  # about -40 dBFS: eSpeak's pauses are digital silence, mu-l
 PIECE_S = 0.4  # a sentence is matched in pieces this long (the last up to half as long again)
 SLACK_S = 0.02  # how far a piece may sit from where the sentence's start puts it
 MIN_PIECE_SCORE = 0.3  # every piece must be heard: a sentence cut short is not claimed
+COVER_S = 0.3  # a sentence this much longer, heard over the best match, is tried in its place
+MAX_BRANCHES = 4  # how many times one turn's search may try both
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,22 @@ def _voiced_span(x: np.ndarray) -> tuple[int, int]:
     if voiced.size == 0:
         return 0, 0
     return int(voiced[0]) * _FRAME, (int(voiced[-1]) + 1) * _FRAME
+
+
+def _without(x: np.ndarray, match: SentenceMatch) -> np.ndarray:
+    """`x` with `match`'s samples silenced: explained."""
+    out = x.copy()
+    out[match.start : match.start + match.length] = 0.0
+    return out
+
+
+def _unexplained_ms(left: np.ndarray) -> float:
+    """Voiced audio in `left`, in ms (whole 20 ms frames louder than silence)."""
+    n = left.size // _FRAME
+    if n == 0:
+        return 0.0
+    rms = np.sqrt(np.mean(left[: n * _FRAME].reshape(n, _FRAME) ** 2, axis=1))
+    return float(np.count_nonzero(rms > _VOICED_RMS)) * 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,34 +175,70 @@ class KnownLines:
     def find(self, ulaw: bytes) -> tuple[list[SentenceMatch], float]:
         """The sentences found in `ulaw` (in order) and the ms of voiced audio none of them explains."""
         x = np.frombuffer(ulaw_to_pcm16(ulaw), "<i2").astype(np.float64)
-        left = x.copy()
-        found: list[SentenceMatch] = []
-        energy = np.concatenate(([0.0], np.cumsum(left * left)))
+        found, left, _ = self._explain(x, [], 0.0, [MAX_BRANCHES])
+        return sorted(found, key=lambda f: f.start), _unexplained_ms(left)
+
+    def _explain(self, left: np.ndarray, found: list[SentenceMatch], gain: float,
+                 branches: list[int]) -> tuple[list[SentenceMatch], np.ndarray, float]:
+        """Take the best match from `left` until none is heard: (matches, what is left, their gain).
+
+        The match that explains the most of the turn's energy (score^2 x energy) is taken first,
+        so "Hello, thank you for calling." beats its own tail "Thank you for calling." when both
+        sound alike. eSpeak's state can make the tail score higher (0.98 against 0.85) and win;
+        then "Hello," is left unexplained and the turn is not known. So where a longer sentence is
+        also heard over the best match, both are tried and the one that leaves less unexplained
+        audio kept (`branches` bounds how often; `find` is then at most that many times dearer).
+        """
         for _ in range(32):  # a turn says a few sentences; bounded anyway
-            # The match that explains the most of the turn's energy (score^2 x energy) wins, so
-            # "Hello, thank you for calling." beats its own tail "Thank you for calling."
-            best: tuple[float, SentenceMatch] | None = None
-            for template in self._templates:
-                m = template.length
-                if m > left.size:
-                    continue
-                score, lowest = template.scores(left, energy)
-                window = np.maximum(energy[m:] - energy[:-m], 1e-9)
-                heard = (score >= self.min_score) & (lowest >= MIN_PIECE_SCORE)
-                gain = np.where(heard, score * score * window, 0.0)
-                k = int(np.argmax(gain))
-                if gain[k] > 0 and (best is None or gain[k] > best[0]):
-                    best = (float(gain[k]), SentenceMatch(template.sentence, k, m, float(score[k])))
+            best, covering = self._best(left)
             if best is None:
                 break
-            match = best[1]
-            found.append(match)
-            left[match.start : match.start + match.length] = 0.0
-            energy = np.concatenate(([0.0], np.cumsum(left * left)))
-        n = left.size // _FRAME
-        rms = np.sqrt(np.mean(left[: n * _FRAME].reshape(n, _FRAME) ** 2, axis=1)) if n else np.zeros(0)
-        unexplained_ms = float(np.count_nonzero(rms > _VOICED_RMS)) * 20.0
-        return sorted(found, key=lambda f: f.start), unexplained_ms
+            if covering is not None and branches[0] > 0:
+                branches[0] -= 1
+                tries = [self._explain(_without(left, m), [*found, m], gain + g, branches)
+                         for g, m in (best, covering)]
+                return min(tries, key=lambda t: (_unexplained_ms(t[1]), -t[2]))
+            found = [*found, best[1]]
+            gain += best[0]
+            left = _without(left, best[1])
+        return found, left, gain
+
+    def _best(self, left: np.ndarray) -> tuple[tuple[float, SentenceMatch] | None,
+                                               tuple[float, SentenceMatch] | None]:
+        """The heard match that explains the most energy, and the best heard match of a sentence
+        at least `COVER_S` longer over the whole of it (None where there is none)."""
+        energy = np.concatenate(([0.0], np.cumsum(left * left)))
+        gains: list[tuple[_Template, np.ndarray, np.ndarray]] = []
+        best: tuple[float, SentenceMatch] | None = None
+        for template in self._templates:
+            m = template.length
+            if m > left.size:
+                continue
+            score, lowest = template.scores(left, energy)
+            window = np.maximum(energy[m:] - energy[:-m], 1e-9)
+            heard = (score >= self.min_score) & (lowest >= MIN_PIECE_SCORE)
+            gain = np.where(heard, score * score * window, 0.0)
+            gains.append((template, gain, score))
+            k = int(np.argmax(gain))
+            if gain[k] > 0 and (best is None or gain[k] > best[0]):
+                best = (float(gain[k]), SentenceMatch(template.sentence, k, m, float(score[k])))
+        if best is None:
+            return None, None
+        inner = best[1]
+        slack = int(SLACK_S * _RATE)
+        covering: tuple[float, SentenceMatch] | None = None
+        for template, gain, score in gains:
+            m = template.length
+            if m < inner.length + int(COVER_S * _RATE):
+                continue
+            lo = max(0, inner.start + inner.length - m - slack)
+            hi = min(gain.size, inner.start + slack + 1)
+            if hi <= lo:
+                continue
+            k = lo + int(np.argmax(gain[lo:hi]))
+            if gain[k] > 0 and (covering is None or gain[k] > covering[0]):
+                covering = (float(gain[k]), SentenceMatch(template.sentence, k, m, float(score[k])))
+        return best, covering
 
     def transcribe(self, ulaw: bytes) -> str | None:
         """The exact words of a turn made only of known sentences; None if any of it is not known."""
