@@ -64,15 +64,13 @@ run: $(VENV)/.serve native ## Serve calls (offline local engine when no provider
 # also evens out the two runs; so do the benchmark tools' own tests (marker `once`). `make test311` /
 # `make test313` alone run everything (PEERS=all).
 PEERS ?= all
-# Worker processes per Python (pytest-xdist): most tests wait on calls played in real time, so 3 per
-# Python (6 in `make test`) keep 2 cores about two-thirds busy: 4:57 and 5:12 side by side, against
-# 6:08 and 6:30 with 2 in the same hour (5:19 and 5:43 with one core kept busy by a loop). Tests
-# marked `xdist_group` (the local engine's whole calls, heavy on the CPU) run in one worker, one
-# after the other. TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 3
+# Worker processes per Python (pytest-xdist): most tests wait on calls played in real time, so 2 per
+# Python (4 in `make test`) halve the time on 2 cores. Tests marked `xdist_group` (the local engine's
+# whole calls, heavy on the CPU) run in one worker, one after the other. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 PYTEST_ARGS = -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
-test: system-deps ## Run the test suite on Python 3.11 and 3.13 (side by side, TEST_WORKERS=3 processes each: the tests mostly wait on real-time audio)
+test: system-deps ## Run the test suite on Python 3.11 and 3.13 (side by side, TEST_WORKERS=2 processes each: the tests mostly wait on real-time audio)
 	@$(MAKE) --no-print-directory -j2 --output-sync=target test311 test313 PEERS=split
 
 test311: $(VENV)/.installed native lint
