@@ -67,6 +67,8 @@ PEERS ?= all
 # Worker processes per Python (pytest-xdist): most tests wait on calls played in real time, so 2 per
 # Python (4 in `make test`) halve the time on 2 cores. Tests marked `xdist_group` (the local engine's
 # whole calls, heavy on the CPU) run in one worker, one after the other. TEST_WORKERS=0: one process.
+# 3 per Python took 4:57 / 5:12 against 6:08 / 6:30 (2026-12-04), but a CI run on a clean clone then
+# failed: a recognition took over 15 s while the benchmark smoke tests held both cores.
 TEST_WORKERS ?= 2
 PYTEST_ARGS = -q --durations=15 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadgroup)
 
