@@ -53,13 +53,18 @@ class SentenceMatch:
     score: float
 
 
-def _voiced_span(x: np.ndarray) -> tuple[int, int]:
-    """First and last sample of the frames that are not silence (0, 0 if all are)."""
+def _voiced_frames(x: np.ndarray) -> np.ndarray:
+    """Whether each whole 20 ms frame of `x` is louder than silence."""
     n = len(x) // _FRAME
     if n == 0:
-        return 0, 0
+        return np.zeros(0, dtype=bool)
     rms = np.sqrt(np.mean(x[: n * _FRAME].reshape(n, _FRAME) ** 2, axis=1))
-    voiced = np.flatnonzero(rms > _VOICED_RMS)
+    return rms > _VOICED_RMS
+
+
+def _voiced_span(x: np.ndarray) -> tuple[int, int]:
+    """First and last sample of the frames that are not silence (0, 0 if all are)."""
+    voiced = np.flatnonzero(_voiced_frames(x))
     if voiced.size == 0:
         return 0, 0
     return int(voiced[0]) * _FRAME, (int(voiced[-1]) + 1) * _FRAME
@@ -74,11 +79,7 @@ def _without(x: np.ndarray, match: SentenceMatch) -> np.ndarray:
 
 def _unexplained_ms(left: np.ndarray) -> float:
     """Voiced audio in `left`, in ms (whole 20 ms frames louder than silence)."""
-    n = left.size // _FRAME
-    if n == 0:
-        return 0.0
-    rms = np.sqrt(np.mean(left[: n * _FRAME].reshape(n, _FRAME) ** 2, axis=1))
-    return float(np.count_nonzero(rms > _VOICED_RMS)) * 20.0
+    return float(np.count_nonzero(_voiced_frames(left))) * 20.0
 
 
 @dataclass(frozen=True, slots=True)
