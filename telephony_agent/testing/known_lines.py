@@ -127,6 +127,23 @@ class _Template:
         return total, lowest
 
 
+def _peak(template: _Template, gain: np.ndarray, score: np.ndarray, lo: int,
+          hi: int) -> tuple[float, SentenceMatch] | None:
+    """`template`'s heard match with the most gain starting in [lo, hi), or None if none is heard."""
+    lo, hi = max(0, lo), min(gain.size, hi)
+    if hi <= lo:
+        return None
+    k = lo + int(np.argmax(gain[lo:hi]))
+    if gain[k] <= 0:
+        return None
+    return float(gain[k]), SentenceMatch(template.sentence, k, template.length, float(score[k]))
+
+
+def _strongest(peaks: Iterable[tuple[float, SentenceMatch] | None]) -> tuple[float, SentenceMatch] | None:
+    """The peak with the most gain (the first of equals), or None."""
+    return max((p for p in peaks if p is not None), key=lambda p: p[0], default=None)
+
+
 class KnownLines:
     """Templates of every sentence the engine can say; `transcribe()` names a turn or says None.
 
@@ -210,7 +227,6 @@ class KnownLines:
         at least `COVER_S` longer over the whole of it (None where there is none)."""
         energy = np.concatenate(([0.0], np.cumsum(left * left)))
         gains: list[tuple[_Template, np.ndarray, np.ndarray]] = []
-        best: tuple[float, SentenceMatch] | None = None
         for template in self._templates:
             m = template.length
             if m > left.size:
@@ -218,27 +234,15 @@ class KnownLines:
             score, lowest = template.scores(left, energy)
             window = np.maximum(energy[m:] - energy[:-m], 1e-9)
             heard = (score >= self.min_score) & (lowest >= MIN_PIECE_SCORE)
-            gain = np.where(heard, score * score * window, 0.0)
-            gains.append((template, gain, score))
-            k = int(np.argmax(gain))
-            if gain[k] > 0 and (best is None or gain[k] > best[0]):
-                best = (float(gain[k]), SentenceMatch(template.sentence, k, m, float(score[k])))
+            gains.append((template, np.where(heard, score * score * window, 0.0), score))
+        best = _strongest(_peak(t, gain, score, 0, gain.size) for t, gain, score in gains)
         if best is None:
             return None, None
         inner = best[1]
         slack = int(SLACK_S * _RATE)
-        covering: tuple[float, SentenceMatch] | None = None
-        for template, gain, score in gains:
-            m = template.length
-            if m < inner.length + int(COVER_S * _RATE):
-                continue
-            lo = max(0, inner.start + inner.length - m - slack)
-            hi = min(gain.size, inner.start + slack + 1)
-            if hi <= lo:
-                continue
-            k = lo + int(np.argmax(gain[lo:hi]))
-            if gain[k] > 0 and (covering is None or gain[k] > covering[0]):
-                covering = (float(gain[k]), SentenceMatch(template.sentence, k, m, float(score[k])))
+        covering = _strongest(
+            _peak(t, gain, score, inner.start + inner.length - t.length - slack, inner.start + slack + 1)
+            for t, gain, score in gains if t.length >= inner.length + int(COVER_S * _RATE))
         return best, covering
 
     def transcribe(self, ulaw: bytes) -> str | None:
