@@ -44,6 +44,8 @@ In the same run, with the same load generator and fake provider:
   really loaded is read from /proc/<pid>/maps and reported;
 - `--native auto|off`: AGENT_NATIVE for the server (the compiled call-path modules, `make native`,
   or the Python source); whether they were loaded is read from /proc/<pid>/maps ("compiled").
+- `--record`: every call recorded (AGENT_RECORDINGS_DIR under `--out`, deleted when the server
+  stops), for what keeping recordings costs per call.
 
 Writes bench/out/load.json, load.png and load.md.
 """
@@ -394,6 +396,7 @@ class Bench:
         self.args = args
         self.procs: list[Any] = []
         self.server: Server | None = None
+        self.recordings: Path | None = None
         self.callers: Proc | None = None
         self.workers = 1
         self.cores = {args.server_core}
@@ -426,6 +429,9 @@ class Bench:
         self.port = free_tcp_port()
         env = server_env(f"ws://127.0.0.1:{self.provider_port}/v1/realtime", self.port, AGENT_VAD=a.vad,
                          AGENT_WORKERS=str(workers), AGENT_EVENT_LOOP=loop, AGENT_NATIVE=a.native)
+        if a.record:  # every call recorded (JSONL and WAV), as an operator who keeps them would run it
+            self.recordings = Path(a.out).resolve() / f"recordings-{bridge}"
+            env["AGENT_RECORDINGS_DIR"] = str(self.recordings)
         cmd, ready = BRIDGES[bridge], 30.0
         if a.callgrind:
             self.callgrind_file = Path(a.out).resolve() / "callgrind" / f"{bridge}-{loop}"
@@ -451,6 +457,9 @@ class Bench:
         if self.server is not None:
             self.server.stop()
             self.server = None
+        if self.recordings is not None:
+            shutil.rmtree(self.recordings, ignore_errors=True)  # a 300-call step writes some 500 MB
+            self.recordings = None
 
     def stop(self) -> None:
         self.release()
@@ -852,6 +861,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vad", default="silero", choices=["silero", "energy", "off"], help="AGENT_VAD for the server")
     p.add_argument("--native", default=os.environ.get("AGENT_NATIVE", "auto"), choices=["auto", "off"],
                    help="AGENT_NATIVE for the server: the compiled call-path modules (`make native`) or the source")
+    p.add_argument("--record", action="store_true",
+                   help="AGENT_RECORDINGS_DIR for the server: every call recorded (JSONL and two-channel WAV) under "
+                        "--out, deleted when the server stops")
     p.add_argument("--provider-vad", default="on", choices=["on", "off"],
                    help="off: the fake provider never sends speech_started (the server's detector alone barges in)")
     p.add_argument("--callgrind", action="store_true",
@@ -994,7 +1006,8 @@ def main(argv: list[str] | None = None) -> int:
                         "python": sys.version.split()[0], "platform": sys.platform,
                         "loadavg": Path("/proc/loadavg").read_text().split()[:3]},
             "settings": {"steady_s": args.steady, "settle_s": args.settle, "playout_lead_ms": 200,
-                         "audio": "pcmu passthrough", "late_threshold_ms": 60, "vad": args.vad, "native": args.native},
+                         "audio": "pcmu passthrough", "late_threshold_ms": 60, "vad": args.vad, "native": args.native,
+                         "record": args.record},
             "command": command_line(argv),
             "idle_rss_mib": bench.rss0 if rows else None,
             "series": rows,
