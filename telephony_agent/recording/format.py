@@ -34,6 +34,8 @@ sees one shape. A reader ignores keys it does not know; a `.jsonl.gz` file is re
 
 from __future__ import annotations
 
+import binascii
+import functools
 import gzip
 import io
 from collections.abc import Iterator
@@ -127,14 +129,18 @@ class Recording:
         return self.entries[-1].t if self.entries else 0.0
 
 
+@functools.lru_cache(maxsize=64)
+def _leg_and_dir(leg: str, direction: str) -> bytes:
+    """The `"leg"` and `"dir"` fields of a line: a few pairs, the same on every line."""
+    return b',"leg":' + orjson.dumps(leg) + b',"dir":' + orjson.dumps(direction) + b","
+
+
 def encode_entry(t: float, leg: str, direction: str, message: str | bytes, parsed: Any = None) -> bytes:
     """One line (with its newline) for a frame. A JSON-object text frame is embedded verbatim
     when it is on one line; `parsed` may pass the already-decoded object to save a parse."""
-    head = b'{"t":' + f"{t:.4f}".encode() + b',"leg":"' + leg.encode() + b'","dir":"' + direction.encode() + b'",'
+    head = b'{"t":%.4f' % t + _leg_and_dir(leg, direction)
     if isinstance(message, (bytes, bytearray)):
-        import base64
-
-        return head + b'"b64":"' + base64.b64encode(bytes(message)) + b'"}\n'
+        return b"".join((head, b'"b64":"', binascii.b2a_base64(message, newline=False), b'"}\n'))
     if parsed is None:
         try:
             parsed = orjson.loads(message)
@@ -142,9 +148,9 @@ def encode_entry(t: float, leg: str, direction: str, message: str | bytes, parse
             parsed = None
     if isinstance(parsed, dict):
         if "\n" not in message and "\r" not in message:
-            return head + b'"msg":' + message.encode("utf-8", "surrogatepass") + b"}\n"
-        return head + b'"msg":' + orjson.dumps(parsed) + b"}\n"
-    return head + b'"text":' + orjson.dumps(message) + b"}\n"
+            return b"".join((head, b'"msg":', message.encode("utf-8", "surrogatepass"), b"}\n"))
+        return b"".join((head, b'"msg":', orjson.dumps(parsed), b"}\n"))
+    return b"".join((head, b'"text":', orjson.dumps(message), b"}\n"))
 
 
 def header(call_sid: str | None, transport: str, **extra: Any) -> dict[str, Any]:
