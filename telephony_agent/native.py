@@ -39,7 +39,8 @@ __all__ = ["BUILT_MODULES", "C_MODULES", "MODULES", "NativeFinder", "build_dir",
 
 log = logging.getLogger(__name__)
 
-# Typed, synchronous, never monkeypatched or subclassed outside; each is on the per-frame path.
+# Typed, synchronous, never monkeypatched or subclassed outside; each is on the per-frame path (the
+# recording modules on a recorded call's: every frame of both legs goes through them).
 MODULES: tuple[str, ...] = (
     "telephony_agent.telephony.turns",
     "telephony_agent.telephony.speech_scorers",
@@ -54,6 +55,9 @@ MODULES: tuple[str, ...] = (
     "telephony_agent.telephony.sip.pacer",
     "telephony_agent.telephony.sip.pacing_grid",
     "telephony_agent.telephony.sip.dtmf",
+    "telephony_agent.recording.format",
+    "telephony_agent.recording.wav",
+    "telephony_agent.recording.recorder",
 )
 # module -> its C twin (the same functions, the same results), relative to the checkout
 C_MODULES: dict[str, str] = {
