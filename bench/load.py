@@ -508,12 +508,12 @@ class Bench:
         if self.args.profile_at == n:
             prof = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", str(int(steady_s)),
-                 "-r", "200", "-f", "raw", "-o", str(OUT / f"profile-{n}.txt"), *self.args.profile_flags.split()],
+                 "-r", "200", "-f", "raw", "-o", str(Path(self.args.out) / f"profile-{n}.txt"), *self.args.profile_flags.split()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         perf = None
         if self.args.perf_at == n:
             perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-p", str(pid), "-o",
-                                     str(OUT / f"perf-{n}.data"), "--", "sleep", str(int(steady_s))],
+                                     str(Path(self.args.out) / f"perf-{n}.data"), "--", "sleep", str(int(steady_s))],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rss = []
         end = w0 + steady_s
@@ -534,7 +534,7 @@ class Bench:
             prof.wait(30)
         if perf is not None:
             perf.wait(30)
-            write_perf_summary(OUT / f"perf-{n}.data", OUT / f"perf-{n}.txt")
+            write_perf_summary(Path(self.args.out) / f"perf-{n}.data", Path(self.args.out) / f"perf-{n}.txt")
         metrics = metrics_text(self.base)
         lag1, vad1, gc1 = lag_buckets(metrics), vad_counts(metrics), gc_pauses(metrics)
         for p in (self.provider, self.callers):
@@ -852,10 +852,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--profile-at", type=int, default=None, help="py-spy record the server during this step")
+    p.add_argument("--profile-at", type=int, default=None, help="py-spy record the server during this step (raw stacks in profile-N.txt under --out)")
     p.add_argument("--perf-at", type=int, default=None,
                    help="perf record the server during this step (kernel included): its CPU by shared object and "
-                        "symbol in bench/out/perf-N.txt (perf's sampling costs CPU: that step's figures run high)")
+                        "symbol in perf-N.txt under --out (perf's sampling costs CPU: that step's figures run high)")
     p.add_argument("--profile-flags", default="--nonblocking", help="extra py-spy flags, e.g. '--idle --native'")
     p.add_argument("--keep-going", action="store_true", help="run the whole series even past real time")
     p.add_argument("--vad", default="silero", choices=["silero", "energy", "off"], help="AGENT_VAD for the server")
