@@ -102,11 +102,12 @@ def _recorder_factory(settings: Settings, manager: CallManager) -> RecorderFacto
     if not directory:
         return None
 
-    def make(call_id: str, transport: str) -> CallRecorderLike:
+    def make(call_id: str, transport: str, phone_law: str) -> CallRecorderLike:
         from telephony_agent.recording import CallRecorder
 
         provider = manager.model.provider if manager.model is not None else None
-        return CallRecorder(directory, transport=transport, call_id=call_id, metadata={"provider": provider})
+        return CallRecorder(directory, transport=transport, call_id=call_id, phone_law=phone_law,
+                            metadata={"provider": provider})
 
     return make
 

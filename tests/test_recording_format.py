@@ -144,6 +144,38 @@ def test_a_sip_phone_leg_is_recorded_verbatim_from_its_first_frame(tmp_path: Pat
         caller_script(r)  # the softphone speaks Media Streams: a SIP call cannot be replayed by it
 
 
+def test_a_sip_legs_g711_frames_go_to_the_wav_and_a_clear_cuts_the_agents_queue(tmp_path: Path) -> None:
+    """A SIP leg hands the recorder its G.711 payloads as binary frames, in its own law: the
+    caller's in order on the left, the agent's on the right as the RTP pacer plays them (queued
+    audio after what is playing), cut where the leg recorded a `clear`."""
+    import numpy as np
+
+    from telephony_codecs import pcm16_to_alaw
+
+    now = [0.0]
+    rec = CallRecorder(tmp_path, transport="sip", call_id="b1@pc33", clock=lambda: now[0], phone_law="pcma")
+    caller = pcm16_to_alaw(np.full(160, 8000, "<i2").tobytes())
+    agent = pcm16_to_alaw(np.full(160, -4000, "<i2").tobytes())
+    for i in range(150):  # 3 s of caller frames
+        now[0] = 0.02 * i
+        rec.record(LEG_PHONE, IN, caller)
+        if i == 25:  # 0.5 s in, the agent's 2 s answer is handed to the leg at once
+            for _ in range(100):
+                rec.record(LEG_PHONE, OUT, agent)
+        if i == 75:  # 1.5 s in, a barge-in drops what is still queued
+            rec.record(LEG_PHONE, OUT, '{"event":"clear"}')
+    path = rec.finish({"outcome": "caller_hangup"})
+    assert path is not None and rec.wav_path is not None
+    r = read_recording(path)
+    assert r.header["phone_audio"] == "pcma" and r.entries[0].raw == caller
+    with wave.open(str(rec.wav_path)) as w:
+        x = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2)
+    assert abs(len(x) - 3 * 8000) <= 160
+    assert (np.abs(x[:, 0] - 8000) < 200).all()  # A-law, decoded: the caller all along the left
+    right = x[:, 1]
+    assert not right[:4000].any() and (np.abs(right[4000:12000] + 4000) < 100).all() and not right[12000:].any()
+
+
 def test_unknown_versions_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "v3.jsonl"
     path.write_text(json.dumps({"type": "header", "format": "telephony-agent-call", "version": 3}) + "\n")

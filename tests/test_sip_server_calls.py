@@ -10,8 +10,10 @@ CallManager admits the call, the real CallBridge runs it with the offline local 
 from __future__ import annotations
 
 import shutil
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 from agent_server import running_agent, test_settings
 from test_sip_endpoint import SCENARIOS, free_rtp_range, free_udp_tcp_port, sipp
@@ -57,6 +59,16 @@ async def test_caller_says_goodbye_and_the_agent_hangs_up_with_bye(tmp_path: Pat
     assert recording.transport == "sip"
     phone = [e for e in recording.entries if e.leg == "phone"]
     assert sum(e.dir == "in" for e in phone) > 100 and sum(e.dir == "out" for e in phone) > 100
+    assert recording.header["phone_audio"] == "pcmu"
+    # Its WAV holds both sides, decoded from the leg's G.711: the caller's 6 s lead is silent on
+    # the left, then its "goodbye"; the agent's greeting and goodbye are on the right.
+    with wave.open(str(path.with_suffix(".wav"))) as w:
+        assert w.getnchannels() == 2 and w.getframerate() == 8000
+        x = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, 2).astype(float)
+    assert len(x) > 8 * 8000
+    lead, after = x[: 5 * 8000], x[5 * 8000 :]
+    assert np.abs(lead[:, 0]).max() < 100 and np.abs(after[:, 0]).max() > 3000
+    assert np.abs(x[:, 1]).max() > 3000
 
 
 @pytest.mark.parametrize(("allowlisted", "refer_to"), [

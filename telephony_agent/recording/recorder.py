@@ -4,8 +4,9 @@ The call manager makes one per admitted call (when AGENT_RECORDINGS_DIR is set),
 phone leg's transport, and sets it as the call's `WIRETAP`. The files are
 `<UTC time>_<call id>.jsonl` and `.wav`: they are opened at the first message when the call id
 was given, else at the Media Streams `start` (which names the call sid); the few frames before
-that wait in memory. Phone-leg frames in the Media Streams protocol (Twilio, the browser
-softphone) are also placed in the WAV. Lines are flushed to disk every `flush_interval` seconds;
+that wait in memory. The phone leg's audio is also placed in the WAV: in Media Streams frames
+(Twilio, the browser softphone), or as binary G.711 frames in the leg's law (SIP), with a
+`{"event":"clear"}` text frame where the agent's queued audio was dropped. Lines are flushed to disk every `flush_interval` seconds;
 audio older than two seconds is written to the WAV at once. Nothing here may raise into the
 call: a failure is logged once and recording stops.
 """
@@ -26,7 +27,7 @@ import orjson
 
 from telephony_agent.recording.format import IN, LEG_PHONE, LEG_V1_TWILIO, OUT, TRANSPORT_V1, encode_entry, header
 from telephony_agent.recording.wav import LEFT, RATE, RIGHT, StereoWavWriter
-from telephony_codecs import ulaw_to_pcm16
+from telephony_codecs import alaw_to_pcm16, ulaw_to_pcm16
 
 __all__ = ["CallRecorder"]
 
@@ -48,7 +49,9 @@ class CallRecorder:
 
     `transport` names what carries the phone leg ("twilio", "sip", "browser", ...; a
     `metadata["transport"]` is taken when the argument is not given); `call_id`, when known up
-    front, names the files without waiting for a Media Streams `start`.
+    front, names the files without waiting for a Media Streams `start`; `phone_law` (`pcmu`,
+    `pcma`) is the phone leg's G.711 law, in the header as `phone_audio`, by which its binary
+    frames are decoded for the WAV.
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class CallRecorder:
         flush_interval: float = 0.5,
         wav: bool = True,
         name: str | None = None,
+        phone_law: str | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.clock = clock or _default_clock()
@@ -73,6 +77,10 @@ class CallRecorder:
         self.metadata = dict(metadata or {})
         meta_transport = self.metadata.pop("transport", None)
         self.transport: str = transport or (meta_transport if isinstance(meta_transport, str) else TRANSPORT_V1)
+        self._decode: Callable[[bytes], bytes] | None = None  # the phone leg's binary frames to PCM16
+        if phone_law is not None:
+            self.metadata["phone_audio"] = phone_law
+            self._decode = {"pcmu": ulaw_to_pcm16, "pcma": alaw_to_pcm16}.get(phone_law)
         self._call_id = call_id
         self.flush_interval = flush_interval
         self._want_wav = wav
@@ -122,6 +130,8 @@ class CallRecorder:
                 self._media_stream(t, direction, parsed)
         if self._f is None and self._call_id is not None:
             self._open(self._call_id, None)
+        if leg == LEG_PHONE and self._wav is not None and self._decode is not None and not isinstance(message, str):
+            self._place_in_order(t, direction, self._decode(bytes(message)))
         line = encode_entry(t, leg, direction, message, parsed)
         if self._f is None:
             if len(self._early) < _MAX_EARLY_LINES:
@@ -167,7 +177,7 @@ class CallRecorder:
                     except ValueError:
                         ts_ms = None
                 if ts_ms is None:
-                    self._wav.place(LEFT, max(now_idx, self._wav.end(LEFT)), pcm)
+                    self._place_in_order(t, direction, pcm)
                     return
                 idx = (self._caller_anchor or 0) + ts_ms * RATE // 1000
                 if self._caller_anchor is None or abs(idx - now_idx) > RATE:
@@ -175,14 +185,23 @@ class CallRecorder:
                     idx = now_idx
                 self._wav.place(LEFT, idx, pcm)
             else:
-                # Twilio plays outbound audio in order, from when it arrives or the queue frees.
-                start_t = max(t, self._agent_end)
-                self._wav.place(RIGHT, round(start_t * RATE), pcm)
-                self._agent_end = start_t + len(pcm) / 2 / RATE
+                self._place_in_order(t, direction, pcm)
         elif event == "clear" and direction == OUT:
             if self._agent_end > t:
                 self._wav.truncate(RIGHT, round(t * RATE))
                 self._agent_end = t
+
+    def _place_in_order(self, t: float, direction: str, pcm: bytes) -> None:
+        """Audio without a media timestamp: the caller's where the last left off, or now if that
+        is past (a gap); the agent's as the leg plays it, in order, from when it arrives or the
+        queue frees (Twilio's buffer, SIP's RTP pacer)."""
+        assert self._wav is not None
+        if direction == IN:
+            self._wav.place(LEFT, max(round(t * RATE), self._wav.end(LEFT)), pcm)
+            return
+        start_t = max(t, self._agent_end)
+        self._wav.place(RIGHT, round(start_t * RATE), pcm)
+        self._agent_end = start_t + len(pcm) / 2 / RATE
 
     # -- files --------------------------------------------------------------------------------
 

@@ -77,7 +77,7 @@ class CallObserver(Protocol):
 
 
 CallHook = Callable[[CallBridge], None]
-RecorderFactory = Callable[[str, str], "CallRecorderLike | None"]  # (call id, transport) -> recorder
+RecorderFactory = Callable[[str, str, str], "CallRecorderLike | None"]  # (call id, transport, G.711 law) -> recorder
 
 
 @dataclass
@@ -213,7 +213,9 @@ class CallManager:
         self.release(call_id)
         model = self.model
         assert model is not None  # refusal() checked
-        recorder = self.recorder_factory(call_id, kind) if self.recorder_factory is not None else None
+        recorder = None
+        if self.recorder_factory is not None:
+            recorder = self.recorder_factory(call_id, kind, leg.format.law.value)
         if recorder is not None:
             WIRETAP.set(recorder)  # this task and every task it creates from here on
         bridge = CallBridge(

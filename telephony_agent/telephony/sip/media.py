@@ -606,6 +606,7 @@ class _LegState(enum.Enum):
 
 
 _AUDIO, _DTMF, _HANGUP = "audio", "dtmf", "hangup"
+_CLEAR_RECORD = '{"event":"clear"}'  # recorded on the phone leg where queued agent audio was dropped
 
 
 class SipLeg:
@@ -666,6 +667,8 @@ class SipLeg:
         self.rtp.send(frames)
 
     def send_clear(self) -> None:
+        if self._tap is not None:  # no wire message says so: the recording's marker, as Twilio's `clear`
+            self._tap.record(LEG_PHONE, OUT, _CLEAR_RECORD)
         self.rtp.clear()
 
     async def hangup(self) -> None:
