@@ -152,6 +152,13 @@ class Metrics:
             registry=r,
         )
         self.bad_input = Counter("agent_bad_input", "Rejected input, by kind", ["kind"], registry=r)
+        self.recordings = Counter(
+            "agent_recordings",
+            "Call recordings closed (AGENT_RECORDINGS_DIR), by outcome: written; failed (a write failed, the call went on"
+            " unrecorded from there)",
+            ["outcome"],
+            registry=r,
+        )
         self.webhooks_refused = Counter(
             "agent_requests_refused", "Unsigned or badly signed Twilio requests", ["endpoint"], registry=r
         )

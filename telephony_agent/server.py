@@ -75,7 +75,7 @@ def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web
         reservation_ttl=settings.stream_token_ttl_seconds,
         model=model,
     )
-    manager.recorder_factory = _recorder_factory(settings, manager)
+    manager.recorder_factory = _recorder_factory(settings, manager, metrics)
     state = AppState(settings=settings, metrics=metrics, manager=manager)
     manager.observer = ops.MetricsObserver(state)
     manager.overloaded = lambda: state.overloaded
@@ -96,18 +96,23 @@ def create_app(settings: Settings, *, model: RealtimeModel | None = None) -> web
     return app
 
 
-def _recorder_factory(settings: Settings, manager: CallManager) -> RecorderFactory | None:
-    """With AGENT_RECORDINGS_DIR set, each admitted call gets a recorder (never before admission)."""
+def _recorder_factory(settings: Settings, manager: CallManager, metrics: Metrics) -> RecorderFactory | None:
+    """With AGENT_RECORDINGS_DIR set, each admitted call gets a recorder (never before admission),
+    counted when it closes: a disk that fills or a directory that cannot be written shows in
+    `agent_recordings_total{outcome="failed"}`, not only in a log line."""
     directory = settings.recordings_dir
     if not directory:
         return None
+
+    def count(failed: bool) -> None:
+        metrics.recordings.labels("failed" if failed else "written").inc()
 
     def make(call_id: str, transport: str, phone_law: str) -> CallRecorderLike:
         from telephony_agent.recording import CallRecorder
 
         provider = manager.model.provider if manager.model is not None else None
         return CallRecorder(directory, transport=transport, call_id=call_id, phone_law=phone_law,
-                            metadata={"provider": provider})
+                            metadata={"provider": provider}, on_finish=count)
 
     return make
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from pathlib import Path
 
 import pytest
 from agent_server import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, running_agent, test_settings
@@ -446,3 +447,28 @@ async def test_call_hooks_add_tools_and_dtmf_handlers(openai_server: FakeOpenAIS
 
             await openai_server.wait_for(lambda: bool(outputs()), timeout=5)
             assert "shipped" in outputs()[0]
+
+
+async def test_a_recording_that_cannot_be_written_leaves_the_call_alone_and_is_counted(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """AGENT_RECORDINGS_DIR where no directory can be made (a file is in the way; a full disk
+    fails a write the same way): the caller hears the call as ever, and the failure is counted
+    in `/metrics` when the call ends, not only logged."""
+    import aiohttp
+
+    (tmp_path / "taken").write_text("a file, not a directory")
+    openai_server.queue_reply("Hello, thanks for calling Acme.", speech_pcm16("Hello, thanks for calling Acme.", 8000))
+    settings = test_settings(greeting="Hello, thanks for calling Acme.", recordings_dir=str(tmp_path / "taken" / "rec"))
+    async with running_agent(settings, model_for(openai_server)) as agent:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+            await call.place()
+            await call.connect()
+            await call.wait_silence_after_audio(silence_ms=300, min_heard_ms=1000, timeout=10)
+            assert call.heard_ms >= 1000 and not call.violations
+        await agent.wait_no_calls()
+        async with aiohttp.ClientSession() as http, http.get(agent.base_url + "/metrics") as resp:
+            text = (await resp.text()).splitlines()
+    assert 'agent_recordings_total{outcome="failed"} 1.0' in text
+    assert not any(line.startswith('agent_recordings_total{outcome="written"}') for line in text)
+    assert not (tmp_path / "taken").is_dir()

@@ -176,6 +176,24 @@ def test_a_sip_legs_g711_frames_go_to_the_wav_and_a_clear_cuts_the_agents_queue(
     assert not right[:4000].any() and (np.abs(right[4000:12000] + 4000) < 100).all() and not right[12000:].any()
 
 
+def test_a_recording_that_cannot_be_written_fails_quietly_and_says_so_once_at_the_end(tmp_path: Path) -> None:
+    """A directory that cannot be made (here a file is in the way; a full disk fails the same
+    way, in a write) stops the recording, never the call: `record` does not raise, and the
+    recorder's `on_finish` hears once, when the call ends, that it failed."""
+    (tmp_path / "taken").write_text("a file, not a directory")
+    outcomes: list[bool] = []
+    rec = CallRecorder(tmp_path / "taken" / "recordings", transport="sip", call_id="c9@pc33", on_finish=outcomes.append)
+    rec.record(LEG_PHONE, IN, b"\xff" * 160)
+    rec.record(LEG_PHONE, OUT, b"\xff" * 160)
+    assert rec.failed and outcomes == []
+    assert rec.finish() is None and rec.finish() is None
+    assert outcomes == [True]
+    ok: list[bool] = []
+    good = CallRecorder(tmp_path / "recordings", transport="sip", call_id="c10@pc33", on_finish=ok.append)
+    good.record(LEG_PHONE, IN, b"\xff" * 160)
+    assert good.finish() is not None and ok == [False] and not good.failed
+
+
 def test_unknown_versions_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "v3.jsonl"
     path.write_text(json.dumps({"type": "header", "format": "telephony-agent-call", "version": 3}) + "\n")

@@ -53,6 +53,7 @@ async def test_caller_says_goodbye_and_the_agent_hangs_up_with_bye(tmp_path: Pat
     assert any(line.startswith('agent_sip_calls_total{outcome="agent_hangup"} 1.0') for line in text), text
     assert any(line.startswith('agent_rtp_packets_total{direction="out"}') and float(line.split()[-1]) > 100
                for line in text)
+    assert 'agent_recordings_total{outcome="written"} 1.0' in text
     # The call was recorded (from admission on): a version-2 recording whose phone leg is SIP.
     [path] = recordings.glob("*.jsonl")
     recording = read_recording(path)

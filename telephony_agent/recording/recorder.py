@@ -51,7 +51,7 @@ class CallRecorder:
     `metadata["transport"]` is taken when the argument is not given); `call_id`, when known up
     front, names the files without waiting for a Media Streams `start`; `phone_law` (`pcmu`,
     `pcma`) is the phone leg's G.711 law, in the header as `phone_audio`, by which its binary
-    frames are decoded for the WAV.
+    frames are decoded for the WAV; `on_finish` is told, once, whether the recording failed.
     """
 
     def __init__(
@@ -68,6 +68,7 @@ class CallRecorder:
         wav: bool = True,
         name: str | None = None,
         phone_law: str | None = None,
+        on_finish: Callable[[bool], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.clock = clock or _default_clock()
@@ -95,6 +96,7 @@ class CallRecorder:
         self._last_flush = self._t0
         self._failed = False
         self._finished = False
+        self._on_finish = on_finish
         self._caller_anchor: int | None = None  # WAV index of Twilio media timestamp 0
         self._agent_end = 0.0  # when the agent audio queued at Twilio finishes playing (rel. seconds)
         self.lines = 0
@@ -245,8 +247,19 @@ class CallRecorder:
             if self._wav is not None:
                 self._wav.close()
         except Exception:
+            self._failed = True
             log.exception("closing the call recording failed")
+        if self._on_finish is not None:
+            try:
+                self._on_finish(self._failed)
+            except Exception:
+                log.exception("counting the call recording failed")
         return self.jsonl_path
+
+    @property
+    def failed(self) -> bool:
+        """Whether a write failed (the call went on unrecorded from there)."""
+        return self._failed
 
     def finish_bridge(self, bridge: Any) -> Path | None:
         """Finish with a trailer summarising the bridge's view of the call (tool calls, barge-ins,
