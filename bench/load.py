@@ -45,7 +45,7 @@ In the same run, with the same load generator and fake provider:
 - `--native auto|off`: AGENT_NATIVE for the server (the compiled call-path modules, `make native`,
   or the Python source); whether they were loaded is read from /proc/<pid>/maps ("compiled").
 - `--record`: every call recorded (AGENT_RECORDINGS_DIR under `--out`, deleted when the server
-  stops), for what keeping recordings costs per call.
+  stops), for what keeping recordings costs per call, and the disk it takes per call-second.
 
 Writes bench/out/load.json, load.png and load.md.
 """
@@ -237,6 +237,16 @@ def write_perf_summary(data: Path, out: Path) -> None:
         lines = [line for line in report.splitlines() if line.strip() and not line.startswith("#")]
         parts.append("\n".join(lines[:limit]))
     out.write_text("\n\n".join(parts) + "\n")
+
+
+def dir_bytes(path: Path | None) -> int:
+    """Bytes in the files directly under `path` (0 for none, or while it does not exist)."""
+    if path is None:
+        return 0
+    try:
+        return sum(entry.stat().st_size for entry in os.scandir(path) if entry.is_file())
+    except FileNotFoundError:
+        return 0
 
 
 def metrics_text(base: str) -> str:
@@ -501,6 +511,7 @@ class Bench:
         if self.args.callgrind:  # counted from here to the end of the window
             callgrind_window(pid, True)
         k0 = sum(core_busy_s(c) for c in self.cores)
+        rec0 = dir_bytes(self.recordings)
         c0, w0 = tree_cpu_s(pids), time.monotonic()
         per0 = [tree_cpu_s([q]) for q in pids]
         g0 = cpu_s(self.provider.p.pid) + cpu_s(self.callers.p.pid)
@@ -521,6 +532,7 @@ class Bench:
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
             rss.append(tree_rss_mib(pids))
         c1, w1 = tree_cpu_s(pids), time.monotonic()
+        rec1 = dir_bytes(self.recordings)
         instructions = None
         if self.args.callgrind:
             callgrind_window(pid, False)
@@ -551,6 +563,8 @@ class Bench:
         row["processes_cpu_pct"] = [round((b - a_) / (w1 - w0) * 100, 1) for a_, b in zip(per0, per1, strict=True)]
         row["uvloop_loaded"] = uvloop_loaded(pids)
         row["native_loaded"] = native_loaded(pids)
+        if self.recordings is not None:  # what the recordings grew by over the window (JSONL and WAV)
+            row["recording_kib_per_call_s"] = round((rec1 - rec0) / 1024 / (n * (w1 - w0)), 1)
         # the collector over the window: full passes (each holds every call) and the time in all passes
         if gc0 and gc1:
             row["gc_full_passes"] = int(gc1.get("count2", 0) - gc0.get("count2", 0))
@@ -805,13 +819,15 @@ def print_row(label: str, row: dict[str, Any]) -> None:
     instr = "" if minstr is None else f"  {minstr} M instructions/call-s"
     full = row.get("gc_full_passes")
     gc_ = "" if full is None else f"  gc {row['gc_ms']} ms ({full} full, {row['gc_full_ms']} ms)"
+    kib = row.get("recording_kib_per_call_s")
+    rec = "" if kib is None else f"  recorded {kib} KiB/call-s"
     print(
         f"{label} N={row['calls']:4d} in {row['in_p50_ms']}/{row['in_p99_ms']} ms  out {row['out_p50_ms']}/{row['out_p99_ms']} ms  "
         f"barge {row['bargein_p50_ms']}/{row['bargein_p99_ms']} ms  ttfa {row['ttfa_p50_ms']} "
         f"(overhead {row['ttfa_overhead_p50_ms']}) ms  cpu {row['cpu_pct']}% ({row['cpu_pct_per_call']}/call)  "
         f"rss/call {row['rss_per_call_mib']} MiB  lag p99 {row['loop_lag_p99_ms']} ms  lost {row['frames_lost']} "
         f"late {row['frames_late']}  loadgen cpu {row['loadgen_cpu_pct']}%  "
-        f"other load on server core {row['other_load_on_server_core_pct']}%{silero}{gc_}"
+        f"other load on server core {row['other_load_on_server_core_pct']}%{silero}{gc_}{rec}"
         f"{'  compiled' if row.get('native_loaded') else ''}"
         f"{instr}",
         flush=True,

@@ -6,9 +6,10 @@ phone leg's transport, and sets it as the call's `WIRETAP`. The files are
 was given, else at the Media Streams `start` (which names the call sid); the few frames before
 that wait in memory. The phone leg's audio is also placed in the WAV: in Media Streams frames
 (Twilio, the browser softphone), or as binary G.711 frames in the leg's law (SIP), with a
-`{"event":"clear"}` text frame where the agent's queued audio was dropped. Lines are flushed to disk every `flush_interval` seconds;
-audio older than two seconds is written to the WAV at once. Nothing here may raise into the
-call: a failure is logged once and recording stops.
+`{"event":"clear"}` text frame where the agent's queued audio was dropped. Lines are flushed to
+disk every `flush_interval` seconds; audio more than two seconds old goes to the WAV in
+half-second pieces. Nothing here may raise into the call: a failure is logged once, recording
+stops, and `on_finish` hears of it when the call ends.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ class CallRecorder:
         self._finished = False
         self._on_finish = on_finish
         self._caller_anchor: int | None = None  # WAV index of Twilio media timestamp 0
-        self._agent_end = 0.0  # when the agent audio queued at Twilio finishes playing (rel. seconds)
+        self._agent_end = 0.0  # when the agent audio queued at the leg finishes playing (rel. seconds)
         self.lines = 0
 
     # -- Wiretap ----------------------------------------------------------------------------

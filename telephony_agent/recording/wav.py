@@ -1,8 +1,9 @@
 """A two-channel WAV written as the call goes: caller on the left, agent on the right.
 
 Audio is placed by time. Memory stays bounded: anything older than `horizon_s` behind the
-latest placement is final and goes to disk (in pieces of at least `chunk_s`); the RIFF sizes are patched at `close()` (a file
-cut short by a crash still plays in most tools, with a zero length in its header).
+latest placement is final and goes to disk (in pieces of at least `chunk_s`); the RIFF sizes are
+patched at `close()` (a file cut short by a crash still plays in most tools, with a zero length
+in its header).
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ class StereoWavWriter:
         frame = np.zeros((n, 2), np.int16)
         for ch, buf in enumerate(self._pending):
             k = min(n, len(buf) // 2)
-            frame[:k, ch] = np.frombuffer(buf, np.int16, k)
+            head = np.frombuffer(buf, np.int16, k)
+            frame[:k, ch] = head
+            del head  # a bytearray cannot shrink while a view of it lives
             del buf[: 2 * k]
         self._f.write(frame.astype("<i2", copy=False).tobytes())
         self._written = upto
