@@ -27,7 +27,8 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
            "--compare-at", "0",  # the product alone (tests/test_bench_alt_bridge.py: the alternative)
            "--workers", "",  # below
            # most answers barged into (callers never cut in during a call's first second)
-           "--series", "3", "--steady", "5", "--barge-p", "0.8", "--vad", "silero"]
+           "--series", "3", "--steady", "5", "--barge-p", "0.8", "--vad", "silero",
+           "--record"]  # every call recorded, as an operator who keeps recordings runs it
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=140)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.loads((tmp_path / "load.json").read_text())
@@ -45,6 +46,9 @@ def test_bench_load_smoke(tmp_path: Path) -> None:
     assert row["in_frames"] > 500 and row["out_frames"] > 0
     assert row["ttfa_p50_ms"] is not None
     assert row["calls_left_after_hangup"] == 0
+    # JSONL and WAV of 3 calls grew over the window (about 80 KiB a call-second), and were deleted
+    assert report["settings"]["record"] and 40 < row["recording_kib_per_call_s"] < 200, row
+    assert not list(tmp_path.glob("recordings-*"))
     seq = report["sequential"]
     # all at once (each loads its Silero model in line): few, so a busy machine still answers within 0.5 s
     assert seq["calls"] == 6 and seq["failed"] == 0 and seq["calls_left"] == 0, seq
