@@ -404,6 +404,7 @@ def start_server(env: dict[str, str], cores: set[int], log_path: Path, *, cmd: l
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.out = Path(args.out).resolve()  # everything a run writes goes under --out
         self.procs: list[Any] = []
         self.server: Server | None = None
         self.recordings: Path | None = None
@@ -440,14 +441,14 @@ class Bench:
         env = server_env(f"ws://127.0.0.1:{self.provider_port}/v1/realtime", self.port, AGENT_VAD=a.vad,
                          AGENT_WORKERS=str(workers), AGENT_EVENT_LOOP=loop, AGENT_NATIVE=a.native)
         if a.record:  # every call recorded (JSONL and WAV), as an operator who keeps them would run it
-            self.recordings = Path(a.out).resolve() / f"recordings-{bridge}"
+            self.recordings = self.out / f"recordings-{bridge}"
             env["AGENT_RECORDINGS_DIR"] = str(self.recordings)
         cmd, ready = BRIDGES[bridge], 30.0
         if a.callgrind:
-            self.callgrind_file = Path(a.out).resolve() / "callgrind" / f"{bridge}-{loop}"
+            self.callgrind_file = self.out / "callgrind" / f"{bridge}-{loop}"
             self.callgrind_file.parent.mkdir(parents=True, exist_ok=True)
             cmd, ready = callgrind_command(cmd, self.callgrind_file), 300.0
-        self.server = start_server(env, self.cores, Path(a.out) / f"server-{bridge}-w{workers}-{loop}.log",
+        self.server = start_server(env, self.cores, self.out / f"server-{bridge}-w{workers}-{loop}.log",
                                    cmd=cmd, ready_timeout=ready)
         self.base = self.server.base
         if workers > 1 and bridge == "ours":  # until every worker listens, the kernel gives the others all calls
@@ -519,12 +520,12 @@ class Bench:
         if self.args.profile_at == n:
             prof = subprocess.Popen(
                 [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", str(int(steady_s)),
-                 "-r", "200", "-f", "raw", "-o", str(Path(self.args.out) / f"profile-{n}.txt"), *self.args.profile_flags.split()],
+                 "-r", "200", "-f", "raw", "-o", str(self.out / f"profile-{n}.txt"), *self.args.profile_flags.split()],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         perf = None
         if self.args.perf_at == n:
             perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-p", str(pid), "-o",
-                                     str(Path(self.args.out) / f"perf-{n}.data"), "--", "sleep", str(int(steady_s))],
+                                     str(self.out / f"perf-{n}.data"), "--", "sleep", str(int(steady_s))],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rss = []
         end = w0 + steady_s
@@ -546,7 +547,7 @@ class Bench:
             prof.wait(30)
         if perf is not None:
             perf.wait(30)
-            write_perf_summary(Path(self.args.out) / f"perf-{n}.data", Path(self.args.out) / f"perf-{n}.txt")
+            write_perf_summary(self.out / f"perf-{n}.data", self.out / f"perf-{n}.txt")
         metrics = metrics_text(self.base)
         lag1, vad1, gc1 = lag_buckets(metrics), vad_counts(metrics), gc_pauses(metrics)
         for p in (self.provider, self.callers):
