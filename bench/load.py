@@ -20,7 +20,8 @@ measure a steady window, hang up, and collect:
   lag p99 (the server's agent_event_loop_lag_ms histogram over the window), the collector's
   passes over the window (agent_gc_pause_ms: full passes, their milliseconds, all passes'), and
   the detector's workload: Silero windows scored per call-second and the mean batch (its counters);
-- frames lost (caller->provider and provider->caller, by sequence) and late (> 60 ms one way).
+- frames lost (caller->provider and provider->caller, by sequence; an answer's end that never
+  came counts the frames the provider says it sent) and late (> 60 ms one way).
 It stops when the server can no longer keep real time, then runs 1,000 short sequential
 calls to check RSS growth.
 
@@ -586,6 +587,8 @@ class Bench:
         by_caller = {c["caller"]: c for c in prep["conns"] if c["caller"] >= 0}
         ttfa, overhead, barge = [], [], []
         lost_in = lost_out = missed_barge = reordered = underruns = foreign = 0
+        lost_tails, cut_dry = tails_lost([t for call in crep["calls"] for t in call["tails"]], prep["conns"])
+        lost_out += lost_tails
         unprompted = resumed = turns = idle_turns = 0
         dropped_before_connect = []
         for call in crep["calls"]:
@@ -635,7 +638,7 @@ class Bench:
             "rss_mib": round(rss, 1), "rss_per_call_mib": round((rss - self.rss0) / n, 3),
             "loop_lag_p99_ms": None if lag_p99 is None else round(lag_p99, 2),
             "frames_lost": lost_in + lost_out, "frames_lost_in": lost_in, "frames_lost_out": lost_out,
-            "frames_late": prep["in_late"] + crep["out_late"], "frames_reordered": reordered,
+            "frames_late": prep["in_late"] + crep["out_late"], "frames_reordered": reordered, "answers_cut_dry": cut_dry,
             "playout_underruns": underruns, "foreign_frames": foreign + prep["bad_frames"],
             "ms_dropped_before_provider_p50": pct(dropped_before_connect, 50),
             "loadgen_cpu_pct": round(gen_pct, 1), "loadgen_tick_lag_p99_ms": crep["tick_lag_ms"]["p99"],
@@ -674,6 +677,22 @@ class Bench:
             "slope_second_half_mib_per_1000_calls": None if slope is None else round(slope, 2),
             "calls_left": left,
         }
+
+
+def tails_lost(tails: list[tuple[int, int, int]], conns: list[dict[str, Any]]) -> tuple[int, int]:
+    """Answers whose end never reached a caller, with no `clear` to say why: (frames lost,
+    answers cut dry).
+
+    The provider says how many frames of each answer it sent. One it cancelled after the caller
+    had got all of them (the caller spoke in a gap while the bridge fell behind) needed no
+    `clear` and lost nothing; any frame sent and never received is lost (one, if unknown)."""
+    sent = {(c["conn"], resp): (frames, cancelled) for c in conns for resp, frames, cancelled in c.get("answers", ())}
+    lost = cut = 0
+    for conn, resp, got in tails:
+        frames, cancelled = sent.get((conn, resp), (got + 1, False))
+        lost += max(0, frames - got)
+        cut += cancelled and frames <= got
+    return lost, cut
 
 
 def check(row: dict[str, Any]) -> list[str]:

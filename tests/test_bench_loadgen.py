@@ -243,3 +243,37 @@ async def test_simulated_callers_echo_a_mark_once_the_audio_before_it_has_played
     call.tick()
     call.on_text(json.dumps({"event": "clear"}).encode())  # cut mid-frame: pending marks at once
     assert echoed[-1] == (5, "e") and call.lost == 0
+
+
+async def test_an_answer_cut_short_is_lost_only_if_frames_of_it_were_sent_and_never_came() -> None:
+    """An answer whose end never reached the caller, with no `clear`: the provider may have
+    cancelled it after the caller had every frame it sent (the caller spoke into a gap while the
+    bridge fell behind; nothing to clear), which loses nothing. Counted a frame lost each before,
+    which made saturated runs report 1-4 lost frames that no bridge had dropped."""
+    from bench.load import tails_lost
+    from bench.loadgen import callers
+    from bench.loadgen.common import LAST_FLAG
+
+    call = callers.Call("127.0.0.1")
+    call.echo = lambda name: None  # type: ignore[method-assign]
+    call.send = lambda text: None  # type: ignore[method-assign]
+    voice = speech_frames(b"\x7f" * 160)[0]
+
+    def media(resp: int, idx: int) -> bytes:
+        frame = provider_frame(7, resp, idx, time.monotonic_ns(), voice)
+        return json.dumps({"event": "media", "media": {"payload": base64.b64encode(frame).decode()}}).encode()
+
+    for msg in (media(1, 0), media(1, 1), media(2, 0), media(2, 1 | LAST_FLAG), media(3, 0)):
+        call.on_text(msg)  # answer 1 stops after 2 frames; answer 2 is whole
+    call.on_text(json.dumps({"event": "clear"}).encode())  # answer 3 cleared: a barge-in, not a tail
+    call.on_text(media(4, 0))
+    assert call.tails == [(7, 1, 2)] and call.lost == 0
+
+    def conns(*answers: tuple[int, int, bool]) -> list[dict[str, Any]]:
+        return [{"conn": 7, "answers": [list(a) for a in answers]}, {"conn": 8, "answers": [[1, 50, False]]}]
+
+    tails = [[7, 1, 2]]  # as they come back through JSON
+    assert tails_lost(tails, conns((1, 2, True), (2, 2, False))) == (0, 1)  # cancelled after both frames
+    assert tails_lost(tails, conns((1, 5, True))) == (3, 0)  # three frames sent were never heard
+    assert tails_lost(tails, conns((1, 4, False))) == (2, 0)  # completed, its last two frames missing
+    assert tails_lost(tails, conns()) == (1, 0)  # the provider knows nothing of it: at least its end

@@ -121,10 +121,12 @@ class Call(asyncio.Protocol):
         self.foreign = 0
         # agent frames
         self.resp = -1
+        self.resp_conn = -1
         self.expect = 0
         self.resp_done = True
         self.resp_cleared = False
-        self.lost = 0
+        self.lost = 0  # frames missing inside an answer
+        self.tails: list[tuple[int, int, int]] = []  # (provider connection, answer, frames got): no end came
         self.reordered = 0
         self.clears: list[int] = []
         self.marks_echoed = 0
@@ -217,8 +219,11 @@ class Call(asyncio.Protocol):
             idx &= 0x7FFF
             if resp != self.resp:
                 if not self.resp_done and not self.resp_cleared and self.resp >= 0:
-                    self.lost += 1  # the previous response's tail never came
+                    # The previous answer's end never came and no clear said why: load.py asks the
+                    # provider how many frames of it were sent (it may have cancelled the answer).
+                    self.tails.append((self.resp_conn, self.resp, self.expect))
                 self.resp, self.expect, self.resp_done, self.resp_cleared = resp, 0, False, False
+                self.resp_conn = conn
             if idx != self.expect:
                 if idx > self.expect:
                     self.lost += idx - self.expect
@@ -355,7 +360,7 @@ class Call(asyncio.Protocol):
     def record(self) -> dict[str, Any]:
         return {
             "call": self.id, "conn": self.conn, "ttfa_ms": self.ttfa_ms, "frames_sent": self.frames,
-            "last_seq": self.frames - 1, "lost": self.lost, "reordered": self.reordered, "underruns": self.underruns,
+            "last_seq": self.frames - 1, "lost": self.lost, "tails": self.tails, "reordered": self.reordered, "underruns": self.underruns,
             "foreign": self.foreign, "clears_ns": self.clears, "marks_echoed": self.marks_echoed,
             "connected": self.open, "barges_ns": [b[:2] for b in self.barges if b[1] is not None or (b[2] >= TALKED_OVER and b[0] < self.t_stop - CUT_NS)],
             "barges_at_end": sum(b[1] is None and b[2] < TALKED_OVER for b in self.barges), "turns": self.turns, "idle_turns": self.idle_turns,

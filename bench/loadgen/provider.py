@@ -117,6 +117,7 @@ class Conn(asyncio.Protocol):
         self.vad_delay = 0
         self.utterances = 0
         self.vad_cancels = 0
+        self.sent: list[tuple[int, int, bool]] = []  # each answer: (number in the stamps, frames sent, cancelled)
 
     # -- socket ---------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -136,6 +137,7 @@ class Conn(asyncio.Protocol):
                 "speech_started_ns": self.speech_started,
                 "utterances": self.utterances,
                 "vad_cancels": self.vad_cancels,
+                "answers": self.sent,
                 "stamped": self.stamped,
                 "own_ms": (
                     (self.t_created - self.t_upgrade) + (self.t_updated - self.t_update) + (self.t_first - self.t_rc)
@@ -301,6 +303,7 @@ class Conn(asyncio.Protocol):
 
     def finish(self, status: str, now: float) -> None:
         self.active = False
+        self.sent.append((self.resp_no & 0xFFFF, self.next_idx, status == "cancelled"))
         self.send({"type": "response.done", "event_id": "ev", "response": {"id": self.resp_id, "object": "realtime.response", "status": status, "status_details": {"type": status, "reason": "turn_detected"} if status == "cancelled" else None, "output": []}})
         if not self.stamped:  # scripted turns: the agent's audio plays out BURST_FRAMES after the last delta; the caller then talks
             self.next_turn = now + BURST_FRAMES * FRAME_S + self.rng.uniform(self.cfg.min_gap_s, self.cfg.max_gap_s)
