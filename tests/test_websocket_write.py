@@ -77,14 +77,14 @@ async def test_a_server_sockets_frames_of_a_pass_go_in_one_write_and_arrive_in_o
     app.router.add_get("/ws", handler)
     received: list[str] = []
     async with serving(app) as port:
-        try:
-            async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+            try:
                 while len(received) < 15:
                     msg = await asyncio.wait_for(ws.receive(), 5.0)
                     assert msg.type is aiohttp.WSMsgType.TEXT
                     received.append(msg.data)
-        finally:
-            done.set()
+            finally:
+                done.set()  # before the client's close, which waits for the server's
     assert received == sent
     assert len(before_close) == 3, before_close  # one write per pass, not one per frame
 
