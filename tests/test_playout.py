@@ -137,3 +137,57 @@ def test_a_pause_of_a_chunk_sent_to_a_dry_leg_repeats_a_frame_rather_than_skip_o
         p.resume()
         assert [f for s in p.poll(0.2) for f in s.frames] == [frames[i] for i in back]
     # a chunk that follows a confirmed one starts at the confirmation: no margin (the test above)
+
+
+def test_a_leg_a_round_trip_away_is_counted_where_a_clear_sent_now_stops_it() -> None:
+    """A carrier 40 ms each way: a chunk sent to a leg that had played everything comes back
+    confirmed 80 ms (and up to a frame) after its audio's length, and a `clear` stops the audio
+    40 ms after it is sent. So the chunk after a confirmed one has played a round trip longer
+    than the confirmation says. Counted by the confirmations alone, a pause took back (and the
+    resume repeated) a round trip of audio the caller had heard."""
+    from telephony_agent.telephony.playout import MAX_LEG_RTT_S, Playout
+
+    p = Playout(lead_ms=200, frame_ms=20, chunk_ms=40)
+    frames = [bytes([i]) * 160 for i in range(14)]
+    assert p.leg_rtt_ms is None
+    p.push("greeting", frames[:2])
+    (greeting,) = p.poll(0.0)  # to a leg that had played nothing
+    assert p.on_played(greeting.tag, 0.04 + 0.08 + 0.005)  # 80 ms round trip, 5 ms to the leg's frame
+    assert p.leg_rtt_ms == pytest.approx(65.0)  # a frame under what it showed: never more than it is
+    p.push("answer", frames[2:])
+    sent = p.poll(1.0)  # 200 ms ahead: chunks of frames 2-3, 4-5, 6-7, 8-9, 10-11
+    assert p.on_played(sent[0].tag, 1.125)  # frames 2-3 confirmed
+    # Chunk 4-5 began when 2-3 ended, 65 ms before that confirmation: 1.06. At 1.13, 70 ms on:
+    # 4-5 heard, then frame 6, and 10 ms of frame 7 (which goes again: repeated, not skipped).
+    assert p.played_ms("answer", 1.13) == 40 + 70
+    assert p.pause(1.13) == 20 * 5  # frames 7-11 back (by the confirmations alone: 4-11)
+    p.resume()
+    assert [f for s in p.poll(1.2) for f in s.frames][:2] == frames[7:9]
+
+    # A confirmation that is late may be a leg that stopped: nothing counted past where it was due.
+    q = Playout(lead_ms=200, frame_ms=20, chunk_ms=40)
+    q.push("greeting", frames[:2])
+    (greeting,) = q.poll(0.0)
+    assert q.on_played(greeting.tag, 0.14)  # rtt 80 ms
+    q.push("answer", frames[2:])
+    sent = q.poll(1.0)
+    assert q.on_played(sent[0].tag, 1.14)
+    assert q.played_ms("answer", 9.0) == 40 + 40 + 80  # the next chunk's and a round trip's worth
+
+    # The least seen: a slow confirmation later does not lengthen it; a stall is bounded.
+    assert q.leg_rtt_ms == pytest.approx(80.0)
+    q.clear()
+    q.push("more", frames[:2])
+    (late,) = q.poll(20.0)
+    assert q.on_played(late.tag, 25.0)
+    assert q.leg_rtt_ms == pytest.approx(80.0)
+    r = Playout(lead_ms=200, frame_ms=20, chunk_ms=40)
+    r.push("a", frames[:2])
+    (first,) = r.poll(0.0)
+    assert r.on_played(first.tag, 10.0) and r.leg_rtt_ms == pytest.approx(MAX_LEG_RTT_S * 1000)
+
+    # A leg confirmed on time (the pacing clock, or loopback within a frame): no round trip.
+    c = Playout(lead_ms=200, frame_ms=20, chunk_ms=40)
+    c.push("a", frames[:2])
+    (first,) = c.poll(0.0)
+    assert c.on_played(first.tag, 0.05) and c.leg_rtt_ms == 0.0

@@ -712,7 +712,8 @@ class CallBridge:
         self.turn_stats.count(self.turn_stats.barge_ins, source)
         self.turns.agent_stopped(now)
         self._caller_spoke()
-        self.log.info("barge-in (%s): caller heard %d ms of %s", source, played, item)
+        self.log.info("barge-in (%s): caller heard %d ms of %s (leg round trip %s ms)", source, played, item,
+                      self.playout.leg_rtt_ms)
         session = self.session
         if session is not None:
             prompt = item.startswith("prompt-")  # our own audio: the provider has nothing to truncate

@@ -9,6 +9,15 @@ item, how many milliseconds the caller actually heard, which is what a truncate 
 needs. It keeps at most `lead_ms` of audio outstanding at the leg, so a `clear` never has much
 to throw away and barge-in is heard at once.
 
+What the caller heard is counted as a `clear` sent now would leave it. A leg a network away
+(a carrier: tens of milliseconds each way) confirms a chunk a round trip after it finished, and
+a `clear` stops the audio half a round trip after it is sent: the chunk after a confirmed one
+has been playing a whole round trip longer than its confirmation says. The round trip is the
+least seen over the call (`leg_rtt_ms`), from chunks sent to a leg that had played everything:
+such a chunk's confirmation comes a round trip (and up to a frame) after its audio's length.
+Not counting it, a resumed pause repeated about a round trip of audio (100 ms at 40 ms each
+way); a round trip too long would skip audio, hence the least seen and the bound.
+
 No clock is read here: every method that needs the time takes `now` (seconds, monotonic).
 """
 
@@ -17,7 +26,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-__all__ = ["Playout", "PlayoutStats", "SendFrames"]
+__all__ = ["MAX_LEG_RTT_S", "Playout", "PlayoutStats", "SendFrames"]
+
+MAX_LEG_RTT_S = 0.3  # a round trip past this is a stalled leg, not the network
 
 
 @dataclass(slots=True)
@@ -72,6 +83,7 @@ class Playout:
         self._played_ms: dict[str, int] = {}
         self._last_played_at: float | None = None
         self._seq = 0
+        self._rtt: float | None = None  # the leg's round trip, seconds: the least seen (None: not yet)
         self.paused = False  # nothing is sent until `resume()`
 
     # -- state ------------------------------------------------------------------------------
@@ -92,6 +104,11 @@ class Playout:
         return not self._queue and not self._outstanding
 
     @property
+    def leg_rtt_ms(self) -> float | None:
+        """The leg's round trip as its confirmations show it; None until one could."""
+        return None if self._rtt is None else self._rtt * 1000
+
+    @property
     def current_item(self) -> str | None:
         """The item whose audio the caller is hearing, or will hear next."""
         if self._outstanding:
@@ -101,15 +118,39 @@ class Playout:
         return None
 
     def played_ms(self, item_id: str, now: float) -> int:
-        """Milliseconds of `item_id` the caller has heard: confirmed, plus the part of the chunk
-        now playing (it started when the previous chunk was confirmed or when it was sent)."""
+        """Milliseconds of `item_id` the caller has heard: confirmed, plus what of the chunks
+        still outstanding has played by now (`_heard`)."""
         heard = self._played_ms.get(item_id, 0)
-        if self._outstanding and self._outstanding[0].item_id == item_id:
-            head = self._outstanding[0]
-            started = head.sent_at if self._sent_dry(head) else self._last_played_at
-            assert started is not None  # not sent dry: a confirmation came after the send
-            heard += round(min(head.ms, max(0.0, (now - started) * 1000)))
+        if self._outstanding:
+            for chunk, ms, _ in self._heard(now):
+                if chunk.item_id == item_id:
+                    heard += round(ms)
         return heard
+
+    def _heard(self, now: float) -> list[tuple[_Chunk, float, bool]]:
+        """Each outstanding chunk, the ms of it played by now as a `clear` sent now leaves it,
+        and whether its start is counted from its send (the leg then starts it when its next
+        frame is due: up to a frame later).
+
+        A chunk sent to a leg that had played everything starts at the send: its way there
+        cancels the `clear`'s. The oldest after a confirmed chunk started when that one ended,
+        the leg's round trip before the confirmation came; each later one when the one before
+        it ended; none before it was sent. Nothing is counted past where the oldest chunk's
+        confirmation was due: a late one may be a leg that stopped playing."""
+        out: list[tuple[_Chunk, float, bool]] = []
+        rtt = self._rtt or 0.0
+        last = self._last_played_at
+        end = None if last is None else last - rtt
+        for index, chunk in enumerate(self._outstanding):
+            if end is None or end < chunk.sent_at:
+                started, from_send = chunk.sent_at, True
+            else:
+                started, from_send = end, False
+            if index == 0:
+                now = min(now, started + chunk.ms / 1000 + rtt)
+            out.append((chunk, min(chunk.ms, max(0.0, (now - started) * 1000)), from_send))
+            end = started + chunk.ms / 1000
+        return out
 
     def _sent_dry(self, chunk: _Chunk) -> bool:
         """Sent after the leg had played everything before it (no confirmation since): it starts
@@ -158,6 +199,8 @@ class Playout:
         outstanding = self._outstanding
         if outstanding and outstanding[0].tag == tag:  # the usual case: the oldest chunk
             chunk = outstanding.popleft()
+            if self._sent_dry(chunk):  # confirmed a round trip and up to a frame after its audio
+                self._learn_rtt(now - chunk.sent_at - (chunk.ms + self.frame_ms) / 1000)
             self._outstanding_ms -= chunk.ms
             self._played_ms[chunk.item_id] = self._played_ms.get(chunk.item_id, 0) + chunk.ms
             self.stats.chunks_played += 1
@@ -176,6 +219,12 @@ class Playout:
                 break
         self._last_played_at = now
         return True
+
+    def _learn_rtt(self, rtt: float) -> None:
+        """The least round trip seen: a busy loop or a slow confirmation only lengthens one."""
+        rtt = min(MAX_LEG_RTT_S, max(0.0, rtt))
+        if self._rtt is None or rtt < self._rtt:
+            self._rtt = rtt
 
     def clear(self) -> int:
         """Barge-in: drop everything not yet played. Returns the ms of audio discarded locally.
@@ -201,20 +250,16 @@ class Playout:
         now, and nothing is sent until `resume()`. The caller must `clear` the leg. Returns the
         ms taken back."""
         requeue: list[tuple[str, bytes]] = []
-        for index, chunk in enumerate(self._outstanding):
-            frames = chunk.frames
-            if index == 0:  # the chunk playing now: what has been heard of it counts as played
-                heard = min(chunk.ms, self.played_ms(chunk.item_id, now) - self._played_ms.get(chunk.item_id, 0))
-                if self._sent_dry(chunk):
-                    # Sent to a leg that had run dry: it starts the chunk when it has it and its
-                    # next frame is due, up to a frame after we sent it. Counting from the send
-                    # would skip that frame on resume; a frame repeated is the lesser harm.
-                    heard -= self.frame_ms
-                heard_frames = max(0, heard) // self.frame_ms
-                frames = frames[heard_frames:]
-                if heard_frames:
-                    self._played_ms[chunk.item_id] = self._played_ms.get(chunk.item_id, 0) + heard_frames * self.frame_ms
-            requeue.extend((chunk.item_id, frame) for frame in frames)
+        for chunk, heard, from_send in self._heard(now):
+            if from_send:
+                # The leg starts a chunk when it has it and its next frame is due, up to a frame
+                # after we sent it. Counting from the send would skip that frame on resume; a
+                # frame repeated is the lesser harm.
+                heard -= self.frame_ms
+            heard_frames = int(max(0.0, heard)) // self.frame_ms
+            if heard_frames:
+                self._played_ms[chunk.item_id] = self._played_ms.get(chunk.item_id, 0) + heard_frames * self.frame_ms
+            requeue.extend((chunk.item_id, frame) for frame in chunk.frames[heard_frames:])
             self._cleared.add(chunk.tag)
         self._queue.extendleft(reversed(requeue))
         self._outstanding.clear()

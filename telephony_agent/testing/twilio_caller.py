@@ -181,6 +181,10 @@ class TwilioCaller:
     """Gets every Media Stream frame, directions as the agent sees them: what we send is "in"."""
     background: bytes | None = None
     """mu-law audio looped under everything the microphone sends (line noise)."""
+    link_delay_s: float = 0.0
+    """One-way network delay between Twilio and the agent, both ways (a carrier tens of
+    milliseconds away; ours on loopback is none): what the agent sends is handled that much
+    after it arrives, and what we send reaches the socket that much later. Order is kept."""
     on_event: Callable[[str, float, dict[str, Any]], None] | None = None
     """Timeline callback: (kind, loop time, details) for "audio_start", "audio_end", "clear",
     "closed"."""
@@ -244,6 +248,12 @@ class TwilioCaller:
         self._playing = False
         self._closed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        # the delayed link (`link_delay_s`): (due, message) each way, and the task sending ours
+        self._inbox: collections.deque[tuple[float, aiohttp.WSMessage]] = collections.deque()
+        self._outbox: collections.deque[tuple[float, str | bytes]] = collections.deque()
+        self._inbox_ready = asyncio.Event()
+        self._outbox_ready = asyncio.Event()
+        self._link_out: asyncio.Task[None] | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -414,6 +424,9 @@ class TwilioCaller:
             raise HandshakeRejected(exc.status) from None
         self.handshake_status = 101
         self.connected_at = self._loop.time()
+        if self.link_delay_s > 0:
+            self._link_out = asyncio.create_task(self._link_sender(), name=f"twilio-caller-link-{self.call_sid[-6:]}")
+            self._spawn(self._link_receiver(), "link-in")
         self._spawn(self._reader(), "reader")
         self._spawn(self._playout_loop(), "playout")
         await self._send_text(connected_message())
@@ -448,6 +461,16 @@ class TwilioCaller:
         return self._ws is not None and not self._ws.closed and not self._closed.is_set()
 
     async def _raw_send(self, data: str | bytes) -> bool:
+        ws = self._ws
+        if ws is None or ws.closed:
+            return False
+        if self.link_delay_s > 0 and self._link_out is not None and not self._link_out.done():
+            self._outbox.append((self._loop.time() + self.link_delay_s, data))
+            self._outbox_ready.set()
+            return True
+        return await self._send_now(data)
+
+    async def _send_now(self, data: str | bytes) -> bool:
         ws = self._ws
         if ws is None or ws.closed:
             return False
@@ -564,7 +587,9 @@ class TwilioCaller:
         self._mark_closed()
 
     async def _close_socket(self) -> bool:
-        """Close the media socket if it is open (bounded). Returns whether it was open."""
+        """Close the media socket if it is open (bounded), after what is still on the delayed
+        link. Returns whether it was open."""
+        await self._stop_link(drain=True)
         if self._ws is None or self._ws.closed:
             return False
         try:
@@ -577,6 +602,7 @@ class TwilioCaller:
         """Drop the TCP connection with no `stop` and no close frame (network failure)."""
         self._closing_by_us = True
         await self._stop_tasks()
+        await self._stop_link(drain=False)  # what was on its way is lost with the connection
         ws = self._ws
         if ws is not None:
             conn = getattr(getattr(ws, "_response", None), "connection", None)
@@ -652,20 +678,17 @@ class TwilioCaller:
         assert ws is not None
         try:
             async for msg in ws:
-                now = self._loop.time()
-                if self.tap is not None and msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
-                    self.tap.record("twilio", "out", msg.data)
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    self._on_text(msg.data, now)
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    self.received.append(Received(now, msg.data, None, None))
-                    self.violations.append(Violation(31950, f"binary frame of {len(msg.data)} bytes", now))
-                elif msg.type == aiohttp.WSMsgType.ERROR:
-                    self.violations.append(Violation(0, f"websocket error: {ws.exception()!r}", now))
-                await self._flush_echoes()
-                self._notify()
+                if self.link_delay_s > 0:
+                    self._inbox.append((self._loop.time() + self.link_delay_s, msg))
+                    self._inbox_ready.set()
+                    continue
+                await self._handle(msg)
         except (ConnectionError, aiohttp.ClientError):
             pass
+        if self._inbox:  # what the agent sent before it closed arrives first (bounded)
+            deadline = self._loop.time() + self.link_delay_s + 1.0
+            while self._inbox and self._loop.time() < deadline:
+                await asyncio.sleep(0.005)
         # Not reached when cancelled: then whoever cancelled us is closing the socket.
         if not self._closing_by_us:
             self.closed_by_server = True
@@ -674,6 +697,60 @@ class TwilioCaller:
         for task in self._tasks:
             if task is not asyncio.current_task() and not task.done():
                 task.cancel()
+
+    async def _handle(self, msg: aiohttp.WSMessage) -> None:
+        now = self._loop.time()
+        if self.tap is not None and msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            self.tap.record("twilio", "out", msg.data)
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            self._on_text(msg.data, now)
+        elif msg.type == aiohttp.WSMsgType.BINARY:
+            self.received.append(Received(now, msg.data, None, None))
+            self.violations.append(Violation(31950, f"binary frame of {len(msg.data)} bytes", now))
+        elif msg.type == aiohttp.WSMsgType.ERROR:
+            exc = self._ws.exception() if self._ws is not None else None
+            self.violations.append(Violation(0, f"websocket error: {exc!r}", now))
+        await self._flush_echoes()
+        self._notify()
+
+    # ---- the delayed link (`link_delay_s`) --------------------------------------------------------
+
+    async def _link_receiver(self) -> None:
+        """The agent's messages, each handled `link_delay_s` after it arrived, in order."""
+        while True:
+            while not self._inbox:
+                self._inbox_ready.clear()
+                await self._inbox_ready.wait()
+            due, msg = self._inbox[0]
+            await asyncio.sleep(max(0.0, due - self._loop.time()))
+            self._inbox.popleft()
+            await self._handle(msg)
+
+    async def _link_sender(self) -> None:
+        """Our messages, each written `link_delay_s` after it was sent, in order."""
+        while True:
+            while not self._outbox:
+                self._outbox_ready.clear()
+                await self._outbox_ready.wait()
+            due, data = self._outbox[0]
+            await asyncio.sleep(max(0.0, due - self._loop.time()))
+            self._outbox.popleft()
+            await self._send_now(data)
+
+    async def _stop_link(self, *, drain: bool) -> None:
+        """Stop the delayed link's sender, after what it holds (bounded) if `drain`."""
+        task = self._link_out
+        if task is None:
+            return
+        if drain and not task.done():
+            deadline = self._loop.time() + self.link_delay_s + 1.0
+            while self._outbox and self._loop.time() < deadline:
+                await asyncio.sleep(0.005)
+        self._link_out = None
+        self._outbox.clear()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=2.0)
 
     def _mark_closed(self) -> None:
         if self._closed.is_set():
