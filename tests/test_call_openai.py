@@ -68,7 +68,10 @@ async def test_question_gets_an_answer(openai_server: FakeOpenAIServer, audio: s
             assert not call.violations
 
 
-async def test_barge_in_clears_and_truncates_at_what_was_heard(openai_server: FakeOpenAIServer) -> None:
+@pytest.mark.parametrize("link_delay_s", [0.0, 0.04], ids=["loopback", "a carrier 40 ms away"])
+async def test_barge_in_clears_and_truncates_at_what_was_heard(openai_server: FakeOpenAIServer, link_delay_s: float) -> None:
+    """The truncate says how much the caller heard before the `clear` reached them. A carrier's
+    marks come back a round trip late; by them alone, the model was told about 90 ms too little."""
     long_answer = speech_pcm16(
         "Our opening hours are nine to five on weekdays, ten to four on Saturdays, and we are closed on Sundays "
         "and on public holidays, except in December when we open late.",
@@ -76,7 +79,7 @@ async def test_barge_in_clears_and_truncates_at_what_was_heard(openai_server: Fa
     )
     openai_server.queue_reply("long answer", long_answer)
     async with running_agent(test_settings(), model_for(openai_server)) as agent:
-        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN) as call:
+        async with TwilioCaller(agent.base_url, PUBLIC_URL, AUTH_TOKEN, link_delay_s=link_delay_s) as call:
             await call.place()
             await call.connect()
             await call.speak(speech_ulaw("What are your opening hours?"))
@@ -86,7 +89,8 @@ async def test_barge_in_clears_and_truncates_at_what_was_heard(openai_server: Fa
             heard_at_clear = call.heard_ms
             await openai_server.wait_for(lambda: bool(openai_server.truncates), timeout=5)
             truncate = openai_server.truncates[0]
-            assert abs(truncate["audio_end_ms"] - heard_at_clear) <= 40, (truncate, heard_at_clear)
+            # the round trip is taken a frame short (never longer than it is): 20 ms more may be missing
+            assert abs(truncate["audio_end_ms"] - heard_at_clear) <= (60 if link_delay_s else 40), (truncate, heard_at_clear)
             assert heard_at_clear < len(long_answer) / 16 - 1000  # it really was cut short
             bridge = next(iter(agent.state.calls.values()))
             assert bridge.stats.barge_ins == 1
