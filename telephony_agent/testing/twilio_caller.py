@@ -31,7 +31,7 @@ import collections
 import logging
 import secrets
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
@@ -71,6 +71,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+M = TypeVar("M")
 _log = logging.getLogger(__name__)
 
 FRAME_BYTES = 160  # 20 ms of mu-law 8 kHz
@@ -717,25 +718,22 @@ class TwilioCaller:
 
     async def _link_receiver(self) -> None:
         """The agent's messages, each handled `link_delay_s` after it arrived, in order."""
-        while True:
-            while not self._inbox:
-                self._inbox_ready.clear()
-                await self._inbox_ready.wait()
-            due, msg = self._inbox[0]
-            await asyncio.sleep(max(0.0, due - self._loop.time()))
-            self._inbox.popleft()
-            await self._handle(msg)
+        await self._delayed(self._inbox, self._inbox_ready, self._handle)
 
     async def _link_sender(self) -> None:
         """Our messages, each written `link_delay_s` after it was sent, in order."""
+        await self._delayed(self._outbox, self._outbox_ready, self._send_now)
+
+    async def _delayed(self, box: collections.deque[tuple[float, M]], ready: asyncio.Event,
+                       deliver: Callable[[M], Awaitable[object]]) -> None:
         while True:
-            while not self._outbox:
-                self._outbox_ready.clear()
-                await self._outbox_ready.wait()
-            due, data = self._outbox[0]
+            while not box:
+                ready.clear()
+                await ready.wait()
+            due, item = box[0]
             await asyncio.sleep(max(0.0, due - self._loop.time()))
-            self._outbox.popleft()
-            await self._send_now(data)
+            box.popleft()
+            await deliver(item)
 
     async def _stop_link(self, *, drain: bool) -> None:
         """Stop the delayed link's sender, after what it holds (bounded) if `drain`."""
