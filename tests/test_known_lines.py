@@ -41,11 +41,13 @@ def with_pauses_longer(ulaw: bytes, at: tuple[float, ...], ms: int = 10) -> byte
 def test_a_long_line_is_named_when_its_pauses_differ_by_a_few_milliseconds(known: KnownLines) -> None:
     """Matched as one 5.7 s template, two pauses 10 ms longer took the correlation below the bar
     (the transcript test failed in CI when the process's earlier syntheses put eSpeak in a state
-    that drifted like this); matched in pieces, the line is named."""
+    that drifted like this); matched in pieces, the line is named. The match explains the line to where
+    its last piece was heard: counted only to the template's length, the 20 ms of pauses plus
+    eSpeak's drift left 20-60 ms of its end unexplained (60 failed this test in CI)."""
     said = with_pauses_longer(heard(HOURS), (0.33, 0.66))
     assert known.transcribe(said) == HOURS
     found, unexplained_ms = known.find(said)
-    assert [f.sentence for f in found] == [HOURS] and found[0].score > 0.7 and unexplained_ms <= 40
+    assert [f.sentence for f in found] == [HOURS] and found[0].score > 0.7 and unexplained_ms == 0
 
 
 def test_a_line_said_again_after_other_syntheses_is_named(known: KnownLines) -> None:

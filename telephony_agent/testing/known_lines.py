@@ -14,7 +14,9 @@ few milliseconds longer or shorter (a pause 10 ms longer here, a little drift th
 sentence that misalignment took the correlation from 0.8 down to 0.5, where it stops counting,
 so whether the line was named depended on what the process had synthesised before. A sentence is
 therefore matched in pieces of `PIECE_S`, each free to sit up to `SLACK_S` from where the
-sentence's start puts it, and every piece must be heard for the sentence to count.
+sentence's start puts it, and every piece must be heard for the sentence to count. A match
+explains the turn from where its first piece was heard to where its last piece was, so a line
+a few ms longer than its template is explained to its last sound.
 
 Measured against the general PocketSphinx model on the demo script's lines through the call
 path: see `bench/transcript_wer.py` and docs/architecture.md ("Testing").
@@ -126,6 +128,27 @@ class _Template:
             np.minimum(lowest, at, out=lowest)
         return total, lowest
 
+    def heard_span(self, x: np.ndarray, start: int) -> tuple[int, int]:
+        """Where the first piece begins and the last ends in `x`, each where it fits best within
+        the slack of its place for a match at `start`: the samples the match explains. A line a
+        few ms longer than its template (eSpeak's drift) is then explained to its last sound."""
+        slack = int(SLACK_S * _RATE)
+        ends = []
+        for offset, piece, norm in (self.pieces[0], self.pieces[-1]):
+            m = piece.size
+            lo = max(0, start + offset - slack)
+            hi = min(x.size - m, start + offset + slack)
+            if norm <= 0 or hi <= lo:
+                ends.append((start + offset, start + offset + m))
+                continue
+            seg = x[lo : hi + m]
+            corr = correlate(seg, piece, mode="valid", method="fft")
+            power = np.concatenate(([0.0], np.cumsum(seg * seg)))
+            ncc = corr / np.sqrt(np.maximum(power[m:] - power[:-m], 1e-9))
+            at = lo + int(np.argmax(ncc))
+            ends.append((at, at + m))
+        return ends[0][0], ends[-1][1]
+
 
 def _peak(template: _Template, gain: np.ndarray, score: np.ndarray, lo: int,
           hi: int) -> tuple[float, SentenceMatch] | None:
@@ -176,6 +199,7 @@ class KnownLines:
             template = _Template.of(sentence, x[a:b]) if b > a else None
             if template is not None:
                 self._templates.append(template)
+        self._by_sentence = {t.sentence: t for t in self._templates}
 
     @classmethod
     def from_script(cls, path: str | None = None, voice: str | None = None,
@@ -243,7 +267,16 @@ class KnownLines:
         covering = _strongest(
             _peak(t, gain, score, inner.start + inner.length - t.length - slack, inner.start + slack + 1)
             for t, gain, score in gains if t.length >= inner.length + int(COVER_S * _RATE))
-        return best, covering
+        return self._heard(best, left), self._heard(covering, left)
+
+    def _heard(self, peak: tuple[float, SentenceMatch] | None,
+               x: np.ndarray) -> tuple[float, SentenceMatch] | None:
+        """`peak` with its match's span where its end pieces were heard (see `heard_span`)."""
+        if peak is None:
+            return None
+        gain, match = peak
+        a, b = self._by_sentence[match.sentence].heard_span(x, match.start)
+        return gain, SentenceMatch(match.sentence, a, b - a, match.score)
 
     def transcribe(self, ulaw: bytes) -> str | None:
         """The exact words of a turn made only of known sentences; None if any of it is not known."""
