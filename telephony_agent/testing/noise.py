@@ -1,5 +1,7 @@
-"""Non-speech caller sounds, made with sox (`-D`: reproducible) and cached: the noise set of the
-turn-taking tests and `bench/turns.py`.
+"""Non-speech caller sounds, made with sox and cached: the noise set of the turn-taking tests and
+`bench/turns.py`. `-R` seeds sox's noise generators the same every run and `-D` leaves out
+dither, so every run tests the same sounds: without `-R` each fresh cache drew new noise, and one
+draw of the low cough in twenty made Silero pause (a turn test failed in CI that way).
 
 Each is PCM16 mono at 8 kHz: things a phone line carries that must not interrupt the agent.
 """
@@ -20,7 +22,7 @@ __all__ = ["NAMES", "RECIPES", "noise_pcm16"]
 
 _CACHE = Path(os.environ.get("TEST_SPEECH_CACHE", Path(tempfile.gettempdir()) / "telephony-agent-speech"))
 
-# name -> sox effects after `sox -D -n -r 8000 -b 16 -c 1 OUT`
+# name -> sox effects after `sox -R -D -n -r 8000 -b 16 -c 1 OUT`
 RECIPES: dict[str, str] = {
     # a cough: a short band-limited noise burst, sharp attack, fast decay
     "cough": "synth 0.35 pinknoise band 700 500 fade q 0.01 0.35 0.25 gain -n -6",
@@ -49,7 +51,7 @@ def _read(path: Path) -> bytes:
 
 def noise_pcm16(name: str) -> bytes:
     """PCM16 8 kHz of one named sound (see `RECIPES`, plus `keyboard`)."""
-    key = hashlib.sha1(f"{name}|{RECIPES.get(name)}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{name}|{RECIPES.get(name)}|R".encode()).hexdigest()[:16]
     out = _CACHE / f"noise-{name}-{key}.wav"
     if not out.exists():
         _CACHE.mkdir(parents=True, exist_ok=True)
@@ -58,14 +60,14 @@ def noise_pcm16(name: str) -> bytes:
             # eight key clicks, 90-170 ms apart
             parts = [scratch_path(out, f"k{i}") for i in range(8)]
             for i, part in enumerate(parts):
-                _sox(["-D", "-n", "-r", "8000", "-b", "16", "-c", "1", str(part), "synth", "0.012", "whitenoise",
+                _sox(["-R", "-D", "-n", "-r", "8000", "-b", "16", "-c", "1", str(part), "synth", "0.012", "whitenoise",
                       "highpass", "1500", "fade", "q", "0.001", "0.012", "0.01", "gain", "-n", "-14",
                       "pad", "0", f"{0.09 + 0.01 * ((i * 7) % 9):.2f}"])
-            _sox(["-D", *map(str, parts), str(tmp)])
+            _sox(["-R", "-D", *map(str, parts), str(tmp)])
             for part in parts:
                 part.unlink(missing_ok=True)
         else:
-            _sox(["-D", "-n", "-r", "8000", "-b", "16", "-c", "1", str(tmp), *RECIPES[name].split()])
+            _sox(["-R", "-D", "-n", "-r", "8000", "-b", "16", "-c", "1", str(tmp), *RECIPES[name].split()])
         tmp.replace(out)
     return _read(out)
 
