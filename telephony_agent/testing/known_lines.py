@@ -128,10 +128,11 @@ class _Template:
             np.minimum(lowest, at, out=lowest)
         return total, lowest
 
-    def heard_span(self, x: np.ndarray, start: int) -> tuple[int, int]:
+    def heard_span(self, x: np.ndarray, energy: np.ndarray, start: int) -> tuple[int, int]:
         """Where the first piece begins and the last ends in `x`, each where it fits best within
         the slack of its place for a match at `start`: the samples the match explains. A line a
-        few ms longer than its template (eSpeak's drift) is then explained to its last sound."""
+        few ms longer than its template (eSpeak's drift) is then explained to its last sound.
+        `energy`: the running sum of `x` squared, as for `scores`."""
         slack = int(SLACK_S * _RATE)
         ends = []
         for offset, piece, norm in (self.pieces[0], self.pieces[-1]):
@@ -141,10 +142,8 @@ class _Template:
             if norm <= 0 or hi <= lo:
                 ends.append((start + offset, start + offset + m))
                 continue
-            seg = x[lo : hi + m]
-            corr = correlate(seg, piece, mode="valid", method="fft")
-            power = np.concatenate(([0.0], np.cumsum(seg * seg)))
-            ncc = corr / np.sqrt(np.maximum(power[m:] - power[:-m], 1e-9))
+            corr = correlate(x[lo : hi + m], piece, mode="valid", method="fft")
+            ncc = corr / np.sqrt(np.maximum(energy[lo + m : hi + m + 1] - energy[lo : hi + 1], 1e-9))
             at = lo + int(np.argmax(ncc))
             ends.append((at, at + m))
         return ends[0][0], ends[-1][1]
@@ -267,15 +266,15 @@ class KnownLines:
         covering = _strongest(
             _peak(t, gain, score, inner.start + inner.length - t.length - slack, inner.start + slack + 1)
             for t, gain, score in gains if t.length >= inner.length + int(COVER_S * _RATE))
-        return self._heard(best, left), self._heard(covering, left)
+        return self._heard(best, left, energy), self._heard(covering, left, energy)
 
-    def _heard(self, peak: tuple[float, SentenceMatch] | None,
-               x: np.ndarray) -> tuple[float, SentenceMatch] | None:
+    def _heard(self, peak: tuple[float, SentenceMatch] | None, x: np.ndarray,
+               energy: np.ndarray) -> tuple[float, SentenceMatch] | None:
         """`peak` with its match's span where its end pieces were heard (see `heard_span`)."""
         if peak is None:
             return None
         gain, match = peak
-        a, b = self._by_sentence[match.sentence].heard_span(x, match.start)
+        a, b = self._by_sentence[match.sentence].heard_span(x, energy, match.start)
         return gain, SentenceMatch(match.sentence, a, b - a, match.score)
 
     def transcribe(self, ulaw: bytes) -> str | None:

@@ -38,10 +38,11 @@ RECIPES: dict[str, str] = {
 
 
 def _sox(args: list[str]) -> None:
+    """`sox -R -D ARGS`: every clip made the same way on every run (see above)."""
     sox = shutil.which("sox")
     if sox is None:
         raise RuntimeError("sox is not installed: run `make system-deps`")
-    subprocess.run([sox, *args], check=True, capture_output=True, timeout=30)
+    subprocess.run([sox, "-R", "-D", *args], check=True, capture_output=True, timeout=30)
 
 
 def _read(path: Path) -> bytes:
@@ -60,14 +61,14 @@ def noise_pcm16(name: str) -> bytes:
             # eight key clicks, 90-170 ms apart
             parts = [scratch_path(out, f"k{i}") for i in range(8)]
             for i, part in enumerate(parts):
-                _sox(["-R", "-D", "-n", "-r", "8000", "-b", "16", "-c", "1", str(part), "synth", "0.012", "whitenoise",
+                _sox(["-n", "-r", "8000", "-b", "16", "-c", "1", str(part), "synth", "0.012", "whitenoise",
                       "highpass", "1500", "fade", "q", "0.001", "0.012", "0.01", "gain", "-n", "-14",
                       "pad", "0", f"{0.09 + 0.01 * ((i * 7) % 9):.2f}"])
-            _sox(["-R", "-D", *map(str, parts), str(tmp)])
+            _sox([*map(str, parts), str(tmp)])
             for part in parts:
                 part.unlink(missing_ok=True)
         else:
-            _sox(["-R", "-D", "-n", "-r", "8000", "-b", "16", "-c", "1", str(tmp), *RECIPES[name].split()])
+            _sox(["-n", "-r", "8000", "-b", "16", "-c", "1", str(tmp), *RECIPES[name].split()])
         tmp.replace(out)
     return _read(out)
 
