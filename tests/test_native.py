@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -95,18 +96,48 @@ def test_a_change_to_a_module_the_compiled_ones_import_makes_the_build_stale() -
     assert set(native.MODULES) <= set(deps)
     assert "telephony_agent.telephony.silero" in deps  # `from .silero import ...` in speech_scorers
     assert "telephony_codecs.resample" in deps  # through the `telephony_codecs` package
-    assert "telephony_agent.telephony.bridge" not in deps  # nothing compiled imports it
+    assert "telephony_agent.telephony.bridge_awaits" in deps  # plain, but the compiled bridge calls it
+    assert "telephony_agent.telephony.calls" not in deps  # nothing compiled imports it
 
 
 def test_no_compiled_module_defines_a_coroutine() -> None:
     """mypyc hands a cancellation on to what a compiled coroutine awaits with the three-argument
     `throw()`, deprecated since Python 3.12 (mypyc/mypyc#1214): the compiled modules stay
-    synchronous, and their waits live in plain modules (`websocket_drain`)."""
+    synchronous, and their waits live in plain modules (`websocket_drain`,
+    the bridge's coroutines in `bridge_awaits`)."""
     found = []
     for name in native.MODULES:
         tree = ast.parse(native.source_file(name).read_text())
         found += [f"{name}.{node.name}" for node in ast.walk(tree) if isinstance(node, ast.AsyncFunctionDef)]
     assert found == []
+
+
+def test_the_compiled_bridge_awaits_through_bridge_awaits() -> None:
+    """`CallBridge` is compiled and defines no coroutine: each method that awaits returns the
+    coroutine of a function of `bridge_awaits` (plain Python), called with the bridge and its own
+    arguments. Every one it names must be a coroutine function there, and every coroutine
+    function there of a bridge must be reachable from the bridge."""
+    from telephony_agent.telephony import bridge_awaits
+
+    tree = ast.parse(native.source_file("telephony_agent.telephony.bridge").read_text())
+    bridge = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CallBridge")
+    forwarded = {
+        node.func.attr
+        for method in bridge.body if isinstance(method, ast.FunctionDef)
+        for node in ast.walk(method)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        and isinstance(node.func.value, ast.Name) and node.func.value.id == "awaits"
+    }
+    assert {"start", "_on_turns", "_barge_in", "_close_down", "ending"} <= forwarded
+    for name in forwarded - {"ending"}:
+        assert inspect.iscoroutinefunction(getattr(bridge_awaits, name)), name
+    bridge_coroutines = {
+        name for name, fn in vars(bridge_awaits).items()
+        if inspect.iscoroutinefunction(fn) and next(iter(inspect.signature(fn).parameters), None) == "bridge"
+    }
+    assert bridge_coroutines == forwarded - {"ending"}
+    assert "telephony_agent.telephony.bridge" in native.MODULES
+    assert "telephony_agent.telephony.bridge_awaits" not in native.MODULES
 
 
 def test_native_off_runs_the_source(monkeypatch: pytest.MonkeyPatch) -> None:

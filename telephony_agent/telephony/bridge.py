@@ -11,71 +11,72 @@ bound on a goodbye, a silent leg). `get_timer()` says when the earliest is due a
 `handle_timer(now)` acts on what is due. `CallTimer`, the asyncio shell, arms one event-loop timer
 per call for it; tests drive both by hand on a virtual clock. The bridge stays async only where
 it awaits the session or the leg.
+
+This module is compiled with mypyc (`telephony_agent.native`): every frame of every call runs
+through it (caller audio to the detector and the session, the leg's playout confirmations, the
+provider's audio into the playout queue). A compiled coroutine passes a cancellation on with the
+`throw()` signature Python 3.12 deprecates, so no coroutine is defined here: each method that
+awaits returns the coroutine of its body in `bridge_awaits`, which is plain Python.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from telephony_agent.logs import LogBudget
-from telephony_agent.per_loop import PerLoop
 from telephony_agent.realtime import (
     AudioChunk,
     AudioDelta,
-    AudioDone,
     AudioEncoding,
     AudioFormat,
-    ErrorEvent,
-    FunctionCallDone,
-    InputTranscriptCompleted,
-    Interrupted,
-    OutputTranscriptDelta,
-    OutputTranscriptDone,
     RealtimeConfig,
     RealtimeError,
     RealtimeModel,
     RealtimeRunner,
     RealtimeSession,
-    Reconnected,
-    ResponseCreated,
-    ResponseDone,
-    ResponseFailed,
-    SpeechStarted,
-    SpeechStopped,
     ToolRegistry,
-    ToolRoundsCapped,
 )
+from telephony_agent.telephony import bridge_awaits as awaits
 from telephony_agent.telephony.assets import prompt_audio
+from telephony_agent.telephony.bridge_awaits import loop_silero_batch
+from telephony_agent.telephony.bridge_types import (
+    AUDIO_BURST_S,
+    AUDIO_RATE,
+    EARLY_AUDIO_MS,
+    EARLY_DIGITS,
+    KEY_BURST,
+    KEYS_PER_S,
+    BridgeOptions,
+    CallOutcome,
+    CallPhase,
+    CallStats,
+    DtmfHook,
+    Logger,
+)
 from telephony_agent.telephony.call_tools import register_call_tools
 from telephony_agent.telephony.leg import AudioLaw, PhoneLeg
-from telephony_agent.telephony.loop_timer import SharedTimer, fired_at
+from telephony_agent.telephony.loop_timer import fired_at
 from telephony_agent.telephony.pacing import Confirmer, PacingClock
 from telephony_agent.telephony.playout import Playout
 from telephony_agent.telephony.token_bucket import TokenBucket
 from telephony_agent.telephony.turns import (
-    BatchedSileroScorer,
-    DeadAirAction,
     DeadAirDecision,
     DeadAirGuard,
-    SileroBatch,
     TurnAction,
     TurnDecision,
     TurnDetector,
     TurnSettings,
-    TurnState,
     TurnStats,
-    make_scorer,
 )
 from telephony_codecs import Framer, Transcoder, alaw_to_pcm16, ulaw_to_pcm16
 
 __all__ = [
+    "AUDIO_BURST_S",
+    "AUDIO_RATE",
     "EARLY_AUDIO_MS",
     "EARLY_DIGITS",
     "KEYS_PER_S",
@@ -91,111 +92,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-EARLY_AUDIO_MS = 3000  # caller audio kept while the provider session opens
-EARLY_DIGITS = 32  # keys kept while the provider session opens (a caller keying ahead, not a flood)
-# Keys a call passes on (hooks, and a model request each): a person keys a few a second, a dialler
-# sending a number at the fastest RFC 4733 / Q.24 timing about 12 in a burst; past that it is a
-# flood, and each key would cost a response from a paid model.
-KEYS_PER_S = 10.0
-KEY_BURST = 20
-# Caller audio a call passes on (the detector, then the provider, which bills by audio time): a
-# phone sends it in real time, and a network stall delivers its backlog at once; more than that,
-# sustained, is a peer flooding the call, whose audio would cost the CPU of several calls and a
-# paid provider several times the call's length. A clock 5 % fast is still far inside the rate.
-AUDIO_RATE = 1.05  # times real time
-AUDIO_BURST_S = 5.0
-
-Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
-
-
-class CallOutcome(str, enum.Enum):
-    CALLER_HANGUP = "caller_hangup"
-    AGENT_HANGUP = "agent_hangup"
-    TRANSFERRED = "transferred"
-    PROVIDER_FAILED = "provider_failed"
-    MAX_DURATION = "max_duration"
-    IDLE_TIMEOUT = "idle_timeout"
-    SERVER_SHUTDOWN = "server_shutdown"
-    LEG_TIMEOUT = "leg_timeout"  # the phone leg went silent: no audio, no confirmations
-
-
-class CallPhase(str, enum.Enum):
-    """Where the call is in its life; what the bridge accepts follows from it."""
-
-    CONNECTING = "connecting"  # the provider session is opening: caller audio and keys are held
-    LIVE = "live"  # caller and agent talk
-    FINISHING = "finishing"  # a hang-up or transfer waits for the agent's last words to play
-    PROMPTING = "prompting"  # a pre-rendered prompt plays, then the call ends; the provider is not heard
-    ENDED = "ended"
-
-
-@dataclass(frozen=True)
-class BridgeOptions:
-    playout_lead_ms: int = 200
-    max_call_seconds: float = 3600.0
-    idle_timeout_seconds: float = 30.0
-    tool_timeout_seconds: float = 10.0
-    greeting: str | None = None
-    speak_first: bool = False  # ask for a response at once even without a greeting text (scripted engines)
-    transfer_allowlist: tuple[str, ...] = ()
-    goodbye_wait_seconds: float = 15.0
-    leg_timeout_seconds: float = 10.0  # no caller audio and no playout confirmation this long: end the call
-    playout_fallback_seconds: float = 1.0  # a confirming leg this late is paced by the clock instead
-    # Turn-taking (telephony/turns.py): the bridge's own caller-speech detector and dead-air guard.
-    vad: str = "silero"  # silero | energy | off
-    min_interruption_ms: int = 250
-    backchannel_ms: int = 800
-    response_timeout_seconds: float = 4.0
-    max_tool_rounds: int = 5
-    filler_after_seconds: float = 2.0
-    # Silero's windows are scored with other calls' on the loop (`speech_scorers.SileroBatch`),
-    # waiting up to this long for company under load (0: what one pass of the loop brings)
-    vad_batch_ms: int = 10
-
-
-@dataclass
-class CallStats:
-    frames_in: int = 0
-    frames_out: int = 0
-    barge_ins: int = 0
-    clear_latency_ms: list[float] = field(default_factory=list)
-    truncates: list[tuple[str, int]] = field(default_factory=list)
-    first_audio_ms: float | None = None
-    dtmf: list[str] = field(default_factory=list)
-    dtmf_dropped: int = 0  # keys over the call's rate (`KEYS_PER_S`): a flood, not a person
-    audio_dropped_ms: float = 0.0  # caller audio past real time (`AUDIO_RATE`, `AUDIO_BURST_S`): a flood
-    tool_calls: list[str] = field(default_factory=list)
-    provider_errors: int = 0
-    reconnects: int = 0
-    transcript: list[tuple[str, str]] = field(default_factory=list)
-
-
-DtmfHook = Callable[[str], Awaitable[None] | None]
-
-
-def _silero_batch(_loop: asyncio.AbstractEventLoop) -> SileroBatch:
-    """A loop's Silero batch, run by its own timer. Neither holds the loop (`SharedTimer`)."""
-    batch = SileroBatch(_loop_time)
-    batch.on_add = SharedTimer(batch).changed
-    return batch
-
-
-def _loop_time() -> float:
-    return asyncio.get_running_loop().time()
-
-
-_SILERO_BATCHES: PerLoop[SileroBatch] = PerLoop(_silero_batch)
-
-
-def loop_silero_batch(loop: asyncio.AbstractEventLoop) -> SileroBatch | None:
-    """The loop's Silero batch, if a call on it has scored with one (for the metrics)."""
-    return _SILERO_BATCHES.get(loop) if loop in _SILERO_BATCHES else None
-
-
-def _pressed(digits: list[str]) -> str:
-    """The text a model reads for keys pressed: "The caller pressed 5." or "... pressed 1, 2, 3."."""
-    return f"The caller pressed {', '.join(digits)}."
 
 
 class CallBridge:
@@ -311,62 +207,9 @@ class CallBridge:
                 changes["output_format"] = self._leg_audio
         return config.with_changes(**changes)
 
-    async def start(self) -> None:
+    def start(self) -> Coroutine[Any, Any, None]:
         """Open the provider session and start handling its events. A failure is spoken to the caller."""
-        if self._timer is not None:
-            self._timer.attach()
-        self._max_due = self._started_at + self.options.max_call_seconds
-        self._timer_changed()
-        self._config = self._prepare_config(self._config)
-        try:
-            session = await self.model.connect(self._config)
-        except (RealtimeError, OSError) as exc:
-            self.stats.provider_errors += 1
-            self.log.error("provider %s unreachable: %s", self.model.provider, exc)
-            self._fail_politely()
-            return
-        if self.phase is not CallPhase.CONNECTING:  # ended or told to end while connecting
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(session.close(), 3.0)
-            return
-        self.session = session
-        if self.options.vad != "off":
-            # A few ms of model loading, once the provider is there (never for a refused or failed
-            # call), in line: a thread would make a replayed call's timing depend on the machine.
-            batch = None
-            if self.options.vad == "silero":
-                batch = _SILERO_BATCHES.get(asyncio.get_running_loop())
-                batch.max_wait_s = self.options.vad_batch_ms / 1000  # one process's calls share the setting
-            scorer = make_scorer(self.options.vad, self.format.sample_rate, batch)
-            if isinstance(scorer, BatchedSileroScorer):
-                scorer.on_score = self._on_score
-            self.turns.attach_scorer(scorer)
-        try:
-            self._inbound = self._inbound_transcoder(session.input_format)
-        except RealtimeError as exc:
-            self.log.error("%s", exc)
-            self._fail_politely()
-            return
-        self._input_format = session.input_format
-        self.phase = CallPhase.LIVE
-        self.runner = RealtimeRunner(
-            session,
-            self.tools,
-            tool_timeout=self.options.tool_timeout_seconds,
-            max_tool_rounds=self.options.max_tool_rounds,
-            on_tools_done=self._tools_done,
-            logger=self.log,
-        )
-        early, self._early_audio, self._early_bytes = self._early_audio, [], 0
-        if early:
-            await self._send_chunk(session, self._inbound_chunk(b"".join(early)))
-        self._event_task = asyncio.create_task(self._event_loop(), name=f"call-events-{self.call_id}")
-        if self.options.greeting or self.options.speak_first:
-            await self._safe(session.create_response())
-        digits, self._early_digits = self._early_digits, []
-        if digits:  # after the greeting's request, where a key pressed just after connecting would be
-            await self._safe(session.send_text(_pressed(digits)))
-        self._arm_idle_timer()
+        return awaits.start(self)
 
     def _inbound_transcoder(self, fmt: AudioFormat) -> Transcoder | None:
         if fmt == self._leg_audio:
@@ -380,11 +223,9 @@ class CallBridge:
 
     # -- LegEvents: from the phone leg ---------------------------------------------------
 
-    async def on_caller_audio(self, payload: bytes) -> None:
+    def on_caller_audio(self, payload: bytes) -> Coroutine[Any, Any, None]:
         """Caller audio in the leg's format."""
-        rest = self.caller_audio_now(payload)
-        if rest is not None:
-            await rest
+        return awaits.on_caller_audio(self, payload)
 
     def caller_audio_now(self, payload: bytes) -> Coroutine[Any, Any, None] | None:
         """`on_caller_audio` without a coroutine for the frames that need none: what is left to
@@ -429,43 +270,18 @@ class CallBridge:
             self.log.warning("caller audio arrives faster than real time: %.1f s dropped so far",
                              stats.audio_dropped_ms / 1000)
 
-    async def _decided_then_send(self, decisions: list[TurnDecision], session: RealtimeSession,
-                                 chunk: AudioChunk) -> None:
-        await self._on_turns(decisions)
-        await self._send_chunk(session, chunk)
+    def _decided_then_send(self, decisions: list[TurnDecision], session: RealtimeSession, chunk: AudioChunk) -> Coroutine[Any, Any, None]:
+        return awaits._decided_then_send(self, decisions, session, chunk)
 
     def _inbound_chunk(self, payload: bytes) -> AudioChunk:
         """The frame as the provider takes it (transcoded once: the transcoder keeps state)."""
         return AudioChunk(payload if self._inbound is None else self._inbound.process(payload), self._input_format)
 
-    async def _send_chunk(self, session: RealtimeSession, chunk: AudioChunk) -> None:
-        try:
-            await session.send_audio(chunk)
-        except RealtimeError as exc:
-            self.log.debug("audio not sent: %s", exc)
+    def _send_chunk(self, session: RealtimeSession, chunk: AudioChunk) -> Coroutine[Any, Any, None]:
+        return awaits._send_chunk(self, session, chunk)
 
-    async def on_dtmf(self, digit: str) -> None:
-        now = self._leg_seen = self.clock()
-        if not self._keys.take(now):  # a flood: no hook and no model request for it, counted
-            self.stats.dtmf_dropped += 1
-            if self._log_budget.allow("keys", now) is not None:
-                self.log.warning("keys arrive faster than %g a second: %d dropped so far", KEYS_PER_S,
-                                 self.stats.dtmf_dropped)
-            return
-        self.stats.dtmf.append(digit)
-        self._arm_idle_timer()
-        for hook in self.dtmf_hooks:
-            result = hook(digit)
-            if asyncio.iscoroutine(result):
-                await result
-        if self.phase is CallPhase.CONNECTING:  # a caller keying ahead of the provider: sent by start()
-            if len(self._early_digits) < EARLY_DIGITS:
-                self._early_digits.append(digit)
-                if len(self._early_digits) == EARLY_DIGITS:
-                    self.log.warning("%d keys pressed while the provider connects: later ones are not sent",
-                                     EARLY_DIGITS)
-        elif self.session is not None and self.phase in (CallPhase.LIVE, CallPhase.FINISHING):
-            await self._safe(self.session.send_text(_pressed([digit])))
+    def on_dtmf(self, digit: str) -> Coroutine[Any, Any, None]:
+        return awaits.on_dtmf(self, digit)
 
     def on_played(self, tag: str) -> None:
         """The leg confirmed that the chunk sent with `tag` has played (or was cleared)."""
@@ -475,68 +291,14 @@ class CallBridge:
             self.pacing.leg_confirmed(tag)
         self._pump(now)
 
-    async def on_hangup(self) -> None:
+    def on_hangup(self) -> Coroutine[Any, Any, None]:
         """The caller hung up (or the leg ended the media stream)."""
-        await self.end(CallOutcome.CALLER_HANGUP, hangup=False)
+        return awaits.on_hangup(self)
 
     # -- provider events -------------------------------------------------------------------
 
-    async def _event_loop(self) -> None:
-        assert self.runner is not None and self.session is not None
-        try:
-            async for event in self.runner.events():
-                received = self.clock()
-                if isinstance(event, AudioDelta):
-                    self._on_audio(event)
-                    if self.dead_air.needs_audio:
-                        await self._on_dead_air(self.dead_air.agent_audio(self._pcm_of(event.data, event.format), received))
-                elif isinstance(event, (SpeechStarted, Interrupted)):
-                    self._cancel_idle_timer()
-                    await self._on_provider_speech(received)
-                elif isinstance(event, SpeechStopped):
-                    self.dead_air.caller_turn_ended(received)
-                    self._arm_idle_timer()
-                elif isinstance(event, AudioDone):
-                    self._flush_outbound()
-                elif isinstance(event, ResponseCreated):
-                    self.dead_air.response_started()
-                elif isinstance(event, ResponseDone):
-                    self._flush_outbound()
-                    await self._on_dead_air(self.dead_air.response_done(received))
-                elif isinstance(event, ResponseFailed):
-                    self.log.warning("response %s %s: %s %s", event.response_id, event.status, event.reason, event.message)
-                    await self._on_dead_air(self.dead_air.response_failed(received, event.status, event.reason))
-                elif isinstance(event, ToolRoundsCapped):
-                    self.turn_stats.tool_round_caps += 1
-                    if event.stopped:
-                        await self._on_dead_air(self.dead_air.response_failed(received, "failed", "tool_loop"))
-                elif isinstance(event, OutputTranscriptDelta):
-                    self._said.setdefault(event.item_id, []).append(event.delta)
-                elif isinstance(event, FunctionCallDone):
-                    self.stats.tool_calls.append(event.name)
-                    self.dead_air.tool_started(received)
-                    self.log.info("tool call %s", event.name)
-                elif isinstance(event, InputTranscriptCompleted):
-                    self.stats.transcript.append(("caller", event.transcript))
-                    self.log.debug("caller said: %s", event.transcript)
-                elif isinstance(event, OutputTranscriptDone):
-                    self.stats.transcript.append(("agent", event.transcript))
-                    self.log.debug("agent said: %s", event.transcript)
-                elif isinstance(event, ErrorEvent):
-                    self.stats.provider_errors += 1
-                    self.log.warning("provider error %s: %s", event.code, event.message)
-                    if event.fatal:
-                        break
-                elif isinstance(event, Reconnected):
-                    self.stats.reconnects += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.log.exception("call event loop failed")
-        if self.phase is CallPhase.LIVE or self.phase is CallPhase.FINISHING:
-            reason = self.session.disconnect_reason if self.session else None
-            self.log.error("provider session ended mid-call: %s", reason)
-            self._fail_politely()
+    def _event_loop(self) -> Coroutine[Any, Any, None]:
+        return awaits._event_loop(self)
 
     def _on_audio(self, event: AudioDelta) -> None:
         phase = self.phase
@@ -616,15 +378,9 @@ class CallBridge:
 
     # -- barge-in --------------------------------------------------------------------------
 
-    async def _on_turns(self, decisions: list[TurnDecision]) -> None:
+    def _on_turns(self, decisions: list[TurnDecision]) -> Coroutine[Any, Any, None]:
         """Act on the turn detector's decisions (pause / resume / barge-in / the caller's turn)."""
-        for d in decisions:
-            if d.action is TurnAction.BARGE_IN:
-                await self._barge_in(d.at, d)
-            else:
-                self._on_turn(d)
-        if decisions:
-            self._timer_changed()  # a pause has a deadline; a caller turn that ended, an answer owed
+        return awaits._on_turns(self, decisions)
 
     def _on_turn(self, d: TurnDecision) -> None:
         """Every decision but a barge-in, which awaits the provider."""
@@ -651,17 +407,11 @@ class CallBridge:
             self._on_turn(d)
         self._timer_changed()  # the detector's deadline, hidden while it waited
 
-    async def _on_provider_speech(self, received: float) -> None:
+    def _on_provider_speech(self, received: float) -> Coroutine[Any, Any, None]:
         """The provider heard the caller: the detector confirms or rejects it; agent audio that
-        is queued but not yet playing is dropped at once, as before."""
-        self._caller_spoke()
-        decisions = self.turns.provider_speech(received)
-        if decisions:
-            await self._on_turns(decisions)
-        elif self.turns.state in (TurnState.LISTENING, TurnState.CALLER_TURN) and (
-            not self.playout.idle or self._out_item is not None
-        ):  # queued, not playing yet: nothing for the detector to hear over
-            await self._barge_in(received, TurnDecision(TurnAction.BARGE_IN, received, received, "provider"))
+        is queued but not yet playing is dropped at once, as before.
+        """
+        return awaits._on_provider_speech(self, received)
 
     def _caller_spoke(self) -> None:
         self.dead_air.caller_spoke()
@@ -694,48 +444,14 @@ class CallBridge:
         self.log.info("not an interruption (%s, %d ms voiced): agent resumes", d.reason, d.voiced_ms)
         self._pump(self.clock())
 
-    async def _barge_in(self, received: float, decision: TurnDecision | None = None) -> None:
-        item = self.playout.current_item or self._out_item
-        if item is None or self.phase is not CallPhase.LIVE:
-            return  # the agent is silent (or saying a final goodbye): nothing to interrupt
-        now = self.clock()
-        self._confirm_paced(now, pump=False)  # what the clock says has played by now counts as heard
-        played = self.playout.played_ms(item, now)
-        if self._out_item is not None:
-            self._interrupted_items.add(self._out_item)
-        self._interrupted_items.add(item)
-        self._drop_output()
-        self.stats.clear_latency_ms.append((self.clock() - received) * 1000)
-        self.stats.barge_ins += 1
-        self.stats.truncates.append((item, played))
-        source = decision.source if decision is not None else "provider"
-        self.turn_stats.count(self.turn_stats.barge_ins, source)
-        self.turns.agent_stopped(now)
-        self._caller_spoke()
-        self.log.info("barge-in (%s): caller heard %d ms of %s (leg round trip %s ms)", source, played, item,
-                      self.playout.leg_rtt_ms)
-        session = self.session
-        if session is not None:
-            prompt = item.startswith("prompt-")  # our own audio: the provider has nothing to truncate
-            await self._safe(session.interrupt(audio_end_ms=None if prompt else played))
-            if self._config.turn_detection.manual:
-                await self._safe(session.clear_audio())
-            if not prompt and session.text_joins_caller_turn:
-                await self._tell_what_was_heard(session, item, played)
+    def _barge_in(self, received: float, decision: TurnDecision | None = None) -> Coroutine[Any, Any, None]:
+        return awaits._barge_in(self, received, decision)
 
-    async def _tell_what_was_heard(self, session: RealtimeSession, item: str, played: int) -> None:
+    def _tell_what_was_heard(self, session: RealtimeSession, item: str, played: int) -> Coroutine[Any, Any, None]:
         """A model with no truncate (Gemini Live) remembers its whole answer; while the caller is
-        still speaking, a note joins their turn saying how much of it they heard."""
-        generated = self._generated_ms.get(item, 0.0)
-        if generated <= 0 or played >= generated - 100:
-            return
-        words = "".join(self._said.get(item, [])).split()
-        heard = " ".join(words[: int(len(words) * played / generated)])
-        if heard:
-            note = f'(The caller interrupted you. Of your last answer they heard only: "{heard}"; not the rest.)'
-        else:
-            note = "(The caller interrupted you before hearing any of your last answer.)"
-        await self._safe(session.send_text(note))
+        still speaking, a note joins their turn saying how much of it they heard.
+        """
+        return awaits._tell_what_was_heard(self, session, item, played)
 
     def _drop_output(self) -> None:
         """`clear` the phone leg and forget every bit of agent audio not yet heard."""
@@ -760,34 +476,9 @@ class CallBridge:
         self.dead_air.tools_finished(self.clock())
         self._timer_changed()
 
-    async def _on_dead_air(self, decisions: list[DeadAirDecision]) -> None:
+    def _on_dead_air(self, decisions: list[DeadAirDecision]) -> Coroutine[Any, Any, None]:
         """Recover from dead air: ask once more (a short filler covers the wait), then apologise."""
-        for d in decisions:
-            stats = self.turn_stats
-            if d.action is DeadAirAction.FILLER:
-                self.log.info("tool call running past %.1fs: filler", self.options.filler_after_seconds)
-                self._say_filler()
-                continue
-            stats.count(stats.response_problems, d.reason)
-            if d.action is DeadAirAction.APOLOGISE:
-                stats.apologies += 1
-                self.log.error("still no answer (%s) after a retry: apologising and ending the call", d.reason)
-                self._fail_politely()
-                continue
-            stats.retries += 1
-            self.log.warning("no answer from the provider (%s): asking again", d.reason)
-            if not self.playout.idle or self._out_item is not None:  # near-silent audio queued
-                for item in (self.playout.current_item, self._out_item):
-                    if item is not None:
-                        self._interrupted_items.add(item)
-                self._drop_output()
-            self._say_filler()
-            session = self.session
-            if session is not None and self.phase is CallPhase.LIVE:
-                await self._safe(session.interrupt())
-                await self._safe(session.create_response())
-        self.turn_stats.dead_air_seconds = self.dead_air.dead_air_seconds
-        self._timer_changed()
+        return awaits._on_dead_air(self, decisions)
 
     def _say_filler(self) -> None:
         """A short "one moment" while the caller waits, only over silence."""
@@ -820,23 +511,11 @@ class CallBridge:
         if action is not None:
             self._spawn(action())
 
-    async def hangup_after_playout(self, outcome: CallOutcome = CallOutcome.AGENT_HANGUP) -> None:
-        async def hang_up() -> None:
-            await self.end(outcome, hangup=True)
+    def hangup_after_playout(self, outcome: CallOutcome = CallOutcome.AGENT_HANGUP) -> Coroutine[Any, Any, None]:
+        return awaits.hangup_after_playout(self, outcome)
 
-        self.after_playout(hang_up)
-
-    async def transfer_after_playout(self, target: str) -> None:
-        async def transfer() -> None:
-            try:
-                await self.leg.transfer(target)
-            except Exception as exc:  # noqa: BLE001
-                self.log.error("transfer to %s failed: %s", target, exc)
-                await self.end(CallOutcome.PROVIDER_FAILED, hangup=True)
-                return
-            await self.end(CallOutcome.TRANSFERRED, hangup=False)
-
-        self.after_playout(transfer)
+    def transfer_after_playout(self, target: str) -> Coroutine[Any, Any, None]:
+        return awaits.transfer_after_playout(self, target)
 
     def _say_prompt(self, name: str, then: CallOutcome) -> None:
         """Play a pre-rendered prompt in the leg's law (no provider needed), then hang up."""
@@ -848,19 +527,15 @@ class CallBridge:
         self.playout.push(f"prompt-{name}", frames + ([last] if last else []))
         self.phase = CallPhase.PROMPTING
         self._idle_due = None
-
-        async def hang_up() -> None:
-            await self.end(then, hangup=True)
-
-        self.after_playout(hang_up)
+        self.after_playout(awaits.ending(self, then))
         self._pump(self.clock())
 
     def _fail_politely(self) -> None:
         self._say_prompt("apology", CallOutcome.PROVIDER_FAILED)
 
-    async def shutdown(self) -> None:
+    def shutdown(self) -> Coroutine[Any, Any, None]:
         """Server is draining past its deadline: end politely."""
-        self._say_prompt("shutdown", CallOutcome.SERVER_SHUTDOWN)
+        return awaits.shutdown(self)
 
     # -- deadlines (sans-I/O) --------------------------------------------------------------
 
@@ -948,10 +623,9 @@ class CallBridge:
 
     # -- teardown --------------------------------------------------------------------------
 
-    async def end(self, outcome: CallOutcome, *, hangup: bool) -> None:
+    def end(self, outcome: CallOutcome, *, hangup: bool) -> Coroutine[Any, Any, None]:
         """End the call once: the phone leg, then the provider session."""
-        if self._set_ended(outcome):
-            await self._close_down(hangup=hangup)
+        return awaits.end(self, outcome, hangup=hangup)
 
     def _set_ended(self, outcome: CallOutcome) -> bool:
         """The synchronous half of `end`: False if the call had already ended."""
@@ -967,36 +641,18 @@ class CallBridge:
         self.log.info("call ended: %s", outcome.value)
         return True
 
-    async def _close_down(self, *, hangup: bool, session_first: bool = False) -> None:
+    def _close_down(self, *, hangup: bool, session_first: bool = False) -> Coroutine[Any, Any, None]:
         """Normally the leg goes first (a tool's last result still reaches the session while the
         carrier hangs up); a dead leg may take its full bound to close, so the provider session,
-        which costs money, is closed before it."""
-        if session_first:
-            await self._teardown()
-        try:
-            await asyncio.wait_for(self.leg.hangup() if hangup else self.leg.close(), 10.0)
-        except Exception as exc:  # noqa: BLE001 - teardown must go on
-            self.log.warning("ending the phone leg failed: %s", exc)
-        if not session_first:
-            await self._teardown()
+        which costs money, is closed before it.
+        """
+        return awaits._close_down(self, hangup=hangup, session_first=session_first)
 
-    async def _teardown(self) -> None:
-        if self.runner is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.runner.aclose(), 3.0)
-        if self.session is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.session.close(), 3.0)
-        current = asyncio.current_task()
-        tasks = [t for t in (*self._tasks, self._event_task) if t is not None and t is not current]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=3.0)
+    def _teardown(self) -> Coroutine[Any, Any, None]:
+        return awaits._teardown(self)
 
-    async def wait_ended(self) -> CallOutcome | None:
-        await self._ended.wait()
-        return self.outcome
+    def wait_ended(self) -> Coroutine[Any, Any, CallOutcome | None]:
+        return awaits.wait_ended(self)
 
     @property
     def ended(self) -> bool:
@@ -1009,11 +665,22 @@ class CallBridge:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _safe(self, awaitable: Awaitable[object]) -> None:
-        try:
-            await awaitable
-        except RealtimeError as exc:
-            self.log.warning("provider call failed: %s", exc)
+    def _safe(self, awaitable: Awaitable[object]) -> Coroutine[Any, Any, None]:
+        return awaits._safe(self, awaitable)
+
+
+class TimedCall(Protocol):
+    """What `CallTimer` asks of a bridge."""
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def log(self) -> Logger: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
 
 
 class CallTimer:
@@ -1026,7 +693,7 @@ class CallTimer:
 
     __slots__ = ("_bridge", "_due", "_handle", "_loop")
 
-    def __init__(self, bridge: CallBridge) -> None:
+    def __init__(self, bridge: TimedCall) -> None:
         self._bridge = bridge
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
