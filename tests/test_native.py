@@ -116,7 +116,8 @@ def test_the_compiled_bridge_awaits_through_bridge_awaits() -> None:
     """`CallBridge` is compiled and defines no coroutine: each method that awaits returns the
     coroutine of a function of `bridge_awaits` (plain Python), called with the bridge and its own
     arguments. Every one it names must be a coroutine function there, and every coroutine
-    function there of a bridge must be reachable from the bridge."""
+    function there of a bridge must be reachable from the bridge (directly, or from one it
+    reaches)."""
     from telephony_agent.telephony import bridge_awaits
 
     tree = ast.parse(native.source_file("telephony_agent.telephony.bridge").read_text())
@@ -128,14 +129,26 @@ def test_the_compiled_bridge_awaits_through_bridge_awaits() -> None:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
         and isinstance(node.func.value, ast.Name) and node.func.value.id == "awaits"
     }
-    assert {"start", "_on_turns", "_barge_in", "_close_down", "ending"} <= forwarded
+    assert {"start", "_on_turns", "_on_dead_air", "_close_down", "ending"} <= forwarded
     for name in forwarded - {"ending"}:
         assert inspect.iscoroutinefunction(getattr(bridge_awaits, name)), name
     bridge_coroutines = {
         name for name, fn in vars(bridge_awaits).items()
         if inspect.iscoroutinefunction(fn) and next(iter(inspect.signature(fn).parameters), None) == "bridge"
     }
-    assert bridge_coroutines == forwarded - {"ending"}
+    awaits_tree = ast.parse(native.source_file("telephony_agent.telephony.bridge_awaits").read_text())
+    calls = {
+        fn.name: {n.func.id for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        for fn in awaits_tree.body if isinstance(fn, ast.AsyncFunctionDef | ast.FunctionDef)
+    }
+    reached, todo = set(), list(forwarded)
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo += calls.get(name, set())
+    assert forwarded - {"ending"} <= bridge_coroutines <= reached
+    assert {"_barge_in", "_event_loop", "_teardown"} <= reached - forwarded  # called only from bridge_awaits
     assert "telephony_agent.telephony.bridge" in native.MODULES
     assert "telephony_agent.telephony.bridge_awaits" not in native.MODULES
 

@@ -297,9 +297,6 @@ class CallBridge:
 
     # -- provider events -------------------------------------------------------------------
 
-    def _event_loop(self) -> Coroutine[Any, Any, None]:
-        return awaits._event_loop(self)
-
     def _on_audio(self, event: AudioDelta) -> None:
         phase = self.phase
         if event.item_id in self._interrupted_items or phase is CallPhase.PROMPTING or phase is CallPhase.ENDED:
@@ -407,12 +404,6 @@ class CallBridge:
             self._on_turn(d)
         self._timer_changed()  # the detector's deadline, hidden while it waited
 
-    def _on_provider_speech(self, received: float) -> Coroutine[Any, Any, None]:
-        """The provider heard the caller: the detector confirms or rejects it; agent audio that
-        is queued but not yet playing is dropped at once, as before.
-        """
-        return awaits._on_provider_speech(self, received)
-
     def _caller_spoke(self) -> None:
         self.dead_air.caller_spoke()
         if self.runner is not None:
@@ -443,15 +434,6 @@ class CallBridge:
         self.turn_stats.false_interruptions += 1
         self.log.info("not an interruption (%s, %d ms voiced): agent resumes", d.reason, d.voiced_ms)
         self._pump(self.clock())
-
-    def _barge_in(self, received: float, decision: TurnDecision | None = None) -> Coroutine[Any, Any, None]:
-        return awaits._barge_in(self, received, decision)
-
-    def _tell_what_was_heard(self, session: RealtimeSession, item: str, played: int) -> Coroutine[Any, Any, None]:
-        """A model with no truncate (Gemini Live) remembers its whole answer; while the caller is
-        still speaking, a note joins their turn saying how much of it they heard.
-        """
-        return awaits._tell_what_was_heard(self, session, item, played)
 
     def _drop_output(self) -> None:
         """`clear` the phone leg and forget every bit of agent audio not yet heard."""
@@ -648,9 +630,6 @@ class CallBridge:
         """
         return awaits._close_down(self, hangup=hangup, session_first=session_first)
 
-    def _teardown(self) -> Coroutine[Any, Any, None]:
-        return awaits._teardown(self)
-
     def wait_ended(self) -> Coroutine[Any, Any, CallOutcome | None]:
         return awaits.wait_ended(self)
 
@@ -664,9 +643,6 @@ class CallBridge:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _safe(self, awaitable: Awaitable[object]) -> Coroutine[Any, Any, None]:
-        return awaits._safe(self, awaitable)
 
 
 class TimedCall(Protocol):

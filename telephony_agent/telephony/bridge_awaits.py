@@ -3,7 +3,8 @@ leg, its own teardown), each a function of the bridge.
 
 `bridge.py` is compiled with mypyc and defines no coroutine (a compiled one passes a cancellation
 on with the `throw()` signature Python 3.12 deprecates, mypyc/mypyc#1214): each of its methods
-that awaits returns one of these. None of them runs per frame except on a frame that decided
+that awaits returns the one of its name (the method's docstring says what it does). The rest
+(the event loop, barge-in, teardown, `_safe`) are called only from here. None of them runs per frame except on a frame that decided
 something (a pause, a barge-in) or that a session could not take at once.
 """
 
@@ -89,7 +90,6 @@ def ending(bridge: CallBridge, outcome: CallOutcome) -> Callable[[], Awaitable[N
 
 
 async def start(bridge: CallBridge) -> None:
-    """Open the provider session and start handling its events. A failure is spoken to the caller."""
     if bridge._timer is not None:
         bridge._timer.attach()
     bridge._max_due = bridge._started_at + bridge.options.max_call_seconds
@@ -137,17 +137,16 @@ async def start(bridge: CallBridge) -> None:
     early, bridge._early_audio, bridge._early_bytes = bridge._early_audio, [], 0
     if early:
         await bridge._send_chunk(session, bridge._inbound_chunk(b"".join(early)))
-    bridge._event_task = asyncio.create_task(bridge._event_loop(), name=f"call-events-{bridge.call_id}")
+    bridge._event_task = asyncio.create_task(_event_loop(bridge), name=f"call-events-{bridge.call_id}")
     if bridge.options.greeting or bridge.options.speak_first:
-        await bridge._safe(session.create_response())
+        await _safe(bridge, session.create_response())
     digits, bridge._early_digits = bridge._early_digits, []
     if digits:  # after the greeting's request, where a key pressed just after connecting would be
-        await bridge._safe(session.send_text(_pressed(digits)))
+        await _safe(bridge, session.send_text(_pressed(digits)))
     bridge._arm_idle_timer()
 
 
 async def on_caller_audio(bridge: CallBridge, payload: bytes) -> None:
-    """Caller audio in the leg's format."""
     rest = bridge.caller_audio_now(payload)
     if rest is not None:
         await rest
@@ -187,11 +186,10 @@ async def on_dtmf(bridge: CallBridge, digit: str) -> None:
                 bridge.log.warning("%d keys pressed while the provider connects: later ones are not sent",
                                  EARLY_DIGITS)
     elif bridge.session is not None and bridge.phase in (CallPhase.LIVE, CallPhase.FINISHING):
-        await bridge._safe(bridge.session.send_text(_pressed([digit])))
+        await _safe(bridge, bridge.session.send_text(_pressed([digit])))
 
 
 async def on_hangup(bridge: CallBridge) -> None:
-    """The caller hung up (or the leg ended the media stream)."""
     await bridge.end(CallOutcome.CALLER_HANGUP, hangup=False)
 
 
@@ -206,7 +204,7 @@ async def _event_loop(bridge: CallBridge) -> None:
                     await bridge._on_dead_air(bridge.dead_air.agent_audio(bridge._pcm_of(event.data, event.format), received))
             elif isinstance(event, (SpeechStarted, Interrupted)):
                 bridge._cancel_idle_timer()
-                await bridge._on_provider_speech(received)
+                await _on_provider_speech(bridge, received)
             elif isinstance(event, SpeechStopped):
                 bridge.dead_air.caller_turn_ended(received)
                 bridge._arm_idle_timer()
@@ -254,10 +252,9 @@ async def _event_loop(bridge: CallBridge) -> None:
 
 
 async def _on_turns(bridge: CallBridge, decisions: list[TurnDecision]) -> None:
-    """Act on the turn detector's decisions (pause / resume / barge-in / the caller's turn)."""
     for d in decisions:
         if d.action is TurnAction.BARGE_IN:
-            await bridge._barge_in(d.at, d)
+            await _barge_in(bridge, d.at, d)
         else:
             bridge._on_turn(d)
     if decisions:
@@ -274,7 +271,7 @@ async def _on_provider_speech(bridge: CallBridge, received: float) -> None:
     elif bridge.turns.state in (TurnState.LISTENING, TurnState.CALLER_TURN) and (
         not bridge.playout.idle or bridge._out_item is not None
     ):  # queued, not playing yet: nothing for the detector to hear over
-        await bridge._barge_in(received, TurnDecision(TurnAction.BARGE_IN, received, received, "provider"))
+        await _barge_in(bridge, received, TurnDecision(TurnAction.BARGE_IN, received, received, "provider"))
 
 
 async def _barge_in(bridge: CallBridge, received: float, decision: TurnDecision | None = None) -> None:
@@ -300,11 +297,11 @@ async def _barge_in(bridge: CallBridge, received: float, decision: TurnDecision 
     session = bridge.session
     if session is not None:
         prompt = item.startswith("prompt-")  # our own audio: the provider has nothing to truncate
-        await bridge._safe(session.interrupt(audio_end_ms=None if prompt else played))
+        await _safe(bridge, session.interrupt(audio_end_ms=None if prompt else played))
         if bridge._config.turn_detection.manual:
-            await bridge._safe(session.clear_audio())
+            await _safe(bridge, session.clear_audio())
         if not prompt and session.text_joins_caller_turn:
-            await bridge._tell_what_was_heard(session, item, played)
+            await _tell_what_was_heard(bridge, session, item, played)
 
 
 async def _tell_what_was_heard(bridge: CallBridge, session: RealtimeSession, item: str, played: int) -> None:
@@ -319,11 +316,10 @@ async def _tell_what_was_heard(bridge: CallBridge, session: RealtimeSession, ite
         note = f'(The caller interrupted you. Of your last answer they heard only: "{heard}"; not the rest.)'
     else:
         note = "(The caller interrupted you before hearing any of your last answer.)"
-    await bridge._safe(session.send_text(note))
+    await _safe(bridge, session.send_text(note))
 
 
 async def _on_dead_air(bridge: CallBridge, decisions: list[DeadAirDecision]) -> None:
-    """Recover from dead air: ask once more (a short filler covers the wait), then apologise."""
     for d in decisions:
         stats = bridge.turn_stats
         if d.action is DeadAirAction.FILLER:
@@ -346,8 +342,8 @@ async def _on_dead_air(bridge: CallBridge, decisions: list[DeadAirDecision]) -> 
         bridge._say_filler()
         session = bridge.session
         if session is not None and bridge.phase is CallPhase.LIVE:
-            await bridge._safe(session.interrupt())
-            await bridge._safe(session.create_response())
+            await _safe(bridge, session.interrupt())
+            await _safe(bridge, session.create_response())
     bridge.turn_stats.dead_air_seconds = bridge.dead_air.dead_air_seconds
     bridge._timer_changed()
 
@@ -373,28 +369,23 @@ async def transfer_after_playout(bridge: CallBridge, target: str) -> None:
 
 
 async def shutdown(bridge: CallBridge) -> None:
-    """Server is draining past its deadline: end politely."""
     bridge._say_prompt("shutdown", CallOutcome.SERVER_SHUTDOWN)
 
 
 async def end(bridge: CallBridge, outcome: CallOutcome, *, hangup: bool) -> None:
-    """End the call once: the phone leg, then the provider session."""
     if bridge._set_ended(outcome):
         await bridge._close_down(hangup=hangup)
 
 
 async def _close_down(bridge: CallBridge, *, hangup: bool, session_first: bool = False) -> None:
-    """Normally the leg goes first (a tool's last result still reaches the session while the
-    carrier hangs up); a dead leg may take its full bound to close, so the provider session,
-    which costs money, is closed before it."""
     if session_first:
-        await bridge._teardown()
+        await _teardown(bridge)
     try:
         await asyncio.wait_for(bridge.leg.hangup() if hangup else bridge.leg.close(), 10.0)
     except Exception as exc:  # noqa: BLE001 - teardown must go on
         bridge.log.warning("ending the phone leg failed: %s", exc)
     if not session_first:
-        await bridge._teardown()
+        await _teardown(bridge)
 
 
 async def _teardown(bridge: CallBridge) -> None:
