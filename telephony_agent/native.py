@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # Typed, synchronous, never monkeypatched or subclassed outside; each is on the per-frame path (the
 # recording modules on a recorded call's: every frame of both legs goes through them).
 MODULES: tuple[str, ...] = (
-    "telephony_agent.telephony.bridge",
+    "telephony_agent.telephony.call_core",
     "telephony_agent.telephony.bridge_types",
     "telephony_agent.telephony.turns",
     "telephony_agent.telephony.speech_scorers",

@@ -692,12 +692,12 @@ async def test_a_tool_call_that_arrives_after_the_call_ended_is_not_run() -> Non
     call.bridge.tools.register(lookup_order)
     # The caller has hung up (the call is marked ended, its teardown not yet done) when the
     # model's function call comes in.
-    assert call.bridge._set_ended(CallOutcome.CALLER_HANGUP)
+    assert call.bridge.core.set_ended(CallOutcome.CALLER_HANGUP)
     call.session.push(FunctionCallDone("call-9", "lookup_order", "{}"), ResponseDone("resp-9"))
     await call.run(0.5)
     assert ran == [] and call.session.tool_outputs == []
     assert call.bridge.runner is not None and call.bridge.runner.dropped_after_close == 1
-    await call.bridge._close_down(hangup=False)
+    await call.bridge.close_down(hangup=False)
 
 
 # -- the caller-speech detector's batched scores ----------------------------------------------------

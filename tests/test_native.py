@@ -96,15 +96,15 @@ def test_a_change_to_a_module_the_compiled_ones_import_makes_the_build_stale() -
     assert set(native.MODULES) <= set(deps)
     assert "telephony_agent.telephony.silero" in deps  # `from .silero import ...` in speech_scorers
     assert "telephony_codecs.resample" in deps  # through the `telephony_codecs` package
-    assert "telephony_agent.telephony.bridge_awaits" in deps  # plain, but the compiled bridge calls it
     assert "telephony_agent.telephony.calls" not in deps  # nothing compiled imports it
+    assert "telephony_agent.telephony.bridge" not in deps  # the core's shell: the core only names its protocol
 
 
 def test_no_compiled_module_defines_a_coroutine() -> None:
     """mypyc hands a cancellation on to what a compiled coroutine awaits with the three-argument
     `throw()`, deprecated since Python 3.12 (mypyc/mypyc#1214): the compiled modules stay
-    synchronous, and their waits live in plain modules (`websocket_drain`,
-    the bridge's coroutines in `bridge_awaits`)."""
+    synchronous, and their waits live in plain modules (`websocket_drain`, the call core's in
+    its shell, `bridge`)."""
     found = []
     for name in native.MODULES:
         tree = ast.parse(native.source_file(name).read_text())
@@ -112,45 +112,33 @@ def test_no_compiled_module_defines_a_coroutine() -> None:
     assert found == []
 
 
-def test_the_compiled_bridge_awaits_through_bridge_awaits() -> None:
-    """`CallBridge` is compiled and defines no coroutine: each method that awaits returns the
-    coroutine of a function of `bridge_awaits` (plain Python), called with the bridge and its own
-    arguments. Every one it names must be a coroutine function there, and every coroutine
-    function there of a bridge must be reachable from the bridge (directly, or from one it
-    reaches)."""
-    from telephony_agent.telephony import bridge_awaits
+def test_the_compiled_call_core_awaits_only_through_its_shell() -> None:
+    """`CallCore` is compiled and defines no coroutine: what awaits it asks of `CallShell`, which
+    `CallBridge` (plain) implements with coroutine functions. Every shell member the core calls
+    must be in the protocol, each member returning a coroutine must be a coroutine function of the
+    bridge, and the core must not import the bridge (the two would be an import cycle)."""
+    from telephony_agent.telephony.bridge import CallBridge
+    from telephony_agent.telephony.call_core import CallShell
 
-    tree = ast.parse(native.source_file("telephony_agent.telephony.bridge").read_text())
-    bridge = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CallBridge")
-    forwarded = {
+    tree = ast.parse(native.source_file("telephony_agent.telephony.call_core").read_text())
+    asked = {
         node.func.attr
-        for method in bridge.body if isinstance(method, ast.FunctionDef)
-        for node in ast.walk(method)
+        for node in ast.walk(tree)
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-        and isinstance(node.func.value, ast.Name) and node.func.value.id == "awaits"
+        and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "_shell"
     }
-    assert {"start", "_on_turns", "_on_dead_air", "_close_down", "ending"} <= forwarded
-    for name in forwarded - {"ending"}:
-        assert inspect.iscoroutinefunction(getattr(bridge_awaits, name)), name
-    bridge_coroutines = {
-        name for name, fn in vars(bridge_awaits).items()
-        if inspect.iscoroutinefunction(fn) and next(iter(inspect.signature(fn).parameters), None) == "bridge"
-    }
-    awaits_tree = ast.parse(native.source_file("telephony_agent.telephony.bridge_awaits").read_text())
-    calls = {
-        fn.name: {n.func.id for n in ast.walk(fn) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
-        for fn in awaits_tree.body if isinstance(fn, ast.AsyncFunctionDef | ast.FunctionDef)
-    }
-    reached, todo = set(), list(forwarded)
-    while todo:
-        name = todo.pop()
-        if name not in reached:
-            reached.add(name)
-            todo += calls.get(name, set())
-    assert forwarded - {"ending"} <= bridge_coroutines <= reached
-    assert {"_barge_in", "_event_loop", "_teardown"} <= reached - forwarded  # called only from bridge_awaits
-    assert "telephony_agent.telephony.bridge" in native.MODULES
-    assert "telephony_agent.telephony.bridge_awaits" not in native.MODULES
+    protocol = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CallShell")
+    members = {f.name: f for f in protocol.body if isinstance(f, ast.FunctionDef)}
+    assert {"spawn", "send_chunk", "decided_then_send", "on_turns", "on_dead_air", "close_down"} <= asked
+    assert asked <= set(members) == {m for m in dir(CallShell) if not m.startswith("_")}
+    coroutines = {name for name, f in members.items() if f.returns is not None and "Coroutine" in ast.unparse(f.returns)}
+    assert coroutines == {"send_chunk", "decided_then_send", "on_turns", "on_dead_air", "close_down"}
+    for name in coroutines:
+        assert inspect.iscoroutinefunction(getattr(CallBridge, name)), name
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "telephony_agent.telephony.bridge" not in imported
+    assert "telephony_agent.telephony.call_core" in native.MODULES
+    assert "telephony_agent.telephony.bridge" not in native.MODULES
 
 
 def test_native_off_runs_the_source(monkeypatch: pytest.MonkeyPatch) -> None:

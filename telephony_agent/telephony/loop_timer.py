@@ -1,5 +1,6 @@
 """`LoopTimer`: the asyncio shell of a sans-I/O deadline (`get_timer()` / `handle_timer(now)`);
-`SharedTimer`: the same for an object every call on a loop shares.
+`SharedTimer`: the same for an object every call on a loop shares; `CallTimer`: the one a call
+(`call_core.CallCore`) arms, re-armed only when its deadline moves earlier.
 
 Why a class for something as small as `loop.call_at`: the time handed to `handle_timer` must not
 be earlier than the deadline the timer was armed for. uvloop's clock (libuv's) moves in whole
@@ -13,10 +14,11 @@ about a thousand wake-ups per deadline. With a pacing deadline every 100 ms per 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["LoopTimer", "SharedTimer", "Timed", "fired_at"]
+__all__ = ["CallTimer", "LoopTimer", "SharedTimer", "TimedCall", "Timed", "fired_at"]
 
 
 def fired_at(now: float, due: float | None) -> float:
@@ -97,3 +99,71 @@ class SharedTimer:
             self._armed = None
         self._target.handle_timer(fired_at(asyncio.get_running_loop().time(), due))
         self.changed()
+
+
+class TimedCall(Protocol):
+    """What `CallTimer` asks of a bridge."""
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def log(self) -> logging.Logger | logging.LoggerAdapter[logging.Logger]: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+
+class CallTimer:
+    """The asyncio shell's one event-loop timer for a bridge: due at `bridge.get_timer()`.
+
+    The bridge calls `update()` whenever a deadline may have moved. A later deadline leaves the
+    armed timer alone (it fires, finds nothing due, and re-arms), so the per-frame path never
+    cancels and re-creates timers; only an earlier one re-arms.
+    """
+
+    __slots__ = ("_bridge", "_due", "_handle", "_loop")
+
+    def __init__(self, bridge: TimedCall) -> None:
+        self._bridge = bridge
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def attach(self) -> None:
+        """Arm timers on the running event loop from now on."""
+        self._loop = asyncio.get_running_loop()
+
+    def update(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        due = self._bridge.get_timer()
+        if due is None:
+            self.cancel()
+            return
+        handle = self._handle
+        if handle is not None:
+            if self._due <= due:
+                return
+            handle.cancel()
+        self._due = due
+        self._handle = loop.call_later(max(0.0, due - self._bridge.clock()), self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        bridge = self._bridge
+        try:
+            # never before the deadline it was armed for (uvloop fires up to 1 ms early by its
+            # own clock, and acting on nothing would re-arm and spin: loop_timer.py)
+            bridge.handle_timer(fired_at(bridge.clock(), self._due))  # re-arms through `update`
+        except Exception:
+            bridge.log.exception("call timer failed")
+        if self._handle is None:
+            self.update()
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
