@@ -6,9 +6,9 @@ SIP calls the RTP path. These are fully typed, so mypyc (part of mypy) compiles 
 into C extensions that run the same code with far less interpreter overhead (the load
 benchmark's server: about 15 % less CPU per Twilio call, 12 % per SIP call; `AGENT_NATIVE=off`
 against the default measures it). Since frames are handled where the socket reads them
-(`websocket_read`), the bridge's per-frame paths are synchronous, so the bridge
-(`bridge.CallBridge`) is compiled too (11 % fewer instructions per call-second in the server);
-its coroutines stay Python (`bridge_awaits`), as no compiled module defines one
+(`websocket_read`), the bridge's per-frame paths are synchronous, so its synchronous half
+(`call_core.CallCore`) is compiled too (11 % fewer instructions per call-second in the server);
+its asyncio shell (`bridge.CallBridge`) stays Python, as no compiled module defines a coroutine
 (`tests/test_native.py`). The sockets and the provider sessions gained nothing compiled and stay
 Python. `C_MODULES` are the few whose
 work is numpy calls on a few hundred samples, where numpy's fixed cost per call is most of it:

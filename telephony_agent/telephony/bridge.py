@@ -157,6 +157,7 @@ class CallBridge:
         self.get_timer, self.handle_timer = core.get_timer, core.handle_timer
         self.after_playout = core.after_playout
         register_call_tools(self.tools, self, self.options.transfer_allowlist, self.log)
+        self.ended = False  # set by the core's `on_ended`: legs read it on every frame
         self._early_digits: list[str] = []
         self._ended = asyncio.Event()
         self._tasks: set[asyncio.Task[object]] = set()
@@ -177,10 +178,6 @@ class CallBridge:
     @property
     def outcome(self) -> CallOutcome | None:
         return self.core.outcome
-
-    @property
-    def ended(self) -> bool:
-        return self.core.phase is CallPhase.ENDED
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -288,6 +285,7 @@ class CallBridge:
         return hang_up
 
     def on_ended(self) -> None:
+        self.ended = True
         self._ended.set()
 
     # -- provider events -------------------------------------------------------------------

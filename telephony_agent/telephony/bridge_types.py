@@ -1,5 +1,5 @@
-"""What the bridge's two halves share (`bridge.CallBridge`, compiled, and `bridge_awaits`, its
-coroutines): the call's options, phases, outcomes and counters, and the limits on what a caller
+"""What the bridge's two halves share (`call_core.CallCore`, compiled, and `bridge.CallBridge`,
+its asyncio shell): the call's options, phases, outcomes and counters, and the limits on what a caller
 may send.
 """
 
