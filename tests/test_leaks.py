@@ -20,6 +20,7 @@ from peers.fake_openai import FakeOpenAIServer
 
 from telephony_agent.realtime.providers.openai import OpenAIRealtimeModel
 from telephony_agent.telephony.bridge import CallBridge, CallTimer
+from telephony_agent.telephony.call_core import CallCore
 from telephony_agent.telephony.pacing import PacingClock
 from telephony_agent.telephony.playout import Playout
 from telephony_agent.telephony.twilio.media_socket import TwilioMediaSocket
@@ -43,7 +44,7 @@ def _clear_url_caches() -> None:
                     clear()
 
 
-KINDS = (CallBridge, CallTimer, Playout, PacingClock, TwilioMediaSocket, aiohttp.ClientWebSocketResponse)
+KINDS = (CallBridge, CallCore, CallTimer, Playout, PacingClock, TwilioMediaSocket, aiohttp.ClientWebSocketResponse)
 
 
 def _alive() -> dict[int, object]:
