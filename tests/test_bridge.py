@@ -26,6 +26,7 @@ from telephony_agent.realtime import (
     PCMU_8K,
     AudioDelta,
     AudioDone,
+    AudioEncoding,
     AudioFormat,
     FunctionCallDone,
     RealtimeConfig,
@@ -561,6 +562,22 @@ async def test_a_law_leg_hears_the_apology_in_a_law_when_the_provider_is_down() 
     # The same words as the shipped mu-law prompt.
     assert snr_db(ulaw_to_pcm16(prompt_audio("apology", AudioLaw.PCMU)), alaw_to_pcm16(prompt)) > 25
     assert call.leg.hangups
+
+
+async def test_a_session_taking_no_audio_the_leg_can_give_is_closed_and_the_caller_hears_the_apology() -> None:
+    """A provider that opens with an input format no transcoder reaches from the leg (G.711 at
+    16 kHz here): the call does not go live, the caller hears the apology, the session is
+    closed at teardown, and no caller audio reached it."""
+    odd = AudioFormat(AudioEncoding.G711_ULAW, 16000)
+    call = await make_call(model=ScriptedModel((odd,), (PCM16_24K,)))
+    await call.run(8.0)
+    assert call.bridge.outcome is CallOutcome.PROVIDER_FAILED
+    assert call.bridge.runner is None
+    prompt = prompt_audio("apology", AudioLaw.PCMU)
+    assert bytes(call.leg.heard[: len(prompt)]) == prompt
+    assert call.leg.hangups
+    session = call.model.sessions[0]
+    assert session.closed and not session.audio
 
 
 async def test_30ms_packets() -> None:

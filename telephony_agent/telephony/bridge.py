@@ -198,6 +198,20 @@ class CallBridge:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(session.close(), 3.0)
             return
+        try:
+            early = core.go_live(session)
+        except RealtimeError as exc:  # the session is the core's now: teardown closes it
+            self.log.error("%s", exc)
+            core.fail_politely()
+            return
+        core.runner = RealtimeRunner(
+            session,
+            self.tools,
+            tool_timeout=self.options.tool_timeout_seconds,
+            max_tool_rounds=self.options.max_tool_rounds,
+            on_tools_done=core.tools_done,
+            logger=self.log,
+        )
         if self.options.vad != "off":
             # A few ms of model loading, once the provider is there (never for a refused or failed
             # call), in line: a thread would make a replayed call's timing depend on the machine.
@@ -206,21 +220,6 @@ class CallBridge:
                 batch = _SILERO_BATCHES.get(asyncio.get_running_loop())
                 batch.max_wait_s = self.options.vad_batch_ms / 1000  # one process's calls share the setting
             core.score_with(make_scorer(self.options.vad, self.format.sample_rate, batch))
-        runner = RealtimeRunner(
-            session,
-            self.tools,
-            tool_timeout=self.options.tool_timeout_seconds,
-            max_tool_rounds=self.options.max_tool_rounds,
-            on_tools_done=core.tools_done,
-            logger=self.log,
-        )
-        try:
-            early = core.go_live(session, runner)
-        except RealtimeError as exc:
-            self.log.error("%s", exc)
-            core.session = session  # closed at teardown
-            core.fail_politely()
-            return
         if early is not None:
             await self.send_chunk(session, early)
         self._event_task = asyncio.create_task(self._event_loop(), name=f"call-events-{self.call_id}")

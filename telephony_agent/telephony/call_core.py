@@ -157,7 +157,7 @@ class CallCore:
                 agent_ahead_ms=options.playout_lead_ms + 1000,  # the lead, and arrival jitter
             ),
             self.format.sample_rate,
-            load=False,  # go_live() attaches the scorer once the provider session is open
+            load=False,  # the shell attaches the scorer (score_with) once the provider session is open
         )
         self.dead_air = DeadAirGuard(options.response_timeout_seconds, options.filler_after_seconds)
         self.turn_stats = TurnStats()
@@ -220,13 +220,14 @@ class CallCore:
                 changes["output_format"] = self._leg_audio
         return config.with_changes(**changes)
 
-    def go_live(self, session: RealtimeSession, runner: RealtimeRunner) -> AudioChunk | None:
-        """The provider session is open and its events are about to run: caller and agent talk
-        from now on. Returns the caller's audio held while it opened, as one chunk, or None.
-        Raises RealtimeError (nothing changed) if the session takes no audio the leg can give."""
+    def go_live(self, session: RealtimeSession) -> AudioChunk | None:
+        """The provider session is open: caller and agent talk from now on (the shell gives the
+        `runner` that drives its events before it yields). Returns the caller's audio held while
+        it opened, as one chunk, or None. Raises RealtimeError if the session takes no audio the
+        leg can give; the call stays connecting and keeps the session, so teardown closes it."""
+        self.session = session
         inbound = self._inbound_transcoder(session.input_format)
         self._inbound, self._input_format = inbound, session.input_format
-        self.session, self.runner = session, runner
         self.phase = CallPhase.LIVE
         early, self._early_audio, self._early_bytes = self._early_audio, [], 0
         return self.inbound_chunk(b"".join(early)) if early else None
@@ -315,9 +316,9 @@ class CallCore:
 
     # -- provider events -------------------------------------------------------------------
 
-    def on_audio(self, event: AudioDelta, received: float) -> list[DeadAirDecision]:
+    def on_audio(self, event: AudioDelta, received: float) -> list[DeadAirDecision] | None:
         """Agent audio from the provider, into the playout queue; what the dead-air guard
-        decides from it (a near-silent answer), usually nothing."""
+        decides from it (a near-silent answer), usually None (no list made per delta)."""
         phase = self.phase
         if event.item_id in self._interrupted_items or phase is CallPhase.PROMPTING or phase is CallPhase.ENDED:
             return self._heard_audio(event, received)
@@ -333,9 +334,9 @@ class CallCore:
         self._play(event.item_id, self._to_leg(event.data, fmt))
         return self._heard_audio(event, received)
 
-    def _heard_audio(self, event: AudioDelta, received: float) -> list[DeadAirDecision]:
+    def _heard_audio(self, event: AudioDelta, received: float) -> list[DeadAirDecision] | None:
         if not self.dead_air.needs_audio:
-            return []
+            return None
         data, fmt = event.data, event.format
         if fmt.encoding is not AudioEncoding.PCM16:
             data = ulaw_to_pcm16(data) if fmt.encoding is AudioEncoding.G711_ULAW else alaw_to_pcm16(data)
