@@ -160,8 +160,10 @@ class CallTimer:
             bridge.handle_timer(fired_at(bridge.clock(), self._due))  # re-arms through `update`
         except Exception:
             bridge.log.exception("call timer failed")
-        if self._handle is None:
-            self.update()
+        # Arms it if handle_timer did not (and is a no-op if it did). Not `if self._handle is
+        # None`: mypy keeps the attribute narrowed to None across the call above, so mypyc
+        # compiles that read as a cast to None, which raises once handle_timer has re-armed.
+        self.update()
 
     def cancel(self) -> None:
         if self._handle is not None:
