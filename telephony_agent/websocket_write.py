@@ -5,10 +5,9 @@ aiohttp's `send_str` is a coroutine because it may wait for the socket to drain.
 send 50 small messages a second per call (caller audio to the provider, agent audio to the
 phone) went through a writer task for that, and the hop to it (a queue, a wake-up, a task step)
 cost as much as the write. aiohttp builds and writes a frame synchronously
-(`_write_websocket_frame`); `send_str` only adds the wait for drain. `write_now` builds the
-frames itself, a server's unmasked and a client's masked (RFC 6455 5.3), and writes all of a
-pass's frames to one socket at once (a media message and its mark: one syscall, not two):
-aiohttp's frame method, in Python, was a tenth of the server's profile at 300 calls. So
+(`_write_websocket_frame`, masking included on the client side); `send_str` only adds the wait
+for drain. A server's frames need no mask, so `write_now` builds them itself and writes all of a
+pass's frames to one socket at once (a media message and its mark: one syscall, not two). So
 while the socket takes data, `write_now` writes at once; past `WRITE_NOW_LIMIT`
 unsent bytes, or if that aiohttp method is missing, the caller queues for its writer task, which
 waits for drain as before. `WriteBatch` gathers the writes of a pass into one callback, and
@@ -21,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -52,9 +50,9 @@ def write_now(ws: aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketRespons
         or transport.get_write_buffer_size() > WRITE_NOW_LIMIT
     ):
         return False
-    if getattr(writer, "use_mask", True):  # a client's: each frame masked with a key of its own
-        keys = _MASK_KEYS
-        transport.write(b"".join([masked_text_frame(text, keys.take()) for text in texts]))
+    if getattr(writer, "use_mask", True):  # a client's frames: aiohttp masks each
+        for text in texts:
+            write(text.encode(), aiohttp.WSMsgType.TEXT, 0)
     else:  # a server's: every frame of the pass in one write, one syscall (media and its mark)
         transport.write(b"".join(map(text_frame, texts)))
     return True
@@ -72,53 +70,6 @@ def text_frame(text: str) -> bytes:
     return _LEN3(0x81, 127, n) + payload
 
 
-def masked_text_frame(text: str, key: bytes) -> bytes:
-    """A client's final text frame: the payload XORed with the 4-byte `key`, which follows the
-    length (RFC 6455 5.3). What aiohttp writes for `send_str`, with our key for its random one."""
-    payload = bytearray(text.encode())
-    n = len(payload)
-    _mask(key, payload)
-    if n < 126:
-        return _LEN1(0x81, 0x80 | n) + key + payload
-    if n < 65536:
-        return _LEN2(0x81, 0xFE, n) + key + payload
-    return _LEN3(0x81, 0xFF, n) + key + payload
-
-
-def _mask_bytes(key: bytes, data: bytearray) -> None:
-    """XOR `data` in place with `key` repeated, as one big-integer operation."""
-    n = len(data)
-    if n:
-        pad = (key * ((n >> 2) + 1))[:n]
-        data[:] = (int.from_bytes(data, "little") ^ int.from_bytes(pad, "little")).to_bytes(n, "little")
-
-
-try:  # aiohttp's masking, in C where built: 4x the big integer's at a media frame's size
-    from aiohttp._websocket.helpers import websocket_mask as _aiohttp_mask
-
-    _mask: Callable[[bytes, bytearray], None] = _aiohttp_mask
-except ImportError:  # a private module (aiohttp 3.11 on): gone, ours does the same
-    _mask = _mask_bytes
-
-
-class MaskKeys:
-    """Masking keys from the OS's random source (RFC 6455 10.3: keys a page cannot predict),
-    drawn a page at a time, since a read of 4 bytes per frame cost twice the masking."""
-
-    def __init__(self, page: int = 4096) -> None:
-        self._page = page
-        self._pool = b""
-        self._at = 0
-
-    def take(self) -> bytes:
-        at = self._at
-        if at + 4 > len(self._pool):
-            self._pool, at = os.urandom(self._page), 0
-        self._at = at + 4
-        return self._pool[at : at + 4]
-
-
-_MASK_KEYS = MaskKeys()
 _LEN1 = struct.Struct("!BB").pack
 _LEN2 = struct.Struct("!BBH").pack
 _LEN3 = struct.Struct("!BBQ").pack

@@ -1,12 +1,9 @@
-"""A socket's frames of one pass go out in one write, byte for byte what aiohttp would have
-written frame by frame (a server's unmasked, a client's masked), and a real peer reads them in
-order."""
+"""A server socket's frames of one pass go out in one write, byte for byte what aiohttp would
+have written frame by frame, and a real client reads them in order."""
 
 from __future__ import annotations
 
 import asyncio
-import random
-import struct
 import warnings
 
 import aiohttp
@@ -15,7 +12,7 @@ from aiohttp import web
 from aiohttp._websocket.writer import WebSocketWriter
 from loopback_app import serving
 
-from telephony_agent.websocket_write import FrameWriter, MaskKeys, _mask_bytes, masked_text_frame, text_frame
+from telephony_agent.websocket_write import FrameWriter, text_frame
 
 # every header length (7-bit, 16-bit, 64-bit) and the edges between them, in UTF-8 bytes
 SIZES = [0, 1, 125, 126, 127, 65535, 65536, 70000]
@@ -42,87 +39,6 @@ def test_a_text_frame_is_what_aiohttp_writes(size: int) -> None:
     writer = WebSocketWriter(None, capture, use_mask=False)  # type: ignore[arg-type]
     writer._write_websocket_frame(text.encode(), aiohttp.WSMsgType.TEXT, 0)
     assert text_frame(text) == b"".join(capture.writes)
-
-
-class FixedKey(random.Random):
-    """aiohttp's client writer draws its key from this: one known key."""
-
-    KEY = 0x9E3779B9
-
-    def getrandbits(self, k: int) -> int:
-        return self.KEY
-
-
-@pytest.mark.parametrize("size", SIZES)
-def test_a_masked_text_frame_is_what_aiohttp_writes_with_the_same_key(size: int) -> None:
-    text = ("é" * (size // 2)) + ("a" * (size % 2))
-    capture = Capture()
-    writer = WebSocketWriter(None, capture, use_mask=True, random=FixedKey())  # type: ignore[arg-type]
-    writer._write_websocket_frame(text.encode(), aiohttp.WSMsgType.TEXT, 0)
-    assert masked_text_frame(text, struct.pack("!L", FixedKey.KEY)) == b"".join(capture.writes)
-
-
-@pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 262, 1001])
-def test_the_fallback_mask_is_aiohttps(size: int) -> None:
-    from aiohttp._websocket.helpers import websocket_mask
-
-    data = bytes(random.Random(size).randrange(256) for _ in range(size))
-    ours, theirs = bytearray(data), bytearray(data)
-    _mask_bytes(b"\x01\x80\xfe\x37", ours)
-    websocket_mask(b"\x01\x80\xfe\x37", theirs)
-    assert ours == theirs and (size == 0 or ours != data)
-
-
-def test_masking_keys_are_four_random_bytes_drawn_a_page_at_a_time() -> None:
-    keys = MaskKeys(page=12)  # three keys a page: the refill is crossed twice below
-    drawn = [keys.take() for _ in range(8)]
-    assert all(len(k) == 4 for k in drawn)
-    assert len(set(drawn)) == 8  # 2**-32 a pair to collide
-
-
-async def test_a_client_sockets_frames_of_a_pass_go_masked_in_one_write_and_arrive_in_order() -> None:
-    """The provider socket's side: aiohttp's server unmasks each frame (it refuses an unmasked
-    one from a client), so every key and length is checked by a real peer."""
-    received: list[str] = []
-    done = asyncio.Event()
-
-    async def handler(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for msg in ws:
-            assert msg.type is aiohttp.WSMsgType.TEXT
-            received.append(msg.data)
-            if len(received) == 15:
-                done.set()
-        return ws
-
-    app = web.Application()
-    app.router.add_get("/ws", handler)
-    writes: list[int] = []
-    sent: list[str] = []
-    async with serving(app) as port:
-        async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
-            transport = ws._writer.transport
-            real_write = transport.write
-
-            def counted(data: bytes) -> None:
-                writes.append(len(data))
-                real_write(data)
-
-            transport.write = counted  # type: ignore[method-assign]
-            frames = FrameWriter(ws, "test socket")
-            frames.start()
-            for round_ in range(3):
-                texts = [f'{{"type":"input_audio_buffer.append","n":{round_},"i":{i}}}' + "é" * (70 * i) for i in range(4)]
-                texts.append("z" * 70000)
-                frames.send(texts[:2])
-                frames.send(texts[2:])
-                sent.extend(texts)
-                await asyncio.sleep(0)
-            await asyncio.wait_for(done.wait(), 5.0)
-            assert len(writes) == 3, writes  # one write per pass
-            await frames.close(1.0)
-    assert received == sent
 
 
 async def test_a_server_sockets_frames_of_a_pass_go_in_one_write_and_arrive_in_order() -> None:
