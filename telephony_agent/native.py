@@ -56,6 +56,7 @@ MODULES: tuple[str, ...] = (
     "telephony_agent.telephony.token_bucket",
     "telephony_agent.telephony.twilio.stream",
     "telephony_agent.websocket_write",
+    "telephony_agent.websocket_frames",
     "telephony_agent.telephony.sip.rtp",
     "telephony_agent.telephony.sip.jitter",
     "telephony_agent.telephony.sip.pacer",

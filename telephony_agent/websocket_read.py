@@ -6,10 +6,14 @@ the socket's queue and wakes the task: a future, a pass of the event loop, a tas
 echoes), and most of them need a few microseconds of synchronous work, less than that hop.
 
 `InPlaceReader` stands in for the connection's parser (aiohttp's server `RequestHandler` and
-client `ResponseHandler` call its `feed_data` for every read of an upgraded connection). After each read it takes the text frames
-out of the queue, through the queue's own `read()` (so its size accounting and flow control stay
-aiohttp's), and hands each to a handler, in the reading task's context, while that task waits in
-`next_work()`. What a handler cannot finish there comes back as a coroutine, which the task
+client `ResponseHandler` call its `feed_data` for every read of an upgraded connection). It cuts
+each read into frames (`websocket_frames.FrameSplitter`, sans-I/O and compiled) and hands each
+whole text frame (binary too, if asked) to a handler, in the reading task's context, while that
+task waits in `next_work()`: no message object, no queue. Every other frame, and every frame
+while the task is busy, goes on as the bytes it came as to aiohttp's own parser and queue, which
+decide everything else (pings, closes, fragments, compression, limits, errors) as they always
+have; text frames queued there are handed on from the queue (through its own `read()`, so its
+size accounting and flow control stay aiohttp's) once the task waits again. What a handler cannot finish there comes back as a coroutine, which the task
 awaits before anything that came after it. The Twilio media socket uses it for caller audio and
 mark echoes, the provider transport (`realtime/transport.py`) for every provider message. Every other frame (close, ping, binary), the end of
 the stream and a protocol error stay in the queue for `receive()`, which handles them as aiohttp
@@ -31,6 +35,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aiohttp import ClientWebSocketResponse, WSMsgType, web
+
+from telephony_agent.websocket_frames import NEED_DATA, RAW, TEXT, FrameSplitter, available
 
 __all__ = ["InPlaceReader", "Work", "protocol_of", "read_frames"]
 
@@ -64,6 +70,10 @@ async def read_frames(reader: InPlaceReader | None, read_one: Callable[[], Await
             reader.detach()
 
 
+_MORE = (False, b"")
+"""What aiohttp's parser returns for a read that did not end the stream."""
+
+
 def _read_now(read: Coroutine[Any, Any, Any]) -> Any:
     """The queue's `read()` run to its end at once: it returns without waiting when its buffer
     holds a frame, which the caller has checked."""
@@ -80,11 +90,13 @@ class InPlaceReader:
     `handle` as they are read."""
 
     __slots__ = ("_binary", "_buffer", "_context", "_error", "_handle", "_loop", "_parser", "_protocol",
-                 "_queue", "_wake", "_work", "_ws", "handled")
+                 "_queue", "_splitter", "_wake", "_work", "_ws", "handled", "split")
 
     def __init__(self, ws: web.WebSocketResponse | ClientWebSocketResponse, protocol: Any, parser: Any,
-                 queue: Any, handle: Callable[[Any], Work | None], binary: bool = False) -> None:
+                 queue: Any, handle: Callable[[Any], Work | None], binary: bool = False,
+                 splitter: FrameSplitter | None = None) -> None:
         self._ws = ws
+        self._splitter = splitter  # None: every read through aiohttp's parser
         self._protocol = protocol
         self._parser = parser
         self._queue = queue
@@ -98,15 +110,21 @@ class InPlaceReader:
         self._error: BaseException | None = None
         self.handled = 0
         """Frames handled where they were read."""
+        self.split = 0
+        """Of those, frames cut from the bytes here, never made aiohttp's message (the rest came
+        out of aiohttp's queue)."""
 
     @classmethod
     def install(cls, ws: web.WebSocketResponse | ClientWebSocketResponse, protocol: Any,
-                handle: Callable[[Any], Work | None], *, binary: bool = False) -> InPlaceReader | None:
+                handle: Callable[[Any], Work | None], *, binary: bool = False,
+                max_size: int | None = None) -> InPlaceReader | None:
         """Wrap the parser of `ws`'s connection (`protocol`: aiohttp's protocol object for it,
         `request.protocol` on a server, `protocol_of(ws)` on a client); None (nothing changed)
         when aiohttp's internals are not the ones this was written against. Call it from the
         task that will read: `handle` runs in a copy of its context, with each text frame's
-        `str` (and, with `binary`, each binary frame's `bytes`)."""
+        `str` (and, with `binary`, each binary frame's `bytes`). `max_size`: the limit `ws` was
+        made with (a server's own is read from it); frames over it go to aiohttp, which refuses
+        them."""
         parser = getattr(protocol, "_payload_parser", None)
         queue = getattr(ws, "_reader", None)
         if (
@@ -117,14 +135,41 @@ class InPlaceReader:
             or not all(callable(getattr(queue, name, None)) for name in ("read", "is_eof", "exception"))
         ):
             return None
-        reader = cls(ws, protocol, parser, queue, handle, binary)
+        if max_size is None:
+            max_size = getattr(ws, "_max_msg_size", None)
+        splitter = None
+        if isinstance(max_size, int) and available():
+            splitter = FrameSplitter(masked=isinstance(ws, web.WebSocketResponse), binary=binary, max_size=max_size)
+        reader = cls(ws, protocol, parser, queue, handle, binary, splitter)
         protocol._payload_parser = reader
         return reader
 
     # -- what aiohttp's protocol calls, as it would its parser --------------------------------
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
-        result: tuple[bool, bytes] = self._parser.feed_data(data)
+        splitter = self._splitter
+        result: tuple[bool, bytes] | None
+        if splitter is None:
+            result = self._parser.feed_data(data)
+        else:
+            result = None  # until aiohttp's parser is given something
+            splitter.feed(data)
+            while True:
+                kind = splitter.next()
+                if kind == NEED_DATA:
+                    break
+                if kind != RAW and self._in_place():
+                    self._handle_now(splitter.text if kind == TEXT else splitter.data)
+                    continue
+                result = self._parser.feed_data(splitter.raw())
+                if result[0]:  # aiohttp's parser failed (it has told the queue): it gets the rest as it comes
+                    self._splitter = None
+                    rest = splitter.take_rest()
+                    if rest:
+                        self._parser.feed_data(rest)
+                    break
+            if result is None:  # all handled here (or a partial frame): nothing new in the queue
+                return _MORE
         if self._wake is not None:
             self._drain()
         return result
@@ -166,13 +211,36 @@ class InPlaceReader:
                 wake.set_result(None)
 
     def detach(self) -> None:
-        """Give the connection its own parser back; work not taken is dropped."""
+        """Give the connection its own parser back (with any partial frame read); work not
+        taken is dropped."""
         if getattr(self._protocol, "_payload_parser", None) is self:
             self._protocol._payload_parser = self._parser
+            splitter, self._splitter = self._splitter, None
+            rest = b"" if splitter is None else splitter.take_rest()
+            if rest:
+                self._parser.feed_data(rest)
         work, self._work = self._work, None
         if work is not None:
             work.close()
         self.wake()
+
+    def _in_place(self) -> bool:
+        """A frame read now can be handled now: the task waits (so it has no work and no error:
+        either wakes it), nothing is queued before the frame, the socket is open."""
+        return self._wake is not None and not self._buffer and not self._ws.closed
+
+    def _handle_now(self, data: str | bytes) -> None:
+        self.handled += 1
+        self.split += 1
+        try:
+            work = self._context.run(self._handle, data)
+        except Exception as exc:  # noqa: BLE001 -- the task raises it, as it would have from its own read
+            self._error = exc
+            self.wake()
+            return
+        if work is not None:
+            self._work = work
+            self.wake()
 
     def _drain(self) -> None:
         """Hand on the text frames at the head of the queue while the task waits and the socket

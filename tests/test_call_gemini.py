@@ -84,6 +84,7 @@ async def test_barge_in_on_interrupted_clears_twilio(gemini: FakeGemini) -> None
             conn = bridge.session._conn  # type: ignore[union-attr, attr-defined]
             assert conn is not None and conn.transport.reader is not None
             assert conn.transport.reader.handled > 20
+            assert conn.transport.reader.split > 20  # binary frames too, cut from the bytes read
 
 
 async def test_go_away_resumes_without_the_caller_noticing(gemini: FakeGemini) -> None:

@@ -98,6 +98,7 @@ async def test_barge_in_clears_and_truncates_at_what_was_heard(openai_server: Fa
             # the caller's frames and mark echoes were handled where the socket read them
             assert isinstance(bridge.leg, TwilioMediaSocket) and bridge.leg.reader is not None
             assert bridge.leg.reader.handled > 100
+            assert bridge.leg.reader.split > 100  # cut from the bytes read, not aiohttp's messages
 
 
 def appended_audio(server: FakeOpenAIServer) -> bytes:

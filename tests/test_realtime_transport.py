@@ -180,6 +180,7 @@ async def test_pump_hands_every_message_on_in_order_most_where_they_are_read() -
     assert transport.close_code == 4000
     assert transport.reader is not None
     assert transport.reader.handled >= 20  # the paced text frames, where they were read
+    assert transport.reader.split >= 20  # cut from the bytes read (a client: unmasked frames)
 
 
 async def test_what_the_handler_raises_pump_raises() -> None:

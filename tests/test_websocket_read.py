@@ -6,7 +6,9 @@ closes from another task, a handler fails, a busy task makes aiohttp pause the s
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextvars
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hand_frames import frame
 from loopback_app import serving
 
 from telephony_agent.websocket_read import InPlaceReader, Work, read_frames
@@ -25,8 +28,10 @@ class Server:
     """One WebSocket route that reads the way the Twilio media socket does: frames in place while
     the task waits in `next_work()`, the rest through `receive()`, each handled by `handle`."""
 
-    def __init__(self, handle: Callable[[Server, Any], Work | None], *, binary: bool = False) -> None:
+    def __init__(self, handle: Callable[[Server, Any], Work | None], *, binary: bool = False,
+                 max_msg_size: int = 4 * 1024 * 1024) -> None:
         self.handle = handle
+        self.max_msg_size = max_msg_size
         self.binary = binary
         self.log: list[str] = []
         self.reader: InPlaceReader | None = None
@@ -35,16 +40,18 @@ class Server:
         self.error: BaseException | None = None
         self.last: aiohttp.WSMsgType | None = None
         self.parser_restored = False
+        self.split = False
         self.app = web.Application()
         self.app.router.add_get("/ws", self.route)
 
     async def route(self, request: web.Request) -> web.WebSocketResponse:
-        ws = self.ws = web.WebSocketResponse()
+        ws = self.ws = web.WebSocketResponse(max_msg_size=self.max_msg_size)
         await ws.prepare(request)
         CALL.set("call-1")
         reader = self.reader = InPlaceReader.install(ws, request.protocol, lambda data: self.handle(self, data),
                                                       binary=self.binary)
         assert reader is not None, "aiohttp's parser or queue is not what InPlaceReader was written against"
+        self.split = reader._splitter is not None  # frames cut by the reader itself, not aiohttp's parser
 
         async def read_one() -> bool:
             msg = await ws.receive()
@@ -55,6 +62,8 @@ class Server:
             if msg.type is aiohttp.WSMsgType.BINARY:
                 self.log.append(f"bin:{msg.data.decode()}")
                 return True
+            if msg.type is aiohttp.WSMsgType.ERROR:
+                self.log.append("error")
             return False
 
         try:
@@ -287,3 +296,106 @@ async def test_work_left_untaken_is_closed_on_detach(work: str) -> None:
     server.reader.detach()
     assert coro.cr_frame is None  # closed
     assert ran == []
+
+
+# -- a raw client over loopback: frames written by hand, cut and misbehaving as a peer may -----
+
+
+@asynccontextmanager
+async def raw_client(server: Server) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A TCP client that upgrades by hand and then writes whatever bytes the test gives it."""
+    async with serving(server.app) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        for _ in range(100):  # the route has installed the reader
+            if server.reader is not None:
+                break
+            await asyncio.sleep(0.01)
+        try:
+            yield reader, writer
+        finally:
+            writer.close()
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked frame from the server: (opcode, payload)."""
+    b0, b1 = await asyncio.wait_for(reader.readexactly(2), 5)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(await reader.readexactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(await reader.readexactly(8), "big")
+    return b0 & 0x0F, await reader.readexactly(n)
+
+
+async def test_frames_cut_into_single_bytes_are_all_handled_in_place_in_order() -> None:
+    server = Server(logging_handler())
+    data = b"".join(frame(f"t:{i}".encode()) for i in range(1, 21))
+    async with raw_client(server) as (_, writer):
+        for i in range(len(data)):
+            writer.write(data[i:i + 1])
+            await writer.drain()
+            if i % 7 == 0:
+                await asyncio.sleep(0.001)  # separate reads
+        for _ in range(200):
+            if len(server.log) == 20:
+                break
+            await asyncio.sleep(0.01)
+    assert server.log == [f"t:{i}" for i in range(1, 21)]
+    assert server.split and server.reader is not None and server.reader.handled == 20
+
+
+async def test_a_ping_between_frames_is_answered_and_a_fragmented_message_keeps_its_place() -> None:
+    server = Server(logging_handler())
+    async with raw_client(server) as (reader, writer):
+        writer.write(frame(b"t:1") + frame(b"are you there", opcode=9) + frame(b"t:2"))
+        assert await read_frame(reader) == (10, b"are you there")  # the pong, from aiohttp's receive()
+        writer.write(frame(b"t:", fin=False) + frame(b"p", opcode=9) + frame(b"3", opcode=0) + frame(b"t:4"))
+        assert await read_frame(reader) == (10, b"p")
+        writer.write(frame(b"t:5"))
+        for _ in range(200):
+            if len(server.log) == 5:
+                break
+            await asyncio.sleep(0.01)
+    assert server.log == ["t:1", "t:2", "t:3", "t:4", "t:5"]
+    assert server.error is None
+
+
+@pytest.mark.parametrize(("bad", "code"), [
+    (frame(b"t:" + b"9" * 3000), 1009),  # over the socket's limit: refused
+    (frame(b"t:\xff\xfe"), 1007),  # not UTF-8
+    (frame(b"t:1", rsv=0x20), 1002),  # a reserved bit with no extension that uses it
+    (frame(b"t:1", opcode=0), 1002),  # a continuation of nothing
+])
+@pytest.mark.parametrize("split", [True, False], ids=["split", "aiohttp-only"])
+async def test_frames_the_reader_does_not_take_are_refused_by_aiohttp_as_before(
+        bad: bytes, code: int, split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not split:
+        monkeypatch.setattr("telephony_agent.websocket_read.available", lambda: False)
+    server = Server(logging_handler(), max_msg_size=1000)
+    async with raw_client(server) as (reader, writer):
+        writer.write(frame(b"t:1") + bad + frame(b"t:2"))
+        opcode, payload = await read_frame(reader)
+        await wait(server.ended)
+    assert opcode == 8 and int.from_bytes(payload[:2], "big") == code
+    assert server.log == ["t:1", "error"]  # nothing after the bad frame is handled
+    assert server.parser_restored
+    assert server.split == split
+
+
+async def test_one_read_keeps_its_order_across_work_and_frames_aiohttp_reads() -> None:
+    """A binary frame (the task's to read) and a frame that leaves work, with text frames after
+    each, all in one read: nothing after either is handled before it."""
+    server = Server(logging_handler(slow_every=7))
+    async with raw_client(server) as (_, writer):
+        writer.write(frame(b"t:1") + frame(b"b", opcode=2) + frame(b"t:2") + frame(b"t:7") + frame(b"t:8"))
+        for _ in range(200):
+            if len(server.log) == 6:
+                break
+            await asyncio.sleep(0.01)
+    assert server.log == ["t:1", "bin:b", "t:2", "t:7", "after:7", "t:8"]
+    assert server.split and server.error is None

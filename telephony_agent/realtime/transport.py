@@ -152,7 +152,7 @@ class WebSocketTransport:
             handle(data)
             return True
 
-        self.reader = InPlaceReader.install(ws, protocol_of(ws), now, binary=True)
+        self.reader = InPlaceReader.install(ws, protocol_of(ws), now, binary=True, max_size=self._max_msg_size)
         await read_frames(self.reader, read_one)
 
     async def drain(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
