@@ -99,6 +99,8 @@ async def test_barge_in_clears_and_truncates_at_what_was_heard(openai_server: Fa
             assert isinstance(bridge.leg, TwilioMediaSocket) and bridge.leg.reader is not None
             assert bridge.leg.reader.handled > 100
             assert bridge.leg.reader.split > 100  # cut from the bytes read, not aiohttp's messages
+            # and most agent audio where the provider's socket read it, not through the event task
+            assert isinstance(bridge.core.session, OpenAIRealtimeSession) and bridge.core.session.handed_now > 20
 
 
 def appended_audio(server: FakeOpenAIServer) -> bytes:

@@ -22,6 +22,7 @@ import orjson
 
 from telephony_agent.realtime.errors import RealtimeError
 from telephony_agent.realtime.events import (
+    AudioDelta,
     FunctionCallDone,
     InputTranscriptCompleted,
     ResponseDone,
@@ -94,6 +95,19 @@ class RealtimeRunner:
         self._round_refused = False
 
     # -- consuming ------------------------------------------------------------------------
+
+    def take_audio_now(self, take: Callable[[AudioDelta], bool] | None) -> bool:
+        """Agent audio offered to `take` where the session produces it, while `events()` waits
+        with nothing queued (`RealtimeSession.take_now`): what it takes skips the queue, the task
+        wake-up and both generators. The runner acts on no `AudioDelta`, so it misses nothing.
+        False: the session cannot; every event comes through `events()`."""
+        if take is None:
+            return self.session.take_now(None)
+
+        def audio_now(event: ServerEvent) -> bool:
+            return type(event) is AudioDelta and take(event)
+
+        return self.session.take_now(audio_now)
 
     async def events(self) -> AsyncIterator[ServerEvent]:
         async for event in self.session.events():

@@ -8,7 +8,7 @@ import base64
 import binascii
 import copy
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Union
 
 from telephony_agent.realtime.errors import RealtimeConfigError, RealtimeError
@@ -131,6 +131,13 @@ class RealtimeSession(abc.ABC):
     @abc.abstractmethod
     async def next_event(self) -> ServerEvent | None: ...
 
+    def take_now(self, take: Callable[[ServerEvent], bool] | None) -> bool:
+        """Offer each event to `take` as the session produces it, while the consumer waits in
+        `next_event()` with nothing queued (so nothing is handled out of order); an event it
+        returns True for is never queued. None stops the offers. False: this session cannot
+        (every event comes through `next_event()`)."""
+        return False
+
     async def events(self) -> AsyncIterator[ServerEvent]:
         while True:
             event = await self.next_event()
@@ -154,6 +161,9 @@ class QueuedSession(RealtimeSession, abc.ABC):
 
     def __init__(self) -> None:
         self._queue: asyncio.Queue[ServerEvent | None] = asyncio.Queue()
+        self._take: Callable[[ServerEvent], bool] | None = None
+        self._waiting = False  # the consumer waits in next_event() on an empty queue
+        self.handed_now = 0  # events a `take_now` taker handled as they were produced
         self._finished = False
         self._disconnect_reason: str | None = None
         self._log: SessionLogger = logging.getLogger(type(self).__module__)
@@ -165,9 +175,18 @@ class QueuedSession(RealtimeSession, abc.ABC):
     def disconnect_reason(self) -> str | None:
         return self._disconnect_reason
 
+    def take_now(self, take: Callable[[ServerEvent], bool] | None) -> bool:
+        self._take = take
+        return True
+
     def _emit(self, event: ServerEvent) -> None:
-        if not self._finished:
-            self._queue.put_nowait(event)
+        if self._finished:
+            return
+        take = self._take
+        if take is not None and self._waiting and self._queue.empty() and take(event):
+            self.handed_now += 1
+            return
+        self._queue.put_nowait(event)
 
     def _finish(self, reason: str) -> None:
         """End the event stream once; later calls keep the first reason."""
@@ -177,9 +196,17 @@ class QueuedSession(RealtimeSession, abc.ABC):
             self._queue.put_nowait(None)
 
     async def next_event(self) -> ServerEvent | None:
-        if self._finished and self._queue.empty():
-            return None
-        event = await self._queue.get()
+        queue = self._queue
+        if queue.empty():
+            if self._finished:
+                return None
+            self._waiting = True
+            try:
+                event = await queue.get()
+            finally:
+                self._waiting = False
+        else:
+            event = queue.get_nowait()
         if event is None:
             self._queue.put_nowait(None)  # every later call sees the end too
         return event

@@ -223,6 +223,7 @@ class CallBridge:
         if early is not None:
             await self.send_chunk(session, early)
         self._event_task = asyncio.create_task(self._event_loop(), name=f"call-events-{self.call_id}")
+        core.runner.take_audio_now(self._audio_now)
         if self.options.greeting or self.options.speak_first:
             await self._safe(session.create_response())
         digits, self._early_digits = self._early_digits, []
@@ -348,6 +349,21 @@ class CallBridge:
             self.log.error("provider session ended mid-call: %s", reason)
             core.fail_politely()
 
+    def _audio_now(self, event: AudioDelta) -> bool:
+        """Agent audio handled where the provider's socket read it, while the event task waits
+        with nothing before it (`RealtimeRunner.take_audio_now`): most of a call's deltas. Left
+        to the task (False) while the dead-air guard listens, as its decisions are awaited
+        there, and once the call has ended. Should `on_audio` raise (a format no transcoder
+        reaches), the task meets the same delta and ends the call as it always has."""
+        core = self.core
+        if core.phase is CallPhase.ENDED or core.dead_air.needs_audio:
+            return False
+        try:
+            core.on_audio(event, self.clock())
+        except Exception:  # noqa: BLE001 -- handed to the task, which fails the same way
+            return False
+        return True
+
     # -- barge-in --------------------------------------------------------------------------
 
     async def on_turns(self, decisions: list[TurnDecision]) -> None:
@@ -461,6 +477,7 @@ class CallBridge:
     async def _teardown(self) -> None:
         core = self.core
         if core.runner is not None:
+            core.runner.take_audio_now(None)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(core.runner.aclose(), 3.0)
         if core.session is not None:
