@@ -370,7 +370,7 @@ async def test_a_ping_between_frames_is_answered_and_a_fragmented_message_keeps_
     (frame(b"t:\xff\xfe"), 1007),  # not UTF-8
     (frame(b"t:1", rsv=0x20), 1002),  # a reserved bit with no extension that uses it
     (frame(b"t:1", opcode=0), 1002),  # a continuation of nothing
-])
+], ids=["over-limit", "bad-utf8", "reserved-bit", "orphan-continuation"])  # the frames' masks are random
 @pytest.mark.parametrize("split", [True, False], ids=["split", "aiohttp-only"])
 async def test_frames_the_reader_does_not_take_are_refused_by_aiohttp_as_before(
         bad: bytes, code: int, split: bool, monkeypatch: pytest.MonkeyPatch) -> None:
