@@ -122,14 +122,14 @@ class OutboundBuffer:
     def __init__(self, max_audio_bytes: int, max_messages: int = 4096) -> None:
         self.max_audio_bytes = max_audio_bytes
         self.max_messages = max_messages
-        self._entries: deque[tuple[dict[str, Any] | str, int]] = deque()  # a str: the message's JSON
+        self._entries: deque[tuple[dict[str, Any], int]] = deque()
         self.audio_bytes = 0
         self.dropped_audio_bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, message: dict[str, Any] | str, audio_bytes: int = 0) -> None:
+    def add(self, message: dict[str, Any], audio_bytes: int = 0) -> None:
         self._entries.append((message, audio_bytes))
         self.audio_bytes += audio_bytes
         while self.audio_bytes > self.max_audio_bytes:
@@ -153,7 +153,7 @@ class OutboundBuffer:
         self.audio_bytes = 0
         return dropped
 
-    def take(self) -> list[dict[str, Any] | str]:
+    def take(self) -> list[dict[str, Any]]:
         """Everything buffered, oldest first; the buffer is empty afterwards."""
         messages = [m for m, _ in self._entries]
         self._entries.clear()

@@ -291,7 +291,7 @@ class OpenAIRealtimeSession(QueuedSession):
 
     # -- sending ----------------------------------------------------------------------------
 
-    def _send(self, msg: dict[str, Any] | str, audio_bytes: int = 0) -> None:
+    def _send(self, msg: dict[str, Any], audio_bytes: int = 0) -> None:
         if self._finished or self._closing:
             raise SessionClosedError("the OpenAI session is closed")
         if not self._reconnecting:

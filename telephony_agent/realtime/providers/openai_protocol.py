@@ -192,10 +192,8 @@ def new_item_id() -> str:
     return "item_" + secrets.token_hex(12)
 
 
-def audio_append_message(data: bytes) -> str:
-    """`input_audio_buffer.append`, as the text frame itself: 50 a second per call, and base64
-    needs no JSON escaping, so no dict is built and serialised for each."""
-    return '{"type":"input_audio_buffer.append","audio":"' + base64.b64encode(data).decode("ascii") + '"}'
+def audio_append_message(data: bytes) -> dict[str, Any]:
+    return {"type": "input_audio_buffer.append", "audio": base64.b64encode(data).decode("ascii")}
 
 
 def user_text_item(text: str, item_id: str | None = None) -> dict[str, Any]:
