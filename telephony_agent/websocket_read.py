@@ -9,18 +9,21 @@ echoes), and most of them need a few microseconds of synchronous work, less than
 client `ResponseHandler` call its `feed_data` for every read of an upgraded connection). It cuts
 each read into frames (`websocket_frames.FrameSplitter`, sans-I/O and compiled) and hands each
 whole text frame (binary too, if asked) to a handler, in the reading task's context, while that
-task waits in `next_work()`: no message object, no queue. Every other frame, and every frame
-while the task is busy, goes on as the bytes it came as to aiohttp's own parser and queue, which
-decide everything else (pings, closes, fragments, compression, limits, errors) as they always
-have; text frames queued there are handed on from the queue (through its own `read()`, so its
-size accounting and flow control stay aiohttp's) once the task waits again. What a handler cannot finish there comes back as a coroutine, which the task
-awaits before anything that came after it. The Twilio media socket uses it for caller audio and
+task waits in `next_work()` with nothing queued: no message object, no queue. Every other
+frame, and every frame while the task is busy or the queue holds one, goes on as the bytes it
+came as to aiohttp's own parser and queue, which decide everything else (pings, closes,
+fragments, compression, limits, errors) as they always have. Without the splitter (an aiohttp
+whose unmasking it cannot find), aiohttp's parser reads everything and the text frames are taken
+out of its queue, through the queue's own `read()`, so its size accounting and flow control stay
+aiohttp's. What a handler cannot finish there comes back as a coroutine, which the task awaits
+before anything that came after it. The Twilio media socket uses it for caller audio and
 mark echoes, the provider transport (`realtime/transport.py`) for every provider message. Every other frame (close, ping, binary), the end of
 the stream and a protocol error stay in the queue for `receive()`, which handles them as aiohttp
 always has. Order is kept: nothing is handled in place while the task has work or the queue
 holds a frame for it. `read_frames` is that task's loop, for every user of the reader.
 
-This reaches into aiohttp (the protocol's `_payload_parser`, the queue's `_buffer`), as
+This reaches into aiohttp (the protocol's `_payload_parser`, the queue's `_buffer`, and for the
+splitter its C unmasking, `aiohttp._websocket.helpers.websocket_mask`), as
 `websocket_write` does for writes. `install` returns None when they are not as expected, and the
 caller reads with `receive()` alone; `tests/test_websocket_read.py` fails if an aiohttp release
 changes them.

@@ -13,6 +13,7 @@ from telephony_agent.realtime import events as ev
 from telephony_agent.realtime.errors import RealtimeConfigError
 from telephony_agent.realtime.providers.openai_protocol import (
     OpenAIEventTranslator,
+    audio_append_message,
     format_from_object,
     format_object,
     item_create_message,
@@ -264,3 +265,11 @@ def test_malformed_events_never_raise(msg: object) -> None:
     tr = OpenAIEventTranslator(PCMU_8K)
     events = tr.translate(msg)
     assert all(isinstance(e, (ev.UnknownEvent, ev.ErrorEvent, ev.ResponseDone)) for e in events)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 160, 320, 4800])
+def test_the_audio_append_is_the_sdks_event_with_the_audio_as_base64(n: int) -> None:
+    data = bytes((i * 37 + 11) % 256 for i in range(n))
+    event = CLIENT_EVENT.validate_python(audio_append_message(data))
+    assert event.type == "input_audio_buffer.append"
+    assert base64.b64decode(event.audio, validate=True) == data  # type: ignore[union-attr]
