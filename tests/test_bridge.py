@@ -32,6 +32,7 @@ from telephony_agent.realtime import (
     RealtimeConfig,
     ResponseDone,
     SpeechStarted,
+    SpeechStopped,
 )
 from telephony_agent.telephony.assets import prompt_audio
 from telephony_agent.telephony.bridge import (
@@ -759,3 +760,23 @@ async def test_a_call_that_ends_while_a_block_waits_for_its_score_acts_on_nothin
     await call.settle()
     assert len(call.leg.clears) == clears and call.bridge.stats.barge_ins == 0
     assert not call.bridge.turns.waiting
+
+
+async def test_a_near_silent_answer_decided_by_a_delta_gets_its_retry() -> None:
+    """The dead-air guard can decide on an agent-audio delta itself (near-silent audio that
+    arrives once its wait is over, before its timer has fired). Such a delta must reach the
+    event task, where the decision is acted on, not be played where the provider's socket read
+    it (which the bridge does with every delta while the guard is not listening)."""
+    call = await make_call()
+    silent = bytes(4800)  # 100 ms of digital silence at 24 kHz
+    call.session.push(SpeechStopped(1000))  # the caller's turn ended: an answer is owed
+    await call.settle()
+    call.session.push(AudioDelta("quiet", silent, PCM16_24K))  # near-silent output starts
+    await call.settle()
+    assert call.bridge.turn_stats.retries == 0
+    call.clock.now += call.bridge.dead_air.near_silent_after + 0.1  # no timer handled: the next delta decides
+    call.session.push(AudioDelta("quiet", silent, PCM16_24K))
+    await call.settle()
+    assert call.bridge.turn_stats.retries == 1
+    assert call.bridge.turn_stats.response_problems == {"near_silent": 1}
+    assert call.session.responses >= 1 and call.session.interrupts  # asked again
