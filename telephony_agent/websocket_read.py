@@ -162,14 +162,13 @@ class InPlaceReader:
                 if kind == NEED_DATA:
                     break
                 if kind != RAW and self._in_place():
-                    self._handle_now(splitter.text if kind == TEXT else splitter.data)
+                    self.split += 1
+                    if self._hand_on(splitter.text if kind == TEXT else splitter.data):
+                        self.wake()
                     continue
                 result = self._parser.feed_data(splitter.raw())
                 if result[0]:  # aiohttp's parser failed (it has told the queue): it gets the rest as it comes
-                    self._splitter = None
-                    rest = splitter.take_rest()
-                    if rest:
-                        self._parser.feed_data(rest)
+                    self._retire_splitter()
                     break
             if result is None:  # all handled here (or a partial frame): nothing new in the queue
                 return _MORE
@@ -218,10 +217,7 @@ class InPlaceReader:
         taken is dropped."""
         if getattr(self._protocol, "_payload_parser", None) is self:
             self._protocol._payload_parser = self._parser
-            splitter, self._splitter = self._splitter, None
-            rest = b"" if splitter is None else splitter.take_rest()
-            if rest:
-                self._parser.feed_data(rest)
+            self._retire_splitter()
         work, self._work = self._work, None
         if work is not None:
             work.close()
@@ -232,18 +228,27 @@ class InPlaceReader:
         either wakes it), nothing is queued before the frame, the socket is open."""
         return self._wake is not None and not self._buffer and not self._ws.closed
 
-    def _handle_now(self, data: str | bytes) -> None:
+    def _retire_splitter(self) -> None:
+        """From now on aiohttp's parser reads everything, starting with a partial frame the
+        splitter holds."""
+        splitter, self._splitter = self._splitter, None
+        rest = b"" if splitter is None else splitter.take_rest()
+        if rest:
+            self._parser.feed_data(rest)
+
+    def _hand_on(self, data: str | bytes) -> bool:
+        """One frame to the handler, in the task's context; True when the task has something to
+        do now (the work the frame left, or the handler's error to raise)."""
         self.handled += 1
-        self.split += 1
         try:
             work = self._context.run(self._handle, data)
         except Exception as exc:  # noqa: BLE001 -- the task raises it, as it would have from its own read
             self._error = exc
-            self.wake()
-            return
-        if work is not None:
-            self._work = work
-            self.wake()
+            return True
+        if work is None:
+            return False
+        self._work = work
+        return True
 
     def _drain(self) -> None:
         """Hand on the text frames at the head of the queue while the task waits and the socket
@@ -256,13 +261,10 @@ class InPlaceReader:
                 break
             try:
                 data = _read_now(queue.read()).data
-                self.handled += 1
-                work = self._context.run(self._handle, data)
             except Exception as exc:  # noqa: BLE001 -- the task raises it, as it would have from its own read
                 self._error = exc
                 break
-            if work is not None:
-                self._work = work
+            if self._hand_on(data):
                 break
         else:  # all handled: the task sleeps on unless the stream ended under the frames
             if not queue.is_eof() and queue.exception() is None:

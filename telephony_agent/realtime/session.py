@@ -208,7 +208,7 @@ class QueuedSession(RealtimeSession, abc.ABC):
         else:
             event = queue.get_nowait()
         if event is None:
-            self._queue.put_nowait(None)  # every later call sees the end too
+            queue.put_nowait(None)  # every later call sees the end too
         return event
 
 
