@@ -142,18 +142,17 @@ class FrameSplitter:
             return NEED_DATA
         self._start = pos
         self._end = self._pos = stop
-        payload = buf[head:stop]
-        if masked:
-            unmasked = bytearray(payload)
-            _mask(buf[head - 4:head], unmasked)
-            payload = bytes(unmasked)
+        payload: bytes | bytearray = buf[head:stop]
+        if masked:  # unmasked in a copy, which a text frame decodes as it is
+            payload = bytearray(payload)
+            _mask(buf[head - 4:head], payload)
         if b0 == _FIN_TEXT:
             try:
                 self.text = payload.decode()
             except UnicodeDecodeError:  # aiohttp's parser closes the socket, as its rules say
                 return RAW
             return TEXT
-        self.data = payload
+        self.data = bytes(payload)  # the same object when it was not masked
         return BINARY
 
     def _pass(self, b0: int, pos: int, size: int) -> int:
