@@ -95,13 +95,23 @@ class ToolRoundsCapped:
     stopped: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, slots=True)
 class AudioDelta:
+    """Agent audio (25-50 a call-second): `__init__` written out, as for `AudioChunk`."""
+
     item_id: str
     data: bytes = field(repr=False)
     format: AudioFormat
     content_index: int = 0
     response_id: str | None = None
+
+    def __init__(self, item_id: str, data: bytes, format: AudioFormat, content_index: int = 0,
+                 response_id: str | None = None) -> None:
+        self.item_id = item_id
+        self.data = data
+        self.format = format
+        self.content_index = content_index
+        self.response_id = response_id
 
 
 @dataclass(frozen=True, slots=True)

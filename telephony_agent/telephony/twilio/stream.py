@@ -104,14 +104,25 @@ class Start:
     sequence: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, slots=True)
 class Media:
+    """A caller frame's audio. Made for every frame, so its `__init__` is written out (see
+    `AudioChunk` in `realtime/types.py` for why); not frozen, but never changed once made."""
+
     payload: bytes
     """Raw mu-law 8 kHz bytes (base64-decoded, still mu-law)."""
     chunk: int
     timestamp_ms: int
     sequence: int | None = None
     track: str = "inbound"
+
+    def __init__(self, payload: bytes, chunk: int, timestamp_ms: int, sequence: int | None = None,
+                 track: str = "inbound") -> None:
+        self.payload = payload
+        self.chunk = chunk
+        self.timestamp_ms = timestamp_ms
+        self.sequence = sequence
+        self.track = track
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,10 +131,16 @@ class Dtmf:
     sequence: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, slots=True)
 class MarkEcho:
+    """A mark Twilio echoed (25 a call-second): `__init__` written out, as for `Media`."""
+
     name: str
     sequence: int | None = None
+
+    def __init__(self, name: str, sequence: int | None = None) -> None:
+        self.name = name
+        self.sequence = sequence
 
 
 @dataclass(frozen=True, slots=True)
