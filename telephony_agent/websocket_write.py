@@ -23,7 +23,7 @@ import logging
 import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -35,22 +35,38 @@ log = logging.getLogger(__name__)
 WRITE_NOW_LIMIT = 64 * 1024  # past this much unsent, writes go through the writer task, which waits for drain
 
 
-def write_now(ws: aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketResponse, texts: Iterable[str]) -> bool:
-    """Write text frames now if the socket takes them without waiting; False (nothing written)
-    if it does not, and the caller must queue them. Raises one of `WRITE_ERRORS` if the write
-    fails."""
+class DirectWrite:
+    """What `write_now` needs of aiohttp's writer for one socket, looked up once (`direct_write`):
+    the writer, its synchronous frame write, its transport, whether it masks. aiohttp sets them
+    when the socket opens and never changes them; looking them up at every write was four
+    attribute lookups and a bound method per frame."""
+
+    def __init__(self, writer: Any, write: Callable[[bytes, int, int], None], transport: Any, masked: bool) -> None:
+        self.writer = writer
+        self.write = write
+        self.transport = transport
+        self.masked = masked
+
+
+def direct_write(ws: aiohttp.ClientWebSocketResponse | aiohttp.web.WebSocketResponse) -> DirectWrite | None:
+    """`ws`'s writer as `write_now` uses it; None if aiohttp keeps it elsewhere (or not yet)."""
     writer = getattr(ws, "_writer", None)
     write = getattr(writer, "_write_websocket_frame", None)  # aiohttp's synchronous frame write
     transport = getattr(writer, "transport", None)
-    if (
-        write is None
-        or transport is None
-        or transport.is_closing()
-        or getattr(writer, "_closing", True)
-        or transport.get_write_buffer_size() > WRITE_NOW_LIMIT
-    ):
+    if write is None or transport is None or not hasattr(writer, "_closing"):
+        return None
+    return DirectWrite(writer, write, transport, bool(getattr(writer, "use_mask", True)))
+
+
+def write_now(direct: DirectWrite, texts: Iterable[str]) -> bool:
+    """Write text frames now if the socket takes them without waiting; False (nothing written)
+    if it does not, and the caller must queue them. Raises one of `WRITE_ERRORS` if the write
+    fails."""
+    transport = direct.transport
+    if transport.is_closing() or direct.writer._closing or transport.get_write_buffer_size() > WRITE_NOW_LIMIT:
         return False
-    if getattr(writer, "use_mask", True):  # a client's frames: aiohttp masks each
+    if direct.masked:  # a client's frames: aiohttp masks each
+        write = direct.write
         for text in texts:
             write(text.encode(), aiohttp.WSMsgType.TEXT, 0)
     else:  # a server's: every frame of the pass in one write, one syscall (media and its mark)
@@ -134,6 +150,7 @@ class FrameWriter:
         self._on_write = on_write  # each frame as it is written
         self._pending: list[str] = []  # sent in this pass, written at its end
         self._batch: WriteBatch | None = None  # this loop's, from the first `send`
+        self._direct: DirectWrite | None = None  # aiohttp's writer, from the first write
         self._outbox: deque[str] = deque()  # for the writer task
         self._wake = asyncio.Event()
         self._writing = False  # the writer task holds a frame while it waits for drain
@@ -174,8 +191,11 @@ class FrameWriter:
         if not texts or self.failed or self._closing:
             return
         if not self._outbox and not self._writing:
+            direct = self._direct
+            if direct is None:
+                direct = self._direct = direct_write(self.ws)
             try:
-                written = write_now(self.ws, texts)
+                written = direct is not None and write_now(direct, texts)
             except WRITE_ERRORS as exc:
                 self.write_failed(exc)
                 return

@@ -139,3 +139,40 @@ async def test_a_close_past_its_timeout_cancels_the_writer() -> None:
     frames.send(["late"])  # nothing is written once closed
     await asyncio.sleep(0.01)
     assert ws.started == ["a"]
+
+
+async def test_a_client_sockets_frames_are_masked_by_aiohttp_whose_writer_is_looked_up_once() -> None:
+    """A client's frames (the provider socket's) are masked and written by aiohttp's own frame
+    write, one per frame; the writer, its transport and its mask flag are looked up at the first
+    write and kept for the socket's life. A real server reads every frame in order."""
+    received: list[str] = []
+    got_all = asyncio.Event()
+    texts = [f'{{"type":"input_audio_buffer.append","n":{i}}}' + "z" * (40 * i) for i in range(12)]
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            received.append(msg.data)
+            if len(received) == len(texts):
+                got_all.set()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    async with serving(app) as port:
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+            frames = FrameWriter(ws, "test client socket")
+            frames.start()
+            frames.send(texts[:1])
+            await asyncio.sleep(0)
+            direct = frames._direct
+            assert direct is not None and direct.masked and direct.transport is ws._writer.transport
+            for i in range(1, len(texts), 3):
+                frames.send(texts[i:i + 3])
+                await asyncio.sleep(0)
+            assert frames._direct is direct  # not looked up again
+            assert frames.sent == len(texts) and frames.queued == 0
+            await asyncio.wait_for(got_all.wait(), 5.0)
+            await frames.close(1.0)
+    assert received == texts
