@@ -357,7 +357,7 @@ class EchoGuard:
         mic, residual, ref = mic[first * sub :], residual[first * sub :], ref[first * sub :]
         e_mic, e_res = e_mic[first:], e_res[first:]
         n, lags = mic.size, dmax + lead + 1
-        cum = np.concatenate([[0.0], np.cumsum(ref * ref)])
+        cum = np.concatenate([[0.0], (ref * ref).cumsum()])
         e_seg = cum[n : n + lags] - cum[:lags]  # energy of ref[j : j + n]
         if float(e_seg.max()) < 1e4 * n:
             return False
@@ -371,8 +371,8 @@ class EchoGuard:
         # is fitted to) (Cauchy-Schwarz, with the gain at most `hi`), so the share it explains
         # is at most hi * sqrt(reference / sound). A caller clearly louder than any echo the
         # path allows is no echo: most onsets end here, before the FFTs below.
-        res_before = np.concatenate([[0.0], np.cumsum(e_res)])
-        mic_before = np.concatenate([[0.0], np.cumsum(e_mic)])
+        res_before = np.concatenate([[0.0], e_res.cumsum()])
+        mic_before = np.concatenate([[0.0], e_mic.cumsum()])
         least = float((res_before + (mic_before[-1] - mic_before)).min())  # the least `total` below
         if least >= 1.0 and hi * math.sqrt(max(float(e_seg.max()), 1.0) / least) < threshold:
             return False
@@ -390,11 +390,11 @@ class EchoGuard:
         c_mic = np.einsum("lbs,bs->bl", segs.reshape(-1, blocks, sub), mic.reshape(blocks, sub))
         c_res = np.einsum("lbs,bs->bl", segs.reshape(-1, blocks, sub), residual.reshape(blocks, sub))
         e_ref = np.einsum("lbs,lbs->bl", s := segs.reshape(-1, blocks, sub), s)
-        e_suffix = np.maximum(np.cumsum(e_ref[::-1], axis=0)[::-1], 1.0)  # from block b to the end
+        e_suffix = np.maximum(e_ref[::-1].cumsum(axis=0)[::-1], 1.0)  # from block b to the end
         near_old = np.abs(lag - skip) <= 8 if skip is not None else np.zeros(lag.size, dtype=bool)
         best = 0.0
         for stop in range(blocks + 1):  # the old echo stopped before block `stop` (all: it has not)
-            c_suffix = np.cumsum(np.concatenate([c_res[:stop], c_mic[stop:]])[::-1], axis=0)[::-1]
+            c_suffix = np.concatenate([c_res[:stop], c_mic[stop:]])[::-1].cumsum(axis=0)[::-1]
             g = c_suffix / e_suffix  # the least-squares gain; a sound louder than the echo is no echo
             gained = np.where((g >= lo) & (g <= hi), g * c_suffix, 0.0)  # energy g * the reference takes away
             if stop < blocks:
@@ -451,7 +451,7 @@ class EchoGuard:
             return
         ref = self._ref_slice(start - dmax, self._mic_end + lead)  # ref[k] plays at start - dmax + k
         lags = dmax + lead + 1
-        cum = np.concatenate([[0.0], np.cumsum(ref * ref)])
+        cum = np.concatenate([[0.0], (ref * ref).cumsum()])
         e_seg = cum[w : w + lags] - cum[:lags]  # energy of ref[j : j + w], the reference at delay dmax - j
         if float(e_seg.max()) < 1e4 * w:  # the agent was (nearly) silent: nothing to learn
             return
