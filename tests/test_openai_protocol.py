@@ -273,3 +273,18 @@ def test_the_audio_append_is_the_sdks_event_with_the_audio_as_base64(n: int) -> 
     event = CLIENT_EVENT.validate_python(audio_append_message(data))
     assert event.type == "input_audio_buffer.append"
     assert base64.b64decode(event.audio, validate=True) == data  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("delta", ["not base64!", "AAAA AAAA", "AA", "=AAA", "AA==AA==", "AAAÄ"])
+def test_an_undecodable_audio_delta_is_an_error_not_audio(delta: str) -> None:
+    """Bad base64 in a delta (a character outside the alphabet, missing or misplaced padding,
+    data after it, a non-ASCII character) is an error event, never audio; good base64 decodes."""
+    tr = OpenAIEventTranslator(PCMU_8K)
+    msg = {"type": "response.output_audio.delta", "response_id": "resp_1", "item_id": "item_a1",
+           "output_index": 0, "content_index": 0, "delta": delta}
+    (event,) = tr.translate(msg)
+    assert isinstance(event, ev.ErrorEvent) and event.code == "bad_audio_delta"
+    good = base64.b64encode(bytes(range(160))).decode()
+    (event,) = tr.translate({**msg, "delta": good})
+    assert isinstance(event, ev.AudioDelta) and event.data == bytes(range(160))
+    assert audio_append_message(event.data)["audio"] == good  # and the append encodes it back the same

@@ -50,8 +50,9 @@ PCM16_24K = AudioFormat.pcm16(24000)
 class AudioChunk:
     """Audio in a known format. Made for every frame of a call (the caller's, 50 a second),
     so `__init__` is written out: the one `dataclass` generates for a frozen class sets each
-    field through `object.__setattr__`, about 0.4 us a frame (six times this, and 20 times it
-    once compiled). Not frozen for that reason; nothing changes a chunk once made."""
+    field through `object.__setattr__`, about 0.4 us a chunk against 0.1 us for this one
+    (0.06 us in a compiled module, as `Media` is). Not frozen for that reason; nothing changes
+    a chunk once made."""
 
     data: bytes
     format: AudioFormat

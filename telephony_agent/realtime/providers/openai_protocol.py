@@ -442,7 +442,7 @@ class OpenAIEventTranslator:
             item_id = _str(msg.get("item_id"))
             try:
                 # binascii itself: `base64.b64decode(validate=True)` adds a Python call and a regex
-                # match for each delta (25-50 a call-second); strict mode refuses the same input
+                # match for each delta (25-50 a call-second); strict mode refuses what that refused
                 data = binascii.a2b_base64(_str(msg.get("delta")), strict_mode=True)
             except (binascii.Error, ValueError):
                 return [ErrorEvent("undecodable audio delta from OpenAI", "bad_audio_delta", False, msg)]
