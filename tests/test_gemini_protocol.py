@@ -341,3 +341,19 @@ def test_close_codes_name_the_reason():
     assert isinstance(e1011, ServerError) and "Deadline expired" in str(e1011)
     other = close_error(1006, "")
     assert isinstance(other, RealtimeConnectionError) and "1006" in str(other)
+
+
+@pytest.mark.parametrize("data", ["not base64!", "AAAA AAAA", "AA", "=AAA", "AA==AA==", "AAAÄ", 12])
+def test_undecodable_audio_is_an_error_not_audio(data: object) -> None:
+    """Bad base64 in a model turn's audio (outside the alphabet, missing or misplaced padding,
+    data after it, a non-ASCII character, not a string) is an error event, never audio; good
+    base64 decodes, and the client's audio message encodes it back the same."""
+    tr = GeminiEventTranslator()
+    part = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": data}}
+    (event,) = tr.feed(frame({"serverContent": {"modelTurn": {"parts": [part]}}}))
+    assert isinstance(event, ErrorEvent) and event.code == "invalid_audio"
+    pcm = b"\x10\x00" * 480
+    good = base64.b64encode(pcm).decode()
+    events = GeminiEventTranslator().feed(frame(audio_msg(pcm)))
+    assert isinstance(events[1], AudioDelta) and events[1].data == pcm
+    assert audio_message(pcm)["realtimeInput"]["audio"]["data"] == good

@@ -13,7 +13,6 @@ reason `tool_calls`, because the runner answers tool calls per response).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import logging
 import re
@@ -160,7 +159,7 @@ def setup_message(config: RealtimeConfig, model: str, handle: str | None = None)
 
 
 def audio_message(data: bytes) -> dict[str, Any]:
-    return {"realtimeInput": {"audio": {"mimeType": INPUT_MIME, "data": base64.b64encode(data).decode("ascii")}}}
+    return {"realtimeInput": {"audio": {"mimeType": INPUT_MIME, "data": binascii.b2a_base64(data, newline=False).decode("ascii")}}}
 
 
 def text_message(text: str) -> dict[str, Any]:
@@ -501,7 +500,8 @@ class GeminiEventTranslator:
         if not mime.startswith("audio/pcm"):
             return [UnknownEvent({"inlineData": {"mimeType": mime}})]
         try:
-            data = base64.b64decode(inline.get("data") or "", validate=True)
+            # binascii itself, as for OpenAI's deltas: strict mode refuses what `validate=True` did
+            data = binascii.a2b_base64(inline.get("data") or "", strict_mode=True)
         except (binascii.Error, ValueError, TypeError) as exc:
             return [ErrorEvent(f"invalid base64 audio from Gemini: {exc}", code="invalid_audio")]
         events: list[ServerEvent] = []
